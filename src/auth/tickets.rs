@@ -1,0 +1,112 @@
+//! One-time WebSocket tickets (`POST /api/v1/ws-tickets`, then `/ws?uuid=…`).
+//!
+//! Shared by all shards behind one mutex: issuing and redeeming are rare next to
+//! deliveries and never on the fan-out path. A ticket is removed when redeemed, so a
+//! second use fails; expired tickets are swept whenever one is issued.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::jwt::Claims;
+
+/// Why a ticket was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    #[error("ticket is unknown or was already used")]
+    Unknown,
+    #[error("ticket expired")]
+    Expired,
+}
+
+impl TicketError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TicketError::Unknown => "ticket_unknown",
+            TicketError::Expired => "ticket_expired",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Tickets {
+    table: Mutex<HashMap<String, (Claims, u64)>>,
+}
+
+/// A random UUID v4, lower-case hex with dashes.
+pub fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    // getrandom only fails without an OS entropy source; a ticket must then still be
+    // unguessable, so fall back to the time-seeded hash of the address space.
+    if getrandom::getrandom(&mut b).is_err() {
+        let seed = crate::time::unix_ms() ^ (&b as *const _ as u64);
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (seed.rotate_left(i as u32 * 7) >> (i % 8)) as u8;
+        }
+    }
+    b[6] = (b[6] & 0x0F) | 0x40;
+    b[8] = (b[8] & 0x3F) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl Tickets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Claims, u64)>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Issues a ticket for `claims`; returns it and its expiry (ms since the epoch).
+    pub fn issue(&self, claims: Claims, now_ms: u64, ttl_ms: u64) -> (String, u64) {
+        let id = uuid_v4();
+        let expires = now_ms + ttl_ms;
+        let mut t = self.lock();
+        t.retain(|_, (_, exp)| *exp > now_ms);
+        t.insert(id.clone(), (claims, expires));
+        (id, expires)
+    }
+
+    /// Redeems a ticket once.
+    pub fn redeem(&self, id: &str, now_ms: u64) -> Result<Claims, TicketError> {
+        let (claims, expires) = self.lock().remove(id).ok_or(TicketError::Unknown)?;
+        if expires <= now_ms {
+            return Err(TicketError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::jwt::{Role, Scopes};
+
+    fn claims() -> Claims {
+        Claims {
+            sub: "u".into(),
+            exp: u64::MAX,
+            role: Role::User,
+            scopes: Scopes::All,
+            group: None,
+            org: None,
+        }
+    }
+
+    #[test]
+    fn single_use_and_expiry() {
+        let t = Tickets::default();
+        let (id, exp) = t.issue(claims(), 1000, 30_000);
+        assert_eq!(exp, 31_000);
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_eq!(t.redeem(&id, 2000).unwrap().sub, "u");
+        assert_eq!(t.redeem(&id, 2000).unwrap_err(), TicketError::Unknown);
+        let (id2, _) = t.issue(claims(), 1000, 10);
+        assert_eq!(t.redeem(&id2, 1010).unwrap_err(), TicketError::Expired);
+    }
+}

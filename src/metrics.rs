@@ -1,0 +1,249 @@
+//! Every metric the engine exports, defined once: names, labels, help text, buckets.
+//!
+//! Code elsewhere never spells a metric name; it takes handles from here. Hot paths
+//! (shards, ingest) resolve their handles once at start and then only increment
+//! atomics. Labels are bounded: shard number, role, reason, code, source; never a
+//! connection, path or subscription. `/metrics` renders through [`render`].
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS: &str = "shardcast_connections";
+pub const CONNECTIONS_ACCEPTED: &str = "shardcast_connections_accepted_total";
+pub const CONNECTIONS_CLOSED: &str = "shardcast_connections_closed_total";
+pub const SUBSCRIPTIONS: &str = "shardcast_subscriptions";
+pub const PUBLICATIONS: &str = "shardcast_publications_total";
+pub const DELIVERIES: &str = "shardcast_deliveries_total";
+pub const FRAMES_WRITTEN: &str = "shardcast_frames_written_total";
+pub const BYTES_WRITTEN: &str = "shardcast_bytes_written_total";
+pub const FLUSHES: &str = "shardcast_flushes_total";
+pub const BATCH_SIZE: &str = "shardcast_batch_size";
+pub const DROPPED: &str = "shardcast_dropped_total";
+pub const PUBLISH_TO_FLUSH: &str = "shardcast_publish_to_flush_seconds";
+pub const SHARD_QUEUE_DEPTH: &str = "shardcast_shard_queue_depth";
+pub const SHARD_QUEUE_FULL: &str = "shardcast_shard_queue_full_total";
+pub const AUTH_FAILURES: &str = "shardcast_auth_failures_total";
+pub const COMMAND_ERRORS: &str = "shardcast_command_errors_total";
+pub const HTTP_REQUESTS: &str = "shardcast_http_requests_total";
+pub const PROCESS_CPU: &str = "shardcast_process_cpu_seconds_total";
+pub const PROCESS_RSS: &str = "shardcast_process_resident_memory_bytes";
+
+/// Roles as the `role` label spells them; `pending` is a socket not yet authenticated.
+pub const ROLES: [&str; 4] = ["pending", "user", "service", "admin"];
+
+/// Why publications or messages were dropped (`shardcast_dropped_total{reason}`).
+pub mod drop_reason {
+    /// A connection's ring was full: oldest dropped (PROTOCOL.md §6).
+    pub const QUEUE_OVERFLOW: &str = "queue_overflow";
+    /// A shard's inbound queue was full: the publication was not delivered on that shard.
+    pub const SHARD_QUEUE_FULL: &str = "shard_queue_full";
+}
+
+/// Where a publication came from (`shardcast_publications_total{source}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Http,
+    Websocket,
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        CONNECTIONS,
+        "Open WebSocket connections, by shard and role."
+    );
+    describe_counter!(CONNECTIONS_ACCEPTED, "TCP connections accepted, by shard.");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "WebSocket connections closed, by reason."
+    );
+    describe_gauge!(SUBSCRIPTIONS, "Active subscriptions, by shard.");
+    describe_counter!(PUBLICATIONS, "Publications sequenced, by source.");
+    describe_counter!(DELIVERIES, "Events written to sockets, by shard.");
+    describe_counter!(FRAMES_WRITTEN, "WebSocket frames written, by shard.");
+    describe_counter!(
+        BYTES_WRITTEN,
+        Unit::Bytes,
+        "Bytes written to sockets, by shard."
+    );
+    describe_counter!(FLUSHES, "Ring flushes, by shard.");
+    describe_histogram!(BATCH_SIZE, "Messages per flush.");
+    describe_counter!(DROPPED, "Messages or publications dropped, by reason.");
+    describe_histogram!(
+        PUBLISH_TO_FLUSH,
+        Unit::Seconds,
+        "From ingest to the flush that wrote it."
+    );
+    describe_gauge!(
+        SHARD_QUEUE_DEPTH,
+        "Messages waiting in a shard's inbound queue."
+    );
+    describe_counter!(
+        SHARD_QUEUE_FULL,
+        "Publications that found a shard's inbound queue full."
+    );
+    describe_counter!(AUTH_FAILURES, "Refused credentials, by reason.");
+    describe_counter!(COMMAND_ERRORS, "Error messages sent to clients, by code.");
+    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by status class.");
+    describe_counter!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "CPU time of the process (user + system)."
+    );
+    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process.");
+}
+
+/// Installs the Prometheus recorder as the process's global recorder.
+pub fn install() -> PrometheusHandle {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(BATCH_SIZE.into()),
+            &[
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
+            ],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(PUBLISH_TO_FLUSH.into()),
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ],
+            )
+        })
+        .unwrap_or_else(|_| PrometheusBuilder::new());
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    // A second install (tests in one process) keeps the first recorder; the handle then
+    // renders an empty registry, which only matters to such tests.
+    let _ = metrics::set_global_recorder(recorder);
+    describe();
+    handle
+}
+
+/// Renders `/metrics`, refreshing the process gauges first.
+pub fn render(handle: &PrometheusHandle) -> String {
+    if let Some((cpu, rss)) = process_stats() {
+        metrics::counter!(PROCESS_CPU).absolute(cpu as u64);
+        metrics::gauge!(PROCESS_RSS).set(rss as f64);
+    }
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// (CPU seconds, RSS bytes) of this process, from /proc.
+pub fn process_stats() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and
+    // 13th of those.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(((utime + stime) / hz, rss_kb * 1024))
+}
+
+/// Publication counters, held by ingest.
+pub struct PublicationCounters {
+    http: Counter,
+    websocket: Counter,
+}
+
+impl PublicationCounters {
+    pub fn new() -> Self {
+        PublicationCounters {
+            http: metrics::counter!(PUBLICATIONS, "source" => "http"),
+            websocket: metrics::counter!(PUBLICATIONS, "source" => "websocket"),
+        }
+    }
+
+    pub fn add(&self, source: Source, n: u64) {
+        match source {
+            Source::Http => self.http.increment(n),
+            Source::Websocket => self.websocket.increment(n),
+        }
+    }
+}
+
+impl Default for PublicationCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The handles one shard updates.
+pub struct ShardMetrics {
+    /// Indexed like [`ROLES`].
+    pub connections: [Gauge; 4],
+    pub accepted: Counter,
+    pub subscriptions: Gauge,
+    pub deliveries: Counter,
+    pub frames_written: Counter,
+    pub bytes_written: Counter,
+    pub flushes: Counter,
+    pub batch_size: Histogram,
+    pub publish_to_flush: Histogram,
+    pub dropped_overflow: Counter,
+    pub dropped_shard_queue: Counter,
+    pub queue_depth: Gauge,
+    pub queue_full: Counter,
+}
+
+impl ShardMetrics {
+    pub fn new(shard: usize) -> Self {
+        let s = shard.to_string();
+        ShardMetrics {
+            connections: ROLES
+                .map(|r| metrics::gauge!(CONNECTIONS, "shard" => s.clone(), "role" => r)),
+            accepted: metrics::counter!(CONNECTIONS_ACCEPTED, "shard" => s.clone()),
+            subscriptions: metrics::gauge!(SUBSCRIPTIONS, "shard" => s.clone()),
+            deliveries: metrics::counter!(DELIVERIES, "shard" => s.clone()),
+            frames_written: metrics::counter!(FRAMES_WRITTEN, "shard" => s.clone()),
+            bytes_written: metrics::counter!(BYTES_WRITTEN, "shard" => s.clone()),
+            flushes: metrics::counter!(FLUSHES, "shard" => s.clone()),
+            batch_size: metrics::histogram!(BATCH_SIZE, "shard" => s.clone()),
+            publish_to_flush: metrics::histogram!(PUBLISH_TO_FLUSH, "shard" => s.clone()),
+            dropped_overflow: metrics::counter!(DROPPED, "reason" => drop_reason::QUEUE_OVERFLOW),
+            dropped_shard_queue: metrics::counter!(DROPPED, "reason" => drop_reason::SHARD_QUEUE_FULL),
+            queue_depth: metrics::gauge!(SHARD_QUEUE_DEPTH, "shard" => s.clone()),
+            queue_full: metrics::counter!(SHARD_QUEUE_FULL, "shard" => s),
+        }
+    }
+}
+
+/// Counts a refused credential.
+pub fn auth_failure(reason: &'static str) {
+    metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+}
+
+/// Counts an error message sent to a client.
+pub fn command_error(code: &'static str) {
+    metrics::counter!(COMMAND_ERRORS, "code" => code).increment(1);
+}
+
+/// Counts a closed WebSocket connection.
+pub fn connection_closed(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// Counts an HTTP answer by status class (`2xx`, `4xx`, …).
+pub fn http_request(status: u16) {
+    let class = match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(HTTP_REQUESTS, "status" => class).increment(1);
+}

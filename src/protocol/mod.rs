@@ -1,0 +1,489 @@
+//! The wire contract (PROTOCOL.md) as types: error codes, path rules, client commands,
+//! and the encoding of server messages.
+//!
+//! Pure and thread-agnostic. The shard parses every client text message through
+//! [`parse_command`]; ingest encodes each publication once through [`encode_event_tail`];
+//! the shard wraps that shared tail with the per-connection `subscriptionIds` through
+//! [`event_prefix`]. Nothing here re-serializes a publication's `data`.
+
+pub mod ws;
+
+use serde_json::{json, Map, Value};
+
+/// Error codes of PROTOCOL.md §11, spelled as on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthorized,
+    Forbidden,
+    BadMessage,
+    UnknownType,
+    InvalidPath,
+    InvalidFilter,
+    NotFound,
+    LimitExceeded,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::BadMessage => "BAD_MESSAGE",
+            ErrorCode::UnknownType => "UNKNOWN_TYPE",
+            ErrorCode::InvalidPath => "INVALID_PATH",
+            ErrorCode::InvalidFilter => "INVALID_FILTER",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// A refusal: a code and a sentence that names the problem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Most segments a path may have (PROTOCOL.md §4).
+pub const MAX_PATH_SEGMENTS: usize = 16;
+/// Longest path in bytes (PROTOCOL.md §4).
+pub const MAX_PATH_BYTES: usize = 512;
+
+/// Checks a publication or subscription path: segments of `[A-Za-z0-9_.:@-]+` joined by
+/// `/`, at most 16 segments and 512 bytes; a leading `$` marks a system path.
+pub fn validate_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("path is empty".into());
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(format!(
+            "path is {} bytes, more than {MAX_PATH_BYTES}",
+            path.len()
+        ));
+    }
+    let body = path.strip_prefix('$').unwrap_or(path);
+    let mut segments = 0;
+    for seg in body.split('/') {
+        segments += 1;
+        if seg.is_empty() {
+            return Err(format!("path '{path}' has an empty segment"));
+        }
+        if let Some(c) = seg
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-')))
+        {
+            return Err(format!("path '{path}' has a character {c:?} not allowed in a segment (allowed: A-Z a-z 0-9 _ . : @ -)"));
+        }
+    }
+    if segments > MAX_PATH_SEGMENTS {
+        return Err(format!(
+            "path '{path}' has {segments} segments, more than {MAX_PATH_SEGMENTS}"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `path` is a system path (only admins may subscribe).
+pub fn is_system_path(path: &str) -> bool {
+    path.starts_with('$')
+}
+
+/// The prefixes of `path` at which a subscription can match it, longest last:
+/// `jobs/550e/steps` → `jobs`, `jobs/550e`, `jobs/550e/steps`.
+pub fn path_prefixes(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/')
+        .map(move |(i, _)| &path[..i])
+        .chain(std::iter::once(path))
+}
+
+/// One entry of a `subscribeEvents` message, checked for shape but not yet for
+/// permission (that needs the connection's identity).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscriptionRequest {
+    pub id: String,
+    pub path: String,
+    /// Empty: every event type.
+    pub events: Vec<String>,
+    /// A shape problem of this entry alone: it goes to `rejected`, the others proceed.
+    pub problem: Option<Refusal>,
+}
+
+/// A parsed client command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Auth {
+        token: String,
+        options: Option<Map<String, Value>>,
+    },
+    Ping,
+    Pong,
+    SubscribeEvents {
+        subscriptions: Vec<SubscriptionRequest>,
+    },
+    UnsubscribeEvents {
+        ids: Vec<String>,
+    },
+    /// Service-only commands (PROTOCOL.md §10): users get `FORBIDDEN`.
+    ServiceOnly(&'static str),
+    /// In the protocol, but not in this version (live queries): a clear refusal.
+    NotImplemented(&'static str),
+}
+
+/// A command with the `requestId` to echo in its answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    pub request_id: Option<Value>,
+    pub command: Command,
+}
+
+/// The error for a message that could not be turned into a command; carries the
+/// `requestId` when one could be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParseError {
+    pub request_id: Option<Value>,
+    pub refusal: Refusal,
+}
+
+fn bad(request_id: &Option<Value>, msg: impl Into<String>) -> ParseError {
+    ParseError {
+        request_id: request_id.clone(),
+        refusal: Refusal::new(ErrorCode::BadMessage, msg),
+    }
+}
+
+/// Parses one client text message (already valid UTF-8).
+pub fn parse_command(text: &[u8]) -> Result<Envelope, ParseError> {
+    let value: Value = serde_json::from_slice(text).map_err(|e| ParseError {
+        request_id: None,
+        refusal: Refusal::new(ErrorCode::BadMessage, format!("message is not JSON: {e}")),
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(bad(&None, "message must be a JSON object"));
+    };
+    let request_id = match obj.remove("requestId") {
+        None | Some(Value::Null) => None,
+        Some(v @ (Value::String(_) | Value::Number(_))) => Some(v),
+        Some(_) => return Err(bad(&None, "requestId must be a string")),
+    };
+    let typ = match obj.get("type") {
+        None => return Err(bad(&request_id, "message has no 'type' field")),
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(bad(&request_id, "'type' must be a string")),
+    };
+    let command = match typ {
+        "auth" => {
+            let token = match obj.get("token") {
+                Some(Value::String(t)) if !t.is_empty() => t.clone(),
+                _ => return Err(bad(&request_id, "auth needs a non-empty string 'token'")),
+            };
+            let options = match obj.remove("options") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(m)) => Some(m),
+                Some(_) => return Err(bad(&request_id, "'options' must be an object")),
+            };
+            Command::Auth { token, options }
+        }
+        "ping" => Command::Ping,
+        "pong" => Command::Pong,
+        "subscribeEvents" => {
+            let Some(Value::Array(items)) = obj.get("subscriptions") else {
+                return Err(bad(
+                    &request_id,
+                    "subscribeEvents needs an array 'subscriptions'",
+                ));
+            };
+            let mut subscriptions = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                subscriptions.push(parse_subscription(i, item).map_err(|m| bad(&request_id, m))?);
+            }
+            Command::SubscribeEvents { subscriptions }
+        }
+        "unsubscribeEvents" => {
+            let Some(Value::Array(items)) = obj.get("ids") else {
+                return Err(bad(
+                    &request_id,
+                    "unsubscribeEvents needs an array of strings 'ids'",
+                ));
+            };
+            let mut ids = Vec::with_capacity(items.len());
+            for (i, v) in items.iter().enumerate() {
+                match v {
+                    Value::String(s) => ids.push(s.clone()),
+                    _ => return Err(bad(&request_id, format!("ids[{i}] must be a string"))),
+                }
+            }
+            Command::UnsubscribeEvents { ids }
+        }
+        "taskComplete" => Command::ServiceOnly("taskComplete"),
+        "taskFailed" => Command::ServiceOnly("taskFailed"),
+        "lock" => Command::ServiceOnly("lock"),
+        "unlock" => Command::ServiceOnly("unlock"),
+        "log" => Command::ServiceOnly("log"),
+        "publish" => Command::ServiceOnly("publish"),
+        "createLiveQuery" => Command::NotImplemented("createLiveQuery"),
+        "destroyLiveQuery" => Command::NotImplemented("destroyLiveQuery"),
+        other => {
+            return Err(ParseError {
+                request_id,
+                refusal: Refusal::new(
+                    ErrorCode::UnknownType,
+                    format!("unknown message type '{}'", truncate(other, 64)),
+                ),
+            })
+        }
+    };
+    Ok(Envelope {
+        request_id,
+        command,
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Shape of one subscription entry. A missing or non-string `id` fails the whole message
+/// (a rejection must name an id); everything else is a per-entry `problem`.
+fn parse_subscription(i: usize, item: &Value) -> Result<SubscriptionRequest, String> {
+    let Value::Object(o) = item else {
+        return Err(format!("subscriptions[{i}] must be an object"));
+    };
+    let id = match o.get("id") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
+        _ => {
+            return Err(format!(
+                "subscriptions[{i}].id must be a non-empty string of at most 256 bytes"
+            ))
+        }
+    };
+    let mut req = SubscriptionRequest {
+        id,
+        path: String::new(),
+        events: Vec::new(),
+        problem: None,
+    };
+    let problem = |code, m: String| Some(Refusal::new(code, m));
+    match o.get("path") {
+        Some(Value::String(p)) => match validate_path(p) {
+            Ok(()) => req.path = p.clone(),
+            Err(m) => req.problem = problem(ErrorCode::InvalidPath, m),
+        },
+        _ => {
+            req.problem = problem(ErrorCode::BadMessage, "'path' must be a string".into());
+        }
+    }
+    match o.get("events") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(evs)) => {
+            for e in evs {
+                match e {
+                    Value::String(s) if !s.is_empty() => req.events.push(s.clone()),
+                    _ => {
+                        req.problem = req.problem.take().or(problem(
+                            ErrorCode::BadMessage,
+                            "'events' must be an array of non-empty strings".into(),
+                        ))
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            req.problem = req.problem.take().or(problem(
+                ErrorCode::BadMessage,
+                "'events' must be an array of non-empty strings".into(),
+            ))
+        }
+    }
+    // Filters and `since` recovery are part of the contract but not of this version:
+    // refuse them rather than silently deliver unfiltered or unrecovered events.
+    for (key, what) in [
+        ("filter", "filters are not supported by this server version"),
+        (
+            "since",
+            "'since' recovery is not supported by this server version",
+        ),
+    ] {
+        if o.get(key).is_some_and(|v| !v.is_null()) {
+            req.problem = req
+                .problem
+                .take()
+                .or(problem(ErrorCode::BadMessage, what.into()));
+        }
+    }
+    Ok(req)
+}
+
+/// Serializes a server control message (not on the fan-out path).
+pub fn to_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// `{"type":"error","code":…,"message":…,"requestId":…}`.
+pub fn error_message(code: ErrorCode, message: &str, request_id: Option<&Value>) -> Vec<u8> {
+    let mut v = json!({"type": "error", "code": code.as_str(), "message": message});
+    if let Some(r) = request_id {
+        v["requestId"] = r.clone();
+    }
+    to_bytes(&v)
+}
+
+/// The warning that tells a client it lost `dropped` events of a subscription.
+pub fn overflow_warning(subscription_id: &str, dropped: u64) -> Vec<u8> {
+    to_bytes(&json!({
+        "type": "warning",
+        "code": "QUEUE_OVERFLOW",
+        "subscriptionId": subscription_id,
+        "dropped": dropped,
+        "message": format!("{dropped} events dropped for subscription '{subscription_id}' due to slow consumption"),
+    }))
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping is the reference; strings here are short (ids, paths).
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Encodes the shared part of an `event`, everything after `subscriptionIds`:
+/// `"eventType":…,"path":…,"data":…,"timestamp":"…","seq":N}`. Done once per
+/// publication at ingest; `data` is the publisher's JSON text, copied as is.
+pub fn encode_event_tail(
+    event_type: &str,
+    path: &str,
+    data_json: &str,
+    timestamp_ms: u64,
+    seq: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(80 + event_type.len() + path.len() + data_json.len());
+    out.extend_from_slice(b"\"eventType\":");
+    write_json_str(&mut out, event_type);
+    out.extend_from_slice(b",\"path\":");
+    write_json_str(&mut out, path);
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data_json.as_bytes());
+    out.extend_from_slice(b",\"timestamp\":\"");
+    crate::time::write_rfc3339_ms(&mut out, timestamp_ms);
+    out.extend_from_slice(b"\",\"seq\":");
+    out.extend_from_slice(itoa_u64(seq).as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// The per-connection head of an `event`: `{"type":"event","subscriptionIds":[…],`.
+/// `ids` are JSON string literals, already escaped.
+pub fn event_prefix<'a>(out: &mut Vec<u8>, ids: impl Iterator<Item = &'a [u8]>) {
+    out.extend_from_slice(b"{\"type\":\"event\",\"subscriptionIds\":[");
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(id);
+    }
+    out.extend_from_slice(b"],");
+}
+
+fn itoa_u64(n: u64) -> String {
+    n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        for ok in ["jobs", "jobs/550e", "a.b:c@d-e_f/9", "$logs/billing"] {
+            assert_eq!(validate_path(ok), Ok(()), "{ok}");
+        }
+        for badp in ["", "jobs/", "/jobs", "jobs//x", "jo bs", "jobs/é", "a$b"] {
+            assert!(validate_path(badp).is_err(), "{badp}");
+        }
+        let deep = vec!["a"; 17].join("/");
+        assert!(validate_path(&deep).unwrap_err().contains("17 segments"));
+        assert!(validate_path(&vec!["a"; 16].join("/")).is_ok());
+        assert!(validate_path(&"x".repeat(513)).is_err());
+        assert_eq!(
+            path_prefixes("jobs/550e/steps").collect::<Vec<_>>(),
+            ["jobs", "jobs/550e", "jobs/550e/steps"]
+        );
+        assert_eq!(path_prefixes("jobs").collect::<Vec<_>>(), ["jobs"]);
+    }
+
+    #[test]
+    fn bad_messages_are_named() {
+        let e = parse_command(b"not json").unwrap_err();
+        assert_eq!(e.refusal.code, ErrorCode::BadMessage);
+        assert!(e.refusal.message.contains("not JSON"));
+        let e = parse_command(b"[1]").unwrap_err();
+        assert!(e.refusal.message.contains("object"));
+        let e = parse_command(br#"{"requestId":"r"}"#).unwrap_err();
+        assert_eq!(e.request_id, Some(json!("r")));
+        assert!(e.refusal.message.contains("'type'"));
+        let e = parse_command(br#"{"type":5}"#).unwrap_err();
+        assert!(e.refusal.message.contains("string"));
+        let e = parse_command(br#"{"type":"nope","requestId":"q"}"#).unwrap_err();
+        assert_eq!(e.refusal.code, ErrorCode::UnknownType);
+        assert_eq!(e.request_id, Some(json!("q")));
+        let e = parse_command(br#"{"type":"subscribeEvents","subscriptions":[{"path":"a"}]}"#)
+            .unwrap_err();
+        assert!(e.refusal.message.contains("subscriptions[0].id"));
+    }
+
+    #[test]
+    fn subscription_entries_carry_their_own_problems() {
+        let env = parse_command(
+            br#"{"type":"subscribeEvents","requestId":"r","subscriptions":[
+                {"id":"a","path":"jobs","events":["x"]},
+                {"id":"b","path":"bad path"},
+                {"id":"c","path":"jobs","filter":"x == 1"}]}"#,
+        )
+        .unwrap();
+        let Command::SubscribeEvents { subscriptions } = env.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(subscriptions[0].problem, None);
+        assert_eq!(subscriptions[0].events, ["x"]);
+        assert_eq!(
+            subscriptions[1].problem.as_ref().unwrap().code,
+            ErrorCode::InvalidPath
+        );
+        assert!(subscriptions[2]
+            .problem
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("filters"));
+    }
+
+    #[test]
+    fn event_encoding_is_valid_json() {
+        let tail = encode_event_tail("done", "jobs/1", r#"{"a": [1, "x"]}"#, 0, 42);
+        let mut msg = Vec::new();
+        event_prefix(&mut msg, [&b"\"s1\""[..], &b"\"s\\\"2\""[..]].into_iter());
+        msg.extend_from_slice(&tail);
+        let v: Value = serde_json::from_slice(&msg).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"event","subscriptionIds":["s1","s\"2"],"eventType":"done",
+                   "path":"jobs/1","data":{"a":[1,"x"]},"timestamp":"1970-01-01T00:00:00.000Z","seq":42})
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! Fan-out from ingest to the shards: one bounded lock-free queue per shard, with a
+//! coalesced wake-up.
+//!
+//! Ingest (one thread) is the only producer of publications; any thread may send control
+//! messages (publish acknowledgements, drain). Each shard is the only consumer of its own
+//! mailbox. The queue is a crossbeam array channel: a push is a few atomics, no lock.
+//!
+//! A full queue never blocks ingest and never delays other shards. When a shard's queue
+//! is full:
+//! - a publication is not queued for that shard; it goes to the shard's *overflow list*
+//!   (bounded by [`OVERFLOW_PUBLICATIONS`]) and is counted in
+//!   `shardcast_shard_queue_full_total{shard}`. The shard later matches it against its
+//!   subscriptions and counts it as dropped for each one, so the affected clients get an
+//!   exact `QUEUE_OVERFLOW` warning, just as for a full connection ring;
+//! - past that bound only a count is kept (`lost`); the shard then warns every
+//!   subscription it has, with that count as an upper bound;
+//! - control messages (which must not be lost) go to the overflow list unconditionally;
+//!   they are few (one per in-flight publish request).
+//!
+//! The overflow list takes a mutex, but only on this cold path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::ingest::{Publication, PublishOutcome};
+
+/// Publications kept per shard for exact drop accounting once its queue is full.
+pub const OVERFLOW_PUBLICATIONS: usize = 65_536;
+
+/// What a shard receives.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A sequenced publication to match and deliver.
+    Publication(Arc<Publication>),
+    /// The answer to a publish request made by connection `key` (generation `gen`).
+    PublishDone {
+        key: u32,
+        gen: u32,
+        outcome: PublishOutcome,
+    },
+    /// SIGTERM: stop accepting and close connections over the drain period.
+    Drain,
+}
+
+/// What piled up while a shard's queue was full.
+#[derive(Default, Debug)]
+pub struct Overflow {
+    /// Control messages, in the order they were sent.
+    pub control: Vec<ShardMsg>,
+    /// Publications this shard will never deliver: to be counted as drops.
+    pub dropped: Vec<Arc<Publication>>,
+    /// Publications dropped past the overflow bound: only their number is known.
+    pub lost: u64,
+}
+
+/// One shard's inbox.
+pub struct Mailbox {
+    tx: Sender<ShardMsg>,
+    rx: Receiver<ShardMsg>,
+    overflow: Mutex<Overflow>,
+    /// Set while `overflow` holds something; read without the lock on every drain.
+    has_overflow: AtomicBool,
+    /// Set by a producer that woke the shard; cleared by the shard before it drains, so
+    /// a burst of pushes costs one wake-up system call, not one per push.
+    notified: AtomicBool,
+    waker: mio::Waker,
+    /// Times a publication found this queue full.
+    pub full_events: AtomicU64,
+}
+
+impl Mailbox {
+    pub fn new(capacity: usize, waker: mio::Waker) -> Mailbox {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        Mailbox {
+            tx,
+            rx,
+            overflow: Mutex::new(Overflow::default()),
+            has_overflow: AtomicBool::new(false),
+            notified: AtomicBool::new(false),
+            waker,
+            full_events: AtomicU64::new(0),
+        }
+    }
+
+    fn wake(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            // A failed wake means the shard's poll is gone (shutdown); nothing to do.
+            let _ = self.waker.wake();
+        }
+    }
+
+    fn lock_overflow(&self) -> std::sync::MutexGuard<'_, Overflow> {
+        // A panic while holding this lock cannot leave the lists inconsistent (pushes
+        // only), so a poisoned lock is still usable.
+        self.overflow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a publication; `false` when it went to the overflow path.
+    pub fn send_publication(&self, p: Arc<Publication>) -> bool {
+        let queued = match self.tx.try_send(ShardMsg::Publication(p)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(ShardMsg::Publication(p)))
+            | Err(TrySendError::Disconnected(ShardMsg::Publication(p))) => {
+                self.full_events.fetch_add(1, Ordering::Relaxed);
+                let mut o = self.lock_overflow();
+                if o.dropped.len() < OVERFLOW_PUBLICATIONS {
+                    o.dropped.push(p);
+                } else {
+                    o.lost += 1;
+                }
+                self.has_overflow.store(true, Ordering::Release);
+                false
+            }
+            Err(_) => false,
+        };
+        self.wake();
+        queued
+    }
+
+    /// Sends a message that must arrive (never dropped).
+    pub fn send_control(&self, m: ShardMsg) {
+        if let Err(e) = self.tx.try_send(m) {
+            let m = e.into_inner();
+            self.lock_overflow().control.push(m);
+            self.has_overflow.store(true, Ordering::Release);
+        }
+        self.wake();
+    }
+
+    /// Consumer side: the shard calls this when its waker fired, before draining.
+    pub fn clear_notified(&self) {
+        self.notified.store(false, Ordering::Release);
+    }
+
+    /// Consumer side: the next queued message.
+    pub fn try_recv(&self) -> Option<ShardMsg> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Consumer side: takes what piled up on the overflow path, if anything.
+    pub fn take_overflow(&self) -> Option<Overflow> {
+        if !self.has_overflow.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut o = self.lock_overflow();
+        self.has_overflow.store(false, Ordering::Release);
+        Some(std::mem::take(&mut *o))
+    }
+
+    /// Messages waiting in the queue (for the depth gauge).
+    pub fn depth(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+/// The set of shard mailboxes, indexed by shard id.
+pub struct Router {
+    mailboxes: Vec<Arc<Mailbox>>,
+}
+
+impl Router {
+    pub fn new(mailboxes: Vec<Arc<Mailbox>>) -> Router {
+        Router { mailboxes }
+    }
+
+    /// Hands one pointer to the publication to every shard.
+    pub fn broadcast(&self, p: &Arc<Publication>) {
+        for m in &self.mailboxes {
+            m.send_publication(p.clone());
+        }
+    }
+
+    pub fn send_control(&self, shard: usize, m: ShardMsg) {
+        if let Some(mb) = self.mailboxes.get(shard) {
+            mb.send_control(m);
+        }
+    }
+
+    pub fn mailbox(&self, shard: usize) -> Option<&Arc<Mailbox>> {
+        self.mailboxes.get(shard)
+    }
+
+    pub fn shards(&self) -> usize {
+        self.mailboxes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(seq: u64) -> Arc<Publication> {
+        Arc::new(Publication::new(seq, "a", "e", "null", 0))
+    }
+
+    #[test]
+    fn full_queue_spills_publications_and_keeps_control() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let mb = Mailbox::new(2, waker);
+        assert!(mb.send_publication(publication(1)));
+        assert!(mb.send_publication(publication(2)));
+        assert!(!mb.send_publication(publication(3)));
+        mb.send_control(ShardMsg::Drain);
+        assert_eq!(mb.full_events.load(Ordering::Relaxed), 1);
+        // The queue holds 1 and 2, in order.
+        for want in [1, 2] {
+            match mb.try_recv() {
+                Some(ShardMsg::Publication(p)) => assert_eq!(p.seq, want),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(mb.try_recv().is_none());
+        let o = mb.take_overflow().unwrap();
+        assert_eq!(o.dropped.len(), 1);
+        assert_eq!(o.dropped[0].seq, 3);
+        assert!(matches!(o.control[..], [ShardMsg::Drain]));
+        assert!(mb.take_overflow().is_none());
+    }
+}

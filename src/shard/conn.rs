@@ -1,0 +1,321 @@
+//! A connection's state as its shard holds it: the socket, unparsed input, unwritten
+//! output, and either HTTP or WebSocket session state.
+//!
+//! Owned by exactly one shard (a slab entry); never shared, never sent. Buffers start
+//! empty and are given back once drained, so an idle WebSocket holds no buffer: input is
+//! read into the shard's scratch buffer and only a partial frame is kept here.
+
+use std::io::{self, Write};
+use std::rc::Rc;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::auth::jwt::{Claims, Role};
+use crate::config::Framing;
+use crate::protocol::ws::{self, Utf8Check};
+
+use super::index::EventSet;
+use super::ring::Ring;
+
+/// Bytes reserved in front of every frame's JSON for the largest WebSocket header, so a
+/// frame is built once and serves both framings without a copy.
+pub const HEADER_ROOM: usize = ws::MAX_HEADER;
+
+/// One message as it waits in rings: built once per shard per publication per distinct
+/// `subscriptionIds` list, shared by every connection that gets the same bytes.
+#[derive(Debug)]
+pub struct Frame {
+    /// `HEADER_ROOM` bytes, of which the last `HEADER_ROOM - start` are the WebSocket
+    /// header, then the message JSON (or the echoed payload).
+    pub buf: Box<[u8]>,
+    pub start: u8,
+    /// Interned ids of the subscriptions this message is for (drop accounting).
+    pub subs: Box<[u32]>,
+    /// When ingest sequenced the publication (latency metric); `None` for echoes.
+    pub ingested_at: Option<Instant>,
+}
+
+impl Frame {
+    /// Builds a frame from `payload_len` bytes written by `fill` after the header room.
+    pub fn build(
+        opcode: ws::OpCode,
+        payload_len: usize,
+        subs: Box<[u32]>,
+        ingested_at: Option<Instant>,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Frame {
+        let mut buf = Vec::with_capacity(HEADER_ROOM + payload_len);
+        buf.resize(HEADER_ROOM, 0);
+        fill(&mut buf);
+        let len = buf.len() - HEADER_ROOM;
+        let mut h = [0u8; ws::MAX_HEADER];
+        let n = ws::encode_header(&mut h, opcode, len);
+        let start = HEADER_ROOM - n;
+        buf[start..HEADER_ROOM].copy_from_slice(&h[..n]);
+        Frame {
+            buf: buf.into_boxed_slice(),
+            start: start as u8,
+            subs,
+            ingested_at,
+        }
+    }
+
+    /// The whole WebSocket frame (`framing=frames`).
+    pub fn frame_bytes(&self) -> &[u8] {
+        &self.buf[self.start as usize..]
+    }
+
+    /// The message alone (an element of a `batch` with `framing=array`).
+    pub fn message(&self) -> &[u8] {
+        &self.buf[HEADER_ROOM..]
+    }
+}
+
+/// What the connection is doing at the HTTP level.
+#[derive(Debug, Default)]
+pub struct HttpState {
+    /// A `100 Continue` was sent for the request being read.
+    pub continue_sent: bool,
+    /// A publish request is with ingest; nothing more is read until it answers.
+    pub awaiting_ingest: bool,
+    /// Close once the answer in progress is written.
+    pub close_after: bool,
+}
+
+/// A subscription held by a WebSocket connection.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Interned id (shard's interner).
+    pub id: u32,
+    pub path: Box<str>,
+    pub events: EventSet,
+}
+
+/// A fragmented message being reassembled.
+#[derive(Debug)]
+pub struct Fragments {
+    pub opcode: ws::OpCode,
+    pub data: Vec<u8>,
+    pub utf8: Utf8Check,
+}
+
+/// WebSocket session state.
+#[derive(Debug)]
+pub struct WsState {
+    /// The echo endpoint: no authentication, messages go back as they came.
+    pub echo: bool,
+    /// Set once authenticated.
+    pub claims: Option<Rc<Claims>>,
+    /// Per-shard connection number, for `connectionId`.
+    pub number: u64,
+    pub batch_ms: u32,
+    pub batch_max: u32,
+    pub framing: Framing,
+    pub subscriptions: Vec<Subscription>,
+    pub ring: Ring<Rc<Frame>>,
+    /// Messages dropped per subscription (interned id → count) not yet reported with a
+    /// `QUEUE_OVERFLOW` warning.
+    pub dropped: Vec<(u32, u64)>,
+    /// The `seq` of the last publication queued here: a second match of the same
+    /// publication merges into that message instead of making another.
+    pub last_seq: u64,
+    pub fragments: Option<Box<Fragments>>,
+    /// Command rate limiter (user connections): tokens left and when last refilled.
+    pub tokens: f32,
+    pub tokens_at: u64,
+    /// When the unanswered server `ping` was sent (shard ms).
+    pub ping_sent: Option<u64>,
+    /// A close frame was sent; only the peer's close (or the linger timer) remains.
+    pub close_sent: bool,
+    /// The flush deadline currently armed (shard ms).
+    pub flush_at: Option<u64>,
+    /// Already on the shard's list of connections to flush this iteration.
+    pub dirty: bool,
+    /// Reading is paused until the ring drains (echo back-pressure).
+    pub read_paused: bool,
+}
+
+impl WsState {
+    pub fn new(echo: bool, number: u64, ring_capacity: usize, burst: f32, now: u64) -> WsState {
+        WsState {
+            echo,
+            claims: None,
+            number,
+            batch_ms: 0,
+            batch_max: 1,
+            framing: Framing::Frames,
+            subscriptions: Vec::new(),
+            ring: Ring::new(ring_capacity),
+            dropped: Vec::new(),
+            last_seq: 0,
+            fragments: None,
+            tokens: burst,
+            tokens_at: now,
+            ping_sent: None,
+            close_sent: false,
+            flush_at: None,
+            dirty: false,
+            read_paused: false,
+        }
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.claims.as_ref().map(|c| c.role)
+    }
+
+    /// Index into `metrics::ROLES`.
+    pub fn role_slot(&self) -> usize {
+        match self.role() {
+            None => 0,
+            Some(Role::User) => 1,
+            Some(Role::Service) => 2,
+            Some(Role::Admin) => 3,
+        }
+    }
+
+    /// Counts one dropped message for each subscription it was for.
+    pub fn count_dropped(&mut self, subs: &[u32]) {
+        for &s in subs {
+            match self.dropped.iter_mut().find(|(id, _)| *id == s) {
+                Some((_, n)) => *n += 1,
+                None => self.dropped.push((s, 1)),
+            }
+        }
+    }
+}
+
+/// How the connection ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Open,
+    /// Shut the write side once `out` is written (after a close frame or a
+    /// `Connection: close` answer).
+    AfterWrite,
+    /// Write side shut; reading until the peer closes or the linger timer fires.
+    HalfClosed,
+}
+
+/// Per-connection kind-specific state.
+#[derive(Debug)]
+pub enum Kind {
+    Http(HttpState),
+    Ws(Box<WsState>),
+}
+
+/// A connection owned by a shard.
+#[derive(Debug)]
+pub struct Conn {
+    pub sock: TcpStream,
+    /// Distinguishes this connection from an earlier one in the same slab slot, for
+    /// timers and ingest answers that outlive their connection.
+    pub gen: u32,
+    /// Input received but not yet consumed (partial request or frame).
+    pub rbuf: Vec<u8>,
+    /// Output committed but not yet written; `out_pos` is how much of it was.
+    pub out: Vec<u8>,
+    pub out_pos: usize,
+    pub ending: Ending,
+    pub kind: Kind,
+}
+
+/// Above this, a drained output buffer is freed rather than kept for reuse.
+const KEEP_OUT: usize = 4096;
+
+impl Conn {
+    pub fn ws(&self) -> Option<&WsState> {
+        match &self.kind {
+            Kind::Ws(w) => Some(w),
+            Kind::Http(_) => None,
+        }
+    }
+
+    pub fn ws_mut(&mut self) -> Option<&mut WsState> {
+        match &mut self.kind {
+            Kind::Ws(w) => Some(w),
+            Kind::Http(_) => None,
+        }
+    }
+
+    /// Output is waiting for the socket to take it.
+    pub fn has_pending(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    /// Writes what is pending; returns the bytes written. `WouldBlock` is not an error:
+    /// the rest waits for the next writable event.
+    pub fn write_pending(&mut self) -> io::Result<usize> {
+        let mut written = 0;
+        while self.out_pos < self.out.len() {
+            match self.sock.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out_pos += n;
+                    written += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(written),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out.capacity() > KEEP_OUT {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+        self.out_pos = 0;
+        Ok(written)
+    }
+}
+
+/// Writes `segments` in order with as few vectored writes as the socket allows;
+/// whatever it does not take is copied to `out`. Returns the bytes written now.
+pub fn write_segments(
+    sock: &mut TcpStream,
+    out: &mut Vec<u8>,
+    segments: &[&[u8]],
+) -> io::Result<usize> {
+    // Linux takes at most 1024 iovecs per call.
+    const MAX_IOV: usize = 1024;
+    let mut written = 0;
+    let (mut idx, mut off) = (0usize, 0usize);
+    while idx < segments.len() {
+        let end = (idx + MAX_IOV).min(segments.len());
+        let iov: Vec<io::IoSlice<'_>> = std::iter::once(io::IoSlice::new(&segments[idx][off..]))
+            .chain(segments[idx + 1..end].iter().map(|s| io::IoSlice::new(s)))
+            .collect();
+        match sock.write_vectored(&iov) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                written += n;
+                // Advance (idx, off) by n bytes.
+                while n > 0 && idx < segments.len() {
+                    let left = segments[idx].len() - off;
+                    if n >= left {
+                        n -= left;
+                        idx += 1;
+                        off = 0;
+                    } else {
+                        off += n;
+                        n = 0;
+                    }
+                }
+                // Skip empty segments so the next iovec starts on data.
+                while idx < segments.len() && segments[idx].len() == off {
+                    idx += 1;
+                    off = 0;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if idx < segments.len() {
+        out.extend_from_slice(&segments[idx][off..]);
+        for s in &segments[idx + 1..] {
+            out.extend_from_slice(s);
+        }
+    }
+    Ok(written)
+}

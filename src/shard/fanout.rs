@@ -1,0 +1,340 @@
+//! Fan-out on a shard: match a publication against the index, build each distinct
+//! message once, queue it in the rings of the connections it reaches, and flush rings
+//! when `batchMax` messages wait or `batchMs` after the oldest arrived.
+//!
+//! Part of [`Shard`]; runs on the shard's thread only. No allocation per delivery: a
+//! delivery is a pointer copy into a ring. The payload is never re-serialized: a message
+//! is the per-connection head (`subscriptionIds`) plus the publication's shared tail,
+//! built once per distinct head. A flush is one vectored write of whatever the ring
+//! holds (up to `batchMax`), so deliveries are coalesced whatever the batch interval.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::config::Framing;
+use crate::ingest::Publication;
+use crate::protocol::{self, ws};
+
+use super::conn::{write_segments, Conn, Frame, Kind, HEADER_ROOM};
+use super::{Shard, TimerKind};
+
+/// `{"type":"event","subscriptionIds":[` + `],`
+const EVENT_HEAD_LEN: usize = 35 + 2;
+
+impl Shard {
+    /// Delivers a publication to this shard's matching subscriptions.
+    pub(super) fn on_publication(&mut self, p: &Arc<Publication>) {
+        self.last_seq = self.last_seq.max(p.seq);
+        let mut matches = std::mem::take(&mut self.matches);
+        matches.clear();
+        self.index.collect(&p.path, &p.event_type, &mut matches);
+        if !matches.is_empty() {
+            self.frame_cache.clear();
+            let now32 = self.now as u32;
+            // The single-id frame used last: most connections share one id, so this
+            // spares a hash lookup per delivery.
+            let mut last: Option<(u32, Rc<Frame>)> = None;
+            for &(key, sub) in &matches {
+                let Some(conn) = self.conns.get_mut(key as usize) else {
+                    continue;
+                };
+                let gen = conn.gen;
+                let Kind::Ws(ws) = &mut conn.kind else {
+                    continue;
+                };
+                if ws.close_sent {
+                    continue;
+                }
+                if ws.last_seq == p.seq {
+                    // The connection matched again through another subscription: its
+                    // newest message becomes one listing both ids.
+                    let Some(prev) = ws.ring.back() else { continue };
+                    let mut ids: Vec<u32> = prev.subs.to_vec();
+                    if !ids.contains(&sub) {
+                        ids.push(sub);
+                        ids.sort_unstable();
+                    }
+                    let frame = frame_for(&mut self.frame_cache, &self.interner, p, &ids);
+                    ws.ring.replace_back(frame);
+                    continue;
+                }
+                ws.last_seq = p.seq;
+                let frame = match &last {
+                    Some((s, f)) if *s == sub => f.clone(),
+                    _ => {
+                        let f = frame_for(&mut self.frame_cache, &self.interner, p, &[sub]);
+                        last = Some((sub, f.clone()));
+                        f
+                    }
+                };
+                let was_empty = ws.ring.is_empty();
+                if let Some(old) = ws.ring.push(frame, now32) {
+                    ws.count_dropped(&old.subs);
+                    self.metrics.dropped_overflow.increment(1);
+                }
+                let batch_ms = ws.batch_ms as u64;
+                if batch_ms == 0 || ws.ring.len() >= ws.batch_max as usize {
+                    if !ws.dirty {
+                        ws.dirty = true;
+                        self.dirty.push((key, gen));
+                    }
+                } else if was_empty {
+                    let at = self.now + batch_ms;
+                    ws.flush_at = Some(at);
+                    self.arm(at, key as usize, gen, TimerKind::Flush);
+                }
+            }
+        }
+        self.matches = matches;
+    }
+
+    /// A publication the router could not queue for this shard: it is not delivered, and
+    /// every subscription it would have reached counts it as dropped, so its client gets
+    /// an exact `QUEUE_OVERFLOW` warning.
+    pub(super) fn drop_publication(&mut self, p: &Arc<Publication>) {
+        self.last_seq = self.last_seq.max(p.seq);
+        let mut matches = std::mem::take(&mut self.matches);
+        matches.clear();
+        self.index.collect(&p.path, &p.event_type, &mut matches);
+        for &(key, sub) in &matches {
+            if let Some(ws) = self.conns.get_mut(key as usize).and_then(|c| c.ws_mut()) {
+                ws.count_dropped(&[sub]);
+                self.metrics.dropped_shard_queue.increment(1);
+            }
+        }
+        self.matches = matches;
+    }
+
+    /// Publications lost past the router's overflow bound: which subscriptions they
+    /// matched is unknown, so every subscription on the shard is warned with the count
+    /// as an upper bound.
+    pub(super) fn lost_publications(&mut self, n: u64) {
+        tracing::warn!(
+            shard = self.id,
+            lost = n,
+            "shard queue overflowed past its bound; warning every subscription"
+        );
+        for (_, conn) in self.conns.iter_mut() {
+            if let Some(ws) = conn.ws_mut() {
+                let ids: Vec<u32> = ws.subscriptions.iter().map(|s| s.id).collect();
+                for id in ids {
+                    match ws.dropped.iter_mut().find(|(s, _)| *s == id) {
+                        Some((_, c)) => *c += n,
+                        None => ws.dropped.push((id, n)),
+                    }
+                }
+            }
+        }
+        self.metrics.dropped_shard_queue.increment(n);
+    }
+
+    pub(super) fn mark_dirty(&mut self, key: usize, gen: u32) {
+        if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) {
+            if !ws.dirty {
+                ws.dirty = true;
+                self.dirty.push((key as u32, gen));
+            }
+        }
+    }
+
+    /// Whether the connection's ring should be flushed now.
+    pub(super) fn flush_due(&self, key: usize) -> bool {
+        let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else {
+            return false;
+        };
+        match ws.ring.oldest_at() {
+            None => false,
+            Some(oldest) => {
+                ws.ring.len() >= ws.batch_max as usize
+                    || (self.now as u32).wrapping_sub(oldest) >= ws.batch_ms
+            }
+        }
+    }
+
+    pub(super) fn flush_timer(&mut self, key: usize, at: u64) {
+        let gen = match self.conns.get_mut(key) {
+            Some(c) => {
+                let gen = c.gen;
+                match c.ws_mut() {
+                    Some(ws) if ws.flush_at == Some(at) => {
+                        ws.flush_at = None;
+                        gen
+                    }
+                    _ => return,
+                }
+            }
+            None => return,
+        };
+        self.mark_dirty(key, gen);
+    }
+
+    pub(super) fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &(key, gen) in &dirty {
+            let key = key as usize;
+            match self.conns.get_mut(key) {
+                Some(c) if c.gen == gen => {
+                    if let Some(ws) = c.ws_mut() {
+                        ws.dirty = false;
+                    }
+                }
+                _ => continue,
+            }
+            self.flush(key);
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    /// Writes up to `batchMax` waiting messages (after any overflow warnings) in one
+    /// vectored write, then arms the next flush for what is left.
+    pub(super) fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.has_pending() {
+            // The socket has not taken the last flush yet: messages stay in the ring
+            // (where overflow drops the oldest) until it is writable.
+            return;
+        }
+        let gen = conn.gen;
+        let Conn {
+            sock, out, kind, ..
+        } = conn;
+        let Kind::Ws(ws) = kind else {
+            return;
+        };
+        if ws.ring.is_empty() {
+            return;
+        }
+        let n = ws.ring.len().min(ws.batch_max as usize);
+        // Overflow warnings go first, one per affected subscription still held.
+        let mut warnings: Vec<Vec<u8>> = Vec::new();
+        for (id, count) in ws.dropped.drain(..) {
+            if ws.subscriptions.iter().any(|s| s.id == id) {
+                warnings.push(protocol::overflow_warning(self.interner.name(id), count));
+            }
+        }
+        let mut head: Vec<u8> = Vec::new();
+        let frames_written = match ws.framing {
+            Framing::Frames => {
+                for w in &warnings {
+                    ws::write_frame(&mut head, ws::OpCode::Text, w);
+                }
+                n + warnings.len()
+            }
+            Framing::Array => {
+                let msgs = ws.ring.front(n).map(|f| f.message().len()).sum::<usize>()
+                    + warnings.iter().map(|w| w.len()).sum::<usize>();
+                let count = n + warnings.len();
+                let len = BATCH_OPEN.len() + msgs + count - 1 + BATCH_CLOSE.len();
+                let mut h = [0u8; ws::MAX_HEADER];
+                let hn = ws::encode_header(&mut h, ws::OpCode::Text, len);
+                head.extend_from_slice(&h[..hn]);
+                head.extend_from_slice(BATCH_OPEN);
+                for w in &warnings {
+                    head.extend_from_slice(w);
+                    head.push(b',');
+                }
+                1
+            }
+        };
+        let mut segments: Vec<&[u8]> = Vec::with_capacity(2 * n + 2);
+        if !head.is_empty() {
+            segments.push(&head);
+        }
+        match ws.framing {
+            Framing::Frames => segments.extend(ws.ring.front(n).map(|f| f.frame_bytes())),
+            Framing::Array => {
+                for (i, f) in ws.ring.front(n).enumerate() {
+                    if i > 0 {
+                        segments.push(b",");
+                    }
+                    segments.push(f.message());
+                }
+                segments.push(BATCH_CLOSE);
+            }
+        }
+        let oldest = ws.ring.front(1).next().and_then(|f| f.ingested_at);
+        let result = write_segments(sock, out, &segments);
+        drop(segments);
+        let written = match result {
+            Ok(w) => w,
+            Err(_) => {
+                self.drop_conn(key, "write_error");
+                return;
+            }
+        };
+        ws.ring.consume(n);
+        let events = if ws.echo { 0 } else { n as u64 };
+        // What is left flushes when batchMax wait again or batchMs after its oldest.
+        let next = match ws.ring.oldest_at() {
+            None => None,
+            Some(_) if ws.ring.len() >= ws.batch_max as usize => Some(self.now),
+            Some(oldest_at) => {
+                let waited = (self.now as u32).wrapping_sub(oldest_at) as u64;
+                Some(self.now + (ws.batch_ms as u64).saturating_sub(waited))
+            }
+        };
+        let read_paused = ws.read_paused;
+        match next {
+            Some(at) if at <= self.now => {
+                if !ws.dirty {
+                    ws.dirty = true;
+                    self.dirty.push((key as u32, gen));
+                }
+            }
+            Some(at) => {
+                ws.flush_at = Some(at);
+                self.arm(at, key, gen, TimerKind::Flush);
+            }
+            None => {}
+        }
+        let m = &self.metrics;
+        m.bytes_written.increment(written as u64);
+        m.frames_written.increment(frames_written as u64);
+        m.deliveries.increment(events);
+        m.flushes.increment(1);
+        m.batch_size.record(n as f64);
+        if let Some(t) = oldest {
+            m.publish_to_flush.record(t.elapsed().as_secs_f64());
+        }
+        if read_paused {
+            self.resume_read(key);
+        }
+    }
+}
+
+const BATCH_OPEN: &[u8] = b"{\"type\":\"batch\",\"messages\":[";
+const BATCH_CLOSE: &[u8] = b"]}";
+
+/// The frame for publication `p` listing subscription ids `ids` (sorted), built once
+/// per publication per distinct list.
+fn frame_for(
+    cache: &mut hashbrown::HashMap<Box<[u32]>, Rc<Frame>>,
+    interner: &super::interner::Interner,
+    p: &Publication,
+    ids: &[u32],
+) -> Rc<Frame> {
+    if let Some(f) = cache.get(ids) {
+        return f.clone();
+    }
+    let ids_len: usize = ids.iter().map(|&i| interner.json(i).len() + 1).sum();
+    let len = EVENT_HEAD_LEN + ids_len + p.tail.len();
+    let frame = Rc::new(Frame::build(
+        ws::OpCode::Text,
+        len,
+        ids.into(),
+        Some(p.ingested_at),
+        |buf| {
+            protocol::event_prefix(buf, ids.iter().map(|&i| interner.json(i)));
+            buf.extend_from_slice(&p.tail);
+        },
+    ));
+    debug_assert!(frame.buf.len() <= HEADER_ROOM + len);
+    cache.insert(ids.into(), frame.clone());
+    frame
+}

@@ -1,0 +1,208 @@
+//! HTTP connections on a shard: read requests, answer them through [`crate::api`],
+//! hand publish requests to ingest and answer when it does, upgrade to WebSocket.
+//!
+//! Part of [`Shard`]; runs on the shard's thread only. Requests on one connection are
+//! answered in order: while a publish waits for ingest, nothing more is read from it.
+
+use std::io::{self, Read};
+
+use serde_json::json;
+
+use crate::api::{self, Route};
+use crate::http::{self, Parsed};
+use crate::ingest::{IngestMsg, PublishOutcome, ReplyTo};
+use crate::metrics::Source;
+
+use super::conn::{Ending, Kind};
+use super::Shard;
+
+impl Shard {
+    pub(super) fn http_readable(&mut self, key: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            match conn.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    // The peer is done sending. An answer in progress may still be
+                    // written (half-close); otherwise the connection is finished.
+                    let busy = matches!(&conn.kind, Kind::Http(h) if h.awaiting_ingest)
+                        || conn.has_pending();
+                    if !busy {
+                        self.drop_conn(key, "http_eof");
+                        return;
+                    }
+                    if let Kind::Http(h) = &mut conn.kind {
+                        h.close_after = true;
+                    }
+                    break;
+                }
+                Ok(n) => {
+                    if conn.ending == Ending::HalfClosed {
+                        continue;
+                    }
+                    conn.rbuf.extend_from_slice(&self.scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.drop_conn(key, "read_error");
+                    return;
+                }
+            }
+        }
+        self.http_process(key);
+    }
+
+    /// Answers every complete request waiting in the connection's input.
+    pub(super) fn http_process(&mut self, key: usize) {
+        let max_body = self.shared.config.limits.max_http_body_bytes;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let Kind::Http(h) = &mut conn.kind else {
+                return;
+            };
+            if h.awaiting_ingest || conn.ending != Ending::Open || conn.rbuf.is_empty() {
+                return;
+            }
+            match http::parse(&conn.rbuf, max_body) {
+                Parsed::NeedHead => return,
+                Parsed::NeedBody { expect_continue } => {
+                    if expect_continue && !h.continue_sent {
+                        h.continue_sent = true;
+                        self.send_raw(key, b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    return;
+                }
+                Parsed::Error(status, message) => {
+                    let code = if status == 413 {
+                        "LIMIT_EXCEEDED"
+                    } else {
+                        "BAD_MESSAGE"
+                    };
+                    conn.ending = Ending::AfterWrite;
+                    conn.rbuf = Vec::new();
+                    let r = http::error_response(status, code, &message, None, true);
+                    self.send_raw(key, &r);
+                    return;
+                }
+                Parsed::Complete(req, used) => {
+                    h.continue_sent = false;
+                    conn.rbuf.drain(..used);
+                    if conn.rbuf.is_empty() {
+                        conn.rbuf = Vec::new();
+                    }
+                    self.http_request(key, *req);
+                }
+            }
+        }
+    }
+
+    fn http_request(&mut self, key: usize, req: http::Request) {
+        let draining = self.draining.is_some();
+        let close = req.close || draining;
+        match api::route(&req, &self.shared, close) {
+            Route::Respond(bytes) => {
+                if close {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.ending = Ending::AfterWrite;
+                    }
+                }
+                self.send_raw(key, &bytes);
+            }
+            Route::Upgrade { echo, accept } => {
+                self.send_raw(key, &http::upgrade_response(&accept));
+                self.start_ws(key, echo, &req.query);
+                // Frames the client sent right behind its request are already here.
+                let leftover = self.conns.get_mut(key).map(|c| std::mem::take(&mut c.rbuf));
+                if let Some(mut buf) = leftover.filter(|b| !b.is_empty()) {
+                    let (used, _) = self.ws_input(key, &mut buf);
+                    if let Some(c) = self.conns.get_mut(key) {
+                        if used < buf.len() {
+                            buf.drain(..used);
+                            c.rbuf = buf;
+                        }
+                    }
+                }
+            }
+            Route::Publish(items) => {
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return;
+                };
+                let reply = ReplyTo {
+                    shard: self.id,
+                    key: key as u32,
+                    gen: conn.gen,
+                };
+                let msg = IngestMsg::Publish {
+                    items,
+                    source: Source::Http,
+                    reply: Some(reply),
+                };
+                match self.shared.ingest_tx.try_send(msg) {
+                    Ok(()) => {
+                        if let Kind::Http(h) = &mut conn.kind {
+                            h.awaiting_ingest = true;
+                            h.close_after = close;
+                        }
+                    }
+                    Err(_) => {
+                        let r = http::error_response(
+                            503,
+                            "INTERNAL",
+                            "ingest is busy; retry shortly",
+                            None,
+                            close,
+                        );
+                        if close {
+                            conn.ending = Ending::AfterWrite;
+                        }
+                        self.send_raw(key, &r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ingest sequenced a publish request: answer `202`.
+    pub(super) fn publish_done(&mut self, key: usize, gen: u32, outcome: PublishOutcome) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.gen != gen {
+            return;
+        }
+        let Kind::Http(h) = &mut conn.kind else {
+            return;
+        };
+        h.awaiting_ingest = false;
+        let close = h.close_after || self.draining.is_some();
+        if close {
+            conn.ending = Ending::AfterWrite;
+        }
+        let body = json!({
+            "accepted": outcome.accepted,
+            "firstSeq": outcome.first_seq,
+            "lastSeq": outcome.last_seq,
+        });
+        let r = http::json_response(202, &body, close);
+        self.send_raw(key, &r);
+        self.http_process(key);
+    }
+
+    /// Drain: idle HTTP connections close now; one waiting for ingest closes after its
+    /// answer.
+    pub(super) fn http_drain(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let pending = conn.has_pending();
+        match &mut conn.kind {
+            Kind::Http(h) if h.awaiting_ingest => h.close_after = true,
+            _ if pending => conn.ending = Ending::AfterWrite,
+            _ => self.drop_conn(key, "draining"),
+        }
+    }
+}

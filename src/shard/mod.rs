@@ -1,0 +1,512 @@
+//! A shard: one OS thread running one event loop (mio), owning a slice of the
+//! connections and everything about them.
+//!
+//! Each shard has its own `SO_REUSEPORT` listener on the one port, so the kernel spreads
+//! accepts over shards with no shared acceptor. A connection lives and dies on the shard
+//! that accepted it; its state (auth, options, subscriptions, ring, counters) is a slab
+//! entry here, and the subscription index, id interner, timers and frame cache are this
+//! shard's alone. [`Shard`] is `!Send` on purpose (`PhantomData<*const ()>`): the
+//! compiler keeps its state on its thread. The only ways in are the socket events and the
+//! [`Mailbox`](crate::router::Mailbox) the router fills.
+//!
+//! Submodules split the loop's work: `http_conn` (requests, upgrades), `ws_conn`
+//! (frames, commands, auth, heartbeats, closing), `fanout` (matching publications,
+//! building frames once, rings, flushes).
+
+pub mod conn;
+mod fanout;
+mod http_conn;
+pub mod index;
+pub mod interner;
+pub mod ring;
+mod ws_conn;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::metrics::ShardMetrics;
+use crate::router::{Mailbox, ShardMsg};
+use crate::server::Shared;
+use conn::{Conn, Frame, HttpState, Kind};
+use index::Index;
+use interner::Interner;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// Mailbox messages handled per loop iteration before sockets get a turn again.
+const MAILBOX_BUDGET: usize = 8192;
+/// How long a closed connection waits for the peer's close frame or FIN.
+const LINGER_MS: u64 = 2000;
+/// Period of the shard's housekeeping (gauges).
+const UPKEEP_MS: u64 = 1000;
+
+/// What a timer does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// No `auth` message in time: close 4002.
+    AuthTimeout,
+    /// Send the server `ping`.
+    Ping,
+    /// The `ping` was not answered in time: close 4003.
+    PongCheck,
+    /// The oldest waiting message reached `batchMs`.
+    Flush,
+    /// Give up waiting for the peer to finish closing.
+    Linger,
+    /// This connection's turn to be closed during a drain.
+    DrainClose,
+    /// Shard housekeeping.
+    Upkeep,
+}
+
+/// One armed timer. Timers are never cancelled: a fired timer whose connection is gone
+/// (`gen` differs) or whose reason passed is ignored, which is cheaper than removal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at: u64,
+    key: u32,
+    gen: u32,
+    kind: TimerKind,
+}
+
+/// State of a drain in progress.
+struct Drain {
+    /// Give up and exit at this time even if connections remain.
+    deadline: u64,
+}
+
+/// The handles a shard thread starts with (all `Send`).
+pub struct ShardSeed {
+    pub id: usize,
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub mailbox: Arc<Mailbox>,
+    pub shared: Arc<Shared>,
+}
+
+/// A shard. See the module docs.
+pub struct Shard {
+    id: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    next_number: u64,
+    index: Index,
+    interner: Interner,
+    timers: BinaryHeap<Reverse<Timer>>,
+    mailbox: Arc<Mailbox>,
+    shared: Arc<Shared>,
+    metrics: ShardMetrics,
+    epoch: Instant,
+    /// Milliseconds since `epoch`, refreshed once per loop iteration.
+    now: u64,
+    /// Read buffer shared by all connections of the shard.
+    scratch: Vec<u8>,
+    /// Connections to flush at the end of this iteration (key, gen).
+    dirty: Vec<(u32, u32)>,
+    /// Per-publication scratch: matching (connection, subscription) pairs.
+    matches: Vec<(u32, u32)>,
+    /// Per-publication cache: one frame per distinct `subscriptionIds` list.
+    frame_cache: HashMap<Box<[u32]>, Rc<Frame>>,
+    /// The newest `seq` this shard has seen (`seq` in `subscribedEvents`).
+    last_seq: u64,
+    /// Open WebSocket connections per role slot (`metrics::ROLES`).
+    role_counts: [u64; 4],
+    /// The mailbox still had messages after the budget: do not block in poll.
+    mailbox_backlog: bool,
+    /// Connections whose reading stopped before `WouldBlock` (read budget, echo
+    /// back-pressure lifted): read again next iteration, as no new edge will come.
+    deferred_reads: Vec<(u32, u32)>,
+    draining: Option<Drain>,
+    /// State for jitter (xorshift).
+    rng: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Shard {
+    /// Runs a shard on the current thread until its drain completes.
+    pub fn run(seed: ShardSeed) {
+        let mut s = Shard::new(seed);
+        if let Err(e) = s.register_listener() {
+            tracing::error!(shard = s.id, "cannot register listener: {e}");
+            return;
+        }
+        s.event_loop();
+        tracing::debug!(shard = s.id, "shard stopped");
+    }
+
+    fn new(seed: ShardSeed) -> Shard {
+        let last_seq = seed.shared.last_seq.load(Ordering::Acquire);
+        let rng = crate::time::unix_ms() ^ ((seed.id as u64 + 1) << 32) | 1;
+        Shard {
+            id: seed.id,
+            poll: seed.poll,
+            listener: Some(seed.listener),
+            conns: Slab::new(),
+            next_gen: 0,
+            next_number: 0,
+            index: Index::default(),
+            interner: Interner::default(),
+            timers: BinaryHeap::new(),
+            mailbox: seed.mailbox,
+            metrics: ShardMetrics::new(seed.id),
+            shared: seed.shared,
+            epoch: Instant::now(),
+            now: 0,
+            scratch: vec![0u8; 64 * 1024],
+            dirty: Vec::new(),
+            matches: Vec::new(),
+            frame_cache: HashMap::new(),
+            last_seq,
+            role_counts: [0; 4],
+            mailbox_backlog: false,
+            deferred_reads: Vec::new(),
+            draining: None,
+            rng,
+            _not_send: PhantomData,
+        }
+    }
+
+    fn register_listener(&mut self) -> io::Result<()> {
+        if let Some(l) = self.listener.as_mut() {
+            self.poll
+                .registry()
+                .register(l, LISTENER, Interest::READABLE)?;
+        }
+        Ok(())
+    }
+
+    fn clock(&mut self) -> u64 {
+        self.now = self.epoch.elapsed().as_millis() as u64;
+        self.now
+    }
+
+    fn random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    fn arm(&mut self, at: u64, key: usize, gen: u32, kind: TimerKind) {
+        self.timers.push(Reverse(Timer {
+            at,
+            key: key as u32,
+            gen,
+            kind,
+        }));
+    }
+
+    fn event_loop(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        self.clock();
+        self.arm(
+            self.now + UPKEEP_MS,
+            u32::MAX as usize,
+            0,
+            TimerKind::Upkeep,
+        );
+        loop {
+            let timeout = if !self.dirty.is_empty()
+                || self.mailbox_backlog
+                || !self.deferred_reads.is_empty()
+            {
+                Some(Duration::ZERO)
+            } else {
+                self.timers
+                    .peek()
+                    .map(|Reverse(t)| Duration::from_millis(t.at.saturating_sub(self.now)))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(shard = self.id, "poll failed: {e}");
+                    return;
+                }
+            }
+            self.clock();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => self.mailbox.clear_notified(),
+                    Token(k) => {
+                        if ev.is_writable() {
+                            self.on_writable(k);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(k);
+                        }
+                    }
+                }
+            }
+            for (key, gen) in std::mem::take(&mut self.deferred_reads) {
+                if self.conns.get(key as usize).is_some_and(|c| c.gen == gen) {
+                    self.on_readable(key as usize);
+                }
+            }
+            self.drain_mailbox();
+            self.run_timers();
+            self.flush_dirty();
+            if let Some(d) = &self.draining {
+                if self.conns.is_empty() || self.now >= d.deadline {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((sock, _addr)) => {
+                    self.metrics.accepted.increment(1);
+                    let _ = sock.set_nodelay(true);
+                    self.next_gen = self.next_gen.wrapping_add(1);
+                    let gen = self.next_gen;
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    let mut conn = Conn {
+                        sock,
+                        gen,
+                        rbuf: Vec::new(),
+                        out: Vec::new(),
+                        out_pos: 0,
+                        ending: conn::Ending::Open,
+                        kind: Kind::Http(HttpState::default()),
+                    };
+                    if let Err(e) = self.poll.registry().register(
+                        &mut conn.sock,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        tracing::warn!(shard = self.id, "cannot register connection: {e}");
+                        continue;
+                    }
+                    entry.insert(conn);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: the listener stays readable; the next turn
+                    // retries after connections close.
+                    tracing::warn!(shard = self.id, "accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        match conn.kind {
+            Kind::Http(_) => self.http_readable(key),
+            Kind::Ws(_) => self.ws_readable(key),
+        }
+    }
+
+    fn on_writable(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.write_pending() {
+            Ok(n) => self.metrics.bytes_written.increment(n as u64),
+            Err(_) => {
+                self.drop_conn(key, "write_error");
+                return;
+            }
+        }
+        self.after_write(key);
+    }
+
+    /// After output was written: finish an ending, or let a waiting flush go.
+    fn after_write(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.has_pending() {
+            return;
+        }
+        if conn.ending == conn::Ending::AfterWrite {
+            let _ = conn.sock.shutdown(std::net::Shutdown::Write);
+            conn.ending = conn::Ending::HalfClosed;
+            let gen = conn.gen;
+            self.arm(self.now + LINGER_MS, key, gen, TimerKind::Linger);
+            return;
+        }
+        let gen = conn.gen;
+        if let Some(ws) = conn.ws_mut() {
+            if !ws.ring.is_empty() && !ws.dirty && self.flush_due(key) {
+                self.mark_dirty(key, gen);
+            }
+            self.resume_read(key);
+        } else if let Kind::Http(h) = &conn.kind {
+            if !h.awaiting_ingest && !conn.rbuf.is_empty() {
+                self.http_process(key);
+            }
+        }
+    }
+
+    /// Queues bytes for the connection and tries to write them now.
+    fn send_raw(&mut self, key: usize, bytes: &[u8]) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out.extend_from_slice(bytes);
+        match conn.write_pending() {
+            Ok(n) => self.metrics.bytes_written.increment(n as u64),
+            Err(_) => {
+                self.drop_conn(key, "write_error");
+                return;
+            }
+        }
+        self.after_write(key);
+    }
+
+    fn drain_mailbox(&mut self) {
+        let mut handled = 0;
+        while handled < MAILBOX_BUDGET {
+            let Some(msg) = self.mailbox.try_recv() else {
+                break;
+            };
+            handled += 1;
+            self.on_message(msg);
+        }
+        self.mailbox_backlog = handled >= MAILBOX_BUDGET;
+        if let Some(o) = self.mailbox.take_overflow() {
+            for p in &o.dropped {
+                self.drop_publication(p);
+            }
+            if o.lost > 0 {
+                self.lost_publications(o.lost);
+            }
+            for m in o.control {
+                self.on_message(m);
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publication(p) => self.on_publication(&p),
+            ShardMsg::PublishDone { key, gen, outcome } => {
+                self.publish_done(key as usize, gen, outcome)
+            }
+            ShardMsg::Drain => self.begin_drain(),
+        }
+    }
+
+    fn run_timers(&mut self) {
+        while let Some(Reverse(t)) = self.timers.peek().copied() {
+            if t.at > self.now {
+                break;
+            }
+            self.timers.pop();
+            if t.kind == TimerKind::Upkeep {
+                self.upkeep();
+                continue;
+            }
+            let key = t.key as usize;
+            match self.conns.get(key) {
+                Some(c) if c.gen == t.gen => {}
+                _ => continue,
+            }
+            match t.kind {
+                TimerKind::AuthTimeout => self.auth_timeout(key),
+                TimerKind::Ping => self.send_ping(key),
+                TimerKind::PongCheck => self.pong_check(key),
+                TimerKind::Flush => self.flush_timer(key, t.at),
+                TimerKind::Linger => self.drop_conn(key, "linger"),
+                TimerKind::DrainClose => self.drain_close(key),
+                TimerKind::Upkeep => {}
+            }
+        }
+    }
+
+    fn upkeep(&mut self) {
+        self.metrics.queue_depth.set(self.mailbox.depth() as f64);
+        self.metrics
+            .queue_full
+            .absolute(self.mailbox.full_events.load(Ordering::Relaxed));
+        self.metrics.subscriptions.set(self.index.len() as f64);
+        self.arm(
+            self.now + UPKEEP_MS,
+            u32::MAX as usize,
+            0,
+            TimerKind::Upkeep,
+        );
+    }
+
+    /// SIGTERM: stop accepting, then close WebSockets spread over the drain period.
+    fn begin_drain(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let period = self.shared.config.drain_period_ms;
+        self.draining = Some(Drain {
+            deadline: self.now + period + LINGER_MS + 1000,
+        });
+        let keys: Vec<(usize, u32, bool)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (k, c.gen, matches!(c.kind, Kind::Ws(_))))
+            .collect();
+        let ws_count = keys.iter().filter(|k| k.2).count().max(1) as u64;
+        let mut i = 0u64;
+        for (key, gen, is_ws) in keys {
+            if is_ws {
+                // Spread the closes evenly so clients do not all reconnect at once.
+                let at = self.now + period * i / ws_count;
+                i += 1;
+                self.arm(at, key, gen, TimerKind::DrainClose);
+            } else {
+                self.http_drain(key);
+            }
+        }
+    }
+
+    /// Forgets a connection: its subscriptions leave the index, its socket closes.
+    fn drop_conn(&mut self, key: usize, reason: &'static str) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.sock);
+        if let Kind::Ws(ws) = conn.kind {
+            for s in &ws.subscriptions {
+                self.index.remove(&s.path, key as u32, s.id);
+                self.interner.release(s.id);
+            }
+            if !ws.echo {
+                let slot = ws.role_slot();
+                self.role_counts[slot] = self.role_counts[slot].saturating_sub(1);
+                self.metrics.connections[slot].set(self.role_counts[slot] as f64);
+                self.shared.ws_connections.fetch_sub(1, Ordering::Relaxed);
+                if !ws.close_sent {
+                    crate::metrics::connection_closed(reason);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The per-connection ring: a bounded queue of messages waiting for the next flush, with
+//! oldest-drop overflow (PROTOCOL.md §6).
+//!
+//! Owned by one connection on one shard. Items are pointers to frames shared by every
+//! connection that got the same bytes, plus the millisecond at which each arrived, so the
+//! flush deadline is exactly "`batchMs` after the oldest waiting one arrived". Storage
+//! is allocated on the first push and given back when the ring empties, so an idle
+//! connection holds none.
+
+use std::collections::VecDeque;
+
+/// A bounded FIFO that drops its oldest item when full.
+#[derive(Debug)]
+pub struct Ring<T> {
+    items: VecDeque<(T, u32)>,
+    capacity: usize,
+}
+
+/// Below this many slots an emptied ring keeps its storage: reallocating for every small
+/// burst would cost more than the memory.
+const KEEP_SLOTS: usize = 16;
+
+impl<T> Ring<T> {
+    pub fn new(capacity: usize) -> Ring<T> {
+        Ring {
+            items: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Appends `item` that arrived at `at_ms`; when the ring is full the oldest item is
+    /// removed and returned so the caller can count it against its subscriptions.
+    pub fn push(&mut self, item: T, at_ms: u32) -> Option<T> {
+        let dropped = if self.items.len() >= self.capacity {
+            self.items.pop_front().map(|(t, _)| t)
+        } else {
+            None
+        };
+        self.items.push_back((item, at_ms));
+        dropped
+    }
+
+    /// Appends without the capacity check: for the echo endpoint, which applies
+    /// back-pressure by not reading instead of dropping.
+    pub fn push_unbounded(&mut self, item: T, at_ms: u32) {
+        self.items.push_back((item, at_ms));
+    }
+
+    /// When the oldest waiting item arrived.
+    pub fn oldest_at(&self) -> Option<u32> {
+        self.items.front().map(|(_, at)| *at)
+    }
+
+    /// The first `n` items, oldest first.
+    pub fn front(&self, n: usize) -> impl Iterator<Item = &T> {
+        self.items.iter().take(n).map(|(t, _)| t)
+    }
+
+    /// The newest item.
+    pub fn back(&self) -> Option<&T> {
+        self.items.back().map(|(t, _)| t)
+    }
+
+    /// Replaces the newest item, keeping its arrival time.
+    pub fn replace_back(&mut self, item: T) {
+        if let Some(b) = self.items.back_mut() {
+            b.0 = item;
+        }
+    }
+
+    /// Removes the first `n` items (they were written).
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.items.len());
+        self.items.drain(..n);
+        if self.items.is_empty() && self.items.capacity() > KEEP_SLOTS {
+            self.items = VecDeque::new();
+        }
+    }
+
+    /// Discards everything (a closing user connection).
+    pub fn clear(&mut self) {
+        self.items = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random sequence (xorshift) for the property test.
+    fn xorshift(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    #[test]
+    fn drops_oldest_when_full() {
+        let mut r = Ring::new(3);
+        for i in 0..3 {
+            assert_eq!(r.push(i, i), None);
+        }
+        assert_eq!(r.push(3, 3), Some(0));
+        assert_eq!(r.front(10).copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(r.oldest_at(), Some(1));
+    }
+
+    /// Property: under any mix of pushes and consumes, the ring never exceeds its
+    /// capacity, the number dropped is exactly pushed − consumed − held, and what it
+    /// holds is the newest items in arrival order.
+    #[test]
+    fn property_capacity_drop_count_and_order() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for _case in 0..200 {
+            let cap = (xorshift(&mut seed) % 50 + 1) as usize;
+            let mut r = Ring::new(cap);
+            let (mut next, mut dropped, mut consumed) = (0u64, 0u64, 0u64);
+            let mut model: VecDeque<u64> = VecDeque::new();
+            for _ in 0..500 {
+                if xorshift(&mut seed) % 3 == 0 {
+                    let n = (xorshift(&mut seed) % 8) as usize;
+                    let took = n.min(r.len());
+                    r.consume(n);
+                    consumed += took as u64;
+                    for _ in 0..took {
+                        model.pop_front();
+                    }
+                } else {
+                    if let Some(d) = r.push(next, 0) {
+                        assert_eq!(Some(d), model.pop_front(), "dropped the oldest");
+                        dropped += 1;
+                    }
+                    model.push_back(next);
+                    next += 1;
+                }
+                assert!(r.len() <= cap);
+                assert_eq!(dropped, next - consumed - r.len() as u64);
+                assert!(r.front(usize::MAX).copied().eq(model.iter().copied()));
+            }
+        }
+    }
+
+    #[test]
+    fn emptied_ring_gives_storage_back() {
+        let mut r = Ring::new(10_000);
+        for i in 0..1000 {
+            r.push(i, 0);
+        }
+        r.consume(1000);
+        assert!(r.is_empty());
+        assert_eq!(r.items.capacity(), 0);
+    }
+}

@@ -1,0 +1,807 @@
+//! WebSocket sessions on a shard: reading frames, the commands of PROTOCOL.md §§2–5,
+//! authentication, heartbeats, limits and the closing handshake.
+//!
+//! Part of [`Shard`]; runs on the shard's thread only. Input is read into the shard's
+//! scratch buffer; only an incomplete frame is kept on the connection. Errors answer
+//! with an `error` message and keep the connection, except where the protocol names a
+//! close code (4001, 4002, 4003, 1009, 1007, 1002).
+
+use std::io::{self, Read};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use serde_json::{json, Value};
+
+use crate::auth::jwt::{self, Claims, Role};
+use crate::metrics;
+use crate::options::ConnOptions;
+use crate::protocol::ws::{self, close, OpCode, WsError};
+use crate::protocol::{self, Command, ErrorCode, Refusal, SubscriptionRequest};
+
+use super::conn::{Ending, Fragments, Frame, Kind, Subscription, WsState};
+use super::index::Entry;
+use super::{Shard, TimerKind, LINGER_MS};
+
+/// Most bytes read from one socket per readable event before others get a turn; the
+/// rest is read on the next loop iteration.
+const READ_BUDGET: usize = 1 << 20;
+
+/// What to do after handling one frame.
+pub(super) enum Flow {
+    Continue,
+    /// Stop reading this connection (closed, closing or paused).
+    Stop,
+}
+
+impl Shard {
+    /// Turns an upgraded HTTP connection into a WebSocket session and authenticates it
+    /// from the URL when it carries a `token` or `uuid`.
+    pub(super) fn start_ws(&mut self, key: usize, echo: bool, query: &str) {
+        let cfg = &self.shared.config;
+        self.next_number += 1;
+        let mut state = WsState::new(
+            echo,
+            self.next_number,
+            cfg.delivery.queue_capacity,
+            cfg.limits.commands_burst as f32,
+            self.now,
+        );
+        if echo {
+            state.batch_ms = 0;
+            state.batch_max = cfg.delivery.queue_capacity as u32;
+            state.claims = Some(Rc::new(Claims {
+                sub: "echo".into(),
+                exp: u64::MAX,
+                role: Role::Admin,
+                scopes: jwt::Scopes::All,
+                group: None,
+                org: None,
+            }));
+        }
+        let auth_ms = cfg.auth.auth_timeout_ms;
+        let max_connections = cfg.limits.max_connections;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.kind = Kind::Ws(Box::new(state));
+        let gen = conn.gen;
+        if echo {
+            return;
+        }
+        self.role_counts[0] += 1;
+        self.metrics.connections[0].set(self.role_counts[0] as f64);
+        let open = self.shared.ws_connections.fetch_add(1, Ordering::Relaxed) + 1;
+        if open > max_connections {
+            self.close_ws(key, close::SERVER_FULL, "server full", "server_full");
+            return;
+        }
+        let pairs: Vec<(String, String)> = crate::http::query_pairs(query).collect();
+        let find = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let claims = if let Some(token) = find("token") {
+            Some(
+                jwt::verify(self.secret(), &token, crate::time::unix_secs())
+                    .map_err(|e| (e.reason(), e.to_string())),
+            )
+        } else {
+            find("uuid").map(|ticket| {
+                self.shared
+                    .tickets
+                    .redeem(&ticket, crate::time::unix_ms())
+                    .map_err(|e| (e.reason(), e.to_string()))
+            })
+        };
+        match claims {
+            None => self.arm(self.now + auth_ms, key, gen, TimerKind::AuthTimeout),
+            Some(Err((reason, message))) => self.refuse_auth(key, reason, &message),
+            Some(Ok(claims)) => {
+                let mut opts = ConnOptions::defaults(&self.shared.config);
+                let q = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                match opts.apply_query(&self.shared.config, q) {
+                    Ok(()) => self.authenticate(key, claims, opts),
+                    Err(m) => {
+                        // The credential was fine but the options are not: the client may
+                        // still authenticate with an `auth` message carrying good ones.
+                        self.send_error(
+                            key,
+                            ErrorCode::BadMessage,
+                            &format!("{m}; the connection is not authenticated"),
+                            None,
+                        );
+                        self.arm(self.now + auth_ms, key, gen, TimerKind::AuthTimeout);
+                    }
+                }
+            }
+        }
+    }
+
+    fn secret(&self) -> &[u8] {
+        self.shared.config.auth.jwt_secret.as_bytes()
+    }
+
+    fn refuse_auth(&mut self, key: usize, reason: &'static str, message: &str) {
+        metrics::auth_failure(reason);
+        self.send_error(key, ErrorCode::Unauthorized, message, None);
+        self.close_ws(key, close::UNAUTHORIZED, "unauthorized", "unauthorized");
+    }
+
+    fn authenticate(&mut self, key: usize, claims: Claims, opts: ConnOptions) {
+        let heartbeat = self.shared.config.delivery.heartbeat_ms;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        let Some(ws) = conn.ws_mut() else { return };
+        let old_slot = ws.role_slot();
+        ws.claims = Some(Rc::new(claims));
+        ws.batch_ms = opts.batch_ms;
+        ws.batch_max = opts.batch_max;
+        ws.framing = opts.framing;
+        let new_slot = ws.role_slot();
+        let id = format!("{}-{}-{:x}", self.shared.node_id, self.id, ws.number);
+        self.role_counts[old_slot] -= 1;
+        self.role_counts[new_slot] += 1;
+        self.metrics.connections[old_slot].set(self.role_counts[old_slot] as f64);
+        self.metrics.connections[new_slot].set(self.role_counts[new_slot] as f64);
+        let msg = json!({"type": "authenticated", "connectionId": id, "heartbeatMs": heartbeat});
+        self.send_text(key, &protocol::to_bytes(&msg));
+        self.arm(self.now + heartbeat, key, gen, TimerKind::Ping);
+    }
+
+    pub(super) fn ws_readable(&mut self, key: usize) {
+        let mut total = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if conn.ws().is_some_and(|w| w.read_paused) {
+                return;
+            }
+            let n = match conn.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    let reason = if conn.ending == Ending::Open {
+                        "eof"
+                    } else {
+                        "closed"
+                    };
+                    self.drop_conn(key, reason);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.drop_conn(key, "read_error");
+                    return;
+                }
+            };
+            if conn.ending == Ending::HalfClosed {
+                // Our side is done; input is only drained until the peer closes.
+                continue;
+            }
+            total += n;
+            let flow = if conn.rbuf.is_empty() {
+                // The common case: whole frames in this read, nothing kept.
+                let mut buf = std::mem::take(&mut self.scratch);
+                let (used, flow) = self.ws_frames(key, &mut buf[..n]);
+                if used < n {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.rbuf.extend_from_slice(&buf[used..n]);
+                    }
+                }
+                self.scratch = buf;
+                flow
+            } else {
+                conn.rbuf.extend_from_slice(&self.scratch[..n]);
+                let mut buf = std::mem::take(&mut conn.rbuf);
+                let (used, flow) = self.ws_frames(key, &mut buf);
+                if let Some(conn) = self.conns.get_mut(key) {
+                    if used < buf.len() {
+                        buf.drain(..used);
+                        conn.rbuf = buf;
+                    }
+                }
+                flow
+            };
+            if matches!(flow, Flow::Stop) || total >= READ_BUDGET {
+                if total >= READ_BUDGET {
+                    // Come back next iteration without waiting for a new edge.
+                    self.resume_later(key);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Reading stopped early (budget or back-pressure) must resume without a new
+    /// readiness edge: mark the connection to be read again.
+    fn resume_later(&mut self, key: usize) {
+        if let Some(c) = self.conns.get(key) {
+            self.deferred_reads.push((key as u32, c.gen));
+        }
+    }
+
+    /// Reads again after back-pressure lifted.
+    pub(super) fn resume_read(&mut self, key: usize) {
+        let cap = self.shared.config.delivery.queue_capacity;
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return;
+        };
+        if ws.read_paused && ws.ring.len() < cap {
+            ws.read_paused = false;
+            self.resume_later(key);
+        }
+    }
+
+    /// Handles input that arrived with the upgrade request.
+    pub(super) fn ws_input(&mut self, key: usize, buf: &mut [u8]) -> (usize, Flow) {
+        self.ws_frames(key, buf)
+    }
+
+    /// Parses and handles the complete frames at the front of `buf`; returns how many
+    /// bytes were consumed.
+    fn ws_frames(&mut self, key: usize, buf: &mut [u8]) -> (usize, Flow) {
+        let max = self.max_message(key);
+        let mut pos = 0;
+        loop {
+            let h = match ws::parse_header(&buf[pos..]) {
+                Ok(Some(h)) => h,
+                Ok(None) => return (pos, Flow::Continue),
+                Err(e) => {
+                    self.protocol_error(key, e);
+                    return (pos, Flow::Stop);
+                }
+            };
+            let pending = self
+                .conns
+                .get(key)
+                .and_then(|c| c.ws())
+                .and_then(|w| w.fragments.as_ref())
+                .map_or(0, |f| f.data.len() as u64);
+            if !h.opcode.is_control() && pending + h.payload_len > max as u64 {
+                self.protocol_error(key, WsError::TooBig(pending + h.payload_len));
+                return (pos, Flow::Stop);
+            }
+            let end = pos + h.header_len + h.payload_len as usize;
+            if buf.len() < end {
+                return (pos, Flow::Continue);
+            }
+            let payload = &mut buf[pos + h.header_len..end];
+            ws::unmask(payload, h.mask);
+            pos = end;
+            if let Flow::Stop = self.ws_frame(key, h.opcode, h.fin, payload) {
+                return (pos, Flow::Stop);
+            }
+        }
+    }
+
+    fn max_message(&self, key: usize) -> usize {
+        let echo = self
+            .conns
+            .get(key)
+            .and_then(|c| c.ws())
+            .is_some_and(|w| w.echo);
+        if echo {
+            // Conformance runs send messages of up to 16 MiB to the echo endpoint.
+            ECHO_MAX_MESSAGE.max(self.shared.config.limits.max_message_bytes)
+        } else {
+            self.shared.config.limits.max_message_bytes
+        }
+    }
+
+    fn ws_frame(&mut self, key: usize, opcode: OpCode, fin: bool, payload: &[u8]) -> Flow {
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return Flow::Stop;
+        };
+        match opcode {
+            OpCode::Ping => {
+                if !ws.close_sent {
+                    let mut f = Vec::with_capacity(payload.len() + 2);
+                    ws::write_frame(&mut f, OpCode::Pong, payload);
+                    self.send_raw(key, &f);
+                }
+                Flow::Continue
+            }
+            OpCode::Pong => {
+                // An unsolicited pong frame is allowed; one answering our heartbeat
+                // counts like a `pong` message.
+                ws.ping_sent = None;
+                Flow::Continue
+            }
+            OpCode::Close => {
+                let code = ws::parse_close_payload(payload);
+                if ws.close_sent {
+                    self.drop_conn(key, "closed");
+                    return Flow::Stop;
+                }
+                match code {
+                    Ok(code) => {
+                        metrics::connection_closed("client");
+                        ws.close_sent = true;
+                        ws.ring.clear();
+                        let mut f = Vec::new();
+                        ws::write_close(&mut f, code, "");
+                        if let Some(c) = self.conns.get_mut(key) {
+                            c.ending = Ending::AfterWrite;
+                        }
+                        self.send_raw(key, &f);
+                    }
+                    Err(e) => self.protocol_error(key, e),
+                }
+                Flow::Stop
+            }
+            OpCode::Continuation => {
+                let Some(frag) = ws.fragments.as_mut() else {
+                    self.protocol_error(key, WsError::UnexpectedContinuation);
+                    return Flow::Stop;
+                };
+                frag.data.extend_from_slice(payload);
+                if frag.opcode == OpCode::Text {
+                    let r = if fin {
+                        frag.utf8.finish(&frag.data)
+                    } else {
+                        frag.utf8.feed(&frag.data)
+                    };
+                    if let Err(e) = r {
+                        self.protocol_error(key, e);
+                        return Flow::Stop;
+                    }
+                }
+                if !fin {
+                    return Flow::Continue;
+                }
+                let Some(frag) = ws.fragments.take() else {
+                    return Flow::Stop;
+                };
+                self.ws_message(key, frag.opcode, &frag.data)
+            }
+            OpCode::Text | OpCode::Binary => {
+                if ws.fragments.is_some() {
+                    self.protocol_error(key, WsError::ExpectedContinuation);
+                    return Flow::Stop;
+                }
+                if fin {
+                    if opcode == OpCode::Text && std::str::from_utf8(payload).is_err() {
+                        self.protocol_error(key, WsError::InvalidUtf8);
+                        return Flow::Stop;
+                    }
+                    return self.ws_message(key, opcode, payload);
+                }
+                let mut frag = Box::new(Fragments {
+                    opcode,
+                    data: payload.to_vec(),
+                    utf8: ws::Utf8Check::default(),
+                });
+                if opcode == OpCode::Text {
+                    if let Err(e) = frag.utf8.feed(&frag.data) {
+                        self.protocol_error(key, e);
+                        return Flow::Stop;
+                    }
+                }
+                ws.fragments = Some(frag);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// A violation of RFC 6455 or of the size limit: close with its code.
+    fn protocol_error(&mut self, key: usize, e: WsError) {
+        let reason = match e {
+            WsError::TooBig(_) => "too_big",
+            WsError::InvalidUtf8 => "invalid_utf8",
+            _ => "protocol_error",
+        };
+        let text = e.to_string();
+        self.close_ws(key, e.close_code(), &text, reason);
+    }
+
+    /// Starts the closing handshake: a close frame, then the socket closes once the peer
+    /// answers or the linger time passes. Waiting messages are discarded.
+    pub(super) fn close_ws(&mut self, key: usize, code: u16, reason: &str, metric: &'static str) {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        let Some(ws) = conn.ws_mut() else { return };
+        if ws.close_sent {
+            return;
+        }
+        ws.close_sent = true;
+        ws.ring.clear();
+        ws.fragments = None;
+        if !ws.echo {
+            metrics::connection_closed(metric);
+        }
+        let mut f = Vec::new();
+        ws::write_close(&mut f, code, reason);
+        conn.ending = Ending::AfterWrite;
+        self.arm(now + LINGER_MS, key, gen, TimerKind::Linger);
+        self.send_raw(key, &f);
+    }
+
+    /// A complete text or binary message.
+    fn ws_message(&mut self, key: usize, opcode: OpCode, payload: &[u8]) -> Flow {
+        let cap = self.shared.config.delivery.queue_capacity;
+        let now32 = self.now as u32;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Flow::Stop;
+        };
+        let gen = conn.gen;
+        let Some(ws) = conn.ws_mut() else {
+            return Flow::Stop;
+        };
+        if ws.close_sent {
+            return Flow::Continue;
+        }
+        if ws.echo {
+            // The same frame, ring and flush path as events; back-pressure instead of
+            // drops, because conformance checks every echo.
+            let frame = Frame::build(opcode, payload.len(), Box::new([]), None, |b| {
+                b.extend_from_slice(payload)
+            });
+            ws.ring.push_unbounded(Rc::new(frame), now32);
+            let full = ws.ring.len() >= cap;
+            if full {
+                ws.read_paused = true;
+            }
+            self.mark_dirty(key, gen);
+            return if full { Flow::Stop } else { Flow::Continue };
+        }
+        if opcode == OpCode::Binary {
+            self.send_error(
+                key,
+                ErrorCode::BadMessage,
+                "binary frames are not accepted; send JSON text frames",
+                None,
+            );
+            return Flow::Continue;
+        }
+        if !self.take_token(key) {
+            self.send_error(
+                key,
+                ErrorCode::RateLimited,
+                "too many commands; slow down",
+                None,
+            );
+            return Flow::Continue;
+        }
+        let env = match protocol::parse_command(payload) {
+            Ok(env) => env,
+            Err(e) => {
+                self.send_error(
+                    key,
+                    e.refusal.code,
+                    &e.refusal.message,
+                    e.request_id.as_ref(),
+                );
+                return Flow::Continue;
+            }
+        };
+        self.command(key, env.command, env.request_id.as_ref());
+        Flow::Continue
+    }
+
+    /// The command rate limit of user connections (token bucket).
+    fn take_token(&mut self, key: usize) -> bool {
+        let rate = self.shared.config.limits.commands_per_sec as f32;
+        let burst = self.shared.config.limits.commands_burst as f32;
+        let now = self.now;
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return false;
+        };
+        if matches!(ws.role(), Some(Role::Service | Role::Admin)) {
+            return true;
+        }
+        let elapsed = now.saturating_sub(ws.tokens_at) as f32 / 1000.0;
+        ws.tokens = (ws.tokens + elapsed * rate).min(burst);
+        ws.tokens_at = now;
+        if ws.tokens >= 1.0 {
+            ws.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn command(&mut self, key: usize, command: Command, request_id: Option<&Value>) {
+        let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else {
+            return;
+        };
+        let role = ws.role();
+        let Some(role) = role else {
+            // Not authenticated: only `auth` is accepted.
+            match command {
+                Command::Auth { token, options } => {
+                    self.auth_message(key, &token, options, request_id)
+                }
+                _ => self.send_error(
+                    key,
+                    ErrorCode::Unauthorized,
+                    "authenticate first: send {\"type\":\"auth\",\"token\":\"<jwt>\"}",
+                    request_id,
+                ),
+            }
+            return;
+        };
+        match command {
+            Command::Auth { .. } => self.send_error(key, ErrorCode::BadMessage, "already authenticated", request_id),
+            Command::Ping => self.send_text(key, br#"{"type":"pong"}"#),
+            Command::Pong => {
+                if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) {
+                    ws.ping_sent = None;
+                }
+            }
+            Command::SubscribeEvents { subscriptions } => self.subscribe(key, role, subscriptions, request_id),
+            Command::UnsubscribeEvents { ids } => self.unsubscribe(key, ids, request_id),
+            Command::ServiceOnly(t) if role != Role::Service => {
+                self.send_error(key, ErrorCode::Forbidden, &format!("'{t}' is only for service connections"), request_id)
+            }
+            Command::ServiceOnly(t) => self.send_error(
+                key,
+                ErrorCode::UnknownType,
+                &format!("'{t}' (service tasks, locks, logs and publishing over WebSocket) is not supported by this server version"),
+                request_id,
+            ),
+            Command::NotImplemented(t) => self.send_error(
+                key,
+                ErrorCode::UnknownType,
+                &format!("'{t}': live queries are not supported by this server version"),
+                request_id,
+            ),
+        }
+    }
+
+    fn auth_message(
+        &mut self,
+        key: usize,
+        token: &str,
+        options: Option<serde_json::Map<String, Value>>,
+        request_id: Option<&Value>,
+    ) {
+        let claims = match jwt::verify(self.secret(), token, crate::time::unix_secs()) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::auth_failure(e.reason());
+                self.send_error(key, ErrorCode::Unauthorized, &e.to_string(), request_id);
+                self.close_ws(key, close::UNAUTHORIZED, "unauthorized", "unauthorized");
+                return;
+            }
+        };
+        let mut opts = ConnOptions::defaults(&self.shared.config);
+        for (k, v) in options.iter().flatten() {
+            if let Err(m) = opts.apply(&self.shared.config, k, v) {
+                self.send_error(
+                    key,
+                    ErrorCode::BadMessage,
+                    &format!("{m}; the connection is not authenticated"),
+                    request_id,
+                );
+                return;
+            }
+        }
+        self.authenticate(key, claims, opts);
+    }
+
+    fn subscribe(
+        &mut self,
+        key: usize,
+        role: Role,
+        requests: Vec<SubscriptionRequest>,
+        request_id: Option<&Value>,
+    ) {
+        let max = self.shared.config.limits.max_subscriptions;
+        let last_seq = self.last_seq;
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        for req in requests {
+            let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+                return;
+            };
+            let claims = ws.claims.clone();
+            let refusal = if let Some(p) = req.problem.clone() {
+                Some(p)
+            } else if role == Role::Service {
+                Some(Refusal::new(
+                    ErrorCode::BadMessage,
+                    "durable service subscriptions are not supported by this server version",
+                ))
+            } else if protocol::is_system_path(&req.path) && role != Role::Admin {
+                Some(Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!("only admins may subscribe to system path '{}'", req.path),
+                ))
+            } else if !claims.as_ref().is_some_and(|c| c.scopes.allows(&req.path)) {
+                Some(Refusal::new(
+                    ErrorCode::Forbidden,
+                    format!("path '{}' is outside the token's scopes", req.path),
+                ))
+            } else {
+                let replaces = self
+                    .interner
+                    .lookup(&req.id)
+                    .is_some_and(|id| ws.subscriptions.iter().any(|s| s.id == id));
+                (!replaces && ws.subscriptions.len() >= max).then(|| {
+                    Refusal::new(
+                        ErrorCode::LimitExceeded,
+                        format!("a connection may hold at most {max} subscriptions"),
+                    )
+                })
+            };
+            if let Some(r) = refusal {
+                metrics::command_error(r.code.as_str());
+                rejected.push(json!({"id": req.id, "code": r.code.as_str(), "message": r.message}));
+                continue;
+            }
+            // Reusing an id replaces that subscription.
+            self.remove_subscription(key, &req.id);
+            let id = self.interner.intern(&req.id);
+            let events: Option<Rc<[Box<str>]>> = (!req.events.is_empty()).then(|| {
+                req.events
+                    .iter()
+                    .map(|e| Box::<str>::from(e.as_str()))
+                    .collect()
+            });
+            self.index.insert(
+                &req.path,
+                Entry {
+                    conn: key as u32,
+                    sub: id,
+                    events: events.clone(),
+                },
+            );
+            if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) {
+                ws.subscriptions.push(Subscription {
+                    id,
+                    path: req.path.as_str().into(),
+                    events,
+                });
+            }
+            accepted.push(
+                json!({"id": req.id, "path": req.path, "events": req.events, "seq": last_seq}),
+            );
+        }
+        let mut msg = json!({"type": "subscribedEvents", "subscriptions": accepted});
+        if let Some(r) = request_id {
+            msg["requestId"] = r.clone();
+        }
+        if !rejected.is_empty() {
+            msg["rejected"] = Value::Array(rejected);
+        }
+        self.send_text(key, &protocol::to_bytes(&msg));
+    }
+
+    /// Removes subscription `id` of the connection, if it has one; true if it did.
+    fn remove_subscription(&mut self, key: usize, id: &str) -> bool {
+        let Some(num) = self.interner.lookup(id) else {
+            return false;
+        };
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return false;
+        };
+        let Some(i) = ws.subscriptions.iter().position(|s| s.id == num) else {
+            return false;
+        };
+        let s = ws.subscriptions.swap_remove(i);
+        ws.dropped.retain(|(d, _)| *d != num);
+        self.index.remove(&s.path, key as u32, num);
+        self.interner.release(num);
+        true
+    }
+
+    fn unsubscribe(&mut self, key: usize, ids: Vec<String>, request_id: Option<&Value>) {
+        let mut removed = Vec::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            if self.remove_subscription(key, &id) {
+                removed.push(id);
+            } else {
+                unknown.push(id);
+            }
+        }
+        let mut msg = json!({"type": "unsubscribedEvents", "ids": removed});
+        if let Some(r) = request_id {
+            msg["requestId"] = r.clone();
+        }
+        if !unknown.is_empty() {
+            // Not an error (the end state is what the client asked for), but said.
+            msg["notFound"] = json!(unknown);
+        }
+        self.send_text(key, &protocol::to_bytes(&msg));
+    }
+
+    /// Sends a control message as its own text frame, ahead of any batch.
+    pub(super) fn send_text(&mut self, key: usize, json: &[u8]) {
+        let mut f = Vec::with_capacity(json.len() + 4);
+        ws::write_frame(&mut f, OpCode::Text, json);
+        self.send_raw(key, &f);
+    }
+
+    pub(super) fn send_error(
+        &mut self,
+        key: usize,
+        code: ErrorCode,
+        message: &str,
+        request_id: Option<&Value>,
+    ) {
+        metrics::command_error(code.as_str());
+        let m = protocol::error_message(code, message, request_id);
+        self.send_text(key, &m);
+    }
+
+    pub(super) fn auth_timeout(&mut self, key: usize) {
+        let authenticated = self
+            .conns
+            .get(key)
+            .and_then(|c| c.ws())
+            .is_some_and(|w| w.claims.is_some());
+        if !authenticated {
+            metrics::auth_failure("timeout");
+            self.close_ws(
+                key,
+                close::AUTH_TIMEOUT,
+                "authentication timeout",
+                "auth_timeout",
+            );
+        }
+    }
+
+    pub(super) fn send_ping(&mut self, key: usize) {
+        let heartbeat = self.shared.config.delivery.heartbeat_ms;
+        let pong_timeout = self.shared.config.delivery.pong_timeout_ms;
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        let Some(ws) = conn.ws_mut() else { return };
+        if ws.close_sent {
+            return;
+        }
+        if ws.ping_sent.is_none() {
+            ws.ping_sent = Some(now);
+            self.arm(now + pong_timeout, key, gen, TimerKind::PongCheck);
+            self.send_text(key, br#"{"type":"ping"}"#);
+        }
+        self.arm(now + heartbeat, key, gen, TimerKind::Ping);
+    }
+
+    pub(super) fn pong_check(&mut self, key: usize) {
+        let pong_timeout = self.shared.config.delivery.pong_timeout_ms;
+        let late = self
+            .conns
+            .get(key)
+            .and_then(|c| c.ws())
+            .and_then(|w| w.ping_sent)
+            .is_some_and(|sent| self.now >= sent + pong_timeout);
+        if late {
+            self.close_ws(
+                key,
+                close::HEARTBEAT_TIMEOUT,
+                "heartbeat timeout",
+                "heartbeat_timeout",
+            );
+        }
+    }
+
+    /// A drain reached this connection: write what waits, then close with 1001 and a
+    /// jittered reconnect delay, so clients do not all come back at the same moment.
+    pub(super) fn drain_close(&mut self, key: usize) {
+        self.flush(key);
+        let period = self.shared.config.drain_period_ms.max(1);
+        let delay = 1000 + self.random() % period;
+        self.close_ws(
+            key,
+            close::GOING_AWAY,
+            &format!("reconnect in {delay}"),
+            "draining",
+        );
+    }
+}
+
+/// Largest message accepted on the echo endpoint (Autobahn's biggest case is 16 MiB).
+const ECHO_MAX_MESSAGE: usize = 20 * 1024 * 1024;
