@@ -25,6 +25,190 @@ fn event_shape_and_seq_match_the_publish_answer() {
     let ts = e["timestamp"].as_str().unwrap();
     assert_eq!(ts.len(), 24, "{ts}");
     assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
-    let _ = Instant::now();
-    let _ = Duration::ZERO;
+}
+
+#[test]
+fn one_event_per_connection_lists_every_matching_subscription() {
+    let s = Server::start("[delivery]\nbatch_ms = 0");
+    let mut c = Client::authed(&s, &token("u1", "user", &["*"]), "");
+    let r = c.subscribe(json!([
+        {"id": "all-a", "path": "a"},
+        {"id": "ax", "path": "a/x"},
+        {"id": "ax-other", "path": "a/x", "events": ["other"]},
+        {"id": "b", "path": "b"}
+    ]));
+    assert_eq!(r["subscriptions"].as_array().unwrap().len(), 4, "{r}");
+    s.publish("a/x/1", "done", json!(1));
+    let e = c.recv_type("event");
+    let mut ids: Vec<String> = serde_json::from_value(e["subscriptionIds"].clone()).unwrap();
+    ids.sort();
+    assert_eq!(ids, ["all-a", "ax"]);
+    // Exactly one event for that publication; the next one is the next publication.
+    let seq = s.publish("a/y", "done", json!(2));
+    let e = c.recv_type("event");
+    assert_eq!(e["seq"], seq);
+    assert_eq!(e["subscriptionIds"], json!(["all-a"]));
+    // `a` does not match `ab`, and event-type sets filter.
+    s.publish("ab", "done", json!(3));
+    s.publish("a/x", "other", json!(4));
+    let e = c.recv_type("event");
+    let mut ids: Vec<String> = serde_json::from_value(e["subscriptionIds"].clone()).unwrap();
+    ids.sort();
+    assert_eq!(ids, ["all-a", "ax", "ax-other"]);
+    assert_eq!(e["data"], 4);
+}
+
+#[test]
+fn reusing_an_id_replaces_and_unsubscribe_stops() {
+    let s = Server::start("[delivery]\nbatch_ms = 0");
+    let mut c = Client::authed(&s, &token("u1", "user", &["*"]), "");
+    c.subscribe(json!([{"id": "x", "path": "one"}]));
+    c.subscribe(json!([{"id": "x", "path": "two"}]));
+    s.publish("one", "e", json!(1));
+    let seq = s.publish("two", "e", json!(2));
+    let e = c.recv_type("event");
+    assert_eq!(
+        (e["seq"].as_u64(), e["path"].as_str()),
+        (Some(seq), Some("two"))
+    );
+    c.send(&json!({"type": "unsubscribeEvents", "requestId": "u", "ids": ["x"]}));
+    let r = c.recv_type("unsubscribedEvents");
+    assert_eq!(r["ids"], json!(["x"]));
+    assert_eq!(r["requestId"], "u");
+    s.publish("two", "e", json!(3));
+    c.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn batch_ms_holds_messages_until_the_oldest_is_due() {
+    let s = Server::start("");
+    let mut c = Client::authed(
+        &s,
+        &token("u1", "user", &["*"]),
+        "&batchMs=400&batchMax=1000",
+    );
+    c.subscribe(json!([{"id": "t", "path": "t"}]));
+    let published = Instant::now();
+    s.publish("t/1", "e", json!(1));
+    s.publish("t/2", "e", json!(2));
+    // Nothing before the interval; both together once it passes.
+    c.expect_silence(Duration::from_millis(250));
+    let e1 = c.recv_type("event");
+    let e2 = c.recv_type("event");
+    let waited = published.elapsed();
+    assert!(waited >= Duration::from_millis(380), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!(
+        (e1["data"].clone(), e2["data"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(
+        c.frames, 4,
+        "authenticated, subscribedEvents, then one frame per event"
+    );
+}
+
+#[test]
+fn batch_max_flushes_at_once_and_carries_the_rest() {
+    let s = Server::start("");
+    // The interval is the longest allowed, so only batchMax can trigger a flush.
+    let mut c = Client::authed(
+        &s,
+        &token("u1", "user", &["*"]),
+        "&batchMs=60000&batchMax=3",
+    );
+    c.subscribe(json!([{"id": "t", "path": "t"}]));
+    let events: Vec<_> = (0..7)
+        .map(|i| json!({"path": "t", "eventType": "e", "data": i}))
+        .collect();
+    s.publish_batch(events);
+    for i in 0..6 {
+        assert_eq!(c.recv_type("event")["data"], i);
+    }
+    // The seventh waits for the next flush (3 more, or the interval).
+    c.expect_silence(Duration::from_millis(400));
+    s.publish_batch(
+        (7..9)
+            .map(|i| json!({"path": "t", "eventType": "e", "data": i}))
+            .collect(),
+    );
+    for i in 6..9 {
+        assert_eq!(c.recv_type("event")["data"], i);
+    }
+}
+
+#[test]
+fn array_framing_writes_one_batch_per_flush() {
+    let s = Server::start("");
+    let mut c = Client::authed(
+        &s,
+        &token("u1", "user", &["*"]),
+        "&batchMs=300&batchMax=3&framing=array",
+    );
+    c.subscribe(json!([{"id": "t", "path": "t"}]));
+    let frames_before = c.frames;
+    let t0 = Instant::now();
+    s.publish_batch(
+        (0..5)
+            .map(|i| json!({"path": "t", "eventType": "e", "data": i}))
+            .collect(),
+    );
+    for i in 0..3 {
+        assert_eq!(c.recv_type("event")["data"], i);
+    }
+    assert_eq!(
+        c.frames - frames_before,
+        1,
+        "three events in one batch frame"
+    );
+    for i in 3..5 {
+        assert_eq!(c.recv_type("event")["data"], i);
+    }
+    assert_eq!(c.frames - frames_before, 2);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "the rest waited for batchMs"
+    );
+}
+
+#[test]
+fn full_ring_drops_oldest_and_warns_with_exact_counts() {
+    let s = Server::start("[delivery]\nqueue_capacity = 10\nbatch_ms = 1000");
+    let mut c = Client::authed(&s, &token("u1", "user", &["*"]), "");
+    c.subscribe(json!([{"id": "wide", "path": "o"}, {"id": "narrow", "path": "o/n"}]));
+    // 25 publications, the first 20 alternating o/n (both subscriptions) and o/w (wide only).
+    let events: Vec<_> = (0..25)
+        .map(|i| json!({"path": if i % 2 == 0 { "o/n" } else { "o/w" }, "eventType": "e", "data": i}))
+        .collect();
+    let (_, last) = s.publish_batch(events);
+    // The ring kept the newest 10 (data 15..=24); 15 were dropped: 8 of them were on o/n.
+    let mut warnings = std::collections::BTreeMap::new();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let m = c.recv_within(Duration::from_secs(5)).expect("message");
+        match m["type"].as_str() {
+            Some("warning") => {
+                assert!(got.is_empty(), "warnings come before the next message");
+                assert_eq!(m["code"], "QUEUE_OVERFLOW");
+                let id = m["subscriptionId"].as_str().unwrap().to_string();
+                let n = m["dropped"].as_u64().unwrap();
+                assert!(m["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("{n} events dropped")));
+                warnings.insert(id, n);
+            }
+            Some("event") => got.push(m["data"].as_u64().unwrap()),
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert_eq!(got, (15..25).collect::<Vec<u64>>());
+    assert_eq!(warnings.get("wide"), Some(&15));
+    assert_eq!(warnings.get("narrow"), Some(&8));
+    c.expect_silence(Duration::from_millis(300));
+    assert!(last > 0);
+    assert_eq!(
+        s.metric("shardcast_dropped_total{reason=\"queue_overflow\"}"),
+        Some(15.0)
+    );
 }

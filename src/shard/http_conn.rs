@@ -101,8 +101,9 @@ impl Shard {
     }
 
     fn http_request(&mut self, key: usize, req: http::Request) {
-        let draining = self.draining.is_some();
-        let close = req.close || draining;
+        // The shared flag, not this shard's drain state: readiness fails (and answers
+        // say `Connection: close`) from the moment of the signal.
+        let close = req.close || self.shared.is_draining();
         match api::route(&req, &self.shared, close) {
             Route::Respond(bytes) => {
                 if close {
@@ -178,7 +179,7 @@ impl Shard {
             return;
         };
         h.awaiting_ingest = false;
-        let close = h.close_after || self.draining.is_some();
+        let close = h.close_after || self.shared.is_draining();
         if close {
             conn.ending = Ending::AfterWrite;
         }

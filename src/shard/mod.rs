@@ -467,22 +467,14 @@ impl Shard {
         self.draining = Some(Drain {
             deadline: self.now + period + LINGER_MS + 1000,
         });
-        let keys: Vec<(usize, u32, bool)> = self
-            .conns
-            .iter()
-            .map(|(k, c)| (k, c.gen, matches!(c.kind, Kind::Ws(_))))
-            .collect();
-        let ws_count = keys.iter().filter(|k| k.2).count().max(1) as u64;
-        let mut i = 0u64;
-        for (key, gen, is_ws) in keys {
-            if is_ws {
-                // Spread the closes evenly so clients do not all reconnect at once.
-                let at = self.now + period * i / ws_count;
-                i += 1;
-                self.arm(at, key, gen, TimerKind::DrainClose);
-            } else {
-                self.http_drain(key);
-            }
+        let keys: Vec<(usize, u32)> = self.conns.iter().map(|(k, c)| (k, c.gen)).collect();
+        let n = keys.len().max(1) as u64;
+        for (i, (key, gen)) in keys.into_iter().enumerate() {
+            // Spread the closes evenly so clients do not all reconnect at once. HTTP
+            // keep-alive connections are on the same schedule: until then they answer
+            // (`/readyz` says 503) with `Connection: close`.
+            let at = self.now + period * i as u64 / n;
+            self.arm(at, key, gen, TimerKind::DrainClose);
         }
     }
 

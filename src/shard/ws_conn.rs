@@ -402,6 +402,19 @@ impl Shard {
     /// Starts the closing handshake: a close frame, then the socket closes once the peer
     /// answers or the linger time passes. Waiting messages are discarded.
     pub(super) fn close_ws(&mut self, key: usize, code: u16, reason: &str, metric: &'static str) {
+        let echo_waiting = self
+            .conns
+            .get(key)
+            .and_then(|c| c.ws())
+            .is_some_and(|w| w.echo && !w.close_sent && !w.ring.is_empty());
+        if echo_waiting {
+            // Echoes of messages before the failure go out first (Autobahn "strict").
+            self.flush(key);
+        }
+        self.close_ws_now(key, code, reason, metric);
+    }
+
+    fn close_ws_now(&mut self, key: usize, code: u16, reason: &str, metric: &'static str) {
         let now = self.now;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -791,6 +804,10 @@ impl Shard {
     /// A drain reached this connection: write what waits, then close with 1001 and a
     /// jittered reconnect delay, so clients do not all come back at the same moment.
     pub(super) fn drain_close(&mut self, key: usize) {
+        if self.conns.get(key).is_some_and(|c| c.ws().is_none()) {
+            self.http_drain(key);
+            return;
+        }
         self.flush(key);
         let period = self.shared.config.drain_period_ms.max(1);
         let delay = 1000 + self.random() % period;

@@ -89,7 +89,11 @@ impl Server {
             if s.try_http("GET", "/healthz", None, &[]).map(|r| r.0) == Some(200) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "server not healthy in time: {}", s.log());
+            assert!(
+                Instant::now() < deadline,
+                "server not healthy in time: {}",
+                s.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -129,12 +133,22 @@ impl Server {
         s.read_to_end(&mut resp).ok()?;
         let text = String::from_utf8_lossy(&resp).into_owned();
         let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
         Some((status, body))
     }
 
     /// An HTTP request whose answer is JSON.
-    pub fn http(&self, method: &str, path: &str, body: Option<&Value>, auth: Option<&str>) -> (u16, Value) {
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        auth: Option<&str>,
+    ) -> (u16, Value) {
         let raw = body.map(|b| serde_json::to_vec(b).unwrap());
         let mut headers = vec![("Content-Type", "application/json")];
         if let Some(a) = auth {
@@ -168,7 +182,10 @@ impl Server {
             Some(&format!("apikey {API_KEY}")),
         );
         assert_eq!(st, 202, "publish: {body}");
-        (body["firstSeq"].as_u64().unwrap(), body["lastSeq"].as_u64().unwrap())
+        (
+            body["firstSeq"].as_u64().unwrap(),
+            body["lastSeq"].as_u64().unwrap(),
+        )
     }
 
     /// The value of a metric series whose line starts with `prefix` (name and labels).
@@ -176,7 +193,12 @@ impl Server {
         let (_, text) = self.try_http("GET", "/metrics", None, &[])?;
         text.lines()
             .filter(|l| l.starts_with(prefix))
-            .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+            .map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
             .reduce(|a, b| a + b)
     }
 
@@ -219,7 +241,10 @@ impl Drop for Server {
 
 /// A signed HS256 token.
 pub fn token(sub: &str, role: &str, scopes: &[&str]) -> String {
-    token_with(json!({"sub": sub, "role": role, "scopes": scopes, "exp": now() + 3600}), SECRET)
+    token_with(
+        json!({"sub": sub, "role": role, "scopes": scopes, "exp": now() + 3600}),
+        SECRET,
+    )
 }
 
 pub fn token_with(claims: Value, secret: &str) -> String {
@@ -269,14 +294,26 @@ impl Client {
 
     pub fn try_connect(server: &Server, path_and_query: &str) -> Result<Client, String> {
         let stream = TcpStream::connect(("127.0.0.1", server.port)).map_err(|e| e.to_string())?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (ws, _) = tungstenite::client::client(server.ws_url(path_and_query), stream).map_err(|e| e.to_string())?;
+        let (ws, _) = tungstenite::client::client(server.ws_url(path_and_query), stream)
+            .map_err(|e| e.to_string())?;
         Ok(Client {
             ws,
             pending: Vec::new(),
             frames: 0,
         })
+    }
+
+    /// Wraps an already upgraded socket.
+    pub fn from_ws(ws: WebSocket<TcpStream>) -> Client {
+        Client {
+            ws,
+            pending: Vec::new(),
+            frames: 0,
+        }
     }
 
     /// Connects with `token` in the URL and waits for `authenticated`.
@@ -296,7 +333,10 @@ impl Client {
     }
 
     fn set_timeout(&mut self, t: Duration) {
-        let _ = self.ws.get_ref().set_read_timeout(Some(t.max(Duration::from_millis(1))));
+        let _ = self
+            .ws
+            .get_ref()
+            .set_read_timeout(Some(t.max(Duration::from_millis(1))));
     }
 
     /// The next JSON message within `within`, unpacking batches.
@@ -334,7 +374,10 @@ impl Client {
                 }
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
                     return Err(Ended::Timeout)
                 }
@@ -344,7 +387,8 @@ impl Client {
     }
 
     pub fn recv(&mut self) -> Value {
-        self.recv_within(Duration::from_secs(5)).unwrap_or_else(|e| panic!("no message: {e:?}"))
+        self.recv_within(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("no message: {e:?}"))
     }
 
     /// The next message of type `typ`, skipping server pings.

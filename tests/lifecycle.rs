@@ -1,0 +1,143 @@
+//! Connection lifecycle: slow consumers, heartbeats, and the SIGTERM drain.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// A client that stops reading: the socket fills, messages stay in the ring, the ring
+/// drops its oldest; every publication is then either delivered or reported dropped,
+/// exactly.
+#[test]
+fn slow_consumer_gets_every_message_or_an_exact_drop_count() {
+    let s = Server::start("[delivery]\nqueue_capacity = 20\nbatch_ms = 0");
+    // A small receive buffer makes the socket fill quickly.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", s.port).parse().unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let url = s.ws_url(&format!("/ws?token={}", token("slow", "user", &["*"])));
+    let (ws, _) = tungstenite::client::client(url, stream).unwrap();
+    let mut c = Client::from_ws(ws);
+    c.recv_type("authenticated");
+    c.subscribe(json!([{"id": "s", "path": "slow"}]));
+    let pad = "x".repeat(16 * 1024);
+    let n = 600u64;
+    let (first, last) = s.publish_batch(
+        (0..n)
+            .map(|i| json!({"path": "slow", "eventType": "e", "data": {"i": i, "pad": pad}}))
+            .collect(),
+    );
+    assert_eq!(last - first + 1, n);
+    let (mut delivered, mut dropped, mut prev) = (0u64, 0u64, 0u64);
+    while delivered + dropped < n {
+        let m = c.recv_within(Duration::from_secs(10)).expect("message");
+        match m["type"].as_str() {
+            Some("warning") => dropped += m["dropped"].as_u64().unwrap(),
+            Some("event") => {
+                let seq = m["seq"].as_u64().unwrap();
+                assert!(seq > prev, "order kept");
+                prev = seq;
+                delivered += 1;
+            }
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert_eq!(delivered + dropped, n);
+    assert!(dropped > 0, "the socket never filled; make the test harder");
+    assert_eq!(prev, last, "the newest message is kept");
+    c.expect_silence(Duration::from_millis(200));
+}
+
+#[test]
+fn unanswered_ping_closes_with_4003_and_answered_pings_keep_the_connection() {
+    let s = Server::start("[delivery]\nheartbeat_ms = 200\npong_timeout_ms = 300");
+    let mut silent = Client::authed(&s, &token("a", "user", &[]), "");
+    let mut alive = Client::authed(&s, &token("b", "user", &[]), "");
+    // The answering client runs on its own thread, so it answers while the test waits
+    // on the silent one.
+    let answering = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut pings = 0;
+        while started.elapsed() < Duration::from_millis(1200) {
+            match alive.recv_within(Duration::from_millis(100)) {
+                Ok(m) if m["type"] == "ping" => {
+                    pings += 1;
+                    alive.send(&json!({"type": "pong"}));
+                }
+                Ok(m) => panic!("unexpected {m}"),
+                Err(Ended::Timeout) => {}
+                Err(e) => panic!("answering client was closed: {e:?}"),
+            }
+        }
+        (alive, pings)
+    });
+    assert_eq!(silent.recv(), json!({"type": "ping"}));
+    let (code, _) = silent.expect_close(Duration::from_secs(3));
+    assert_eq!(code, 4003);
+    // The answering client outlived the silent one's deadline by several pings.
+    let (mut alive, pings) = answering.join().unwrap();
+    assert!(pings >= 3, "{pings} pings");
+    // A client ping is answered at any time.
+    alive.send(&json!({"type": "ping"}));
+    loop {
+        let m = alive.recv();
+        if m["type"] == "pong" {
+            break;
+        }
+        assert_eq!(m["type"], "ping");
+        alive.send(&json!({"type": "pong"}));
+    }
+}
+
+#[test]
+fn sigterm_fails_readiness_then_closes_everyone_spread_over_the_period_and_exits_0() {
+    let mut s = Server::start("drain_period_ms = 1000\nshards = 2");
+    let mut clients: Vec<Client> = (0..6)
+        .map(|i| Client::authed(&s, &token(&format!("d{i}"), "user", &[]), ""))
+        .collect();
+    // A keep-alive HTTP connection opened before the signal, as a load balancer has.
+    let mut lb = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    lb.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let readyz = |lb: &mut std::net::TcpStream| -> String {
+        use std::io::{Read, Write};
+        lb.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = lb.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(readyz(&mut lb).starts_with("HTTP/1.1 200"));
+    let signalled = Instant::now();
+    s.signal(libc::SIGTERM);
+    let answer = readyz(&mut lb);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("Connection: close"), "{answer}");
+    let mut closed_at = Vec::new();
+    for c in clients.iter_mut() {
+        let (code, reason) = c.expect_close(Duration::from_secs(5));
+        assert_eq!(code, 1001);
+        let delay: u64 = reason
+            .strip_prefix("reconnect in ")
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("reason {reason:?}"));
+        assert!((1000..=2000).contains(&delay), "{delay}");
+        closed_at.push(signalled.elapsed());
+    }
+    let spread = closed_at
+        .iter()
+        .max()
+        .unwrap()
+        .saturating_sub(*closed_at.iter().min().unwrap());
+    assert!(
+        spread >= Duration::from_millis(300),
+        "closes not spread: {closed_at:?}"
+    );
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0), "{}", s.log());
+}
