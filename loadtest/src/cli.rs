@@ -1,0 +1,761 @@
+//! The command line (a contract: unknown flags and bad values are refused with a message
+//! naming the flag, exit code 2). Parsed by hand to keep dependencies lean.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::net::{parse_ip_ranges, parse_url, Endpoint};
+
+pub const USAGE: &str = "\
+loadtest: load generator for the shardcast WebSocket push server
+
+USAGE:
+    loadtest <scenario> [options]
+
+SCENARIOS:
+    fanout     N subscribers on one path (subscription \"load\"), one publisher posting to
+               \"load/fanout\" at --rate; expected deliveries = published x N
+    spread     N subscribers over K (--paths) paths load/p0..load/p{K-1}, connection i on
+               load/p{i mod K}; publications go round robin over the paths
+    idle       N connections authenticated and subscribed that do nothing for --duration;
+               reports the server's RSS per connection
+    churn      not implemented yet (exits with code 2)
+    overflow   not implemented yet (exits with code 2)
+
+OPTIONS:
+    --url URL              WebSocket endpoint [default: ws://127.0.0.1:8080/ws]
+    --http URL             REST base for publishing [default: http://<host:port of --url>]
+    --secret S             sign an HS256 token per connection (sub load-<i>, role user, scopes *)
+    --token T              use this token for every connection (one of --secret/--token)
+    --api-key K            api key for POST /api/v1/publish (needed by fanout and spread)
+    --connections N        client connections [default: 1000]
+    --paths K              paths for spread [default: 100]
+    --rate R               publications per second, may be fractional [default: 100]
+    --duration D           publishing (idle: holding) window, e.g. 30s, 500ms, 2m, 1h or
+                           plain seconds [default: 30s]
+    --payload BYTES        size of each publish request body [default: 128]
+    --batch-ms MS          connection option batchMs [default: 0]
+    --batch-max N          connection option batchMax [default: 1000]
+    --framing F            connection option framing: frames | array [default: frames]
+    --source-ips RANGE     source addresses, round robin: 127.0.0.1-127.0.0.40, a single
+                           address, or a comma-separated list of both [default: kernel's
+                           choice; when N > 25000 and --url is loopback IPv4:
+                           127.0.0.1-127.0.0.<ceil(N/25000)>]
+    --threads T            event-loop threads per process [default: 1]
+    --server-pid PID       server process to measure (CPU, RSS); a comma-separated list
+                           is summed (several nodes behind one port)
+    --target T             shardcast | nats (nats: not implemented yet, exits with code 2)
+    --json FILE            write the JSON report there (\"-\" for stdout)
+    -h, --help             this text
+
+ADVANCED:
+    --fd-budget N          connections one process may hold before more worker processes
+                           are started [default: RLIMIT_NOFILE hard limit - 500]
+    --max-inflight N       handshakes in flight at once, over all processes [default: 500]
+
+The run: connect and subscribe everything (bounded), publish for --duration at --rate,
+wait a grace period of max(2s, 2 x batch-ms) for deliveries in flight (shorter when all
+arrived), print a table, write --json. Exit codes: 0 run completed and healthy, 1 run
+completed with failed connections, publish errors or lost deliveries, 2 usage error,
+3 the run could not start.
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScenarioName {
+    Fanout,
+    Spread,
+    Idle,
+    Churn,
+    Overflow,
+}
+
+impl ScenarioName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScenarioName::Fanout => "fanout",
+            ScenarioName::Spread => "spread",
+            ScenarioName::Idle => "idle",
+            ScenarioName::Churn => "churn",
+            ScenarioName::Overflow => "overflow",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ScenarioName> {
+        Some(match s {
+            "fanout" => ScenarioName::Fanout,
+            "spread" => ScenarioName::Spread,
+            "idle" => ScenarioName::Idle,
+            "churn" => ScenarioName::Churn,
+            "overflow" => ScenarioName::Overflow,
+            _ => return None,
+        })
+    }
+
+    pub fn publishes(self) -> bool {
+        matches!(self, ScenarioName::Fanout | ScenarioName::Spread)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Shardcast,
+    Nats,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Shardcast => "shardcast",
+            Target::Nats => "nats",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Frames,
+    Array,
+}
+
+impl Framing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Framing::Frames => "frames",
+            Framing::Array => "array",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Auth {
+    Secret(String),
+    Token(String),
+}
+
+/// Everything a run needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub scenario: ScenarioName,
+    pub target: Target,
+    pub url: Endpoint,
+    pub url_raw: String,
+    pub http: Endpoint,
+    pub http_raw: String,
+    pub auth: Auth,
+    pub api_key: Option<String>,
+    pub connections: u64,
+    pub paths: u64,
+    pub rate: f64,
+    pub duration: Duration,
+    pub payload: usize,
+    pub batch_ms: u64,
+    pub batch_max: u64,
+    pub framing: Framing,
+    /// Empty: let the kernel pick.
+    pub source_ips: Vec<Ipv4Addr>,
+    pub source_ips_raw: Option<String>,
+    pub threads: usize,
+    pub server_pids: Vec<u32>,
+    pub json: Option<PathBuf>,
+    pub fd_budget: Option<u64>,
+    pub max_inflight: usize,
+    /// Set in a worker process: index of its first connection.
+    pub worker_offset: Option<u64>,
+}
+
+impl Config {
+    /// Grace period after publishing: max(2 s, 2 x batchMs).
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.batch_ms.saturating_mul(2).max(2000))
+    }
+
+    /// The argument list of a worker process holding connections
+    /// `offset..offset+count` of this run.
+    pub fn worker_args(&self, offset: u64, count: u64, max_inflight: usize) -> Vec<String> {
+        let mut a = vec![
+            self.scenario.as_str().to_string(),
+            "--worker".into(),
+            "--worker-offset".into(),
+            offset.to_string(),
+            "--connections".into(),
+            count.to_string(),
+            "--url".into(),
+            self.url_raw.clone(),
+            "--http".into(),
+            self.http_raw.clone(),
+            "--paths".into(),
+            self.paths.to_string(),
+            "--duration".into(),
+            format!("{}ms", self.duration.as_millis()),
+            "--batch-ms".into(),
+            self.batch_ms.to_string(),
+            "--batch-max".into(),
+            self.batch_max.to_string(),
+            "--framing".into(),
+            self.framing.as_str().into(),
+            "--threads".into(),
+            self.threads.to_string(),
+            "--target".into(),
+            self.target.as_str().into(),
+            "--max-inflight".into(),
+            max_inflight.to_string(),
+        ];
+        match &self.auth {
+            Auth::Secret(s) => a.extend(["--secret".to_string(), s.clone()]),
+            Auth::Token(t) => a.extend(["--token".to_string(), t.clone()]),
+        }
+        if !self.source_ips.is_empty() {
+            a.extend(["--source-ips".to_string(), ips_arg(&self.source_ips)]);
+        }
+        a
+    }
+}
+
+/// A compact argument for a list of addresses (ranges of consecutive ones).
+fn ips_arg(ips: &[Ipv4Addr]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < ips.len() {
+        let mut j = i;
+        while j + 1 < ips.len() && u32::from(ips[j + 1]) == u32::from(ips[j]).wrapping_add(1) {
+            j += 1;
+        }
+        if i == j {
+            parts.push(ips[i].to_string());
+        } else {
+            parts.push(format!("{}-{}", ips[i], ips[j]));
+        }
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Help,
+    Run(Box<Config>),
+}
+
+/// A usage error; the message names the flag. Exit code 2.
+#[derive(Debug, PartialEq)]
+pub struct CliError(pub String);
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, CliError> {
+    Err(CliError(msg.into()))
+}
+
+/// Flags that take a value.
+const VALUE_FLAGS: &[&str] = &[
+    "--url",
+    "--http",
+    "--secret",
+    "--token",
+    "--api-key",
+    "--connections",
+    "--paths",
+    "--rate",
+    "--duration",
+    "--payload",
+    "--batch-ms",
+    "--batch-max",
+    "--framing",
+    "--source-ips",
+    "--threads",
+    "--server-pid",
+    "--target",
+    "--json",
+    "--fd-budget",
+    "--max-inflight",
+    "--worker-offset",
+];
+
+/// Flags without a value.
+const BOOL_FLAGS: &[&str] = &["--worker"];
+
+/// Parses `args` (without the program name).
+pub fn parse(args: &[String]) -> Result<Command, CliError> {
+    let mut scenario: Option<ScenarioName> = None;
+    let mut seen: Vec<(&'static str, String)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        i += 1;
+        if a == "-h" || a == "--help" {
+            return Ok(Command::Help);
+        }
+        if a.starts_with('-') {
+            let (name, inline) = match a.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (a, None),
+            };
+            let flag: &'static str = if let Some(f) = VALUE_FLAGS.iter().find(|f| **f == name) {
+                f
+            } else if let Some(f) = BOOL_FLAGS.iter().find(|f| **f == name) {
+                if inline.is_some() {
+                    return err(format!("{f} takes no value"));
+                }
+                f
+            } else {
+                return err(format!("unknown flag {name} (see --help)"));
+            };
+            if seen.iter().any(|(f, _)| *f == flag) {
+                return err(format!("{flag} given more than once"));
+            }
+            let value = if BOOL_FLAGS.contains(&flag) {
+                String::new()
+            } else if let Some(v) = inline {
+                v
+            } else {
+                match args.get(i) {
+                    Some(v) => {
+                        i += 1;
+                        v.clone()
+                    }
+                    None => return err(format!("{flag} needs a value")),
+                }
+            };
+            seen.push((flag, value));
+        } else if scenario.is_none() {
+            scenario = Some(ScenarioName::parse(a).ok_or_else(|| {
+                CliError(format!(
+                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow)"
+                ))
+            })?);
+        } else {
+            return err(format!("unexpected argument {a:?}"));
+        }
+    }
+    let Some(scenario) = scenario else {
+        return err("missing scenario (fanout, spread, idle, churn, overflow); see --help");
+    };
+    let get = |flag: &str| -> Option<&str> {
+        seen.iter()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, v)| v.as_str())
+    };
+
+    let target = match get("--target") {
+        None | Some("shardcast") => Target::Shardcast,
+        Some("nats") => Target::Nats,
+        Some(v) => return err(format!("--target: {v:?} is not shardcast or nats")),
+    };
+    let url_raw = get("--url").unwrap_or("ws://127.0.0.1:8080/ws").to_string();
+    let url = parse_url(&url_raw, "ws").map_err(|e| CliError(format!("--url: {e}")))?;
+    let http_raw = match get("--http") {
+        Some(v) => v.to_string(),
+        None => format!("http://{}", url.host_header),
+    };
+    let http = parse_url(&http_raw, "http").map_err(|e| CliError(format!("--http: {e}")))?;
+
+    let auth = match (get("--secret"), get("--token")) {
+        (Some(_), Some(_)) => return err("--secret and --token exclude each other"),
+        (Some(""), None) => return err("--secret: empty"),
+        (None, Some("")) => return err("--token: empty"),
+        (Some(s), None) => Auth::Secret(s.to_string()),
+        (None, Some(t)) => Auth::Token(t.to_string()),
+        (None, None) => return err("one of --secret or --token is required"),
+    };
+    let worker_offset = match get("--worker-offset") {
+        Some(v) => Some(parse_int("--worker-offset", v, 0, u64::MAX / 2)?),
+        None => None,
+    };
+    let is_worker = get("--worker").is_some();
+    if is_worker != worker_offset.is_some() {
+        return err("--worker and --worker-offset go together (internal flags)");
+    }
+    let api_key = match get("--api-key") {
+        Some("") => return err("--api-key: empty"),
+        Some(k) => Some(k.to_string()),
+        None => None,
+    };
+
+    let connections = parse_int(
+        "--connections",
+        get("--connections").unwrap_or("1000"),
+        1,
+        10_000_000,
+    )?;
+    let paths = parse_int("--paths", get("--paths").unwrap_or("100"), 1, 10_000_000)?;
+    let rate = parse_rate(get("--rate").unwrap_or("100"))?;
+    let duration = match get("--duration") {
+        Some(v) => parse_duration(v).map_err(|e| CliError(format!("--duration: {e}")))?,
+        None => Duration::from_secs(30),
+    };
+    let payload = parse_int("--payload", get("--payload").unwrap_or("128"), 0, 16 << 20)? as usize;
+    let batch_ms = parse_int("--batch-ms", get("--batch-ms").unwrap_or("0"), 0, 3_600_000)?;
+    let batch_max = parse_int(
+        "--batch-max",
+        get("--batch-max").unwrap_or("1000"),
+        1,
+        10_000_000,
+    )?;
+    let framing = match get("--framing") {
+        None | Some("frames") => Framing::Frames,
+        Some("array") => Framing::Array,
+        Some(v) => return err(format!("--framing: {v:?} is not frames or array")),
+    };
+    let source_ips_raw = get("--source-ips").map(str::to_string);
+    let mut source_ips = match &source_ips_raw {
+        Some(v) => parse_ip_ranges(v).map_err(|e| CliError(format!("--source-ips: {e}")))?,
+        None => Vec::new(),
+    };
+    if !source_ips.is_empty() && !url.addr.is_ipv4() {
+        return err("--source-ips: IPv4 source addresses need an IPv4 --url");
+    }
+    if source_ips.is_empty() && !is_worker && connections > 25_000 {
+        if let SocketAddr::V4(a) = url.addr {
+            if a.ip().is_loopback() {
+                let n = connections.div_ceil(25_000).min(254) as u8;
+                source_ips = (1..=n).map(|d| Ipv4Addr::new(127, 0, 0, d)).collect();
+            }
+        }
+    }
+    let threads = parse_int("--threads", get("--threads").unwrap_or("1"), 1, 256)? as usize;
+    let server_pids = match get("--server-pid") {
+        None => Vec::new(),
+        Some(v) => v
+            .split(',')
+            .map(|p| match p.trim().parse::<u32>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => err(format!("--server-pid: {p:?} is not a process id")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let json = match get("--json") {
+        Some("") => return err("--json: empty file name"),
+        Some(v) => Some(PathBuf::from(v)),
+        None => None,
+    };
+    let fd_budget = match get("--fd-budget") {
+        Some(v) => Some(parse_int("--fd-budget", v, 1, 10_000_000)?),
+        None => None,
+    };
+    let max_inflight = parse_int(
+        "--max-inflight",
+        get("--max-inflight").unwrap_or("500"),
+        1,
+        1_000_000,
+    )? as usize;
+
+    if scenario.publishes() && api_key.is_none() && !is_worker && rate > 0.0 {
+        return err(format!(
+            "--api-key is required for scenario {} (it publishes)",
+            scenario.as_str()
+        ));
+    }
+
+    Ok(Command::Run(Box::new(Config {
+        scenario,
+        target,
+        url,
+        url_raw,
+        http,
+        http_raw,
+        auth,
+        api_key,
+        connections,
+        paths,
+        rate,
+        duration,
+        payload,
+        batch_ms,
+        batch_max,
+        framing,
+        source_ips,
+        source_ips_raw,
+        threads,
+        server_pids,
+        json,
+        fd_budget,
+        max_inflight,
+        worker_offset,
+    })))
+}
+
+/// Refuses what this version cannot run yet (exit code 2, like a usage error).
+pub fn check_implemented(c: &Config) -> Result<(), CliError> {
+    match c.scenario {
+        ScenarioName::Churn | ScenarioName::Overflow => {
+            return err(format!(
+                "scenario {} is not implemented yet",
+                c.scenario.as_str()
+            ))
+        }
+        _ => {}
+    }
+    if c.target == Target::Nats {
+        return err("--target nats is not implemented yet");
+    }
+    Ok(())
+}
+
+fn parse_int(flag: &str, v: &str, min: u64, max: u64) -> Result<u64, CliError> {
+    let n: u64 = v
+        .trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| CliError(format!("{flag}: {v:?} is not a whole number")))?;
+    if n < min || n > max {
+        return err(format!("{flag}: {n} is out of range {min}..={max}"));
+    }
+    Ok(n)
+}
+
+fn parse_rate(v: &str) -> Result<f64, CliError> {
+    let r: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| CliError(format!("--rate: {v:?} is not a number")))?;
+    if !r.is_finite() || !(0.0..=10_000_000.0).contains(&r) {
+        return err(format!("--rate: {v} is out of range 0..=10000000"));
+    }
+    Ok(r)
+}
+
+/// `30s`, `500ms`, `2m`, `1h`, `1.5s` or plain seconds.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{v:?} is not a duration like 30s, 500ms, 2m"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{v:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs > 7.0 * 86_400.0 {
+        return Err(format!("{v:?} is too long (at most 7 days)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    fn run(s: &str) -> Result<Config, CliError> {
+        match parse(&args(s))? {
+            Command::Run(c) => Ok(*c),
+            Command::Help => panic!("help"),
+        }
+    }
+
+    fn fails(s: &str, needle: &str) {
+        match run(s) {
+            Ok(_) => panic!("{s:?} should fail"),
+            Err(CliError(m)) => assert!(m.contains(needle), "{s:?}: {m:?} lacks {needle:?}"),
+        }
+    }
+
+    const BASE: &str = "fanout --secret s --api-key k";
+
+    #[test]
+    fn full_command_line() {
+        let c = run(
+            "fanout --url ws://127.0.0.1:9000/ws --http http://127.0.0.1:9001 \
+                     --secret S --api-key K --connections 5000 --paths 7 --rate 250.5 \
+                     --duration 45s --payload 512 --batch-ms 10 --batch-max 50 --framing array \
+                     --source-ips 127.0.0.1-127.0.0.40 --threads 2 --server-pid 1234 \
+                     --target shardcast --json out.json",
+        )
+        .unwrap();
+        assert_eq!(c.scenario, ScenarioName::Fanout);
+        assert_eq!(c.url.addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.url.path, "/ws");
+        assert_eq!(c.http.addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(c.auth, Auth::Secret("S".into()));
+        assert_eq!(c.api_key.as_deref(), Some("K"));
+        assert_eq!(c.connections, 5000);
+        assert_eq!(c.paths, 7);
+        assert_eq!(c.rate, 250.5);
+        assert_eq!(c.duration, Duration::from_secs(45));
+        assert_eq!(c.payload, 512);
+        assert_eq!(c.batch_ms, 10);
+        assert_eq!(c.batch_max, 50);
+        assert_eq!(c.framing, Framing::Array);
+        assert_eq!(c.source_ips.len(), 40);
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.server_pids, vec![1234]);
+        assert_eq!(c.target, Target::Shardcast);
+        assert_eq!(c.json, Some(PathBuf::from("out.json")));
+        assert_eq!(c.grace(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run("idle --token T").unwrap();
+        assert_eq!(c.url.path, "/ws");
+        assert_eq!(c.http.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.auth, Auth::Token("T".into()));
+        assert_eq!(c.connections, 1000);
+        assert_eq!(c.duration, Duration::from_secs(30));
+        assert_eq!(c.framing, Framing::Frames);
+        assert_eq!(c.threads, 1);
+        assert!(c.source_ips.is_empty());
+        // many connections on loopback: several source addresses by default
+        let c = run("idle --token T --connections 60000").unwrap();
+        assert_eq!(c.source_ips.len(), 3);
+        let c = run("idle --token T --batch-ms 5000").unwrap();
+        assert_eq!(c.grace(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn equals_form_and_help() {
+        let c = run("spread --secret=s --api-key=k --paths=3").unwrap();
+        assert_eq!(c.paths, 3);
+        assert!(matches!(parse(&args("fanout --help")), Ok(Command::Help)));
+        assert!(matches!(parse(&args("-h")), Ok(Command::Help)));
+    }
+
+    #[test]
+    fn bad_scenario_and_positionals() {
+        fails("", "missing scenario");
+        fails("--secret s", "missing scenario");
+        fails("blast --secret s", "unknown scenario");
+        fails("fanout idle --secret s --api-key k", "unexpected argument");
+    }
+
+    #[test]
+    fn unknown_and_repeated_flags() {
+        fails(
+            &format!("{BASE} --conections 5"),
+            "unknown flag --conections",
+        );
+        fails(&format!("{BASE} -c 5"), "unknown flag -c");
+        fails(
+            &format!("{BASE} --rate 1 --rate 2"),
+            "--rate given more than once",
+        );
+        fails(&format!("{BASE} --worker=1"), "--worker takes no value");
+        fails(&format!("{BASE} --worker"), "--worker");
+    }
+
+    #[test]
+    fn missing_values() {
+        fails(
+            &format!("{BASE} --connections"),
+            "--connections needs a value",
+        );
+        fails("fanout --api-key k --secret", "--secret needs a value");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_flag() {
+        let cases = [
+            ("--url http://127.0.0.1:8080/ws", "--url"),
+            ("--url wss://127.0.0.1:8080/ws", "--url"),
+            ("--url ws://127.0.0.1:99999/ws", "--url"),
+            ("--http ws://127.0.0.1:8080", "--http"),
+            ("--connections 0", "--connections"),
+            ("--connections ten", "--connections"),
+            ("--connections -5", "--connections"),
+            ("--paths 0", "--paths"),
+            ("--rate fast", "--rate"),
+            ("--rate -1", "--rate"),
+            ("--rate inf", "--rate"),
+            ("--duration 10x", "--duration"),
+            ("--duration s", "--duration"),
+            ("--duration 99999h", "--duration"),
+            ("--payload big", "--payload"),
+            ("--payload 999999999", "--payload"),
+            ("--batch-ms -1", "--batch-ms"),
+            ("--batch-max 0", "--batch-max"),
+            ("--framing json", "--framing"),
+            ("--source-ips 127.0.0.9-127.0.0.1", "--source-ips"),
+            ("--source-ips localhost", "--source-ips"),
+            ("--threads 0", "--threads"),
+            ("--threads 1000", "--threads"),
+            ("--server-pid abc", "--server-pid"),
+            ("--server-pid 0", "--server-pid"),
+            ("--target redis", "--target"),
+            ("--json=", "--json"),
+            ("--fd-budget 0", "--fd-budget"),
+            ("--max-inflight 0", "--max-inflight"),
+        ];
+        for (extra, flag) in cases {
+            fails(&format!("{BASE} {extra}"), flag);
+        }
+    }
+
+    #[test]
+    fn auth_rules() {
+        fails("fanout --api-key k", "one of --secret or --token");
+        fails(
+            "fanout --api-key k --secret a --token b",
+            "exclude each other",
+        );
+        fails("fanout --secret s", "--api-key is required");
+        fails("fanout --secret= --api-key k", "--secret: empty");
+        fails("fanout --secret s --api-key=", "--api-key: empty");
+        // idle does not publish, a rate of 0 neither
+        assert!(run("idle --secret s").is_ok());
+        assert!(run("fanout --secret s --rate 0").is_ok());
+    }
+
+    #[test]
+    fn not_implemented_yet() {
+        for s in [
+            "churn --secret s",
+            "overflow --secret s",
+            "idle --secret s --target nats",
+        ] {
+            let c = run(s).unwrap();
+            let e = check_implemented(&c).unwrap_err();
+            assert!(e.0.contains("not implemented yet"), "{e}");
+        }
+        assert!(check_implemented(&run(BASE).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn worker_args_roundtrip() {
+        let c = run(
+            "spread --secret s --api-key k --paths 9 --source-ips 127.0.0.1-127.0.0.3,127.0.0.9 \
+                     --duration 1500ms --framing array --threads 2",
+        )
+        .unwrap();
+        let wa = c.worker_args(100, 50, 125);
+        let w = match parse(&wa).unwrap() {
+            Command::Run(c) => *c,
+            Command::Help => unreachable!(),
+        };
+        assert_eq!(w.worker_offset, Some(100));
+        assert_eq!(w.connections, 50);
+        assert_eq!(w.paths, 9);
+        assert_eq!(w.source_ips, c.source_ips);
+        assert_eq!(w.duration, c.duration);
+        assert_eq!(w.framing, Framing::Array);
+        assert_eq!(w.threads, 2);
+        assert_eq!(w.max_inflight, 125);
+        assert_eq!(w.auth, c.auth);
+        assert!(w.api_key.is_none(), "workers do not publish");
+        fails("fanout --secret s --worker-offset 3", "go together");
+    }
+}

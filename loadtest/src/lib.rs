@@ -1,0 +1,22 @@
+//! shardcast load generator: many WebSocket clients on `mio` event loops (and worker
+//! processes beyond one process's open-file limit), a fixed-rate HTTP publisher, HDR
+//! latency histograms, the server's CPU and RSS from /proc, and a JSON report.
+//!
+//! One module per concern: `cli` (command line), `ws` (client frame codec and upgrade),
+//! `scan` (cheap event and latency scanner), `conn` (connections and event loop),
+//! `group` (threads and worker processes), `publish` (HTTP publisher), `scenario/*`,
+//! `procstat` (server stats), `report` (results), `run` (the coordinator).
+
+pub mod cli;
+pub mod conn;
+pub mod group;
+pub mod jwt;
+pub mod net;
+pub mod procstat;
+pub mod publish;
+pub mod report;
+pub mod run;
+pub mod scan;
+pub mod scenario;
+pub mod util;
+pub mod ws;

@@ -1,0 +1,588 @@
+//! Results: per-thread client counters (mergeable, and carried as JSON from worker
+//! processes), the final report, its human table and its JSON file.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::util::{human_bytes, human_count};
+
+/// Latency histogram in microseconds: 1 µs .. 1 h, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// What the client connections of one thread, process or whole run saw.
+#[derive(Debug, Clone)]
+pub struct ClientStats {
+    /// Connections attempted.
+    pub requested: u64,
+    /// Connections that were authenticated and subscribed.
+    pub ready: u64,
+    /// Connections that failed before being subscribed.
+    pub failed: u64,
+    /// Subscribed connections the server closed (or that broke) before the end.
+    pub disconnected: u64,
+    /// Events received.
+    pub delivered: u64,
+    /// Sum of `dropped` of the `QUEUE_OVERFLOW` warnings received.
+    pub dropped_reported: u64,
+    pub pongs_sent: u64,
+    /// `error` messages received by subscribed connections.
+    pub server_errors: u64,
+    /// Unix nanos of the last event received (0: none).
+    pub last_delivery_ns: u64,
+    /// Subscribed connections per publication path.
+    pub subs_per_path: Vec<u64>,
+    /// Setup failures by reason.
+    pub failures: BTreeMap<String, u64>,
+    /// Close codes of connections the server closed (1006: no close frame).
+    pub close_codes: BTreeMap<u16, u64>,
+    pub latency: Histogram<u64>,
+}
+
+impl ClientStats {
+    pub fn new(paths: usize) -> ClientStats {
+        ClientStats {
+            requested: 0,
+            ready: 0,
+            failed: 0,
+            disconnected: 0,
+            delivered: 0,
+            dropped_reported: 0,
+            pongs_sent: 0,
+            server_errors: 0,
+            last_delivery_ns: 0,
+            subs_per_path: vec![0; paths],
+            failures: BTreeMap::new(),
+            close_codes: BTreeMap::new(),
+            latency: new_histogram(),
+        }
+    }
+
+    pub fn merge(&mut self, o: &ClientStats) {
+        self.requested += o.requested;
+        self.ready += o.ready;
+        self.failed += o.failed;
+        self.disconnected += o.disconnected;
+        self.delivered += o.delivered;
+        self.dropped_reported += o.dropped_reported;
+        self.pongs_sent += o.pongs_sent;
+        self.server_errors += o.server_errors;
+        self.last_delivery_ns = self.last_delivery_ns.max(o.last_delivery_ns);
+        if self.subs_per_path.len() < o.subs_per_path.len() {
+            self.subs_per_path.resize(o.subs_per_path.len(), 0);
+        }
+        for (a, b) in self.subs_per_path.iter_mut().zip(&o.subs_per_path) {
+            *a += b;
+        }
+        for (k, v) in &o.failures {
+            *self.failures.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.close_codes {
+            *self.close_codes.entry(*k).or_default() += v;
+        }
+        self.latency
+            .add(&o.latency)
+            .expect("histograms with the same bounds");
+    }
+
+    /// For the worker-to-parent pipe. The histogram goes as [value, count] pairs.
+    pub fn to_json(&self) -> Value {
+        let hist: Vec<[u64; 2]> = self
+            .latency
+            .iter_recorded()
+            .map(|v| [v.value_iterated_to(), v.count_at_value()])
+            .collect();
+        json!({
+            "requested": self.requested,
+            "ready": self.ready,
+            "failed": self.failed,
+            "disconnected": self.disconnected,
+            "delivered": self.delivered,
+            "dropped_reported": self.dropped_reported,
+            "pongs_sent": self.pongs_sent,
+            "server_errors": self.server_errors,
+            "last_delivery_ns": self.last_delivery_ns,
+            "subs_per_path": self.subs_per_path,
+            "failures": self.failures,
+            "close_codes": self.close_codes.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+            "latency": hist,
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Result<ClientStats, String> {
+        let u = |k: &str| -> Result<u64, String> {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| format!("missing {k}"))
+        };
+        let subs: Vec<u64> = v
+            .get("subs_per_path")
+            .and_then(Value::as_array)
+            .ok_or("missing subs_per_path")?
+            .iter()
+            .map(|x| x.as_u64().unwrap_or(0))
+            .collect();
+        let mut s = ClientStats::new(subs.len());
+        s.subs_per_path = subs;
+        s.requested = u("requested")?;
+        s.ready = u("ready")?;
+        s.failed = u("failed")?;
+        s.disconnected = u("disconnected")?;
+        s.delivered = u("delivered")?;
+        s.dropped_reported = u("dropped_reported")?;
+        s.pongs_sent = u("pongs_sent")?;
+        s.server_errors = u("server_errors")?;
+        s.last_delivery_ns = u("last_delivery_ns")?;
+        if let Some(m) = v.get("failures").and_then(Value::as_object) {
+            for (k, n) in m {
+                s.failures.insert(k.clone(), n.as_u64().unwrap_or(0));
+            }
+        }
+        if let Some(m) = v.get("close_codes").and_then(Value::as_object) {
+            for (k, n) in m {
+                if let Ok(code) = k.parse() {
+                    s.close_codes.insert(code, n.as_u64().unwrap_or(0));
+                }
+            }
+        }
+        for pair in v
+            .get("latency")
+            .and_then(Value::as_array)
+            .ok_or("missing latency")?
+        {
+            let (Some(val), Some(n)) = (
+                pair.get(0).and_then(Value::as_u64),
+                pair.get(1).and_then(Value::as_u64),
+            ) else {
+                return Err("bad latency pair".into());
+            };
+            s.latency
+                .record_n(val.max(1), n)
+                .map_err(|e| format!("latency: {e:?}"))?;
+        }
+        Ok(s)
+    }
+}
+
+/// Server-side measurements (from --server-pid).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerStats {
+    pub rss_before: Option<u64>,
+    /// After everything connected and subscribed.
+    pub rss_connected: Option<u64>,
+    pub rss_window_start: Option<u64>,
+    pub rss_window_end: Option<u64>,
+    /// CPU seconds over the publishing (idle: holding) window.
+    pub cpu_seconds: Option<f64>,
+}
+
+/// The final report.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub scenario: String,
+    pub target: String,
+    pub requested: u64,
+    pub clients: ClientStats,
+    pub published: u64,
+    pub publish_errors: BTreeMap<String, u64>,
+    pub expected: u64,
+    /// Seconds over which deliveries-per-second is computed.
+    pub delivery_window_secs: f64,
+    pub publish_window_secs: f64,
+    pub server: ServerStats,
+    pub processes: usize,
+    pub loadtest_cpu_seconds: f64,
+}
+
+impl Report {
+    pub fn lost(&self) -> i64 {
+        self.expected as i64 - self.clients.delivered as i64 - self.clients.dropped_reported as i64
+    }
+
+    pub fn deliveries_per_sec(&self) -> f64 {
+        if self.delivery_window_secs > 0.0 {
+            self.clients.delivered as f64 / self.delivery_window_secs
+        } else {
+            0.0
+        }
+    }
+
+    pub fn rss_bytes(&self) -> Option<u64> {
+        if self.scenario == "idle" {
+            self.server.rss_connected
+        } else {
+            self.server.rss_window_end.or(self.server.rss_connected)
+        }
+    }
+
+    pub fn rss_per_connection(&self) -> Option<f64> {
+        let (a, b) = (self.server.rss_connected?, self.server.rss_before?);
+        if self.clients.ready == 0 {
+            return None;
+        }
+        Some((a as f64 - b as f64) / self.clients.ready as f64)
+    }
+
+    pub fn deliveries_per_cpu_second(&self) -> Option<f64> {
+        let c = self.server.cpu_seconds?;
+        (c > 0.0).then(|| self.clients.delivered as f64 / c)
+    }
+
+    fn quantile(&self, q: f64) -> Option<u64> {
+        let h = &self.clients.latency;
+        (!h.is_empty()).then(|| h.value_at_quantile(q))
+    }
+
+    /// The report file: exactly the contract's keys.
+    pub fn to_json(&self) -> Value {
+        let h = &self.clients.latency;
+        json!({
+            "scenario": self.scenario,
+            "target": self.target,
+            "connections": self.clients.ready,
+            "published": self.published,
+            "expected": self.expected,
+            "delivered": self.clients.delivered,
+            "lost": self.lost(),
+            "dropped_reported": self.clients.dropped_reported,
+            "deliveries_per_sec": round2(self.deliveries_per_sec()),
+            "latency_us": {
+                "p50": self.quantile(0.50),
+                "p90": self.quantile(0.90),
+                "p99": self.quantile(0.99),
+                "p999": self.quantile(0.999),
+                "max": (!h.is_empty()).then(|| h.max()),
+            },
+            "server": {
+                "cpu_seconds": self.server.cpu_seconds.map(round3),
+                "rss_bytes": self.rss_bytes(),
+                "rss_bytes_per_connection": self.rss_per_connection().map(round2),
+                "deliveries_per_cpu_second": self.deliveries_per_cpu_second().map(round2),
+            },
+        })
+    }
+
+    /// Healthy: every connection subscribed, no publish error, nothing lost.
+    pub fn healthy(&self) -> bool {
+        self.clients.failed == 0
+            && self.clients.ready == self.requested
+            && self.publish_errors.is_empty()
+            && self.lost() == 0
+    }
+
+    pub fn print_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let c = &self.clients;
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<28} {v}");
+        writeln!(out)?;
+        writeln!(out, "loadtest {} against {}", self.scenario, self.target)?;
+        row(
+            out,
+            "connections",
+            format!(
+                "{} subscribed of {} ({} failed, {} disconnected later, {} process{})",
+                c.ready,
+                self.requested,
+                c.failed,
+                c.disconnected,
+                self.processes,
+                if self.processes == 1 { "" } else { "es" }
+            ),
+        )?;
+        let perr: u64 = self.publish_errors.values().sum();
+        row(
+            out,
+            "published",
+            format!(
+                "{} in {:.1}s ({:.1}/s, {} errors)",
+                self.published,
+                self.publish_window_secs,
+                if self.publish_window_secs > 0.0 {
+                    self.published as f64 / self.publish_window_secs
+                } else {
+                    0.0
+                },
+                perr
+            ),
+        )?;
+        row(out, "expected deliveries", self.expected.to_string())?;
+        row(out, "delivered", c.delivered.to_string())?;
+        row(out, "dropped (reported)", c.dropped_reported.to_string())?;
+        row(out, "lost", self.lost().to_string())?;
+        row(
+            out,
+            "deliveries/s",
+            format!(
+                "{} (over {:.2}s)",
+                human_count(self.deliveries_per_sec()),
+                self.delivery_window_secs
+            ),
+        )?;
+        row(
+            out,
+            "latency us p50/p90/p99",
+            format!(
+                "{} / {} / {}",
+                opt(self.quantile(0.5)),
+                opt(self.quantile(0.9)),
+                opt(self.quantile(0.99))
+            ),
+        )?;
+        row(
+            out,
+            "latency us p99.9/max",
+            format!(
+                "{} / {}",
+                opt(self.quantile(0.999)),
+                opt((!c.latency.is_empty()).then(|| c.latency.max()))
+            ),
+        )?;
+        let s = &self.server;
+        row(
+            out,
+            "server cpu (window)",
+            s.cpu_seconds.map_or("-".into(), |v| format!("{v:.2} s")),
+        )?;
+        let b = |v: Option<u64>| v.map_or("-".to_string(), |v| human_bytes(v as f64));
+        row(
+            out,
+            "server rss before/conn/end",
+            format!(
+                "{} / {} / {}",
+                b(s.rss_before),
+                b(s.rss_connected),
+                b(s.rss_window_end)
+            ),
+        )?;
+        row(
+            out,
+            "server rss per connection",
+            self.rss_per_connection()
+                .map_or("-".into(), |v| format!("{v:.0} B")),
+        )?;
+        row(
+            out,
+            "deliveries per server cpu-s",
+            self.deliveries_per_cpu_second()
+                .map_or("-".into(), human_count),
+        )?;
+        row(
+            out,
+            "loadtest cpu",
+            format!("{:.2} s", self.loadtest_cpu_seconds),
+        )?;
+        row(
+            out,
+            "pongs sent / server errors",
+            format!("{} / {}", c.pongs_sent, c.server_errors),
+        )?;
+        if !c.close_codes.is_empty() {
+            let v: Vec<String> = c
+                .close_codes
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            row(out, "server close codes", v.join(", "))?;
+        }
+        for (reason, n) in &c.failures {
+            row(out, "connect failure", format!("{n} x {reason}"))?;
+        }
+        for (reason, n) in &self.publish_errors {
+            row(out, "publish error", format!("{n} x {reason}"))?;
+        }
+        Ok(())
+    }
+
+    /// The report file's text, keys in the contract's order.
+    pub fn to_json_string(&self) -> String {
+        let v = self.to_json();
+        let obj = |v: &Value, keys: &[&str], indent: &str| -> String {
+            let inner: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{indent}  \"{k}\": {}", v[*k]))
+                .collect();
+            format!("{{\n{}\n{indent}}}", inner.join(",\n"))
+        };
+        let mut parts: Vec<String> = [
+            "scenario",
+            "target",
+            "connections",
+            "published",
+            "expected",
+            "delivered",
+            "lost",
+            "dropped_reported",
+            "deliveries_per_sec",
+        ]
+        .iter()
+        .map(|k| format!("  \"{k}\": {}", v[*k]))
+        .collect();
+        parts.push(format!(
+            "  \"latency_us\": {}",
+            obj(
+                &v["latency_us"],
+                &["p50", "p90", "p99", "p999", "max"],
+                "  "
+            )
+        ));
+        parts.push(format!(
+            "  \"server\": {}",
+            obj(
+                &v["server"],
+                &[
+                    "cpu_seconds",
+                    "rss_bytes",
+                    "rss_bytes_per_connection",
+                    "deliveries_per_cpu_second"
+                ],
+                "  "
+            )
+        ));
+        format!("{{\n{}\n}}\n", parts.join(",\n"))
+    }
+
+    pub fn write_json(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let text = self.to_json_string();
+        if path.as_os_str() == "-" {
+            std::io::stdout().write_all(text.as_bytes())
+        } else {
+            std::fs::write(path, text)
+        }
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_stats() -> ClientStats {
+        let mut s = ClientStats::new(2);
+        s.requested = 10;
+        s.ready = 9;
+        s.failed = 1;
+        s.delivered = 100;
+        s.dropped_reported = 3;
+        s.subs_per_path = vec![5, 4];
+        s.failures.insert("timeout".into(), 1);
+        s.close_codes.insert(4003, 2);
+        for v in [10, 20, 30, 4000] {
+            s.latency.record(v).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn json_roundtrip_and_merge() {
+        let s = sample_stats();
+        let back = ClientStats::from_json(&s.to_json()).unwrap();
+        assert_eq!(back.ready, 9);
+        assert_eq!(back.subs_per_path, vec![5, 4]);
+        assert_eq!(back.failures["timeout"], 1);
+        assert_eq!(back.close_codes[&4003], 2);
+        assert_eq!(back.latency.len(), 4);
+        assert_eq!(
+            back.latency.value_at_quantile(0.5),
+            s.latency.value_at_quantile(0.5)
+        );
+        assert!(back.latency.equivalent(back.latency.max(), s.latency.max()));
+        let mut m = back.clone();
+        m.merge(&s);
+        assert_eq!(m.ready, 18);
+        assert_eq!(m.subs_per_path, vec![10, 8]);
+        assert_eq!(m.latency.len(), 8);
+        assert_eq!(m.failures["timeout"], 2);
+    }
+
+    #[test]
+    fn report_json_has_exactly_the_contract_keys() {
+        let r = Report {
+            scenario: "fanout".into(),
+            target: "shardcast".into(),
+            requested: 10,
+            clients: sample_stats(),
+            published: 12,
+            publish_errors: BTreeMap::new(),
+            expected: 108,
+            delivery_window_secs: 2.0,
+            publish_window_secs: 2.0,
+            server: ServerStats {
+                rss_before: Some(1000),
+                rss_connected: Some(10_000),
+                rss_window_start: Some(10_000),
+                rss_window_end: Some(12_000),
+                cpu_seconds: Some(0.5),
+            },
+            processes: 1,
+            loadtest_cpu_seconds: 0.1,
+        };
+        let v = r.to_json();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec![
+            "scenario",
+            "target",
+            "connections",
+            "published",
+            "expected",
+            "delivered",
+            "lost",
+            "dropped_reported",
+            "deliveries_per_sec",
+            "latency_us",
+            "server",
+        ];
+        want.sort();
+        assert_eq!(keys, want);
+        let mut lk: Vec<&str> = v["latency_us"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        lk.sort();
+        assert_eq!(lk, vec!["max", "p50", "p90", "p99", "p999"]);
+        let mut sk: Vec<&str> = v["server"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        sk.sort();
+        assert_eq!(
+            sk,
+            vec![
+                "cpu_seconds",
+                "deliveries_per_cpu_second",
+                "rss_bytes",
+                "rss_bytes_per_connection"
+            ]
+        );
+        assert_eq!(v["connections"], 9);
+        assert_eq!(v["lost"], 5);
+        assert_eq!(v["deliveries_per_sec"], 50.0);
+        assert_eq!(v["server"]["rss_bytes"], 12_000);
+        assert_eq!(v["server"]["rss_bytes_per_connection"], 1000.0);
+        assert_eq!(v["server"]["deliveries_per_cpu_second"], 200.0);
+        assert!(!r.healthy());
+        let text = r.to_json_string();
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, v);
+        assert!(text.find("\"scenario\"").unwrap() < text.find("\"target\"").unwrap());
+        assert!(text.find("\"latency_us\"").unwrap() < text.find("\"server\"").unwrap());
+        let mut buf = Vec::new();
+        r.print_table(&mut buf).unwrap();
+        let t = String::from_utf8(buf).unwrap();
+        assert!(t.contains("lost"), "{t}");
+    }
+}

@@ -1,0 +1,366 @@
+//! The coordinator: splits the connections over processes, connects, measures the server,
+//! publishes for the window, waits the grace period, collects, reports.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cli::Config;
+use crate::conn::LoopPlan;
+use crate::group::{worker_main, ClientGroup, LocalGroup, Progress, WorkerGroup};
+use crate::procstat;
+use crate::publish::{PublishPlan, PublishResult, Publisher};
+use crate::report::{ClientStats, Report, ServerStats};
+use crate::scenario::{self, Scenario};
+use crate::util::{human_count, unix_nanos};
+
+/// Open files one process keeps for itself (stdio, poll, pipes, publishers).
+pub const SPARE_FDS: u64 = 500;
+
+/// From TCP connect to `subscribedEvents`, per connection.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long one process may spend connecting `count` connections: at least 60 s, and
+/// enough for 200 connections per second.
+pub fn connect_cap(count: u64) -> Duration {
+    Duration::from_secs(60.max(count / 200)) + ATTEMPT_TIMEOUT
+}
+
+pub fn loop_plan(
+    cfg: &Config,
+    scenario: Arc<dyn Scenario>,
+    offset: u64,
+    count: u64,
+    inflight: usize,
+) -> LoopPlan {
+    LoopPlan {
+        ws_addr: cfg.url.addr,
+        host_header: cfg.url.host_header.clone(),
+        ws_path: cfg.url.path.clone(),
+        options_query: format!(
+            "batchMs={}&batchMax={}&framing={}",
+            cfg.batch_ms,
+            cfg.batch_max,
+            cfg.framing.as_str()
+        ),
+        auth: cfg.auth.clone(),
+        token_ttl_secs: 3600 + cfg.duration.as_secs() + connect_cap(count).as_secs(),
+        source_ips: cfg.source_ips.clone(),
+        offset,
+        count,
+        threads: cfg.threads,
+        inflight_per_thread: (inflight / cfg.threads).max(1),
+        attempt_timeout: ATTEMPT_TIMEOUT,
+        scenario,
+    }
+}
+
+/// Entry for a `--worker` process.
+pub fn worker(cfg: &Config) -> i32 {
+    crate::net::raise_nofile_limit();
+    let scenario: Arc<dyn Scenario> = scenario::build(cfg).into();
+    let offset = cfg.worker_offset.unwrap_or(0);
+    let plan = loop_plan(cfg, scenario, offset, cfg.connections, cfg.max_inflight);
+    worker_main(plan, connect_cap(cfg.connections))
+}
+
+/// How the connections are spread: (processes, connections per process).
+pub fn split(connections: u64, budget: u64) -> Vec<u64> {
+    let procs = connections.div_ceil(budget.max(1)).max(1);
+    let base = connections / procs;
+    let extra = connections % procs;
+    (0..procs).map(|i| base + u64::from(i < extra)).collect()
+}
+
+struct Ticker {
+    started: Instant,
+    last: Instant,
+    last_delivered: u64,
+    requested: u64,
+}
+
+impl Ticker {
+    fn new(requested: u64) -> Ticker {
+        let now = Instant::now();
+        Ticker {
+            started: now,
+            last: now,
+            last_delivered: 0,
+            requested,
+        }
+    }
+
+    /// Prints the progress line once a second.
+    fn tick(&mut self, phase: &str, p: &Progress, published: u64) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        if dt < 1.0 {
+            return;
+        }
+        let rate = p.delivered.saturating_sub(self.last_delivered) as f64 / dt;
+        self.last = now;
+        self.last_delivered = p.delivered;
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "[{:>6.1}s] {phase:<10} connected {}/{} failed {} lost-conn {} | published {} | delivered {}/s (total {}) | dropped {}",
+            now.duration_since(self.started).as_secs_f64(),
+            p.ready,
+            self.requested,
+            p.failed,
+            p.disconnected,
+            published,
+            human_count(rate),
+            human_count(p.delivered as f64),
+            p.dropped
+        );
+    }
+}
+
+fn progress(groups: &[Box<dyn ClientGroup>]) -> Progress {
+    let mut p = Progress {
+        connect_done: true,
+        ..Progress::default()
+    };
+    for g in groups {
+        p.add(&g.progress());
+    }
+    p
+}
+
+/// Runs a whole load test; returns the exit code.
+pub fn run(cfg: &Config) -> i32 {
+    for &pid in &cfg.server_pids {
+        if let Err(e) = procstat::read_pid(pid) {
+            eprintln!("loadtest: --server-pid {pid}: {e}");
+            return 2;
+        }
+    }
+    let scenario: Arc<dyn Scenario> = scenario::build(cfg).into();
+    let limit = crate::net::raise_nofile_limit();
+    let budget = cfg
+        .fd_budget
+        .unwrap_or_else(|| limit.saturating_sub(SPARE_FDS).max(1));
+    let shares = split(cfg.connections, budget);
+    let procs = shares.len();
+    if cfg.source_ips.len() <= 1 && cfg.connections > 28_000 {
+        eprintln!(
+            "loadtest: warning: {} connections from one source address will run out of ports (~28k); use --source-ips",
+            cfg.connections
+        );
+    }
+    let inflight = (cfg.max_inflight / procs).max(1);
+    let pids = &cfg.server_pids;
+    let mut server = ServerStats::default();
+    let before = procstat::sample(pids);
+    server.rss_before = before.map(|s| s.rss_bytes);
+
+    // start the client groups
+    let mut groups: Vec<Box<dyn ClientGroup>> = Vec::new();
+    if procs == 1 {
+        let plan = loop_plan(cfg, Arc::clone(&scenario), 0, cfg.connections, inflight);
+        groups.push(Box::new(LocalGroup::start(plan)));
+    } else {
+        eprintln!(
+            "loadtest: {} connections over {procs} worker processes (at most {budget} open files each)",
+            cfg.connections
+        );
+        let mut offset = 0;
+        for (i, &share) in shares.iter().enumerate() {
+            match WorkerGroup::spawn(
+                format!("worker-{i}"),
+                cfg.worker_args(offset, share, inflight),
+                scenario.path_count(),
+            ) {
+                Ok(w) => groups.push(Box::new(w)),
+                Err(e) => {
+                    eprintln!("loadtest: {e}");
+                    for g in groups {
+                        let _ = g.finish();
+                    }
+                    return 3;
+                }
+            }
+            offset += share;
+        }
+    }
+    let mut ticker = Ticker::new(cfg.connections);
+
+    // connect phase
+    let cap = connect_cap(shares.iter().copied().max().unwrap_or(0)) + Duration::from_secs(10);
+    let connect_start = Instant::now();
+    let mut ended_connect = false;
+    loop {
+        let p = progress(&groups);
+        ticker.tick("connecting", &p, 0);
+        if p.connect_done {
+            break;
+        }
+        let waited = connect_start.elapsed();
+        if waited > cap && !ended_connect {
+            eprintln!(
+                "loadtest: connect phase took longer than {cap:?}, going on with what is connected"
+            );
+            for g in groups.iter_mut() {
+                g.end_connect();
+            }
+            ended_connect = true;
+        }
+        if waited > cap + Duration::from_secs(15) {
+            eprintln!("loadtest: some client groups did not finish connecting; going on");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut subs = vec![0u64; scenario.path_count()];
+    for g in &groups {
+        for (a, b) in subs.iter_mut().zip(g.subs_per_path()) {
+            *a += b;
+        }
+    }
+    let connected = procstat::sample(pids);
+    server.rss_connected = connected.map(|s| s.rss_bytes);
+    let p = progress(&groups);
+    eprintln!(
+        "loadtest: {} of {} connections subscribed in {:.1}s ({} failed)",
+        p.ready,
+        cfg.connections,
+        connect_start.elapsed().as_secs_f64(),
+        p.failed
+    );
+
+    // window: publish (or hold, for idle)
+    let window_start = procstat::sample(pids);
+    server.rss_window_start = window_start.map(|s| s.rss_bytes);
+    let window_t0 = Instant::now();
+    let window_t0_ns = unix_nanos();
+    let publisher = if scenario.publishes() && cfg.rate > 0.0 && !cfg.duration.is_zero() {
+        Some(Publisher::start(PublishPlan {
+            http: cfg.http.clone(),
+            api_key: cfg.api_key.clone().unwrap_or_default(),
+            rate: cfg.rate,
+            duration: cfg.duration,
+            payload: cfg.payload,
+            scenario: Arc::clone(&scenario),
+        }))
+    } else {
+        None
+    };
+    let published_now = |p: &Option<Publisher>| p.as_ref().map_or(0, Publisher::published);
+    let phase = if scenario.publishes() {
+        "publishing"
+    } else {
+        "holding"
+    };
+    while window_t0.elapsed() < cfg.duration {
+        let p = progress(&groups);
+        ticker.tick(phase, &p, published_now(&publisher));
+        std::thread::sleep(
+            Duration::from_millis(50).min(cfg.duration.saturating_sub(window_t0.elapsed())),
+        );
+    }
+    let window_end_ns = unix_nanos();
+    let publish_window = window_t0.elapsed();
+    let pubres: PublishResult = match publisher {
+        // the schedule ends with the window; a request in flight finishes (bounded by the
+        // publisher's I/O timeout)
+        Some(p) => p.finish(false),
+        None => PublishResult {
+            published_per_path: vec![0; scenario.path_count()],
+            ..PublishResult::default()
+        },
+    };
+    let window_end = procstat::sample(pids);
+    server.rss_window_end = window_end.map(|s| s.rss_bytes);
+    if let (Some(a), Some(b)) = (window_start, window_end) {
+        server.cpu_seconds = Some((b.cpu_seconds - a.cpu_seconds).max(0.0));
+    }
+
+    // grace: deliveries still in flight
+    let published = pubres.published();
+    let expected_now = scenario.expected(&pubres.published_per_path, &subs);
+    if published > 0 {
+        let grace = cfg.grace();
+        let g0 = Instant::now();
+        while g0.elapsed() < grace {
+            let p = progress(&groups);
+            ticker.tick("grace", &p, published);
+            if p.delivered + p.dropped >= expected_now {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // collect
+    let mut clients = ClientStats::new(scenario.path_count());
+    let mut collect_failed = false;
+    for g in groups {
+        match g.finish() {
+            Ok(s) => clients.merge(&s),
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                collect_failed = true;
+            }
+        }
+    }
+    // subscribers that took part: the final per-path counts (connecting ended before the
+    // window, so these are the subscribers publications could reach)
+    let expected = scenario.expected(&pubres.published_per_path, &clients.subs_per_path);
+    let last = clients.last_delivery_ns.max(window_end_ns);
+    let delivery_window_secs = if scenario.publishes() {
+        last.saturating_sub(window_t0_ns) as f64 / 1e9
+    } else {
+        0.0
+    };
+    let report = Report {
+        scenario: scenario.name().to_string(),
+        target: cfg.target.as_str().to_string(),
+        requested: cfg.connections,
+        clients,
+        published,
+        publish_errors: pubres.errors,
+        expected,
+        delivery_window_secs,
+        publish_window_secs: publish_window.as_secs_f64(),
+        server,
+        processes: procs,
+        loadtest_cpu_seconds: procstat::self_cpu_seconds(),
+    };
+    let _ = report.print_table(&mut std::io::stderr().lock());
+    if let Some(path) = &cfg.json {
+        if let Err(e) = report.write_json(path) {
+            eprintln!("loadtest: --json {}: {e}", path.display());
+            return 3;
+        }
+    }
+    if report.healthy() && !collect_failed {
+        0
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitting() {
+        assert_eq!(split(100, 19_500), vec![100]);
+        assert_eq!(split(19_500, 19_500), vec![19_500]);
+        assert_eq!(split(19_501, 19_500), vec![9_751, 9_750]);
+        assert_eq!(
+            split(100_000, 19_500),
+            vec![16_667, 16_667, 16_667, 16_667, 16_666, 16_666]
+        );
+        assert_eq!(split(10, 3).iter().sum::<u64>(), 10);
+        assert!(split(10, 3).iter().all(|&s| s <= 3));
+    }
+
+    #[test]
+    fn caps() {
+        assert_eq!(connect_cap(1000), Duration::from_secs(75));
+        assert_eq!(connect_cap(100_000), Duration::from_secs(515));
+    }
+}

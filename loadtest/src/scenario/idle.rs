@@ -1,0 +1,24 @@
+//! idle: connections authenticate and subscribe (to `load`), then do nothing but answer
+//! heartbeats for the window; the report's interest is the server's RSS per connection.
+
+use super::Scenario;
+
+pub struct Idle;
+
+impl Scenario for Idle {
+    fn name(&self) -> &'static str {
+        "idle"
+    }
+    fn path_count(&self) -> usize {
+        1
+    }
+    fn subscription(&self, _conn: u64) -> (usize, String) {
+        (0, "load".to_string())
+    }
+    fn publishes(&self) -> bool {
+        false
+    }
+    fn publish_path(&self, _i: usize) -> String {
+        "load/idle".to_string()
+    }
+}

@@ -1,0 +1,585 @@
+//! End-to-end runs of the `loadtest` binary against a small in-test mock of the shardcast
+//! wire contract (upgrade, `authenticated`, `subscribeEvents`, pings, REST publish,
+//! `frames`/`array` framing, `QUEUE_OVERFLOW` warnings). The mock is this test process,
+//! so `--server-pid` can point at it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use loadtest::ws::{self, Decode};
+use serde_json::{json, Value};
+
+struct Sub {
+    path: String,
+    array: bool,
+    out: Arc<Out>,
+    sent: u64,
+}
+
+/// A socket shared by its reader thread and publishers (one fd per connection: the mock
+/// process has the same open-file limit as everyone).
+struct Out {
+    lock: Mutex<()>,
+    s: TcpStream,
+}
+
+#[derive(Default)]
+struct MockState {
+    subs: Mutex<Vec<Sub>>,
+    pongs: AtomicU64,
+    unmasked: AtomicU64,
+    seq: AtomicU64,
+    /// Drop every k-th event of the first subscriber (0: never), answering a warning.
+    drop_every: u64,
+}
+
+struct Mock {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+}
+
+fn start_mock(drop_every: u64) -> Mock {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let state = Arc::new(MockState {
+        drop_every,
+        ..MockState::default()
+    });
+    let st = Arc::clone(&state);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let st = Arc::clone(&st);
+            let _ = std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let _ = serve(s, &st);
+                });
+        }
+    });
+    Mock { addr, state }
+}
+
+fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, usize)> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some((String::from_utf8_lossy(&buf[..i + 4]).to_string(), i + 4));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn serve(mut s: TcpStream, st: &MockState) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let Some((head, used)) = read_head(&mut s, &mut buf) else {
+        return Ok(());
+    };
+    buf.drain(..used);
+    if head.starts_with("GET ") {
+        serve_ws(s, st, &head, buf)
+    } else {
+        serve_http(s, st, head, buf)
+    }
+}
+
+fn query_param<'a>(target: &'a str, key: &str) -> Option<&'a str> {
+    let q = target.split_once('?')?.1;
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+fn send_text(out: &Out, msg: &str) -> std::io::Result<()> {
+    let mut f = Vec::new();
+    ws::encode_frame(&mut f, ws::OP_TEXT, msg.as_bytes(), None);
+    let _g = out.lock.lock().unwrap();
+    (&out.s).write_all(&f)
+}
+
+fn serve_ws(s: TcpStream, st: &MockState, head: &str, mut buf: Vec<u8>) -> std::io::Result<()> {
+    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+    let key = header(head, "sec-websocket-key").unwrap_or("").to_string();
+    let array = query_param(&target, "framing") == Some("array");
+    let token = query_param(&target, "token").unwrap_or("");
+    let out = Arc::new(Out {
+        lock: Mutex::new(()),
+        s,
+    });
+    write!(
+        &out.s,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        ws::accept_key(&key)
+    )?;
+    if token == "bad" || token.split('.').count() != 3 {
+        send_text(
+            &out,
+            r#"{"type":"error","code":"UNAUTHORIZED","message":"bad token"}"#,
+        )?;
+        let mut f = Vec::new();
+        ws::encode_frame(&mut f, ws::OP_CLOSE, &4001u16.to_be_bytes(), None);
+        (&out.s).write_all(&f)?;
+        return Ok(());
+    }
+    send_text(
+        &out,
+        r#"{"type":"authenticated","connectionId":"c","heartbeatMs":30000}"#,
+    )?;
+    let mut chunk = [0u8; 4096];
+    loop {
+        loop {
+            if buf.len() >= 2 && buf[1] & 0x80 == 0 {
+                st.unmasked.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+            match ws::decode_frame(&mut buf) {
+                Decode::Frame(f, used) => {
+                    let (op, payload) = (f.opcode, f.payload.to_vec());
+                    buf.drain(..used);
+                    if op == ws::OP_CLOSE {
+                        return Ok(());
+                    }
+                    let v: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+                    match v["type"].as_str() {
+                        Some("subscribeEvents") => {
+                            let subs = v["subscriptions"].clone();
+                            send_text(
+                                &out,
+                                &json!({"type":"subscribedEvents","requestId":v["requestId"],"subscriptions":subs}).to_string(),
+                            )?;
+                            st.subs.lock().unwrap().push(Sub {
+                                path: subs[0]["path"].as_str().unwrap_or("").to_string(),
+                                array,
+                                out: Arc::clone(&out),
+                                sent: 0,
+                            });
+                            send_text(&out, r#"{"type":"ping"}"#)?;
+                        }
+                        Some("pong") => {
+                            st.pongs.fetch_add(1, Relaxed);
+                        }
+                        _ => {}
+                    }
+                }
+                Decode::Incomplete { .. } => break,
+                Decode::Error(_) => return Ok(()),
+            }
+        }
+        let n = (&out.s).read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn serve_http(
+    mut s: TcpStream,
+    st: &MockState,
+    mut head: String,
+    mut buf: Vec<u8>,
+) -> std::io::Result<()> {
+    loop {
+        let len: usize = header(&head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut chunk = [0u8; 4096];
+        while buf.len() < len {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: Vec<u8> = buf.drain(..len).collect();
+        let authorized = header(&head, "authorization") == Some("apikey test-key");
+        let (status, answer) = if !head.starts_with("POST /api/v1/publish ") {
+            (
+                "404 Not Found",
+                r#"{"error":{"code":"NOT_FOUND"}}"#.to_string(),
+            )
+        } else if !authorized {
+            (
+                "401 Unauthorized",
+                r#"{"error":{"code":"UNAUTHORIZED"}}"#.to_string(),
+            )
+        } else {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let seq = st.seq.fetch_add(1, Relaxed) + 1;
+            publish(st, &v, seq);
+            (
+                "202 Accepted",
+                format!(r#"{{"accepted":1,"firstSeq":{seq},"lastSeq":{seq}}}"#),
+            )
+        };
+        write!(
+            s,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        )?;
+        match read_head(&mut s, &mut buf) {
+            Some((h, used)) => {
+                buf.drain(..used);
+                head = h;
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+fn publish(st: &MockState, v: &Value, seq: u64) {
+    let path = v["path"].as_str().unwrap_or("");
+    let event = json!({
+        "type": "event", "subscriptionIds": ["load"], "eventType": v["eventType"], "path": path,
+        "data": v["data"], "timestamp": "2026-03-26T08:14:22.123Z", "seq": seq,
+    })
+    .to_string();
+    let mut subs = st.subs.lock().unwrap();
+    for (i, sub) in subs.iter_mut().enumerate() {
+        if !(path == sub.path || path.starts_with(&format!("{}/", sub.path))) {
+            continue;
+        }
+        sub.sent += 1;
+        let dropped = i == 0 && st.drop_every > 0 && sub.sent % st.drop_every == 0;
+        let msg = if dropped {
+            r#"{"type":"warning","code":"QUEUE_OVERFLOW","subscriptionId":"load","dropped":1,"message":"1 events dropped"}"#.to_string()
+        } else {
+            event.clone()
+        };
+        let frame = if sub.array {
+            format!(r#"{{"type":"batch","messages":[{msg}]}}"#)
+        } else {
+            msg
+        };
+        let _ = send_text(&sub.out, &frame);
+    }
+}
+
+fn loadtest(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn report(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("loadtest-e2e-{}-{name}.json", std::process::id()))
+}
+
+#[test]
+fn fanout_frames_with_server_stats() {
+    let m = start_mock(0);
+    let url = format!("ws://{}/ws", m.addr);
+    let http = format!("http://{}", m.addr);
+    let json_path = tmp("fanout");
+    let pid = std::process::id().to_string();
+    let (code, err) = loadtest(&[
+        "fanout",
+        "--url",
+        &url,
+        "--http",
+        &http,
+        "--secret",
+        "s3cret",
+        "--api-key",
+        "test-key",
+        "--connections",
+        "40",
+        "--rate",
+        "40",
+        "--duration",
+        "1s",
+        "--payload",
+        "200",
+        "--source-ips",
+        "127.0.0.1-127.0.0.4",
+        "--threads",
+        "2",
+        "--server-pid",
+        &pid,
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json_path);
+    assert_eq!(r["scenario"], "fanout");
+    assert_eq!(r["target"], "shardcast");
+    assert_eq!(r["connections"], 40);
+    let published = r["published"].as_u64().unwrap();
+    assert!((35..=41).contains(&published), "published {published}");
+    assert_eq!(r["expected"].as_u64().unwrap(), published * 40);
+    assert_eq!(r["delivered"].as_u64().unwrap(), published * 40);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["dropped_reported"], 0);
+    assert!(r["latency_us"]["p50"].as_u64().unwrap() >= 1);
+    assert!(r["latency_us"]["max"].as_u64().unwrap() >= r["latency_us"]["p99"].as_u64().unwrap());
+    assert!(r["server"]["rss_bytes"].as_u64().unwrap() > 0);
+    assert!(r["server"]["cpu_seconds"].as_f64().is_some());
+    assert_eq!(m.state.pongs.load(Relaxed), 40, "each ping answered");
+    assert_eq!(
+        m.state.unmasked.load(Relaxed),
+        0,
+        "client frames are masked"
+    );
+    assert!(err.contains("connected"), "progress line: {err}");
+    let _ = std::fs::remove_file(json_path);
+}
+
+#[test]
+fn spread_array_over_worker_processes() {
+    let m = start_mock(0);
+    let url = format!("ws://{}/ws", m.addr);
+    let json_path = tmp("spread");
+    let (code, err) = loadtest(&[
+        "spread",
+        "--url",
+        &url,
+        "--token",
+        "a.b.c",
+        "--api-key",
+        "test-key",
+        "--connections",
+        "45",
+        "--paths",
+        "4",
+        "--rate",
+        "30",
+        "--duration",
+        "1s",
+        "--framing",
+        "array",
+        "--batch-ms",
+        "10",
+        "--fd-budget",
+        "20",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 worker processes"), "{err}");
+    let r = report(&json_path);
+    assert_eq!(r["connections"], 45);
+    let published = r["published"].as_u64().unwrap();
+    // paths 0..3 have 12, 11, 11, 11 subscribers; publication n goes to path n % 4
+    let subs = [12u64, 11, 11, 11];
+    let expected: u64 = (0..published).map(|n| subs[(n % 4) as usize]).sum();
+    assert_eq!(r["expected"].as_u64().unwrap(), expected);
+    assert_eq!(r["delivered"].as_u64().unwrap(), expected);
+    assert_eq!(r["lost"], 0);
+    assert!(r["server"]["cpu_seconds"].is_null(), "no --server-pid");
+    let _ = std::fs::remove_file(json_path);
+}
+
+#[test]
+fn overflow_warnings_are_counted_not_lost() {
+    let m = start_mock(4);
+    let url = format!("ws://{}/ws", m.addr);
+    let json_path = tmp("overflow");
+    let (code, err) = loadtest(&[
+        "fanout",
+        "--url",
+        &url,
+        "--secret",
+        "s",
+        "--api-key",
+        "test-key",
+        "--connections",
+        "5",
+        "--rate",
+        "40",
+        "--duration",
+        "1s",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json_path);
+    let published = r["published"].as_u64().unwrap();
+    assert_eq!(r["dropped_reported"].as_u64().unwrap(), published / 4);
+    assert_eq!(
+        r["delivered"].as_u64().unwrap() + r["dropped_reported"].as_u64().unwrap(),
+        published * 5
+    );
+    assert_eq!(r["lost"], 0);
+    let _ = std::fs::remove_file(json_path);
+}
+
+#[test]
+fn idle_reports_rss_per_connection() {
+    let m = start_mock(0);
+    let url = format!("ws://{}/ws", m.addr);
+    let json_path = tmp("idle");
+    let pid = std::process::id().to_string();
+    let (code, err) = loadtest(&[
+        "idle",
+        "--url",
+        &url,
+        "--secret",
+        "s",
+        "--connections",
+        "30",
+        "--duration",
+        "300ms",
+        "--server-pid",
+        &pid,
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json_path);
+    assert_eq!(r["connections"], 30);
+    assert_eq!(r["published"], 0);
+    assert_eq!(r["expected"], 0);
+    assert!(r["server"]["rss_bytes"].as_u64().unwrap() > 0);
+    assert!(r["server"]["rss_bytes_per_connection"].as_f64().is_some());
+    let _ = std::fs::remove_file(json_path);
+}
+
+#[test]
+fn refused_tokens_are_failures_with_exit_1() {
+    let m = start_mock(0);
+    let url = format!("ws://{}/ws", m.addr);
+    let (code, err) = loadtest(&[
+        "idle",
+        "--url",
+        &url,
+        "--token",
+        "bad",
+        "--connections",
+        "3",
+        "--duration",
+        "0s",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("3 x auth error UNAUTHORIZED"), "{err}");
+    assert!(err.contains("4001: 3"), "close codes: {err}");
+}
+
+#[test]
+fn unreachable_server_ends_by_itself() {
+    // nothing listens there: connections fail fast, the run still ends and reports
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let url = format!("ws://{addr}/ws");
+    let started = std::time::Instant::now();
+    let (code, err) = loadtest(&[
+        "fanout",
+        "--url",
+        &url,
+        "--secret",
+        "s",
+        "--api-key",
+        "k",
+        "--connections",
+        "5",
+        "--rate",
+        "10",
+        "--duration",
+        "500ms",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("connect: Connection refused"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        vec!["churn", "--secret", "s"],
+        vec!["overflow", "--secret", "s"],
+        vec![
+            "fanout",
+            "--secret",
+            "s",
+            "--api-key",
+            "k",
+            "--target",
+            "nats",
+        ],
+        vec!["fanout", "--secret", "s", "--api-key", "k", "--bogus", "1"],
+        vec!["fanout", "--secret", "s", "--api-key", "k", "--rate", "x"],
+        vec![],
+    ] {
+        let (code, err) = loadtest(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.starts_with("loadtest: "), "{err}");
+    }
+    let (code, err) = loadtest(&["churn", "--secret", "s"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("scenario churn is not implemented yet"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not implemented yet"));
+}
+
+/// Many connections over two worker processes and two source addresses. Slow with the
+/// thread-per-connection mock: `cargo test -p loadtest --test e2e -- --ignored`.
+#[test]
+#[ignore]
+fn scale_many_connections_two_workers() {
+    let m = start_mock(0);
+    let url = format!("ws://{}/ws", m.addr);
+    let json_path = tmp("scale");
+    let (code, err) = loadtest(&[
+        "fanout",
+        "--url",
+        &url,
+        "--secret",
+        "s",
+        "--api-key",
+        "test-key",
+        "--connections",
+        "12000",
+        "--rate",
+        "5",
+        "--duration",
+        "2s",
+        "--source-ips",
+        "127.0.0.1-127.0.0.2",
+        "--fd-budget",
+        "6000",
+        "--threads",
+        "2",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json_path);
+    assert_eq!(r["connections"], 12000);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(
+        r["delivered"].as_u64().unwrap(),
+        r["published"].as_u64().unwrap() * 12000
+    );
+    let _ = std::fs::remove_file(json_path);
+}
