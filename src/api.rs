@@ -354,7 +354,7 @@ mod tests {
         assert!(e.message.contains("empty"));
         let many = format!(
             "{{\"events\":[{}]}}",
-            vec![r#"{"path":"a","eventType":"e"}"#; 3].join(",")
+            [r#"{"path":"a","eventType":"e"}"#; 3].join(",")
         );
         assert_eq!(
             parse_publish(many.as_bytes(), 2).unwrap_err().code,

@@ -281,12 +281,11 @@ impl Shard {
         };
         let read_paused = ws.read_paused;
         match next {
-            Some(at) if at <= self.now => {
-                if !ws.dirty {
-                    ws.dirty = true;
-                    self.dirty.push((key as u32, gen));
-                }
+            Some(at) if at <= self.now && !ws.dirty => {
+                ws.dirty = true;
+                self.dirty.push((key as u32, gen));
             }
+            Some(at) if at <= self.now => {}
             Some(at) => {
                 ws.flush_at = Some(at);
                 self.arm(at, key, gen, TimerKind::Flush);
