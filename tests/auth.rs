@@ -305,6 +305,13 @@ fn token_without_sub_is_refused() {
 }
 
 #[test]
+fn token_without_exp_is_refused() {
+    let s = Server::start("");
+    let tok = token_with(json!({"sub": "u", "role": "user", "scopes": ["*"]}), SECRET);
+    refused_both_ways(&s, &tok, "exp");
+}
+
+#[test]
 fn garbage_token_is_refused() {
     let s = Server::start("");
     refused_via_url(&s, "not-a-jwt");
@@ -354,6 +361,41 @@ fn commands_before_auth_are_unauthorized_and_connection_stays() {
     assert_eq!(r["subscriptions"][0]["id"], "a", "{r}");
 }
 
+#[test]
+fn every_message_before_auth_is_unauthorized() {
+    // "Until then every other message gets error UNAUTHORIZED" (PROTOCOL.md §2): also
+    // messages that would be refused for another reason once authenticated.
+    let s = Server::start("");
+    let mut c = Client::connect(&s, "/ws");
+    let mut wrong = Vec::new();
+    for (i, m) in [
+        json!({"type": "frobnicate", "requestId": "q0"}),
+        json!({"type": "subscribeEvents", "requestId": "q1"}),
+        json!({"type": "createLiveQuery", "requestId": "q2", "id": "lq"}),
+        json!({"type": "unsubscribeEvents", "requestId": "q3", "ids": ["a"]}),
+        json!({"type": "subscribeEvents", "requestId": "q4", "subscriptions": [{"path": "a"}]}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        c.send(m);
+        let e = c.recv();
+        assert_eq!(e["type"], "error", "{e}");
+        assert_eq!(e["requestId"], format!("q{i}"), "{e}");
+        if e["code"] != "UNAUTHORIZED" {
+            wrong.push(format!("{m} -> {e}"));
+        }
+    }
+    // The connection stayed open through all of it.
+    c.send(&json!({"type": "auth", "token": token("u", "user", &[])}));
+    assert_eq!(c.recv()["type"], "authenticated");
+    assert!(
+        wrong.is_empty(),
+        "before auth these got another code than UNAUTHORIZED:\n{}",
+        wrong.join("\n")
+    );
+}
+
 // ---------------------------------------------------------------- options
 
 #[test]
@@ -373,6 +415,33 @@ fn out_of_range_batch_ms_in_url_is_bad_message() {
     // A good auth message still authenticates it.
     c.send(&json!({"type": "auth", "token": tok}));
     assert_eq!(c.recv()["type"], "authenticated");
+}
+
+#[test]
+fn url_options_are_bounded_by_config() {
+    let s = Server::start("[delivery]\nmax_batch_ms = 60000\nqueue_capacity = 100");
+    let tok = token("u", "user", &[]);
+    // At the bounds: accepted.
+    let mut c = Client::connect(
+        &s,
+        &format!("/ws?token={tok}&batchMs=60000&batchMax=100&framing=array"),
+    );
+    assert_eq!(c.recv()["type"], "authenticated");
+    // Just past them: refused, naming the option.
+    for (q, name) in [
+        ("batchMs=60001", "batchMs"),
+        ("batchMax=0", "batchMax"),
+        ("batchMax=101", "batchMax"),
+        ("batchMs=-1", "batchMs"),
+        ("batchMs=soon", "batchMs"),
+        ("framing=xml", "framing"),
+    ] {
+        let mut c = Client::connect(&s, &format!("/ws?token={tok}&{q}"));
+        let msg = assert_error(&c.recv(), "BAD_MESSAGE");
+        assert!(msg.contains(name), "{q}: message should name {name}: {msg}");
+        c.send(&json!({"type": "ping"}));
+        assert_error(&c.recv(), "UNAUTHORIZED");
+    }
 }
 
 #[test]

@@ -486,12 +486,28 @@ impl Shard {
         let env = match protocol::parse_command(payload) {
             Ok(env) => env,
             Err(e) => {
-                self.send_error(
-                    key,
-                    e.refusal.code,
-                    &e.refusal.message,
-                    e.request_id.as_ref(),
-                );
+                // Before authentication every message but an `auth` gets UNAUTHORIZED
+                // (PROTOCOL.md §2); a malformed `auth` is told what is wrong with it.
+                let authenticated = self
+                    .conns
+                    .get(key)
+                    .and_then(|c| c.ws())
+                    .is_some_and(|w| w.claims.is_some());
+                if authenticated || is_auth_message(payload) {
+                    self.send_error(
+                        key,
+                        e.refusal.code,
+                        &e.refusal.message,
+                        e.request_id.as_ref(),
+                    );
+                } else {
+                    self.send_error(
+                        key,
+                        ErrorCode::Unauthorized,
+                        UNAUTHENTICATED,
+                        e.request_id.as_ref(),
+                    );
+                }
                 return Flow::Continue;
             }
         };
@@ -532,12 +548,7 @@ impl Shard {
                 Command::Auth { token, options } => {
                     self.auth_message(key, &token, options, request_id)
                 }
-                _ => self.send_error(
-                    key,
-                    ErrorCode::Unauthorized,
-                    "authenticate first: send {\"type\":\"auth\",\"token\":\"<jwt>\"}",
-                    request_id,
-                ),
+                _ => self.send_error(key, ErrorCode::Unauthorized, UNAUTHENTICATED, request_id),
             }
             return;
         };
@@ -818,6 +829,15 @@ impl Shard {
             "draining",
         );
     }
+}
+
+/// The answer to anything but `auth` before authentication.
+const UNAUTHENTICATED: &str = "authenticate first: send {\"type\":\"auth\",\"token\":\"<jwt>\"}";
+
+/// Whether a message that failed to parse was meant as `auth` (its errors are worth
+/// telling an unauthenticated client).
+fn is_auth_message(payload: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(payload).is_ok_and(|v| v["type"] == "auth")
 }
 
 /// Largest message accepted on the echo endpoint (Autobahn's biggest case is 16 MiB).
