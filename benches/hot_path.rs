@@ -120,14 +120,14 @@ fn main() {
         2_000,
         || {
             for i in 0..1000 {
-                black_box(ring.push(frame.clone(), i));
+                black_box(ring.push(frame.clone()));
             }
             ring.consume(1000);
         },
     );
     let mut full: Ring<Rc<u64>> = Ring::new(100);
-    for i in 0..100 {
-        full.push(frame.clone(), i);
+    for _ in 0..100 {
+        full.push(frame.clone());
     }
     bench(
         &filter,
@@ -135,7 +135,7 @@ fn main() {
         1,
         1_000_000,
         || {
-            black_box(full.push(frame.clone(), 0));
+            black_box(full.push(frame.clone()));
         },
     );
 

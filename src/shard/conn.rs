@@ -34,6 +34,9 @@ pub struct Frame {
     pub subs: Box<[u32]>,
     /// When ingest sequenced the publication (latency metric); `None` for echoes.
     pub ingested_at: Option<Instant>,
+    /// Shard time (ms, wrapping) at which this frame entered the rings that hold it:
+    /// the flush deadline of a ring is `batchMs` after its oldest frame's arrival.
+    pub arrived_ms: u32,
 }
 
 impl Frame {
@@ -43,6 +46,7 @@ impl Frame {
         payload_len: usize,
         subs: Box<[u32]>,
         ingested_at: Option<Instant>,
+        arrived_ms: u32,
         fill: impl FnOnce(&mut Vec<u8>),
     ) -> Frame {
         let mut buf = Vec::with_capacity(HEADER_ROOM + payload_len);
@@ -58,6 +62,7 @@ impl Frame {
             start: start as u8,
             subs,
             ingested_at,
+            arrived_ms,
         }
     }
 
@@ -101,39 +106,45 @@ pub struct Fragments {
 }
 
 /// WebSocket session state.
+///
+/// `repr(C)` with the fields fan-out touches for every delivery first (ring, last
+/// `seq`, flush state, batch options): a delivery then reads one or two cache lines of
+/// the session instead of fields scattered over all of it. Measured in
+/// docs/PERFORMANCE.md.
 #[derive(Debug)]
+#[repr(C)]
 pub struct WsState {
+    pub ring: Ring<Rc<Frame>>,
+    /// The `seq` of the last publication queued here: a second match of the same
+    /// publication merges into that message instead of making another.
+    pub last_seq: u64,
+    /// The flush deadline currently armed (shard ms).
+    pub flush_at: Option<u64>,
+    pub batch_ms: u32,
+    pub batch_max: u32,
+    /// A close frame was sent; only the peer's close (or the linger timer) remains.
+    pub close_sent: bool,
+    /// Already on the shard's list of connections to flush this iteration.
+    pub dirty: bool,
     /// The echo endpoint: no authentication, messages go back as they came.
     pub echo: bool,
+    /// Reading is paused until the ring drains (echo back-pressure).
+    pub read_paused: bool,
+    pub framing: Framing,
+    /// Messages dropped per subscription (interned id → count) not yet reported with a
+    /// `QUEUE_OVERFLOW` warning.
+    pub dropped: Vec<(u32, u64)>,
     /// Set once authenticated.
     pub claims: Option<Rc<Claims>>,
     /// Per-shard connection number, for `connectionId`.
     pub number: u64,
-    pub batch_ms: u32,
-    pub batch_max: u32,
-    pub framing: Framing,
     pub subscriptions: Vec<Subscription>,
-    pub ring: Ring<Rc<Frame>>,
-    /// Messages dropped per subscription (interned id → count) not yet reported with a
-    /// `QUEUE_OVERFLOW` warning.
-    pub dropped: Vec<(u32, u64)>,
-    /// The `seq` of the last publication queued here: a second match of the same
-    /// publication merges into that message instead of making another.
-    pub last_seq: u64,
     pub fragments: Option<Box<Fragments>>,
     /// Command rate limiter (user connections): tokens left and when last refilled.
     pub tokens: f32,
     pub tokens_at: u64,
     /// When the unanswered server `ping` was sent (shard ms).
     pub ping_sent: Option<u64>,
-    /// A close frame was sent; only the peer's close (or the linger timer) remains.
-    pub close_sent: bool,
-    /// The flush deadline currently armed (shard ms).
-    pub flush_at: Option<u64>,
-    /// Already on the shard's list of connections to flush this iteration.
-    pub dirty: bool,
-    /// Reading is paused until the ring drains (echo back-pressure).
-    pub read_paused: bool,
 }
 
 impl WsState {
@@ -196,27 +207,32 @@ pub enum Ending {
     HalfClosed,
 }
 
-/// Per-connection kind-specific state.
+/// Per-connection kind-specific state. The WebSocket state is stored inline, not
+/// boxed: fan-out touches it for every delivery, and one pointer less to chase is one
+/// cache miss less per delivery.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Kind {
     Http(HttpState),
-    Ws(Box<WsState>),
+    Ws(WsState),
 }
 
-/// A connection owned by a shard.
+/// A connection owned by a shard. `repr(C)`, generation and session state first, for
+/// the same reason as [`WsState`].
 #[derive(Debug)]
+#[repr(C)]
 pub struct Conn {
-    pub sock: TcpStream,
     /// Distinguishes this connection from an earlier one in the same slab slot, for
     /// timers and ingest answers that outlive their connection.
     pub gen: u32,
+    pub ending: Ending,
+    pub kind: Kind,
+    pub sock: TcpStream,
     /// Input received but not yet consumed (partial request or frame).
     pub rbuf: Vec<u8>,
     /// Output committed but not yet written; `out_pos` is how much of it was.
     pub out: Vec<u8>,
     pub out_pos: usize,
-    pub ending: Ending,
-    pub kind: Kind,
 }
 
 /// Above this, a drained output buffer is freed rather than kept for reuse.

@@ -54,7 +54,7 @@ impl Shard {
                         ids.push(sub);
                         ids.sort_unstable();
                     }
-                    let frame = frame_for(&mut self.frame_cache, &self.interner, p, &ids);
+                    let frame = frame_for(&mut self.frame_cache, &self.interner, p, &ids, now32);
                     ws.ring.replace_back(frame);
                     continue;
                 }
@@ -62,13 +62,13 @@ impl Shard {
                 let frame = match &last {
                     Some((s, f)) if *s == sub => f.clone(),
                     _ => {
-                        let f = frame_for(&mut self.frame_cache, &self.interner, p, &[sub]);
+                        let f = frame_for(&mut self.frame_cache, &self.interner, p, &[sub], now32);
                         last = Some((sub, f.clone()));
                         f
                     }
                 };
                 let was_empty = ws.ring.is_empty();
-                if let Some(old) = ws.ring.push(frame, now32) {
+                if let Some(old) = ws.ring.push(frame) {
                     ws.count_dropped(&old.subs);
                     self.metrics.dropped_overflow.increment(1);
                 }
@@ -142,7 +142,7 @@ impl Shard {
         let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else {
             return false;
         };
-        match ws.ring.oldest_at() {
+        match ws.ring.oldest().map(|f| f.arrived_ms) {
             None => false,
             Some(oldest) => {
                 ws.ring.len() >= ws.batch_max as usize
@@ -271,7 +271,7 @@ impl Shard {
         ws.ring.consume(n);
         let events = if ws.echo { 0 } else { n as u64 };
         // What is left flushes when batchMax wait again or batchMs after its oldest.
-        let next = match ws.ring.oldest_at() {
+        let next = match ws.ring.oldest().map(|f| f.arrived_ms) {
             None => None,
             Some(_) if ws.ring.len() >= ws.batch_max as usize => Some(self.now),
             Some(oldest_at) => {
@@ -317,6 +317,7 @@ fn frame_for(
     interner: &super::interner::Interner,
     p: &Publication,
     ids: &[u32],
+    now32: u32,
 ) -> Rc<Frame> {
     if let Some(f) = cache.get(ids) {
         return f.clone();
@@ -328,6 +329,7 @@ fn frame_for(
         len,
         ids.into(),
         Some(p.ingested_at),
+        now32,
         |buf| {
             protocol::event_prefix(buf, ids.iter().map(|&i| interner.json(i)));
             buf.extend_from_slice(&p.tail);

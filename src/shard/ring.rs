@@ -2,23 +2,26 @@
 //! oldest-drop overflow (PROTOCOL.md §6).
 //!
 //! Owned by one connection on one shard. Items are pointers to frames shared by every
-//! connection that got the same bytes, plus the millisecond at which each arrived, so the
-//! flush deadline is exactly "`batchMs` after the oldest waiting one arrived". Storage
-//! is allocated on the first push and given back when the ring empties, so an idle
-//! connection holds none.
+//! connection that got the same bytes; each frame carries the shard time it arrived at
+//! (all connections get a publication's frame at the same instant), so an item is one
+//! pointer and the flush deadline is still exactly "`batchMs` after the oldest waiting
+//! one arrived". Storage is allocated on the first push, so an idle connection holds
+//! none.
 
 use std::collections::VecDeque;
 
 /// A bounded FIFO that drops its oldest item when full.
 #[derive(Debug)]
 pub struct Ring<T> {
-    items: VecDeque<(T, u32)>,
+    items: VecDeque<T>,
     capacity: usize,
 }
 
-/// Below this many slots an emptied ring keeps its storage: reallocating for every small
-/// burst would cost more than the memory.
-const KEEP_SLOTS: usize = 16;
+/// Up to this many slots an emptied ring keeps its storage: a connection that gets a
+/// steady stream refills its ring every flush, and regrowing it from nothing each time
+/// cost 14% of the shard's CPU in the batched fan-out profile (docs/PERFORMANCE.md). A
+/// connection that never receives anything never allocates at all.
+const KEEP_SLOTS: usize = 256;
 
 impl<T> Ring<T> {
     pub fn new(capacity: usize) -> Ring<T> {
@@ -40,43 +43,44 @@ impl<T> Ring<T> {
         self.capacity
     }
 
-    /// Appends `item` that arrived at `at_ms`; when the ring is full the oldest item is
-    /// removed and returned so the caller can count it against its subscriptions.
-    pub fn push(&mut self, item: T, at_ms: u32) -> Option<T> {
+    /// Appends `item`; when the ring is full the oldest item is removed and returned so
+    /// the caller can count it against its subscriptions.
+    #[inline]
+    pub fn push(&mut self, item: T) -> Option<T> {
         let dropped = if self.items.len() >= self.capacity {
-            self.items.pop_front().map(|(t, _)| t)
+            self.items.pop_front()
         } else {
             None
         };
-        self.items.push_back((item, at_ms));
+        self.items.push_back(item);
         dropped
     }
 
     /// Appends without the capacity check: for the echo endpoint, which applies
     /// back-pressure by not reading instead of dropping.
-    pub fn push_unbounded(&mut self, item: T, at_ms: u32) {
-        self.items.push_back((item, at_ms));
+    pub fn push_unbounded(&mut self, item: T) {
+        self.items.push_back(item);
     }
 
-    /// When the oldest waiting item arrived.
-    pub fn oldest_at(&self) -> Option<u32> {
-        self.items.front().map(|(_, at)| *at)
+    /// The oldest waiting item.
+    pub fn oldest(&self) -> Option<&T> {
+        self.items.front()
     }
 
     /// The first `n` items, oldest first.
     pub fn front(&self, n: usize) -> impl Iterator<Item = &T> {
-        self.items.iter().take(n).map(|(t, _)| t)
+        self.items.iter().take(n)
     }
 
     /// The newest item.
     pub fn back(&self) -> Option<&T> {
-        self.items.back().map(|(t, _)| t)
+        self.items.back()
     }
 
-    /// Replaces the newest item, keeping its arrival time.
+    /// Replaces the newest item.
     pub fn replace_back(&mut self, item: T) {
         if let Some(b) = self.items.back_mut() {
-            b.0 = item;
+            *b = item;
         }
     }
 
@@ -111,11 +115,11 @@ mod tests {
     fn drops_oldest_when_full() {
         let mut r = Ring::new(3);
         for i in 0..3 {
-            assert_eq!(r.push(i, i), None);
+            assert_eq!(r.push(i), None);
         }
-        assert_eq!(r.push(3, 3), Some(0));
+        assert_eq!(r.push(3), Some(0));
         assert_eq!(r.front(10).copied().collect::<Vec<_>>(), [1, 2, 3]);
-        assert_eq!(r.oldest_at(), Some(1));
+        assert_eq!(r.oldest(), Some(&1));
     }
 
     /// Property: under any mix of pushes and consumes, the ring never exceeds its
@@ -139,7 +143,7 @@ mod tests {
                         model.pop_front();
                     }
                 } else {
-                    if let Some(d) = r.push(next, 0) {
+                    if let Some(d) = r.push(next) {
                         assert_eq!(Some(d), model.pop_front(), "dropped the oldest");
                         dropped += 1;
                     }
@@ -157,10 +161,16 @@ mod tests {
     fn emptied_ring_gives_storage_back() {
         let mut r = Ring::new(10_000);
         for i in 0..1000 {
-            r.push(i, 0);
+            r.push(i);
         }
         r.consume(1000);
         assert!(r.is_empty());
         assert_eq!(r.items.capacity(), 0);
+        // A small ring keeps its storage for the next burst.
+        for i in 0..100 {
+            r.push(i);
+        }
+        r.consume(100);
+        assert!(r.items.capacity() >= 100);
     }
 }

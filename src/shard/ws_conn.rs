@@ -63,7 +63,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        conn.kind = Kind::Ws(Box::new(state));
+        conn.kind = Kind::Ws(state);
         let gen = conn.gen;
         if echo {
             return;
@@ -454,10 +454,10 @@ impl Shard {
         if ws.echo {
             // The same frame, ring and flush path as events; back-pressure instead of
             // drops, because conformance checks every echo.
-            let frame = Frame::build(opcode, payload.len(), Box::new([]), None, |b| {
+            let frame = Frame::build(opcode, payload.len(), Box::new([]), None, now32, |b| {
                 b.extend_from_slice(payload)
             });
-            ws.ring.push_unbounded(Rc::new(frame), now32);
+            ws.ring.push_unbounded(Rc::new(frame));
             let full = ws.ring.len() >= cap;
             if full {
                 ws.read_paused = true;
