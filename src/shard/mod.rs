@@ -22,7 +22,7 @@ pub mod ring;
 mod ws_conn;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::marker::PhantomData;
 use std::rc::Rc;
@@ -115,8 +115,9 @@ pub struct Shard {
     now: u64,
     /// Read buffer shared by all connections of the shard.
     scratch: Vec<u8>,
-    /// Connections to flush at the end of this iteration (key, gen).
-    dirty: Vec<(u32, u32)>,
+    /// Connections to flush, in the order they became due (key, gen); each loop turn
+    /// flushes up to `fanout::FLUSH_BUDGET` of them.
+    dirty: VecDeque<(u32, u32)>,
     /// Per-publication scratch: matching (connection, subscription) pairs.
     matches: Vec<(u32, u32)>,
     /// Per-publication cache: one frame per distinct `subscriptionIds` list.
@@ -167,7 +168,7 @@ impl Shard {
             epoch: Instant::now(),
             now: 0,
             scratch: vec![0u8; 64 * 1024],
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
             matches: Vec::new(),
             frame_cache: HashMap::new(),
             last_seq,
