@@ -146,4 +146,62 @@ mod tests {
         assert!(ix.is_empty());
         assert!(ix.by_path.is_empty());
     }
+
+    /// Property: for random subscriptions, removals and publications, `collect` returns
+    /// exactly what the contract's rule gives by brute force (Q == P or Q starts with
+    /// P + "/", and the event type is wanted), each subscription once.
+    #[test]
+    fn property_matches_the_contract_rule() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let segs = ["a", "b", "ab", "a.b", "c-1"];
+        let types = ["x", "y", "z"];
+        for _case in 0..100 {
+            let mut ix = Index::default();
+            // (path, conn, sub, events) — the model.
+            let mut model: Vec<(String, u32, u32, Vec<&str>)> = Vec::new();
+            let mut random_path = |next: &mut dyn FnMut() -> u64| {
+                let depth = (next() % 4 + 1) as usize;
+                (0..depth)
+                    .map(|_| segs[(next() % segs.len() as u64) as usize])
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
+            for i in 0..60u32 {
+                let path = random_path(&mut next);
+                let events: Vec<&str> = types.iter().copied().filter(|_| next() % 3 == 0).collect();
+                let (conn, sub) = (i % 7, i);
+                ix.insert(&path, entry(conn, sub, &events));
+                model.push((path, conn, sub, events));
+                if next() % 5 == 0 {
+                    let k = (next() % model.len() as u64) as usize;
+                    let (p, c, s, _) = model.swap_remove(k);
+                    ix.remove(&p, c, s);
+                }
+            }
+            assert_eq!(ix.len(), model.len());
+            for _ in 0..50 {
+                let q = random_path(&mut next);
+                let t = types[(next() % 3) as usize];
+                let mut got = Vec::new();
+                ix.collect(&q, t, &mut got);
+                got.sort_unstable();
+                let mut want: Vec<(u32, u32)> = model
+                    .iter()
+                    .filter(|(p, _, _, ev)| {
+                        (q == *p || q.starts_with(&format!("{p}/")))
+                            && (ev.is_empty() || ev.contains(&t))
+                    })
+                    .map(|(_, c, s, _)| (*c, *s))
+                    .collect();
+                want.sort_unstable();
+                assert_eq!(got, want, "publication {q} type {t}");
+            }
+        }
+    }
 }
