@@ -220,15 +220,57 @@ fn main() {
         },
     );
 
-    // WebSocket unmask (client commands and echo).
-    let mut buf = vec![0u8; 64 * 1024];
+    // The same batch with simd-json: to a borrowed DOM, then each item's fields taken
+    // out and `data` serialized back to text (simd-json has no raw-value type, and the
+    // engine hands each publication's `data` on as JSON text).
+    let batch_bytes = batch.as_bytes().to_vec();
     bench(
         &filter,
-        "unmask 64 KiB",
-        1,
-        2_000,
+        "publish body parse, simd-json DOM + data to text (per event)",
+        10_000,
+        20,
         || {
-            ws::unmask(black_box(&mut buf), [1, 2, 3, 4]);
+            let mut buf = batch_bytes.clone();
+            let v = simd_json::to_borrowed_value(&mut buf).expect("valid");
+            use simd_json::prelude::*;
+            let mut n = 0usize;
+            if let Some(events) = v.get("events").and_then(|e| e.as_array()) {
+                for e in events {
+                    let path = e.get("path").and_then(|p| p.as_str()).unwrap_or("");
+                    let data = e.get("data").map(|d| d.encode()).unwrap_or_default();
+                    n += path.len() + data.len();
+                }
+            }
+            black_box(n);
         },
     );
+    bench(
+        &filter,
+        "publish body parse, serde_json DOM (per event)",
+        10_000,
+        20,
+        || {
+            black_box(
+                serde_json::from_slice::<serde_json::Value>(batch.as_bytes())
+                    .map(|v| v.is_object())
+                    .ok(),
+            );
+        },
+    );
+    bench(
+        &filter,
+        "publish body parse, simd-json DOM only (per event)",
+        10_000,
+        20,
+        || {
+            let mut buf = batch_bytes.clone();
+            black_box(simd_json::to_borrowed_value(&mut buf).map(|_| ()).ok());
+        },
+    );
+
+    // WebSocket unmask (client commands and echo).
+    let mut buf = vec![0u8; 64 * 1024];
+    bench(&filter, "unmask 64 KiB", 1, 2_000, || {
+        ws::unmask(black_box(&mut buf), [1, 2, 3, 4]);
+    });
 }
