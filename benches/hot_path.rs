@@ -119,7 +119,7 @@ fn main() {
         1000,
         2_000,
         || {
-            for i in 0..1000 {
+            for _ in 0..1000 {
                 black_box(ring.push(frame.clone()));
             }
             ring.consume(1000);

@@ -109,6 +109,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// `io` (extension): how shards write to sockets. `epoll`: a vectored write per flush.
+/// `uring`: every flush of a loop turn submitted to io_uring together, one system call
+/// for all of them; falls back to `epoll` (with one log line) where io_uring is
+/// unavailable. See docs/PERFORMANCE.md for the measurement behind the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Io {
+    #[default]
+    Epoll,
+    Uring,
+}
+
 /// `delivery.framing` and the `framing` connection option (PROTOCOL.md section 2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -150,6 +162,8 @@ pub struct Config {
     pub public_url: String,
     pub drain_period_ms: u64,
     pub log_format: LogFormat,
+    /// Extension: the shards' write path, see [`Io`].
+    pub io: Io,
     pub auth: AuthConfig,
     pub delivery: DeliveryConfig,
     pub history: HistoryConfig,
@@ -176,6 +190,7 @@ impl Default for Config {
             public_url: "ws://127.0.0.1:8080".to_string(),
             drain_period_ms: 10_000,
             log_format: LogFormat::Human,
+            io: Io::default(),
             auth: AuthConfig::default(),
             delivery: DeliveryConfig::default(),
             history: HistoryConfig::default(),
@@ -416,6 +431,7 @@ const KEYS: &[KeySpec] = &[
     spec("", "public_url", Kind::Str),
     spec("", "drain_period_ms", U64),
     spec("", "log_format", Kind::OneOf(&["human", "json"])),
+    spec("", "io", Kind::OneOf(&["epoll", "uring"])),
     secret("auth", "jwt_secret", Kind::Str),
     secret("auth", "api_keys", Kind::StrList),
     spec("auth", "auth_timeout_ms", U64),

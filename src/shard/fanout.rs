@@ -16,6 +16,7 @@ use crate::ingest::Publication;
 use crate::protocol::{self, ws};
 
 use super::conn::{write_segments, Conn, Frame, Kind, HEADER_ROOM};
+use super::uring;
 use super::{Shard, TimerKind};
 
 /// `{"type":"event","subscriptionIds":[` + `],`
@@ -188,14 +189,22 @@ impl Shard {
                 }
                 _ => continue,
             }
-            self.flush(key);
+            self.flush_with(key, true);
             budget -= 1;
         }
+        self.complete_uring();
     }
 
     /// Writes up to `batchMax` waiting messages (after any overflow warnings) in one
     /// vectored write, then arms the next flush for what is left.
     pub(super) fn flush(&mut self, key: usize) {
+        self.flush_with(key, false);
+    }
+
+    /// As [`Shard::flush`]; with `defer` the write may go to io_uring and finish in
+    /// [`Shard::complete_uring`] (only `flush_dirty` defers: it reaps before anything else
+    /// can write to the same sockets).
+    pub(super) fn flush_with(&mut self, key: usize, defer: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -263,17 +272,121 @@ impl Shard {
             }
         }
         let oldest = ws.ring.front(1).next().and_then(|f| f.ingested_at);
+        let events = if ws.echo { 0 } else { n as u64 };
+        if defer && segments.len() <= uring::MAX_IOV {
+            if let Some(writer) = self.uring.as_mut() {
+                use std::os::fd::AsRawFd;
+                let frames: Vec<Rc<Frame>> = ws.ring.front(n).cloned().collect();
+                // The iovecs point into `frames`, `head` and static data; all of it
+                // moves into the pending flush (a Vec's heap buffer does not move).
+                let iov = uring::iovecs(&segments);
+                drop(segments);
+                let pending = uring::PendingFlush::new(
+                    key,
+                    gen,
+                    n,
+                    frames_written,
+                    events,
+                    oldest,
+                    frames,
+                    head,
+                    iov,
+                );
+                match writer.push(sock.as_raw_fd(), pending) {
+                    Ok(()) => return,
+                    Err(pending) => {
+                        // The ring is full even after submitting: write this one now.
+                        let result = write_segments(sock, out, &pending.segments());
+                        match result {
+                            Ok(written) => {
+                                self.flush_done(key, n, written, frames_written, events, oldest)
+                            }
+                            Err(_) => self.drop_conn(key, "write_error"),
+                        }
+                        return;
+                    }
+                }
+            }
+        }
         let result = write_segments(sock, out, &segments);
         drop(segments);
-        let written = match result {
-            Ok(w) => w,
-            Err(_) => {
-                self.drop_conn(key, "write_error");
+        match result {
+            Ok(written) => self.flush_done(key, n, written, frames_written, events, oldest),
+            Err(_) => self.drop_conn(key, "write_error"),
+        }
+    }
+
+    /// Reaps the io_uring flushes of this turn and finishes each like a direct write.
+    pub(super) fn complete_uring(&mut self) {
+        let Some(writer) = self.uring.as_mut() else {
+            return;
+        };
+        if writer.is_empty() {
+            return;
+        }
+        let results = match writer.complete() {
+            Ok(r) => r,
+            Err(e) => {
+                // Without completions the kernel may still read the buffers: keep the
+                // ring (and so the buffers) and stop using it; those connections stall
+                // until their peers go away. Not expected outside of a broken kernel.
+                tracing::error!(
+                    shard = self.id,
+                    "io_uring wait failed: {e}; using direct writes"
+                );
+                if let Some(w) = self.uring.take() {
+                    std::mem::forget(w);
+                }
                 return;
             }
         };
+        for (p, res) in results {
+            match self.conns.get_mut(p.key) {
+                Some(c) if c.gen == p.gen => {
+                    let written = if res >= 0 {
+                        res as usize
+                    } else if res == -libc::EAGAIN {
+                        0
+                    } else {
+                        self.drop_conn(p.key, "write_error");
+                        continue;
+                    };
+                    if written < p.total {
+                        c.out.extend_from_slice(&p.rest(written));
+                    }
+                    self.flush_done(
+                        p.key,
+                        p.messages,
+                        written,
+                        p.frames_written,
+                        p.events,
+                        p.oldest,
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// After a flush's bytes went to the socket (or to `out`): the messages leave the
+    /// ring, the next flush is armed for what is left, and the metrics count it.
+    fn flush_done(
+        &mut self,
+        key: usize,
+        n: usize,
+        written: usize,
+        frames_written: usize,
+        events: u64,
+        oldest: Option<std::time::Instant>,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        let Kind::Ws(ws) = &mut conn.kind else {
+            return;
+        };
         ws.ring.consume(n);
-        let events = if ws.echo { 0 } else { n as u64 };
         // What is left flushes when batchMax wait again or batchMs after its oldest.
         let next = match ws.ring.oldest().map(|f| f.arrived_ms) {
             None => None,
@@ -313,7 +426,7 @@ impl Shard {
 
 /// Connections flushed per loop turn before the shard looks at its sockets and mailbox
 /// again: small enough that a turn stays around a millisecond or two of writes, large
-/// enough that the extra `epoll_wait` per turn is noise.
+/// enough that the extra `epoll_wait` per turn is noise. Also the io_uring queue depth.
 pub(super) const FLUSH_BUDGET: usize = 256;
 
 const BATCH_OPEN: &[u8] = b"{\"type\":\"batch\",\"messages\":[";

@@ -165,7 +165,7 @@ mod tests {
             let mut ix = Index::default();
             // (path, conn, sub, events) — the model.
             let mut model: Vec<(String, u32, u32, Vec<&str>)> = Vec::new();
-            let mut random_path = |next: &mut dyn FnMut() -> u64| {
+            let random_path = |next: &mut dyn FnMut() -> u64| {
                 let depth = (next() % 4 + 1) as usize;
                 (0..depth)
                     .map(|_| segs[(next() % segs.len() as u64) as usize])

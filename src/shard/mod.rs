@@ -19,6 +19,7 @@ mod http_conn;
 pub mod index;
 pub mod interner;
 pub mod ring;
+mod uring;
 mod ws_conn;
 
 use std::cmp::Reverse;
@@ -134,6 +135,8 @@ pub struct Shard {
     draining: Option<Drain>,
     /// State for jitter (xorshift).
     rng: u64,
+    /// The io_uring write path (`io = "uring"`), when the kernel allows it.
+    uring: Option<uring::UringWriter>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -141,6 +144,7 @@ impl Shard {
     /// Runs a shard on the current thread until its drain completes.
     pub fn run(seed: ShardSeed) {
         let mut s = Shard::new(seed);
+        s.setup_io();
         if let Err(e) = s.register_listener() {
             tracing::error!(shard = s.id, "cannot register listener: {e}");
             return;
@@ -177,7 +181,22 @@ impl Shard {
             deferred_reads: Vec::new(),
             draining: None,
             rng,
+            uring: None,
             _not_send: PhantomData,
+        }
+    }
+
+    fn setup_io(&mut self) {
+        if self.shared.config.io != crate::config::Io::Uring {
+            return;
+        }
+        // Room for one loop turn's flushes.
+        match uring::UringWriter::new(fanout::FLUSH_BUDGET as u32) {
+            Ok(w) => self.uring = Some(w),
+            Err(e) => tracing::warn!(
+                shard = self.id,
+                "io = \"uring\" but io_uring is unavailable ({e}); using epoll writes"
+            ),
         }
     }
 

@@ -54,8 +54,10 @@ impl Server {
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let dir = temp_dir();
+        // SHARDCAST_TEST_IO=uring runs the same tests over the io_uring write path.
+        let io = std::env::var("SHARDCAST_TEST_IO").unwrap_or_else(|_| "epoll".into());
         let cfg = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nio = \"{io}\"\n{extra}\n",
             dir.join("data").display()
         );
         let cfg = if cfg.contains("[auth]") {
