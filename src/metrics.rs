@@ -22,6 +22,7 @@ pub const DROPPED: &str = "shardcast_dropped_total";
 pub const PUBLISH_TO_FLUSH: &str = "shardcast_publish_to_flush_seconds";
 pub const SHARD_QUEUE_DEPTH: &str = "shardcast_shard_queue_depth";
 pub const SHARD_QUEUE_FULL: &str = "shardcast_shard_queue_full_total";
+pub const SHARD_QUEUE_CAPACITY: &str = "shardcast_shard_queue_capacity";
 pub const AUTH_FAILURES: &str = "shardcast_auth_failures_total";
 pub const COMMAND_ERRORS: &str = "shardcast_command_errors_total";
 pub const HTTP_REQUESTS: &str = "shardcast_http_requests_total";
@@ -118,13 +119,75 @@ pub fn install() -> PrometheusHandle {
     // renders an empty registry, which only matters to such tests.
     let _ = metrics::set_global_recorder(recorder);
     describe();
+    preregister();
     handle
 }
+
+/// Creates the labelled counters operators alert on at zero, so a fresh node already has
+/// the series and `rate()` sees the first event.
+fn preregister() {
+    for r in AUTH_FAILURE_REASONS {
+        metrics::counter!(AUTH_FAILURES, "reason" => *r).increment(0);
+    }
+    for c in COMMAND_ERROR_CODES {
+        metrics::counter!(COMMAND_ERRORS, "code" => *c).increment(0);
+    }
+    for r in CLOSE_REASONS {
+        metrics::counter!(CONNECTIONS_CLOSED, "reason" => *r).increment(0);
+    }
+}
+
+/// `reason` values of `shardcast_auth_failures_total`.
+pub const AUTH_FAILURE_REASONS: &[&str] = &[
+    "missing",
+    "malformed",
+    "bad_api_key",
+    "bad_signature",
+    "unsupported_alg",
+    "expired",
+    "not_yet_valid",
+    "invalid_claims",
+    "ticket_unknown",
+    "ticket_expired",
+    "timeout",
+];
+
+/// `code` values of `shardcast_command_errors_total` (PROTOCOL.md §11).
+pub const COMMAND_ERROR_CODES: &[&str] = &[
+    "UNAUTHORIZED",
+    "FORBIDDEN",
+    "BAD_MESSAGE",
+    "UNKNOWN_TYPE",
+    "INVALID_PATH",
+    "INVALID_FILTER",
+    "NOT_FOUND",
+    "LIMIT_EXCEEDED",
+    "RATE_LIMITED",
+    "INTERNAL",
+];
+
+/// `reason` values of `shardcast_connections_closed_total`.
+pub const CLOSE_REASONS: &[&str] = &[
+    "client",
+    "eof",
+    "closed",
+    "unauthorized",
+    "auth_timeout",
+    "heartbeat_timeout",
+    "too_big",
+    "invalid_utf8",
+    "protocol_error",
+    "draining",
+    "server_full",
+    "read_error",
+    "write_error",
+    "linger",
+];
 
 /// Renders `/metrics`, refreshing the process gauges first.
 pub fn render(handle: &PrometheusHandle) -> String {
     if let Some((cpu, rss)) = process_stats() {
-        metrics::counter!(PROCESS_CPU).absolute(cpu as u64);
+        metrics::gauge!(PROCESS_CPU).set(cpu);
         metrics::gauge!(PROCESS_RSS).set(rss as f64);
     }
     handle.run_upkeep();
@@ -197,6 +260,7 @@ pub struct ShardMetrics {
     pub dropped_shard_queue: Counter,
     pub queue_depth: Gauge,
     pub queue_full: Counter,
+    pub queue_capacity: Gauge,
 }
 
 impl ShardMetrics {
@@ -213,10 +277,11 @@ impl ShardMetrics {
             flushes: metrics::counter!(FLUSHES, "shard" => s.clone()),
             batch_size: metrics::histogram!(BATCH_SIZE, "shard" => s.clone()),
             publish_to_flush: metrics::histogram!(PUBLISH_TO_FLUSH, "shard" => s.clone()),
-            dropped_overflow: metrics::counter!(DROPPED, "reason" => drop_reason::QUEUE_OVERFLOW),
-            dropped_shard_queue: metrics::counter!(DROPPED, "reason" => drop_reason::SHARD_QUEUE_FULL),
+            dropped_overflow: metrics::counter!(DROPPED, "shard" => s.clone(), "reason" => drop_reason::QUEUE_OVERFLOW),
+            dropped_shard_queue: metrics::counter!(DROPPED, "shard" => s.clone(), "reason" => drop_reason::SHARD_QUEUE_FULL),
             queue_depth: metrics::gauge!(SHARD_QUEUE_DEPTH, "shard" => s.clone()),
-            queue_full: metrics::counter!(SHARD_QUEUE_FULL, "shard" => s),
+            queue_full: metrics::counter!(SHARD_QUEUE_FULL, "shard" => s.clone()),
+            queue_capacity: metrics::gauge!(SHARD_QUEUE_CAPACITY, "shard" => s),
         }
     }
 }

@@ -208,7 +208,7 @@ fn full_ring_drops_oldest_and_warns_with_exact_counts() {
     c.expect_silence(Duration::from_millis(300));
     assert!(last > 0);
     assert_eq!(
-        s.metric("shardcast_dropped_total{reason=\"queue_overflow\"}"),
+        s.metric_where("shardcast_dropped_total", "reason=\"queue_overflow\""),
         Some(15.0)
     );
 }

@@ -144,6 +144,9 @@ impl Shard {
     /// Runs a shard on the current thread until its drain completes.
     pub fn run(seed: ShardSeed) {
         let mut s = Shard::new(seed);
+        s.metrics
+            .queue_capacity
+            .set(s.shared.config.delivery.shard_queue_capacity as f64);
         s.setup_io();
         if let Err(e) = s.register_listener() {
             tracing::error!(shard = s.id, "cannot register listener: {e}");

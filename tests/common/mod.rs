@@ -204,6 +204,21 @@ impl Server {
             .reduce(|a, b| a + b)
     }
 
+    /// The sum of the series of metric `name` whose labels include `label` (e.g.
+    /// `reason="queue_overflow"`), over all other labels (shards).
+    pub fn metric_where(&self, name: &str, label: &str) -> Option<f64> {
+        let (_, text) = self.try_http("GET", "/metrics", None, &[])?;
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+            .reduce(|a, b| a + b)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
