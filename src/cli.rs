@@ -8,6 +8,7 @@
 //! arguments means `serve` on the built-in defaults.
 
 use crate::auth::jwt::{sign, Role};
+use crate::config::edit_distance;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::path::PathBuf;
@@ -318,21 +319,6 @@ fn closest(given: &str, known: &[&'static str]) -> Option<&'static str> {
         .filter(|(d, _)| *d <= 2)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = Vec::with_capacity(b.len() + 1);
-        cur.push(i + 1);
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = prev[j] + usize::from(ca != *cb);
-            cur.push(substitute.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev.last().copied().unwrap_or(0)
 }
 
 enum Item {

@@ -515,7 +515,8 @@ fn suggest_section(section: &str) -> Option<String> {
 }
 
 /// Levenshtein distance; inputs are short key names, so the quadratic cost is nothing.
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Also behind the command line's "did you mean".
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

@@ -347,6 +347,12 @@ impl Shard {
     }
 
     fn on_writable(&mut self, key: usize) {
+        self.write_out(key);
+    }
+
+    /// Writes what the connection has pending, then lets an ending or a waiting flush
+    /// proceed.
+    fn write_out(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -394,14 +400,7 @@ impl Shard {
             return;
         };
         conn.out.extend_from_slice(bytes);
-        match conn.write_pending() {
-            Ok(n) => self.metrics.bytes_written.increment(n as u64),
-            Err(_) => {
-                self.drop_conn(key, "write_error");
-                return;
-            }
-        }
-        self.after_write(key);
+        self.write_out(key);
     }
 
     fn drain_mailbox(&mut self) {
