@@ -215,6 +215,15 @@ fn serde_message(e: &serde_json::Error) -> String {
 /// `{"path","eventType","data"}` or a batch `{"events":[…]}` of at most `max_batch`.
 /// `data` is kept as the publisher's JSON text, never re-serialized.
 pub fn parse_publish(body: &[u8], max_batch: usize) -> Result<Vec<PublishItem>, PublishError> {
+    // serde's derived structs also accept arrays (fields by position): the contract
+    // says objects.
+    if !starts_object(body) {
+        return Err(perr(
+            "BAD_MESSAGE",
+            "body must be a JSON object: a publication or {\"events\":[...]}",
+            None,
+        ));
+    }
     let top: BodyIn<'_> = serde_json::from_slice(body).map_err(|e| {
         perr(
             "BAD_MESSAGE",
@@ -250,6 +259,13 @@ pub fn parse_publish(body: &[u8], max_batch: usize) -> Result<Vec<PublishItem>, 
         .iter()
         .enumerate()
         .map(|(i, raw)| {
+            if !starts_object(raw.get().as_bytes()) {
+                return Err(perr(
+                    "BAD_MESSAGE",
+                    format!("events[{i}] must be an object"),
+                    Some(i),
+                ));
+            }
             let item: ItemIn<'_> = serde_json::from_str(raw.get()).map_err(|e| {
                 perr(
                     "BAD_MESSAGE",
@@ -276,6 +292,15 @@ fn check_item(item: ItemIn<'_>, index: Option<usize>) -> Result<PublishItem, Pub
             index,
         ));
     }
+    if let Some(d) = item.data {
+        if json_depth(d.get()) > MAX_DATA_DEPTH {
+            return Err(perr(
+                "BAD_MESSAGE",
+                format!("{} nests deeper than {MAX_DATA_DEPTH} levels", at("data")),
+                index,
+            ));
+        }
+    }
     let data = match item.data {
         Some(d) => d.to_owned(),
         None => RawValue::from_string("null".into())
@@ -286,6 +311,42 @@ fn check_item(item: ItemIn<'_>, index: Option<usize>) -> Result<PublishItem, Pub
         event_type: item.event_type.into_owned(),
         data,
     })
+}
+
+/// Deepest `data` accepted: what serde_json and most client parsers handle by default.
+/// Syntax is checked at ingest, but `data` is otherwise forwarded as written, so nesting
+/// that would overflow a client's parser is refused here.
+pub const MAX_DATA_DEPTH: usize = 128;
+
+fn starts_object(json: &[u8]) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// Deepest array/object nesting of a syntactically valid JSON text (a byte scan; strings
+/// are skipped).
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_str {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 fn ticket(req: &Request, shared: &Shared, close: bool) -> Route {
@@ -365,5 +426,21 @@ mod tests {
         );
         let e = parse_publish(br#"{"events":[1]}"#, 10).unwrap_err();
         assert_eq!(e.index, Some(0));
+        // Arrays are not publications, at the top or as items.
+        let e = parse_publish(br#"{"events":[["jobs/1","done",{"a":1}]]}"#, 10).unwrap_err();
+        assert_eq!((e.code, e.index), ("BAD_MESSAGE", Some(0)));
+        assert!(parse_publish(br#"[[["jobs/1","done"]]]"#, 10).is_err());
+        // Nesting is bounded; strings with brackets do not count.
+        let deep = format!(
+            r#"{{"path":"a","eventType":"e","data":{}1{}}}"#,
+            "[".repeat(129),
+            "]".repeat(129)
+        );
+        assert!(parse_publish(deep.as_bytes(), 10)
+            .unwrap_err()
+            .message
+            .contains("deeper"));
+        let ok = r#"{"path":"a","eventType":"e","data":{"s":"[[[[\"{{"}}"#;
+        assert!(parse_publish(ok.as_bytes(), 10).is_ok(), "{ok}");
     }
 }

@@ -103,6 +103,10 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
+        // The limit holds however the bytes were split into reads.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Parsed::Error(431, "request head too large".into())
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > MAX_HEAD {
@@ -149,13 +153,25 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
             "chunked request bodies are not supported; send Content-Length".into(),
         );
     }
-    let len = match r.header("content-length") {
-        None => 0,
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) => n,
-            Err(_) => return Parsed::Error(400, format!("bad Content-Length '{v}'")),
-        },
-    };
+    // Every Content-Length must be plain digits and all must agree (RFC 9112 §6.3): a
+    // lenient reading here is what request smuggling behind a proxy feeds on.
+    let mut len: Option<usize> = None;
+    for (_, v) in r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        let v = v.trim();
+        let n = match v.parse::<usize>() {
+            Ok(n) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Parsed::Error(400, format!("bad Content-Length '{v}'")),
+        };
+        if len.is_some_and(|l| l != n) {
+            return Parsed::Error(400, "conflicting Content-Length headers".into());
+        }
+        len = Some(n);
+    }
+    let len = len.unwrap_or(0);
     if len > max_body {
         return Parsed::Error(
             413,
