@@ -76,6 +76,21 @@ impl Server {
                 config.data_dir.display()
             ))
         })?;
+        // SO_REUSEPORT would let a second process share a port already in use and take
+        // part of its traffic silently; refuse a port that already has a listener, unless
+        // sharing is asked for (several nodes on one port, ARCHITECTURE.md).
+        let share = std::env::var("SHARDCAST_SHARE_PORT").is_ok_and(|v| v == "1" || v == "true");
+        if !share
+            && config.listen.port() != 0
+            && std::net::TcpStream::connect_timeout(&config.listen, Duration::from_millis(300))
+                .is_ok()
+        {
+            return Err(anyhow_lite::msg(format!(
+                "cannot listen on {}: another process is already listening there \
+                 (set SHARDCAST_SHARE_PORT=1 to run several nodes on one port)",
+                config.listen
+            )));
+        }
         // Bind the first listener, then the others on the port it got (listen may say 0).
         let first = listener(config.listen)
             .map_err(|e| anyhow_lite::msg(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -162,7 +177,6 @@ impl Server {
         }
         self.ingest.stop();
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
-        let _ = Duration::ZERO;
     }
 }
 

@@ -498,3 +498,34 @@ fn token_command_without_secret_exits_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--sub"), "stderr names --sub: {stderr}");
 }
+
+#[test]
+fn a_second_server_on_a_port_in_use_refuses_to_start() {
+    let s = Server::start("");
+    let dir = std::env::temp_dir().join(format!("shardcast-dup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("dup.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n",
+            s.port,
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already listening"), "{err}");
+    // The first server is untouched.
+    assert_eq!(
+        s.try_http("GET", "/healthz", None, &[]).map(|r| r.0),
+        Some(200)
+    );
+}
