@@ -529,3 +529,31 @@ fn a_second_server_on_a_port_in_use_refuses_to_start() {
         Some(200)
     );
 }
+
+#[test]
+fn expect_100_continue_gets_continue_then_the_answer() {
+    use std::io::{Read, Write};
+    let s = Server::start("");
+    let body = br#"{"path":"c","eventType":"e","data":1}"#;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/publish HTTP/1.1\r\nHost: t\r\nAuthorization: apikey {API_KEY}\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.read(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    sock.write_all(body).unwrap();
+    let mut rest = Vec::new();
+    sock.read_to_end(&mut rest).unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("HTTP/1.1 202"), "{text}");
+    assert!(text.contains("\"accepted\":1"), "{text}");
+}
