@@ -20,18 +20,25 @@ SCENARIOS:
                load/p{i mod K}; publications go round robin over the paths
     idle       N connections authenticated and subscribed that do nothing for --duration;
                reports the server's RSS per connection
-    churn      not implemented yet (exits with code 2)
-    overflow   not implemented yet (exits with code 2)
+    churn      connection cycles at --rate per second for --duration: TCP connect, upgrade,
+               authenticated, subscribeEvents, subscribedEvents, close 1000, close echo;
+               at most --connections cycles in flight; reports cycles/s achieved,
+               failures, setup latency and the server's CPU per cycle
+    overflow   fanout with deliberately slow readers (--slow-readers of the connections
+               stop reading for --pause-ms at a time, with a small --rcvbuf), against a
+               server with a small queue_capacity: the server's QUEUE_OVERFLOW warnings
+               must account for every event not delivered (lost = 0)
 
 OPTIONS:
     --url URL              WebSocket endpoint [default: ws://127.0.0.1:8080/ws]
     --http URL             REST base for publishing [default: http://<host:port of --url>]
     --secret S             sign an HS256 token per connection (sub load-<i>, role user, scopes *)
     --token T              use this token for every connection (one of --secret/--token)
-    --api-key K            api key for POST /api/v1/publish (needed by fanout and spread)
-    --connections N        client connections [default: 1000]
+    --api-key K            api key for POST /api/v1/publish (fanout, spread, overflow)
+    --connections N        client connections (churn: most cycles in flight) [default: 1000]
     --paths K              paths for spread [default: 100]
-    --rate R               publications per second, may be fractional [default: 100]
+    --rate R               publications per second (churn: connection cycles per second),
+                           may be fractional [default: 100]
     --duration D           publishing (idle: holding) window, e.g. 30s, 500ms, 2m, 1h or
                            plain seconds [default: 30s]
     --payload BYTES        size of each publish request body [default: 128]
@@ -45,7 +52,19 @@ OPTIONS:
     --threads T            event-loop threads per process [default: 1]
     --server-pid PID       server process to measure (CPU, RSS); a comma-separated list
                            is summed (several nodes behind one port)
-    --target T             shardcast | nats (nats: not implemented yet, exits with code 2)
+    --target T             shardcast | nats [default: shardcast]. nats: the same scenario
+                           against nats-server over its own protocol (WebSocket clients:
+                           INFO, CONNECT, SUB, PING/PONG, MSG; publisher: PUB over plain
+                           TCP to --nats-url). Not with overflow (NATS reports no drops);
+                           --secret, --token, --api-key, --http, --batch-ms, --batch-max and
+                           --framing do not apply to it
+    --nats-url URL         publisher address for --target nats [default: nats://<host of --url>:4222]
+    --slow-readers F       overflow: fraction of connections that read slowly [default: 0.5]
+    --pause-ms MS          overflow: a slow reader stops reading this long, then reads what
+                           is there, and again [default: 1000]; at the end of the window
+                           slow readers read normally so that nothing stays queued
+    --rcvbuf BYTES         overflow: SO_RCVBUF of the slow readers' sockets (0: the
+                           kernel's default) [default: 4096]
     --json FILE            write the JSON report there (\"-\" for stdout)
     -h, --help             this text
 
@@ -93,7 +112,10 @@ impl ScenarioName {
     }
 
     pub fn publishes(self) -> bool {
-        matches!(self, ScenarioName::Fanout | ScenarioName::Spread)
+        matches!(
+            self,
+            ScenarioName::Fanout | ScenarioName::Spread | ScenarioName::Overflow
+        )
     }
 }
 
@@ -131,6 +153,8 @@ impl Framing {
 pub enum Auth {
     Secret(String),
     Token(String),
+    /// `--target nats`: the harness's nats-server runs without authentication.
+    None,
 }
 
 /// Everything a run needs, validated.
@@ -152,6 +176,12 @@ pub struct Config {
     pub batch_ms: u64,
     pub batch_max: u64,
     pub framing: Framing,
+    /// `--target nats`: where the publisher sends `PUB`s.
+    pub nats: Option<Endpoint>,
+    /// overflow: fraction of slow readers, their pause and receive buffer.
+    pub slow_readers: f64,
+    pub pause: Duration,
+    pub rcvbuf: usize,
     /// Empty: let the kernel pick.
     pub source_ips: Vec<Ipv4Addr>,
     pub source_ips_raw: Option<String>,
@@ -182,18 +212,10 @@ impl Config {
             count.to_string(),
             "--url".into(),
             self.url_raw.clone(),
-            "--http".into(),
-            self.http_raw.clone(),
             "--paths".into(),
             self.paths.to_string(),
             "--duration".into(),
             format!("{}ms", self.duration.as_millis()),
-            "--batch-ms".into(),
-            self.batch_ms.to_string(),
-            "--batch-max".into(),
-            self.batch_max.to_string(),
-            "--framing".into(),
-            self.framing.as_str().into(),
             "--threads".into(),
             self.threads.to_string(),
             "--target".into(),
@@ -201,9 +223,37 @@ impl Config {
             "--max-inflight".into(),
             max_inflight.to_string(),
         ];
+        if self.target == Target::Shardcast {
+            a.extend([
+                "--http".into(),
+                self.http_raw.clone(),
+                "--batch-ms".into(),
+                self.batch_ms.to_string(),
+                "--batch-max".into(),
+                self.batch_max.to_string(),
+                "--framing".into(),
+                self.framing.as_str().into(),
+            ]);
+        }
+        if self.scenario == ScenarioName::Churn {
+            // this worker's share of the cycle rate
+            let share = self.rate * count as f64 / self.connections.max(1) as f64;
+            a.extend(["--rate".to_string(), format!("{share}")]);
+        }
+        if self.scenario == ScenarioName::Overflow {
+            a.extend([
+                "--slow-readers".to_string(),
+                format!("{}", self.slow_readers),
+                "--pause-ms".to_string(),
+                self.pause.as_millis().to_string(),
+                "--rcvbuf".to_string(),
+                self.rcvbuf.to_string(),
+            ]);
+        }
         match &self.auth {
             Auth::Secret(s) => a.extend(["--secret".to_string(), s.clone()]),
             Auth::Token(t) => a.extend(["--token".to_string(), t.clone()]),
+            Auth::None => {}
         }
         if !self.source_ips.is_empty() {
             a.extend(["--source-ips".to_string(), ips_arg(&self.source_ips)]);
@@ -274,6 +324,10 @@ const VALUE_FLAGS: &[&str] = &[
     "--fd-budget",
     "--max-inflight",
     "--worker-offset",
+    "--nats-url",
+    "--slow-readers",
+    "--pause-ms",
+    "--rcvbuf",
 ];
 
 /// Flags without a value.
@@ -346,15 +400,60 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         Some("nats") => Target::Nats,
         Some(v) => return err(format!("--target: {v:?} is not shardcast or nats")),
     };
-    let url_raw = get("--url").unwrap_or("ws://127.0.0.1:8080/ws").to_string();
+    let is_worker = get("--worker").is_some();
+    if target == Target::Nats {
+        for flag in [
+            "--secret",
+            "--token",
+            "--api-key",
+            "--http",
+            "--batch-ms",
+            "--batch-max",
+            "--framing",
+        ] {
+            if get(flag).is_some() {
+                return err(format!("{flag} does not apply to --target nats"));
+            }
+        }
+        if scenario == ScenarioName::Overflow {
+            return err(
+                "--target nats: scenario overflow needs a server that reports dropped counts \
+                 (NATS disconnects slow consumers instead)",
+            );
+        }
+    } else if get("--nats-url").is_some() {
+        return err("--nats-url only applies to --target nats");
+    }
+    if scenario != ScenarioName::Overflow {
+        for flag in ["--slow-readers", "--pause-ms", "--rcvbuf"] {
+            if get(flag).is_some() {
+                return err(format!("{flag} only applies to scenario overflow"));
+            }
+        }
+    }
+    let url_default = match target {
+        Target::Shardcast => "ws://127.0.0.1:8080/ws",
+        Target::Nats => "ws://127.0.0.1:8080/",
+    };
+    let url_raw = get("--url").unwrap_or(url_default).to_string();
     let url = parse_url(&url_raw, "ws").map_err(|e| CliError(format!("--url: {e}")))?;
     let http_raw = match get("--http") {
         Some(v) => v.to_string(),
         None => format!("http://{}", url.host_header),
     };
     let http = parse_url(&http_raw, "http").map_err(|e| CliError(format!("--http: {e}")))?;
+    let nats = if target == Target::Nats {
+        let raw = match get("--nats-url") {
+            Some(v) => v.to_string(),
+            None => format!("nats://{}:4222", host_of(&url.host_header)),
+        };
+        Some(parse_url(&raw, "nats").map_err(|e| CliError(format!("--nats-url: {e}")))?)
+    } else {
+        None
+    };
 
     let auth = match (get("--secret"), get("--token")) {
+        _ if target == Target::Nats => Auth::None,
         (Some(_), Some(_)) => return err("--secret and --token exclude each other"),
         (Some(""), None) => return err("--secret: empty"),
         (None, Some("")) => return err("--token: empty"),
@@ -366,7 +465,6 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         Some(v) => Some(parse_int("--worker-offset", v, 0, u64::MAX / 2)?),
         None => None,
     };
-    let is_worker = get("--worker").is_some();
     if is_worker != worker_offset.is_some() {
         return err("--worker and --worker-offset go together (internal flags)");
     }
@@ -444,7 +542,30 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         1_000_000,
     )? as usize;
 
-    if scenario.publishes() && api_key.is_none() && !is_worker && rate > 0.0 {
+    let slow_readers = match get("--slow-readers") {
+        None => 0.5,
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => f,
+            _ => return err(format!("--slow-readers: {v:?} is not a fraction in 0..=1")),
+        },
+    };
+    let pause = Duration::from_millis(parse_int(
+        "--pause-ms",
+        get("--pause-ms").unwrap_or("1000"),
+        1,
+        20_000,
+    )?);
+    let rcvbuf = parse_int("--rcvbuf", get("--rcvbuf").unwrap_or("4096"), 0, 64 << 20)? as usize;
+    if scenario == ScenarioName::Churn && rate <= 0.0 {
+        return err("--rate: churn needs a cycle rate above 0");
+    }
+
+    if target == Target::Shardcast
+        && scenario.publishes()
+        && api_key.is_none()
+        && !is_worker
+        && rate > 0.0
+    {
         return err(format!(
             "--api-key is required for scenario {} (it publishes)",
             scenario.as_str()
@@ -468,6 +589,10 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         batch_ms,
         batch_max,
         framing,
+        nats,
+        slow_readers,
+        pause,
+        rcvbuf,
         source_ips,
         source_ips_raw,
         threads,
@@ -479,21 +604,16 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     })))
 }
 
-/// Refuses what this version cannot run yet (exit code 2, like a usage error).
-pub fn check_implemented(c: &Config) -> Result<(), CliError> {
-    match c.scenario {
-        ScenarioName::Churn | ScenarioName::Overflow => {
-            return err(format!(
-                "scenario {} is not implemented yet",
-                c.scenario.as_str()
-            ))
+/// The host part of `host:port` (brackets of an IPv6 literal kept).
+fn host_of(host_header: &str) -> &str {
+    if host_header.starts_with('[') {
+        match host_header.find(']') {
+            Some(i) => &host_header[..=i],
+            None => host_header,
         }
-        _ => {}
+    } else {
+        host_header.rsplit_once(':').map_or(host_header, |(h, _)| h)
     }
-    if c.target == Target::Nats {
-        return err("--target nats is not implemented yet");
-    }
-    Ok(())
 }
 
 fn parse_int(flag: &str, v: &str, min: u64, max: u64) -> Result<u64, CliError> {
@@ -710,17 +830,93 @@ mod tests {
     }
 
     #[test]
-    fn not_implemented_yet() {
-        for s in [
-            "churn --secret s",
-            "overflow --secret s",
-            "idle --secret s --target nats",
+    fn churn_and_overflow() {
+        let c = run("churn --secret s --rate 250 --connections 50").unwrap();
+        assert_eq!(c.scenario, ScenarioName::Churn);
+        assert_eq!(c.rate, 250.0);
+        assert!(c.api_key.is_none(), "churn does not publish");
+        fails("churn --secret s --rate 0", "--rate");
+        let c =
+            run("overflow --secret s --api-key k --slow-readers 0.25 --pause-ms 300 --rcvbuf 0")
+                .unwrap();
+        assert_eq!(c.slow_readers, 0.25);
+        assert_eq!(c.pause, Duration::from_millis(300));
+        assert_eq!(c.rcvbuf, 0);
+        let c = run("overflow --secret s --api-key k").unwrap();
+        assert_eq!((c.slow_readers, c.rcvbuf), (0.5, 4096));
+        assert_eq!(c.pause, Duration::from_secs(1));
+        fails("overflow --secret s", "--api-key is required");
+        fails(
+            "overflow --secret s --api-key k --slow-readers 1.5",
+            "--slow-readers",
+        );
+        fails("overflow --secret s --api-key k --pause-ms 0", "--pause-ms");
+        fails("overflow --secret s --api-key k --rcvbuf x", "--rcvbuf");
+        fails(&format!("{BASE} --pause-ms 10"), "--pause-ms only applies");
+        fails(
+            "churn --secret s --slow-readers 1",
+            "--slow-readers only applies",
+        );
+    }
+
+    #[test]
+    fn nats_target() {
+        let c = run("fanout --target nats --url ws://127.0.0.1:9222").unwrap();
+        assert_eq!(c.target, Target::Nats);
+        assert_eq!(c.auth, Auth::None);
+        assert_eq!(
+            c.nats.as_ref().unwrap().addr,
+            "127.0.0.1:4222".parse().unwrap()
+        );
+        let c = run("spread --target nats --nats-url nats://127.0.0.1:5222").unwrap();
+        assert_eq!(
+            c.nats.as_ref().unwrap().addr,
+            "127.0.0.1:5222".parse().unwrap()
+        );
+        assert!(run("idle --target nats").is_ok());
+        assert!(run("churn --target nats --rate 10").is_ok());
+        for (extra, flag) in [
+            ("--secret s", "--secret"),
+            ("--token t", "--token"),
+            ("--api-key k", "--api-key"),
+            ("--http http://127.0.0.1:1", "--http"),
+            ("--batch-ms 5", "--batch-ms"),
+            ("--batch-max 5", "--batch-max"),
+            ("--framing array", "--framing"),
+            ("--nats-url http://x:1", "--nats-url"),
         ] {
-            let c = run(s).unwrap();
-            let e = check_implemented(&c).unwrap_err();
-            assert!(e.0.contains("not implemented yet"), "{e}");
+            fails(&format!("fanout --target nats {extra}"), flag);
         }
-        assert!(check_implemented(&run(BASE).unwrap()).is_ok());
+        fails("overflow --target nats", "overflow");
+        fails(
+            &format!("{BASE} --nats-url nats://127.0.0.1:4222"),
+            "--nats-url only applies",
+        );
+        // workers of a nats run get no shardcast-only flags
+        let c = run("fanout --target nats --connections 10").unwrap();
+        let w = match parse(&c.worker_args(0, 5, 10)).unwrap() {
+            Command::Run(c) => *c,
+            Command::Help => unreachable!(),
+        };
+        assert_eq!(w.target, Target::Nats);
+    }
+
+    #[test]
+    fn churn_workers_share_the_rate() {
+        let c = run("churn --secret s --rate 100 --connections 40").unwrap();
+        let w = match parse(&c.worker_args(10, 10, 10)).unwrap() {
+            Command::Run(c) => *c,
+            Command::Help => unreachable!(),
+        };
+        assert_eq!(w.rate, 25.0);
+        let c = run("overflow --secret s --api-key k --slow-readers 0.3 --pause-ms 70").unwrap();
+        let w = match parse(&c.worker_args(0, 500, 10)).unwrap() {
+            Command::Run(c) => *c,
+            Command::Help => unreachable!(),
+        };
+        assert_eq!(w.slow_readers, 0.3);
+        assert_eq!(w.pause, Duration::from_millis(70));
+        assert_eq!(w.rcvbuf, 4096);
     }
 
     #[test]

@@ -5,6 +5,14 @@
 //! TCP connect → HTTP upgrade → `authenticated` → `subscribeEvents` → `subscribedEvents`,
 //! then counts what arrives. Reads go into one thread-owned scratch buffer; a connection
 //! keeps only the bytes of a partial frame, so idle connections cost little here too.
+//!
+//! `--target nats` is another dialect behind the same loop: upgrade → `INFO` → `CONNECT`,
+//! `SUB`, `PING` (one frame) → `PONG` (the subscription is in place) → count `MSG`s.
+//!
+//! Scenario hooks: churn reuses a thread's slots for connection cycles started at a fixed
+//! rate while the window is open (a cycle ends with our close 1000 and the server's
+//! echo); overflow's slow readers stop reading for a pause after each read burst, until
+//! the window ends.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -16,7 +24,8 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::cli::Auth;
+use crate::cli::{Auth, Target};
+use crate::nats;
 use crate::report::ClientStats;
 use crate::scan::{self, Scanner, K_AUTHENTICATED, K_ERROR, K_SUBSCRIBED, K_WARNING};
 use crate::scenario::Scenario;
@@ -49,9 +58,18 @@ pub struct LoopPlan {
     pub threads: usize,
     /// Handshakes in flight per thread.
     pub inflight_per_thread: usize,
-    /// From the start of the TCP connect to `subscribedEvents`.
+    /// From the start of the TCP connect to `subscribedEvents` (churn: to the close echo).
     pub attempt_timeout: Duration,
     pub scenario: Arc<dyn Scenario>,
+    pub target: Target,
+    /// churn: connection cycles per second for this process (`count` is then the most
+    /// cycles in flight at once).
+    pub churn_rate: Option<f64>,
+    /// The window's length: churn starts no cycle due after it.
+    pub window: Duration,
+    /// overflow: how long a slow reader stops reading, and its `SO_RCVBUF` (0: default).
+    pub pause: Duration,
+    pub rcvbuf: usize,
 }
 
 /// Commands from the coordinator to all threads of a process.
@@ -61,6 +79,11 @@ pub struct Control {
     pub end_connect: AtomicBool,
     /// Close everything and return the results.
     pub stop: AtomicBool,
+    /// The publishing (churn: cycling) window is open since this Unix time in
+    /// nanoseconds (0: not yet).
+    pub window_start_ns: AtomicU64,
+    /// The window is over: churn starts no more cycles, slow readers read normally.
+    pub window_over: AtomicBool,
 }
 
 /// Live counters of one thread, read by the coordinator for progress.
@@ -72,6 +95,8 @@ pub struct Live {
     pub delivered: AtomicU64,
     pub dropped: AtomicU64,
     pub last_delivery_ns: AtomicU64,
+    pub cycles_started: AtomicU64,
+    pub cycles_completed: AtomicU64,
     /// Set once no connection of the thread is still being set up.
     pub connect_done: AtomicBool,
     /// Subscribers per path when `connect_done` was set.
@@ -85,6 +110,11 @@ enum State {
     Authenticating,
     Subscribing,
     Ready,
+    /// churn: our close frame is out, waiting for the server's.
+    Closing,
+    /// churn: the server echoed our close; waiting for it to close the TCP connection
+    /// first (so that TIME_WAIT stays on its side, not on our ports).
+    Closed,
 }
 
 impl State {
@@ -95,6 +125,8 @@ impl State {
             State::Authenticating => "authenticating",
             State::Subscribing => "subscribing",
             State::Ready => "subscribed",
+            State::Closing => "closing",
+            State::Closed => "closed",
         }
     }
 }
@@ -102,6 +134,16 @@ impl State {
 struct Conn {
     stream: TcpStream,
     state: State,
+    /// Which use of the slot this is (churn reuses slots; timers carry it).
+    gen: u32,
+    /// A slow reader (overflow) ...
+    slow: bool,
+    /// ... that is not reading now (a pause timer is queued).
+    paused: bool,
+    /// When the TCP connect started (churn: setup latency).
+    opened: Instant,
+    /// `--target nats`: the protocol parser (its partial item).
+    nats: Option<Box<nats::Parser>>,
     /// Bytes not yet written (usually empty).
     out: Vec<u8>,
     /// Bytes of a partial frame (or of the upgrade response) not yet processed.
@@ -131,8 +173,10 @@ enum End {
     Closed(u16),
     /// The TCP stream ended or broke without a close frame (counted as 1006).
     Broken(String),
-    /// The server broke the WebSocket protocol.
-    Protocol(&'static str),
+    /// The server broke the WebSocket protocol (or, for NATS, its own).
+    Protocol(String),
+    /// churn: the server echoed our close; the cycle is complete.
+    CycleDone,
 }
 
 /// Everything of a thread except the connections and the read buffer (split so that a
@@ -144,6 +188,12 @@ struct Ctx {
     /// Connections being set up (not subscribed, not ended).
     inflight: usize,
     tmp: Vec<u8>,
+    target: Target,
+    /// churn: close each connection once subscribed.
+    churn: bool,
+    /// The window is over (slow readers no longer pause).
+    draining: bool,
+    nats_t: nats::TimeFinder,
 }
 
 pub fn run_thread(
@@ -171,8 +221,13 @@ struct EventLoop {
     conns: Vec<Option<Conn>>,
     /// Local index of the next connection to open.
     next_local: u64,
-    deadlines: VecDeque<(Instant, usize)>,
-    failing_deadlines: VecDeque<(Instant, usize)>,
+    deadlines: VecDeque<(Instant, usize, u32)>,
+    failing_deadlines: VecDeque<(Instant, usize, u32)>,
+    /// Slow readers' pauses, in deadline order (all pauses are equally long).
+    pauses: VecDeque<(Instant, usize, u32)>,
+    next_gen: u32,
+    churn: Option<ChurnSchedule>,
+    window_over: bool,
     /// Connections that may have more to read (edge-triggered polling will not say so
     /// again), served round robin.
     busy: VecDeque<usize>,
@@ -180,6 +235,38 @@ struct EventLoop {
     ctx: Ctx,
     connect_done: bool,
     shared_token: Option<String>,
+    thread: usize,
+}
+
+/// churn: this thread's cycle schedule (open loop: cycle k is due at t0 + k/rate).
+struct ChurnSchedule {
+    rate: f64,
+    /// Cycles due within the window (k/rate < window).
+    total: u64,
+    /// When this thread saw the window open.
+    t0: Option<Instant>,
+    started: u64,
+    /// Slots not in use.
+    free: Vec<usize>,
+}
+
+impl ChurnSchedule {
+    /// Cycles due by `now` (the first one at t0), at most those of the window.
+    fn due(&self, now: Instant) -> u64 {
+        match self.t0 {
+            Some(t0) => ((now.duration_since(t0).as_secs_f64() * self.rate).floor() as u64 + 1)
+                .min(self.total),
+            None => 0,
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        let t0 = self.t0?;
+        if self.started >= self.total {
+            return None;
+        }
+        Some(t0 + Duration::from_secs_f64(self.started as f64 / self.rate))
+    }
 }
 
 impl EventLoop {
@@ -195,10 +282,26 @@ impl EventLoop {
             0
         };
         let mut stats = ClientStats::new(plan.scenario.path_count());
-        stats.requested = mine;
+        let churn = plan.churn_rate.map(|rate| {
+            let rate = (rate * mine as f64 / plan.count.max(1) as f64).max(1e-9);
+            ChurnSchedule {
+                rate,
+                total: if mine == 0 {
+                    0
+                } else {
+                    (plan.window.as_secs_f64() * rate).ceil() as u64
+                },
+                t0: None,
+                started: 0,
+                free: (0..mine as usize).rev().collect(),
+            }
+        });
+        if churn.is_none() {
+            stats.requested = mine;
+        }
         let shared_token = match &plan.auth {
             Auth::Token(t) => Some(url_encode(t)),
-            Auth::Secret(_) => None,
+            Auth::Secret(_) | Auth::None => None,
         };
         Ok(EventLoop {
             poll: Poll::new()?,
@@ -206,6 +309,9 @@ impl EventLoop {
             next_local: thread as u64,
             deadlines: VecDeque::new(),
             failing_deadlines: VecDeque::new(),
+            pauses: VecDeque::new(),
+            next_gen: 0,
+            window_over: false,
             busy: VecDeque::new(),
             scratch: vec![0; READ_CHUNK * 2],
             ctx: Ctx {
@@ -214,9 +320,15 @@ impl EventLoop {
                 stats,
                 inflight: 0,
                 tmp: Vec::with_capacity(256),
+                target: plan.target,
+                churn: churn.is_some(),
+                draining: false,
+                nats_t: nats::TimeFinder::default(),
             },
+            churn,
             connect_done: false,
             shared_token,
+            thread,
             plan,
             live,
             ctl,
@@ -225,9 +337,25 @@ impl EventLoop {
 
     fn run(&mut self) {
         let mut events = Events::with_capacity(1024);
+        if self.churn.is_some() {
+            // nothing to connect before the window: cycles start when it opens
+            self.mark_connect_done();
+        }
         loop {
             if self.ctl.stop.load(Relaxed) {
                 break;
+            }
+            if !self.window_over && self.ctl.window_over.load(Relaxed) {
+                self.on_window_over();
+            }
+            let mut churn_wait = None;
+            if self.churn.is_some() && !self.window_over {
+                let t0_ns = self.ctl.window_start_ns.load(Relaxed);
+                churn_wait = if t0_ns > 0 {
+                    self.churn_open(t0_ns)
+                } else {
+                    Some(Duration::from_millis(2))
+                };
             }
             if !self.connect_done {
                 if self.ctl.end_connect.load(Relaxed) {
@@ -239,13 +367,19 @@ impl EventLoop {
                     }
                 }
             }
-            let timeout = if !self.busy.is_empty() {
+            let mut timeout = if !self.busy.is_empty() {
                 Duration::ZERO
             } else if self.connect_done {
                 Duration::from_millis(100)
             } else {
                 Duration::from_millis(20)
             };
+            if let Some(w) = churn_wait {
+                timeout = timeout.min(w);
+            }
+            if let Some(&(due, _, _)) = self.pauses.front() {
+                timeout = timeout.min(due.saturating_duration_since(Instant::now()));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     eprintln!("loadtest: poll failed: {e}");
@@ -265,11 +399,87 @@ impl EventLoop {
                 }
                 self.on_event(slot, false);
             }
-            self.expire(Instant::now());
+            let now = Instant::now();
+            self.expire(now);
+            self.resume_paused(now);
             self.publish_live();
         }
         self.close_all();
         self.publish_live();
+    }
+
+    /// churn: starts the cycles that are due (as far as free slots allow); returns how
+    /// long the loop may sleep before the next one is due.
+    fn churn_open(&mut self, t0_ns: u64) -> Option<Duration> {
+        let now = Instant::now();
+        let plan = Arc::clone(&self.plan);
+        let threads = plan.threads as u64;
+        loop {
+            let ch = self.churn.as_mut()?;
+            if ch.t0.is_none() {
+                // the coordinator's window start, on this thread's monotonic clock
+                let late = Duration::from_nanos(unix_nanos().saturating_sub(t0_ns));
+                ch.t0 = Some(now.checked_sub(late).unwrap_or(now));
+            }
+            if ch.started >= ch.due(now) {
+                break;
+            }
+            let Some(slot) = ch.free.pop() else {
+                // every slot is busy: the schedule slips (reported as cycles behind)
+                return Some(Duration::from_millis(5));
+            };
+            // a distinct index per cycle (token subject load-<i>)
+            let cycle = ch.started;
+            ch.started += 1;
+            let global = plan.offset + cycle * threads + self.thread as u64;
+            self.ctx.stats.requested += 1;
+            if !self.open_at(slot, global) {
+                if let Some(ch) = self.churn.as_mut() {
+                    ch.free.push(slot);
+                }
+            }
+        }
+        let next = self.churn.as_ref()?.next_due();
+        Some(next.map_or(Duration::from_millis(100), |n| {
+            n.saturating_duration_since(now)
+        }))
+    }
+
+    /// The window is over: churn stops; slow readers read what waits, and from now on
+    /// read normally.
+    fn on_window_over(&mut self) {
+        self.window_over = true;
+        self.ctx.draining = true;
+        self.pauses.clear();
+        for slot in 0..self.conns.len() {
+            if let Some(c) = self.conns[slot].as_mut() {
+                if c.paused {
+                    c.paused = false;
+                    if !c.busy {
+                        c.busy = true;
+                        self.busy.push_back(slot);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Slow readers whose pause is over read what is there (and pause again).
+    fn resume_paused(&mut self, now: Instant) {
+        while let Some(&(due, slot, gen)) = self.pauses.front() {
+            if due > now {
+                break;
+            }
+            self.pauses.pop_front();
+            let Some(c) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            if c.gen != gen || !c.paused {
+                continue;
+            }
+            c.paused = false;
+            self.on_event(slot, false);
+        }
     }
 
     /// Opens connections while fewer than the limit are being set up.
@@ -283,20 +493,34 @@ impl EventLoop {
     }
 
     fn open(&mut self, local: u64) {
+        let global = self.plan.offset + local;
+        let slot = (local / self.plan.threads as u64) as usize;
+        self.open_at(slot, global);
+    }
+
+    /// Opens connection `global` in `slot`; false when it failed at once (counted).
+    fn open_at(&mut self, slot: usize, global: u64) -> bool {
         let plan = Arc::clone(&self.plan);
-        let global = plan.offset + local;
-        let slot = (local / plan.threads as u64) as usize;
         let src = if plan.source_ips.is_empty() {
             None
         } else {
             Some(plan.source_ips[(global % plan.source_ips.len() as u64) as usize])
         };
-        let (path_idx, sub_path) = plan.scenario.subscription(global);
-        let mut stream = match crate::net::connect_nonblocking(plan.ws_addr, src) {
+        let (path_idx, mut sub_path) = plan.scenario.subscription(global);
+        if plan.target == Target::Nats {
+            sub_path = plan.scenario.nats_sub_subject(global);
+        }
+        let slow = plan.scenario.slow_reader(global);
+        let rcvbuf = if slow && plan.rcvbuf > 0 {
+            Some(plan.rcvbuf)
+        } else {
+            None
+        };
+        let mut stream = match crate::net::connect_nonblocking_opts(plan.ws_addr, src, rcvbuf) {
             Ok(s) => s,
             Err(e) => {
                 self.ctx.fail_count(format!("connect: {}", short_io(&e)));
-                return;
+                return false;
             }
         };
         if let Err(e) = self.poll.registry().register(
@@ -305,7 +529,7 @@ impl EventLoop {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             self.ctx.fail_count(format!("register: {}", short_io(&e)));
-            return;
+            return false;
         }
         let _ = stream.set_nodelay(true);
         let key = ws::random_key(&mut self.ctx.rng);
@@ -319,14 +543,26 @@ impl EventLoop {
                     plan.token_ttl_secs,
                 )),
                 Auth::Token(t) => url_encode(t),
+                Auth::None => String::new(),
             },
         };
-        let sep = if plan.ws_path.contains('?') { '&' } else { '?' };
-        let target = format!("{}{sep}token={token}&{}", plan.ws_path, plan.options_query);
+        let target = if plan.target == Target::Nats {
+            plan.ws_path.clone()
+        } else {
+            let sep = if plan.ws_path.contains('?') { '&' } else { '?' };
+            format!("{}{sep}token={token}&{}", plan.ws_path, plan.options_query)
+        };
         let request = ws::handshake_request(&plan.host_header, &target, &key);
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
         self.conns[slot] = Some(Conn {
             stream,
             state: State::Connecting,
+            gen,
+            slow,
+            paused: false,
+            opened: Instant::now(),
+            nats: None,
             out: request,
             pending: Vec::new(),
             frag: None,
@@ -339,7 +575,8 @@ impl EventLoop {
         });
         self.ctx.inflight += 1;
         self.deadlines
-            .push_back((Instant::now() + plan.attempt_timeout, slot));
+            .push_back((Instant::now() + plan.attempt_timeout, slot, gen));
+        true
     }
 
     fn on_event(&mut self, slot: usize, writable: bool) {
@@ -356,33 +593,48 @@ impl EventLoop {
                 conn.busy = true;
                 self.busy.push_back(slot);
             }
-            Ok(_) => {}
+            Ok(true) => {}
+            Ok(false) => {
+                // a slow reader that read everything there was stops for a while
+                if conn.slow && conn.state == State::Ready && !self.ctx.draining && !conn.paused {
+                    conn.paused = true;
+                    self.pauses
+                        .push_back((Instant::now() + self.plan.pause, slot, conn.gen));
+                }
+            }
         }
         if conn.failing.is_some() && !conn.failing_queued {
             conn.failing_queued = true;
             self.failing_deadlines
-                .push_back((Instant::now() + FAILING_WAIT, slot));
+                .push_back((Instant::now() + FAILING_WAIT, slot, conn.gen));
         }
     }
 
     /// Fails connections whose setup took too long.
     fn expire(&mut self, now: Instant) {
-        while let Some(&(deadline, slot)) = self.failing_deadlines.front() {
+        while let Some(&(deadline, slot, gen)) = self.failing_deadlines.front() {
             if deadline > now {
                 break;
             }
             self.failing_deadlines.pop_front();
-            if let Some(why) = self.conns[slot].as_ref().and_then(|c| c.failing.clone()) {
+            if let Some(why) = self.conns[slot]
+                .as_ref()
+                .filter(|c| c.gen == gen)
+                .and_then(|c| c.failing.clone())
+            {
                 self.end(slot, End::Fail(why));
             }
         }
-        while let Some(&(deadline, slot)) = self.deadlines.front() {
+        while let Some(&(deadline, slot, gen)) = self.deadlines.front() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop_front();
-            if let Some(c) = &self.conns[slot] {
-                if c.state != State::Ready {
+            if let Some(c) = self.conns[slot].as_ref().filter(|c| c.gen == gen) {
+                if c.state == State::Closed {
+                    // the server echoed but kept the connection open; done anyway
+                    self.end(slot, End::CycleDone);
+                } else if c.state != State::Ready {
                     let why = format!("timeout while {}", c.state.name());
                     self.end(slot, End::Fail(why));
                 }
@@ -421,10 +673,17 @@ impl EventLoop {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(ch) = self.churn.as_mut() {
+            ch.free.push(slot);
+        }
+        if let End::CycleDone = end {
+            self.ctx.stats.cycles_completed += 1;
+            return;
+        }
         let code = match &end {
             End::Closed(c) => Some(*c),
             End::Broken(_) => Some(1006),
-            End::Fail(_) | End::Protocol(_) => None,
+            End::Fail(_) | End::Protocol(_) | End::CycleDone => None,
         };
         if let Some(code) = code {
             *self.ctx.stats.close_codes.entry(code).or_default() += 1;
@@ -438,6 +697,16 @@ impl EventLoop {
         }
         if conn.state == State::Ready {
             self.ctx.stats.disconnected += 1;
+        } else if matches!(conn.state, State::Closing | State::Closed) {
+            // churn: the cycle did not end with the server's close echo
+            let why = match end {
+                End::Fail(s) => s,
+                End::Closed(c) => format!("closed {c} while closing"),
+                End::Broken(e) => format!("{e} while closing"),
+                End::Protocol(p) => format!("protocol error while closing: {p}"),
+                End::CycleDone => unreachable!("handled above"),
+            };
+            self.ctx.fail_count(why);
         } else {
             let state = conn.state.name();
             let why = match end {
@@ -446,6 +715,7 @@ impl EventLoop {
                 End::Closed(c) => format!("closed {c} while {state}"),
                 End::Broken(e) => format!("{e} while {state}"),
                 End::Protocol(p) => format!("protocol error while {state}: {p}"),
+                End::CycleDone => unreachable!("handled above"),
             };
             self.ctx.inflight -= 1;
             self.ctx.fail_count(why);
@@ -464,7 +734,11 @@ impl EventLoop {
                     ws::encode_frame(&mut f, ws::OP_CLOSE, &1000u16.to_be_bytes(), Some(mask));
                     let _ = c.stream.write(&f);
                 }
-                if c.state != State::Ready {
+                if c.state == State::Closed {
+                    self.ctx.stats.cycles_completed += 1;
+                } else if c.state == State::Closing {
+                    self.ctx.fail_count("still closing at the end".to_string());
+                } else if c.state != State::Ready {
                     self.ctx.inflight -= 1;
                     self.ctx
                         .fail_count(format!("still {} at the end", c.state.name()));
@@ -473,7 +747,7 @@ impl EventLoop {
             }
         }
         // connections never opened (stopped during the connect phase)
-        while self.next_local < self.plan.count {
+        while self.churn.is_none() && self.next_local < self.plan.count {
             self.next_local += self.plan.threads as u64;
             self.ctx.fail_count("not started: stopped".to_string());
         }
@@ -489,6 +763,11 @@ impl EventLoop {
         self.live
             .last_delivery_ns
             .store(s.last_delivery_ns, Relaxed);
+        let started = if self.churn.is_some() { s.requested } else { 0 };
+        self.live.cycles_started.store(started, Relaxed);
+        self.live
+            .cycles_completed
+            .store(s.cycles_completed, Relaxed);
     }
 }
 
@@ -523,6 +802,9 @@ fn drive(
         flush(conn)?;
     } else if writable && !conn.out.is_empty() {
         flush(conn)?;
+    }
+    if conn.paused {
+        return Ok(false);
     }
     read_all(conn, scratch, ctx)
 }
@@ -578,6 +860,15 @@ fn read_all(conn: &mut Conn, scratch: &mut Vec<u8>, ctx: &mut Ctx) -> Result<boo
     }
     let mut need = 0usize;
     for _ in 0..READS_PER_TURN {
+        if conn.state == State::Closed {
+            return match conn.stream.read(&mut scratch[..]) {
+                Ok(0) => Err(End::CycleDone),
+                Ok(_) => Ok(true), // nothing more is expected; ignore
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+                Err(_) => Err(End::CycleDone),
+            };
+        }
         let have = conn.pending.len();
         let want = (have + READ_CHUNK).max(need + READ_CHUNK / 4);
         if scratch.len() < want {
@@ -625,6 +916,9 @@ fn process(
                 pos = n;
                 conn.state = State::Authenticating;
                 conn.key = String::new();
+                if ctx.target == Target::Nats {
+                    conn.nats = Some(Box::default());
+                }
             }
             Err(e) => return Err(End::Fail(e.to_string())),
         }
@@ -634,9 +928,16 @@ fn process(
             Decode::Frame(f, used) => {
                 let (fin, opcode) = (f.fin, f.opcode);
                 match opcode {
+                    // NATS: frame payloads are one byte stream; message boundaries do
+                    // not matter
+                    ws::OP_TEXT | ws::OP_BINARY | ws::OP_CONT if conn.nats.is_some() => {
+                        on_nats_bytes(conn, f.payload, ctx, now_ns)?;
+                    }
                     ws::OP_TEXT | ws::OP_BINARY => {
                         if conn.frag.is_some() {
-                            return Err(End::Protocol("new message inside a fragmented one"));
+                            return Err(End::Protocol(
+                                "new message inside a fragmented one".into(),
+                            ));
                         }
                         if fin {
                             on_message(conn, f.payload, ctx, now_ns)?;
@@ -646,7 +947,7 @@ fn process(
                     }
                     ws::OP_CONT => {
                         let Some(mut acc) = conn.frag.take() else {
-                            return Err(End::Protocol("continuation without a start"));
+                            return Err(End::Protocol("continuation without a start".into()));
                         };
                         acc.extend_from_slice(f.payload);
                         if fin {
@@ -660,6 +961,11 @@ fn process(
                         send(conn, ctx, ws::OP_PONG, &p)?;
                     }
                     ws::OP_PONG => {}
+                    ws::OP_CLOSE if conn.state == State::Closing => {
+                        // the echo of our close: the churn cycle is complete once the
+                        // server closes the connection
+                        conn.state = State::Closed;
+                    }
                     ws::OP_CLOSE => {
                         let code = ws::close_code(f.payload);
                         let mut echo = [0u8; 2];
@@ -672,12 +978,12 @@ fn process(
                         );
                         return Err(End::Closed(code));
                     }
-                    _ => return Err(End::Protocol("unknown opcode")),
+                    _ => return Err(End::Protocol("unknown opcode".into())),
                 }
                 pos += used;
             }
             Decode::Incomplete { need } => return Ok((pos, need)),
-            Decode::Error(e) => return Err(End::Protocol(e)),
+            Decode::Error(e) => return Err(End::Protocol(e.into())),
         }
     }
 }
@@ -700,7 +1006,11 @@ fn on_message(conn: &mut Conn, msg: &[u8], ctx: &mut Ctx, now_ns: u64) -> Result
         ctx.stats.pongs_sent += 1;
     }
     if s.kinds & K_WARNING != 0 {
-        ctx.stats.dropped_reported += scan::overflow_dropped(msg);
+        let d = scan::overflow_dropped(msg);
+        ctx.stats.dropped_reported += d;
+        if !conn.slow {
+            ctx.stats.dropped_fast += d;
+        }
     }
     if conn.failing.is_some() {
         return Ok(());
@@ -723,16 +1033,12 @@ fn on_message(conn: &mut Conn, msg: &[u8], ctx: &mut Ctx, now_ns: u64) -> Result
                         return Ok(());
                     }
                 }
-                conn.state = State::Ready;
-                conn.sub_path = String::new();
-                ctx.inflight -= 1;
-                ctx.stats.ready += 1;
-                ctx.stats.subs_per_path[conn.path_idx] += 1;
+                become_ready(conn, ctx)?;
             } else if s.kinds & K_ERROR != 0 {
                 conn.failing = Some(format!("subscribe error {}", scan::error_code(msg)));
             }
         }
-        State::Ready => {
+        State::Ready | State::Closing | State::Closed => {
             if s.kinds & K_ERROR != 0 {
                 ctx.stats.server_errors += 1;
             }
@@ -740,6 +1046,86 @@ fn on_message(conn: &mut Conn, msg: &[u8], ctx: &mut Ctx, now_ns: u64) -> Result
         State::Connecting | State::Upgrading => {}
     }
     Ok(())
+}
+
+/// Setup is complete (`subscribedEvents`, NATS: the `PONG` after `SUB`). churn: record
+/// the setup time and close at once.
+fn become_ready(conn: &mut Conn, ctx: &mut Ctx) -> Result<(), End> {
+    conn.state = State::Ready;
+    conn.sub_path = String::new();
+    ctx.inflight -= 1;
+    ctx.stats.ready += 1;
+    if ctx.churn {
+        let us = conn.opened.elapsed().as_micros() as u64;
+        ctx.stats.latency.saturating_record(us.max(1));
+        send(conn, ctx, ws::OP_CLOSE, &1000u16.to_be_bytes())?;
+        conn.state = State::Closing;
+        return Ok(());
+    }
+    ctx.stats.subs_per_path[conn.path_idx] += 1;
+    if conn.slow {
+        ctx.stats.slow_readers += 1;
+    }
+    Ok(())
+}
+
+/// Bytes of the NATS stream (payloads of the server's frames): count `MSG`s and their
+/// latency, answer `PING`, step the setup (`INFO` → `CONNECT`+`SUB`+`PING` → `PONG`).
+fn on_nats_bytes(conn: &mut Conn, data: &[u8], ctx: &mut Ctx, now_ns: u64) -> Result<(), End> {
+    let Some(mut parser) = conn.nats.take() else {
+        return Ok(());
+    };
+    let mut res: Result<(), End> = Ok(());
+    let parsed = parser.feed(data, |item| {
+        if res.is_err() {
+            return;
+        }
+        match item {
+            nats::Item::Msg { payload, .. } => {
+                ctx.stats.delivered += 1;
+                ctx.stats.last_delivery_ns = now_ns;
+                if let Some(t) = ctx.nats_t.find(payload) {
+                    let us = now_ns.saturating_sub(t) / 1000;
+                    ctx.stats.latency.saturating_record(us.max(1));
+                }
+            }
+            nats::Item::Ping => {
+                res = send(conn, ctx, ws::OP_BINARY, nats::PONG);
+                ctx.stats.pongs_sent += 1;
+            }
+            nats::Item::Info(_) => {
+                // later INFOs are cluster updates
+                if conn.state == State::Authenticating && conn.failing.is_none() {
+                    let mut m = nats::CONNECT.to_vec();
+                    m.extend_from_slice(&nats::sub_line(&conn.sub_path, 1));
+                    m.extend_from_slice(nats::PING);
+                    res = send(conn, ctx, ws::OP_BINARY, &m);
+                    conn.state = State::Subscribing;
+                }
+            }
+            nats::Item::Pong => {
+                if conn.state == State::Subscribing && conn.failing.is_none() {
+                    res = become_ready(conn, ctx);
+                }
+            }
+            nats::Item::Ok => {}
+            nats::Item::Err(e) => {
+                let e = String::from_utf8_lossy(e).into_owned();
+                match conn.state {
+                    State::Ready | State::Closing | State::Closed => ctx.stats.server_errors += 1,
+                    _ if conn.failing.is_none() => {
+                        conn.failing = Some(format!("nats -ERR {e}"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
+    conn.nats = Some(parser);
+    if let Err(e) = parsed {
+        return Err(End::Protocol(format!("nats: {e}")));
+    }
+    res
 }
 
 /// The subscribe request of a connection.

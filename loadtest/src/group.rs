@@ -7,6 +7,9 @@
 //!                            {"kind":"ready","subs_per_path":[...]} once connecting is over,
 //!                            {"kind":"result","stats":{...}} at the end;
 //!   parent → worker, stdin:  "end-connect" (give up on connections still being set up),
+//!                            "window <unix nanos>" (the window opened then: churn
+//!                            starts cycling),
+//!                            "window-end" (churn stops, slow readers read normally),
 //!                            "stop" (close everything and answer the result); EOF = stop.
 
 use std::io::{BufRead, BufReader, Write};
@@ -30,6 +33,8 @@ pub struct Progress {
     pub delivered: u64,
     pub dropped: u64,
     pub last_delivery_ns: u64,
+    pub cycles_started: u64,
+    pub cycles_completed: u64,
     pub connect_done: bool,
 }
 
@@ -41,6 +46,8 @@ impl Progress {
         self.delivered += o.delivered;
         self.dropped += o.dropped;
         self.last_delivery_ns = self.last_delivery_ns.max(o.last_delivery_ns);
+        self.cycles_started += o.cycles_started;
+        self.cycles_completed += o.cycles_completed;
         self.connect_done &= o.connect_done;
     }
 
@@ -53,6 +60,8 @@ impl Progress {
             "delivered": self.delivered,
             "dropped": self.dropped,
             "last_delivery_ns": self.last_delivery_ns,
+            "cycles_started": self.cycles_started,
+            "cycles_completed": self.cycles_completed,
             "connect_done": self.connect_done,
         })
     }
@@ -66,6 +75,8 @@ impl Progress {
             delivered: u("delivered"),
             dropped: u("dropped"),
             last_delivery_ns: u("last_delivery_ns"),
+            cycles_started: u("cycles_started"),
+            cycles_completed: u("cycles_completed"),
             connect_done: v
                 .get("connect_done")
                 .and_then(Value::as_bool)
@@ -80,6 +91,10 @@ pub trait ClientGroup {
     fn subs_per_path(&self) -> Vec<u64>;
     /// Give up on connections still being set up.
     fn end_connect(&mut self);
+    /// The window opened at `unix_ns` (churn starts its cycles).
+    fn window_start(&mut self, unix_ns: u64);
+    /// The window is over (churn stops, slow readers read normally).
+    fn window_end(&mut self);
     /// Close everything and collect the results.
     fn finish(self: Box<Self>) -> Result<ClientStats, String>;
 }
@@ -138,6 +153,8 @@ impl ClientGroup for LocalGroup {
                 delivered: l.delivered.load(Relaxed),
                 dropped: l.dropped.load(Relaxed),
                 last_delivery_ns: l.last_delivery_ns.load(Relaxed),
+                cycles_started: l.cycles_started.load(Relaxed),
+                cycles_completed: l.cycles_completed.load(Relaxed),
                 connect_done: l.connect_done.load(Relaxed),
             });
         }
@@ -159,6 +176,14 @@ impl ClientGroup for LocalGroup {
 
     fn end_connect(&mut self) {
         self.ctl.end_connect.store(true, Relaxed);
+    }
+
+    fn window_start(&mut self, unix_ns: u64) {
+        self.ctl.window_start_ns.store(unix_ns.max(1), Relaxed);
+    }
+
+    fn window_end(&mut self) {
+        self.ctl.window_over.store(true, Relaxed);
     }
 
     fn finish(self: Box<Self>) -> Result<ClientStats, String> {
@@ -273,6 +298,14 @@ impl ClientGroup for WorkerGroup {
         self.tell("end-connect");
     }
 
+    fn window_start(&mut self, unix_ns: u64) {
+        self.tell(&format!("window {unix_ns}"));
+    }
+
+    fn window_end(&mut self) {
+        self.tell("window-end");
+    }
+
     fn finish(mut self: Box<Self>) -> Result<ClientStats, String> {
         self.tell("stop");
         self.stdin = None; // EOF as well
@@ -320,8 +353,12 @@ pub fn worker_main(plan: LoopPlan, connect_cap: Duration) -> i32 {
                 Ok(0) | Err(_) => break,
                 Ok(_) => match line.trim() {
                     "end-connect" => cmd_ctl.end_connect.store(true, Relaxed),
+                    "window-end" => cmd_ctl.window_over.store(true, Relaxed),
                     "stop" => break,
-                    other => eprintln!("loadtest worker: unknown command {other:?}"),
+                    other => match other.strip_prefix("window ").map(str::parse::<u64>) {
+                        Some(Ok(ns)) => cmd_ctl.window_start_ns.store(ns.max(1), Relaxed),
+                        _ => eprintln!("loadtest worker: unknown command {other:?}"),
+                    },
                 },
             }
         }

@@ -4,13 +4,16 @@
 //!
 //! One module per concern: `cli` (command line), `ws` (client frame codec and upgrade),
 //! `scan` (cheap event and latency scanner), `conn` (connections and event loop),
-//! `group` (threads and worker processes), `publish` (HTTP publisher), `scenario/*`,
+//! `group` (threads and worker processes), `publish` (HTTP and NATS publishers),
+//! `nats` (NATS protocol parser), `floor` (the floor writer's server), `scenario/*`,
 //! `procstat` (server stats), `report` (results), `run` (the coordinator).
 
 pub mod cli;
 pub mod conn;
+pub mod floor;
 pub mod group;
 pub mod jwt;
+pub mod nats;
 pub mod net;
 pub mod procstat;
 pub mod publish;

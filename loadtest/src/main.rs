@@ -13,10 +13,6 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = cli::check_implemented(&cfg) {
-        eprintln!("loadtest: {e}");
-        std::process::exit(2);
-    }
     let code = if cfg.worker_offset.is_some() {
         loadtest::run::worker(&cfg)
     } else {

@@ -38,14 +38,14 @@ pub fn parse_url(s: &str, scheme: &str) -> Result<Endpoint, String> {
     if authority.contains('@') {
         return Err(format!("{s}: user info is not supported"));
     }
-    let default_port = if scheme == "http" || scheme == "ws" {
-        80
-    } else {
-        443
+    let default_port = match scheme {
+        "nats" => 4222,
+        "http" | "ws" => 80,
+        _ => 443,
     };
     let (host, port) = split_host_port(authority, default_port).map_err(|e| format!("{s}: {e}"))?;
     let addr = resolve(&host, port).map_err(|e| format!("{s}: {e}"))?;
-    let path = if scheme == "http" {
+    let path = if scheme == "http" || scheme == "nats" {
         if path.contains('?') {
             return Err(format!("{s}: a query is not allowed here"));
         }
@@ -154,6 +154,16 @@ pub fn connect_nonblocking(
     dst: SocketAddr,
     src: Option<Ipv4Addr>,
 ) -> io::Result<mio::net::TcpStream> {
+    connect_nonblocking_opts(dst, src, None)
+}
+
+/// [`connect_nonblocking`] with a receive buffer size set before the connect (so that the
+/// advertised window stays small: slow readers of scenario overflow).
+pub fn connect_nonblocking_opts(
+    dst: SocketAddr,
+    src: Option<Ipv4Addr>,
+    rcvbuf: Option<usize>,
+) -> io::Result<mio::net::TcpStream> {
     let family = if dst.is_ipv4() {
         libc::AF_INET
     } else {
@@ -173,6 +183,22 @@ pub fn connect_nonblocking(
     // From here the fd is owned by `stream`, closed on every error path by its Drop.
     // SAFETY: fd is a fresh, valid socket that nothing else owns.
     let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    if let Some(size) = rcvbuf {
+        let v = size.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: valid fd, option value points to a c_int of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     if let Some(src) = src {
         if !dst.is_ipv4() {
             return Err(io::Error::new(
@@ -336,6 +362,8 @@ mod tests {
         assert_eq!(e.path, "/ws?x=1");
         let e = parse_url("http://127.0.0.1:8080/", "http").unwrap();
         assert_eq!(e.path, "");
+        let e = parse_url("nats://127.0.0.1", "nats").unwrap();
+        assert_eq!(e.addr, "127.0.0.1:4222".parse().unwrap());
         let e = parse_url("http://[::1]:8080/base", "http").unwrap();
         assert_eq!(e.addr, "[::1]:8080".parse().unwrap());
         assert_eq!(e.path, "/base");
@@ -355,5 +383,21 @@ mod tests {
         let (_peer, from) = l.accept().unwrap();
         assert_eq!(from.ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
         drop(s);
+        let s = connect_nonblocking_opts(dst, None, Some(4096)).unwrap();
+        let _ = l.accept().unwrap();
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid fd and out-pointers of the given size.
+        let rc = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert!(v <= 16 * 1024, "SO_RCVBUF {v}");
     }
 }

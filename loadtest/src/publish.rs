@@ -3,13 +3,19 @@
 //!
 //! The schedule is open-loop: publication n is due at start + n/rate whatever happened to
 //! the ones before, so a slow server does not lower the offered rate silently (the report
-//! shows the achieved rate). Above ~2000/s several connections share the schedule.
+//! shows the achieved rate). It ends with the window, also when it is behind. At least 4
+//! connections share the schedule (more above 8000/s, at most 8), so a slow response holds
+//! up only its connection's share.
+//!
+//! `--target nats`: one plain TCP connection to nats-server writes `PUB <subject> <len>`
+//! with the same body bytes (all publications due at a moment in one write); a final
+//! `PING`/`PONG` confirms that the server processed every `PUB` before it.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +25,10 @@ use crate::util::unix_nanos;
 
 /// Publications per second one connection is asked to carry before another is added.
 const PER_CONNECTION_RATE: f64 = 2000.0;
+/// Connections sharing the schedule at least: each waits for its response before its next
+/// request, so with one, a response slower than 1/rate would hold the whole schedule back
+/// (and a busy server would be offered less than a NATS server, whose PUBs get none).
+const MIN_PUBLISHERS: usize = 4;
 const MAX_PUBLISHERS: usize = 8;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest one request/response may take in all (a server trickling bytes included).
@@ -31,6 +41,8 @@ pub struct PublishPlan {
     pub duration: Duration,
     pub payload: usize,
     pub scenario: Arc<dyn Scenario>,
+    /// `--target nats`: publish with `PUB` to this nats-server instead of over REST.
+    pub nats: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +68,12 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn start(plan: PublishPlan) -> Publisher {
-        let n = ((plan.rate / PER_CONNECTION_RATE).ceil() as usize).clamp(1, MAX_PUBLISHERS);
+        let n = if plan.nats.is_some() {
+            1
+        } else {
+            ((plan.rate / PER_CONNECTION_RATE).ceil() as usize)
+                .clamp(MIN_PUBLISHERS, MAX_PUBLISHERS)
+        };
         let paths = plan.scenario.path_count();
         let plan = Arc::new(plan);
         let published = Arc::new(AtomicU64::new(0));
@@ -68,7 +85,10 @@ impl Publisher {
                     (Arc::clone(&plan), Arc::clone(&published), Arc::clone(&stop));
                 std::thread::Builder::new()
                     .name(format!("publisher-{k}"))
-                    .spawn(move || publish_loop(&plan, k, n, start, &published, &stop))
+                    .spawn(move || match plan.nats {
+                        Some(addr) => nats_publish_loop(&plan, addr, start, &published, &stop),
+                        None => publish_loop(&plan, k, n, start, &published, &stop),
+                    })
                     .expect("spawn a publisher thread")
             })
             .collect();
@@ -143,10 +163,12 @@ fn publish_loop(
             break;
         }
         let due = start + Duration::from_secs_f64(seq as f64 / plan.rate);
-        if due >= end {
+        let now = Instant::now();
+        // the schedule ends with the window, also when it is behind (the achieved rate
+        // then shows it)
+        if due >= end || now >= end {
             break;
         }
-        let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         }
@@ -184,6 +206,294 @@ fn publish_loop(
         }
     }
     res
+}
+
+/// Most publications written at once when the schedule is behind.
+const NATS_BATCH: usize = 1000;
+
+fn nats_publish_loop(
+    plan: &PublishPlan,
+    addr: std::net::SocketAddr,
+    start: Instant,
+    published: &AtomicU64,
+    stop: &AtomicBool,
+) -> PublishResult {
+    let paths = plan.scenario.path_count();
+    let mut res = PublishResult {
+        published_per_path: vec![0; paths],
+        errors: BTreeMap::new(),
+    };
+    if plan.rate <= 0.0 {
+        return res;
+    }
+    let end = start + plan.duration;
+    let subjects: Vec<String> = (0..paths)
+        .map(|i| plan.scenario.nats_pub_subject(i))
+        .collect();
+    let body_paths: Vec<String> = (0..paths).map(|i| plan.scenario.publish_path(i)).collect();
+    let mut conn: Option<NatsConn> = None;
+    let mut reported: Vec<String> = Vec::new();
+    let mut seq = 0u64;
+    let mut buf = Vec::with_capacity(plan.payload + 64);
+    let mut batch = vec![0u64; paths];
+    loop {
+        if stop.load(Relaxed) {
+            break;
+        }
+        let due = start + Duration::from_secs_f64(seq as f64 / plan.rate);
+        let now = Instant::now();
+        if due >= end || now >= end {
+            break;
+        }
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        if conn.as_ref().is_some_and(NatsConn::closed) {
+            let why = conn.take().map(NatsConn::close).unwrap_or_default();
+            count_error(&mut res, &mut reported, format!("nats: {why}"), "");
+        }
+        if conn.is_none() {
+            match NatsConn::connect(addr) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    count_error(&mut res, &mut reported, format!("nats connect: {e}"), "");
+                    // publications due meanwhile are skipped, not queued
+                    std::thread::sleep(Duration::from_millis(100));
+                    let late = Instant::now().duration_since(start).as_secs_f64() * plan.rate;
+                    seq = seq.max(late as u64);
+                    continue;
+                }
+            }
+        }
+        // everything due by now, in one write
+        buf.clear();
+        batch.iter_mut().for_each(|b| *b = 0);
+        let now = Instant::now();
+        let mut n = 0;
+        while n < NATS_BATCH {
+            let due = start + Duration::from_secs_f64(seq as f64 / plan.rate);
+            if (n > 0 && due > now) || due >= end {
+                break;
+            }
+            let p = plan.scenario.path_of_publication(seq);
+            let body = publish_body(&body_paths[p], unix_nanos(), plan.payload);
+            crate::nats::push_pub(&mut buf, &subjects[p], body.as_bytes());
+            batch[p] += 1;
+            seq += 1;
+            n += 1;
+        }
+        let c = conn.as_ref().expect("connected");
+        match c.write(&buf) {
+            Ok(()) => {
+                for (a, b) in res.published_per_path.iter_mut().zip(&batch) {
+                    *a += b;
+                }
+                published.fetch_add(n as u64, Relaxed);
+            }
+            Err(e) => {
+                *res.errors.entry(format!("nats write: {e}")).or_default() += n as u64 - 1;
+                count_error(&mut res, &mut reported, format!("nats write: {e}"), "");
+                conn = None;
+            }
+        }
+    }
+    if let Some(c) = conn {
+        // the server handles a connection's protocol in order: its PONG means every PUB
+        // before the PING was processed
+        if let Err(e) = c.confirm(REQUEST_DEADLINE) {
+            count_error(&mut res, &mut reported, format!("nats: {e}"), "");
+        }
+        for e in c.close_errors() {
+            count_error(&mut res, &mut reported, format!("nats -ERR {e}"), "");
+        }
+    }
+    res
+}
+
+/// A publisher's connection to nats-server: writes under a lock (the reader thread
+/// answers the server's `PING`s on it), the reader counts `PONG`s and notes `-ERR`s.
+struct NatsConn {
+    writer: Arc<Mutex<TcpStream>>,
+    pongs: Arc<AtomicU64>,
+    closed: Arc<AtomicBool>,
+    errors: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl NatsConn {
+    fn connect(addr: std::net::SocketAddr) -> io::Result<NatsConn> {
+        let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        // INFO comes first
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let info_end = loop {
+            if let Some(i) = memchr::memchr(b'\n', &head) {
+                break i + 1;
+            }
+            if head.len() > crate::nats::MAX_LINE {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "no INFO line"));
+            }
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before INFO",
+                ));
+            }
+            head.extend_from_slice(&chunk[..n]);
+        };
+        if !head[..4.min(head.len())].eq_ignore_ascii_case(b"INFO") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "expected INFO, got {:?}",
+                    String::from_utf8_lossy(&head[..info_end.min(80)])
+                ),
+            ));
+        }
+        let rest = head.split_off(info_end);
+        let mut hello = crate::nats::CONNECT.to_vec();
+        hello.extend_from_slice(crate::nats::PING);
+        stream.write_all(&hello)?;
+        stream.set_read_timeout(None)?;
+        let read_half = stream.try_clone()?;
+        let writer = Arc::new(Mutex::new(stream));
+        let pongs = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let (writer, pongs, closed, errors) = (
+                Arc::clone(&writer),
+                Arc::clone(&pongs),
+                Arc::clone(&closed),
+                Arc::clone(&errors),
+            );
+            std::thread::Builder::new()
+                .name("nats-pub-reader".into())
+                .spawn(move || nats_reader(read_half, rest, &writer, &pongs, &closed, &errors))?
+        };
+        let c = NatsConn {
+            writer,
+            pongs,
+            closed,
+            errors,
+            reader: Some(reader),
+        };
+        // the first PONG: CONNECT was accepted
+        c.wait_pongs(1, IO_TIMEOUT)?;
+        Ok(c)
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    fn write(&self, buf: &[u8]) -> io::Result<()> {
+        self.writer.lock().expect("not poisoned").write_all(buf)
+    }
+
+    fn wait_pongs(&self, n: u64, limit: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.pongs.load(Relaxed) < n {
+            if self.closed() {
+                let e = self.errors.lock().expect("not poisoned").join("; ");
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("connection closed {e}"),
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no PONG"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// PING, and wait for its PONG.
+    fn confirm(&self, limit: Duration) -> io::Result<()> {
+        let want = self.pongs.load(Relaxed) + 1;
+        self.write(crate::nats::PING)?;
+        self.wait_pongs(want, limit)
+    }
+
+    fn close_errors(mut self) -> Vec<String> {
+        self.shutdown();
+        std::mem::take(&mut *self.errors.lock().expect("not poisoned"))
+    }
+
+    /// Closes, returning why the connection ended (for an error message).
+    fn close(mut self) -> String {
+        self.shutdown();
+        let e = self.errors.lock().expect("not poisoned").join("; ");
+        if e.is_empty() {
+            "connection closed".into()
+        } else {
+            format!("connection closed: {e}")
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self
+            .writer
+            .lock()
+            .expect("not poisoned")
+            .shutdown(std::net::Shutdown::Both);
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for NatsConn {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn nats_reader(
+    mut stream: TcpStream,
+    first: Vec<u8>,
+    writer: &Mutex<TcpStream>,
+    pongs: &AtomicU64,
+    closed: &AtomicBool,
+    errors: &Mutex<Vec<String>>,
+) {
+    let mut parser = crate::nats::Parser::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut data = first;
+    loop {
+        let mut want_pong = 0;
+        let r = parser.feed(&data, |item| match item {
+            crate::nats::Item::Ping => want_pong += 1,
+            crate::nats::Item::Pong => {
+                pongs.fetch_add(1, Relaxed);
+            }
+            crate::nats::Item::Err(e) => errors
+                .lock()
+                .expect("not poisoned")
+                .push(String::from_utf8_lossy(e).into_owned()),
+            _ => {}
+        });
+        if let Err(e) = r {
+            errors.lock().expect("not poisoned").push(e.to_string());
+            break;
+        }
+        for _ in 0..want_pong {
+            let _ = writer
+                .lock()
+                .expect("not poisoned")
+                .write_all(crate::nats::PONG);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => data = chunk[..n].to_vec(),
+        }
+    }
+    closed.store(true, Relaxed);
 }
 
 fn count_error(res: &mut PublishResult, reported: &mut Vec<String>, kind: String, body: &str) {
@@ -464,6 +774,7 @@ mod tests {
             duration: Duration::from_secs(1),
             payload: 100,
             scenario: Arc::new(crate::scenario::Fanout),
+            nats: None,
         };
         let mut req = Vec::new();
         for _ in 0..2 {

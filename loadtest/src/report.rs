@@ -34,6 +34,12 @@ pub struct ClientStats {
     pub server_errors: u64,
     /// Unix nanos of the last event received (0: none).
     pub last_delivery_ns: u64,
+    /// churn: cycles that ended with the server's close echo (`requested` = started).
+    pub cycles_completed: u64,
+    /// overflow: slow readers among the subscribed connections.
+    pub slow_readers: u64,
+    /// overflow: `dropped` reported to connections that read normally.
+    pub dropped_fast: u64,
     /// Subscribed connections per publication path.
     pub subs_per_path: Vec<u64>,
     /// Setup failures by reason.
@@ -55,6 +61,9 @@ impl ClientStats {
             pongs_sent: 0,
             server_errors: 0,
             last_delivery_ns: 0,
+            cycles_completed: 0,
+            slow_readers: 0,
+            dropped_fast: 0,
             subs_per_path: vec![0; paths],
             failures: BTreeMap::new(),
             close_codes: BTreeMap::new(),
@@ -72,6 +81,9 @@ impl ClientStats {
         self.pongs_sent += o.pongs_sent;
         self.server_errors += o.server_errors;
         self.last_delivery_ns = self.last_delivery_ns.max(o.last_delivery_ns);
+        self.cycles_completed += o.cycles_completed;
+        self.slow_readers += o.slow_readers;
+        self.dropped_fast += o.dropped_fast;
         if self.subs_per_path.len() < o.subs_per_path.len() {
             self.subs_per_path.resize(o.subs_per_path.len(), 0);
         }
@@ -106,6 +118,9 @@ impl ClientStats {
             "pongs_sent": self.pongs_sent,
             "server_errors": self.server_errors,
             "last_delivery_ns": self.last_delivery_ns,
+            "cycles_completed": self.cycles_completed,
+            "slow_readers": self.slow_readers,
+            "dropped_fast": self.dropped_fast,
             "subs_per_path": self.subs_per_path,
             "failures": self.failures,
             "close_codes": self.close_codes.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
@@ -137,6 +152,9 @@ impl ClientStats {
         s.pongs_sent = u("pongs_sent")?;
         s.server_errors = u("server_errors")?;
         s.last_delivery_ns = u("last_delivery_ns")?;
+        s.cycles_completed = u("cycles_completed")?;
+        s.slow_readers = u("slow_readers")?;
+        s.dropped_fast = u("dropped_fast")?;
         if let Some(m) = v.get("failures").and_then(Value::as_object) {
             for (k, n) in m {
                 s.failures.insert(k.clone(), n.as_u64().unwrap_or(0));
@@ -176,7 +194,8 @@ pub struct ServerStats {
     pub rss_connected: Option<u64>,
     pub rss_window_start: Option<u64>,
     pub rss_window_end: Option<u64>,
-    /// CPU seconds over the publishing (idle: holding) window.
+    /// CPU seconds over the publishing window and the grace period (idle: the holding
+    /// window; churn: the window and the end of the cycles in flight).
     pub cpu_seconds: Option<f64>,
 }
 
@@ -196,9 +215,30 @@ pub struct Report {
     pub server: ServerStats,
     pub processes: usize,
     pub loadtest_cpu_seconds: f64,
+    /// churn: cycles the schedule asked for over the window (rate × window).
+    pub cycles_scheduled: u64,
 }
 
 impl Report {
+    fn is_churn(&self) -> bool {
+        self.scenario == "churn"
+    }
+
+    /// churn: completed cycles per second of the window.
+    pub fn cycles_per_sec(&self) -> f64 {
+        if self.publish_window_secs > 0.0 {
+            self.clients.cycles_completed as f64 / self.publish_window_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// churn: server CPU microseconds per completed cycle.
+    pub fn server_cpu_us_per_cycle(&self) -> Option<f64> {
+        let c = self.server.cpu_seconds?;
+        (self.clients.cycles_completed > 0).then(|| c * 1e6 / self.clients.cycles_completed as f64)
+    }
+
     pub fn lost(&self) -> i64 {
         self.expected as i64 - self.clients.delivered as i64 - self.clients.dropped_reported as i64
     }
@@ -221,7 +261,7 @@ impl Report {
 
     pub fn rss_per_connection(&self) -> Option<f64> {
         let (a, b) = (self.server.rss_connected?, self.server.rss_before?);
-        if self.clients.ready == 0 {
+        if self.clients.ready == 0 || self.is_churn() {
             return None;
         }
         Some((a as f64 - b as f64) / self.clients.ready as f64)
@@ -237,10 +277,11 @@ impl Report {
         (!h.is_empty()).then(|| h.value_at_quantile(q))
     }
 
-    /// The report file: exactly the contract's keys.
+    /// The report file: exactly the contract's keys (churn and overflow add one object
+    /// of their own at the end).
     pub fn to_json(&self) -> Value {
         let h = &self.clients.latency;
-        json!({
+        let mut v = json!({
             "scenario": self.scenario,
             "target": self.target,
             "connections": self.clients.ready,
@@ -263,11 +304,46 @@ impl Report {
                 "rss_bytes_per_connection": self.rss_per_connection().map(round2),
                 "deliveries_per_cpu_second": self.deliveries_per_cpu_second().map(round2),
             },
-        })
+        });
+        if let Some((key, extra)) = self.extra_json() {
+            v[key] = extra;
+        }
+        v
     }
 
-    /// Healthy: every connection subscribed, no publish error, nothing lost.
+    /// The scenario's own object: `churn` or `overflow`.
+    fn extra_json(&self) -> Option<(&'static str, Value)> {
+        let c = &self.clients;
+        match self.scenario.as_str() {
+            "churn" => Some((
+                "churn",
+                json!({
+                    "cycles_scheduled": self.cycles_scheduled,
+                    "cycles_started": c.requested,
+                    "cycles_completed": c.cycles_completed,
+                    "cycles_failed": c.failed,
+                    "connects_per_sec": round2(self.cycles_per_sec()),
+                    "server_cpu_us_per_cycle": self.server_cpu_us_per_cycle().map(round2),
+                }),
+            )),
+            "overflow" => Some((
+                "overflow",
+                json!({
+                    "slow_readers": c.slow_readers,
+                    "dropped_on_fast_readers": c.dropped_fast,
+                }),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Healthy: every connection subscribed, no publish error, nothing lost (churn: every
+    /// cycle started completed).
     pub fn healthy(&self) -> bool {
+        if self.is_churn() {
+            return self.clients.failed == 0
+                && self.clients.cycles_completed == self.clients.requested;
+        }
         self.clients.failed == 0
             && self.clients.ready == self.requested
             && self.publish_errors.is_empty()
@@ -280,6 +356,9 @@ impl Report {
         let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<28} {v}");
         writeln!(out)?;
         writeln!(out, "loadtest {} against {}", self.scenario, self.target)?;
+        if self.is_churn() {
+            return self.print_churn(out);
+        }
         row(
             out,
             "connections",
@@ -313,6 +392,16 @@ impl Report {
         row(out, "delivered", c.delivered.to_string())?;
         row(out, "dropped (reported)", c.dropped_reported.to_string())?;
         row(out, "lost", self.lost().to_string())?;
+        if self.scenario == "overflow" {
+            row(
+                out,
+                "slow readers",
+                format!(
+                    "{} ({} dropped reported to the others)",
+                    c.slow_readers, c.dropped_fast
+                ),
+            )?;
+        }
         row(
             out,
             "deliveries/s",
@@ -370,6 +459,83 @@ impl Report {
             self.deliveries_per_cpu_second()
                 .map_or("-".into(), human_count),
         )?;
+        self.print_footer(out)
+    }
+
+    fn print_churn(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let c = &self.clients;
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<28} {v}");
+        row(
+            out,
+            "cycles",
+            format!(
+                "{} completed of {} started ({} scheduled over {:.1}s, {} failed, {} process{})",
+                c.cycles_completed,
+                c.requested,
+                self.cycles_scheduled,
+                self.publish_window_secs,
+                c.failed,
+                self.processes,
+                if self.processes == 1 { "" } else { "es" }
+            ),
+        )?;
+        row(
+            out,
+            "connects/s achieved",
+            format!(
+                "{:.1} (asked {:.1})",
+                self.cycles_per_sec(),
+                if self.publish_window_secs > 0.0 {
+                    self.cycles_scheduled as f64 / self.publish_window_secs
+                } else {
+                    0.0
+                }
+            ),
+        )?;
+        row(
+            out,
+            "setup us p50/p90/p99",
+            format!(
+                "{} / {} / {}",
+                opt(self.quantile(0.5)),
+                opt(self.quantile(0.9)),
+                opt(self.quantile(0.99))
+            ),
+        )?;
+        row(
+            out,
+            "setup us p99.9/max",
+            format!(
+                "{} / {}",
+                opt(self.quantile(0.999)),
+                opt((!c.latency.is_empty()).then(|| c.latency.max()))
+            ),
+        )?;
+        let s = &self.server;
+        row(
+            out,
+            "server cpu (window)",
+            s.cpu_seconds.map_or("-".into(), |v| format!("{v:.2} s")),
+        )?;
+        row(
+            out,
+            "server cpu per cycle",
+            self.server_cpu_us_per_cycle()
+                .map_or("-".into(), |v| format!("{v:.1} us")),
+        )?;
+        let b = |v: Option<u64>| v.map_or("-".to_string(), |v| human_bytes(v as f64));
+        row(
+            out,
+            "server rss before/end",
+            format!("{} / {}", b(s.rss_before), b(s.rss_window_end)),
+        )?;
+        self.print_footer(out)
+    }
+
+    fn print_footer(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let c = &self.clients;
+        let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<28} {v}");
         row(
             out,
             "loadtest cpu",
@@ -442,6 +608,26 @@ impl Report {
                 "  "
             )
         ));
+        if let Some((key, _)) = self.extra_json() {
+            let keys: Vec<&str> = v[key]
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            // serde_json's map is sorted; keep the order extra_json() wrote instead
+            let order = match key {
+                "churn" => &[
+                    "cycles_scheduled",
+                    "cycles_started",
+                    "cycles_completed",
+                    "cycles_failed",
+                    "connects_per_sec",
+                    "server_cpu_us_per_cycle",
+                ][..],
+                _ => &["slow_readers", "dropped_on_fast_readers"][..],
+            };
+            debug_assert_eq!(keys.len(), order.len());
+            parts.push(format!("  \"{key}\": {}", obj(&v[key], order, "  ")));
+        }
         format!("{{\n{}\n}}\n", parts.join(",\n"))
     }
 
@@ -526,6 +712,7 @@ mod tests {
             },
             processes: 1,
             loadtest_cpu_seconds: 0.1,
+            cycles_scheduled: 0,
         };
         let v = r.to_json();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::Config;
+use crate::cli::{Config, ScenarioName};
 use crate::conn::LoopPlan;
 use crate::group::{worker_main, ClientGroup, LocalGroup, Progress, WorkerGroup};
 use crate::procstat;
@@ -52,6 +52,18 @@ pub fn loop_plan(
         inflight_per_thread: (inflight / cfg.threads).max(1),
         attempt_timeout: ATTEMPT_TIMEOUT,
         scenario,
+        target: cfg.target,
+        churn_rate: (cfg.scenario == ScenarioName::Churn).then_some(
+            // this process's share of the cycle rate (a worker's --rate is its share)
+            if cfg.worker_offset.is_some() {
+                cfg.rate
+            } else {
+                cfg.rate * count as f64 / cfg.connections.max(1) as f64
+            },
+        ),
+        window: cfg.duration,
+        pause: cfg.pause,
+        rcvbuf: cfg.rcvbuf,
     }
 }
 
@@ -76,7 +88,9 @@ struct Ticker {
     started: Instant,
     last: Instant,
     last_delivered: u64,
+    last_cycles: u64,
     requested: u64,
+    churn: bool,
 }
 
 impl Ticker {
@@ -86,7 +100,9 @@ impl Ticker {
             started: now,
             last: now,
             last_delivered: 0,
+            last_cycles: 0,
             requested,
+            churn: false,
         }
     }
 
@@ -98,9 +114,25 @@ impl Ticker {
             return;
         }
         let rate = p.delivered.saturating_sub(self.last_delivered) as f64 / dt;
+        let cycle_rate = p.cycles_completed.saturating_sub(self.last_cycles) as f64 / dt;
         self.last = now;
         self.last_delivered = p.delivered;
+        self.last_cycles = p.cycles_completed;
         let mut err = std::io::stderr().lock();
+        if self.churn {
+            let _ = writeln!(
+                err,
+                "[{:>6.1}s] {phase:<10} cycles started {} completed {} failed {} | {}/s | in flight {}",
+                now.duration_since(self.started).as_secs_f64(),
+                p.cycles_started,
+                p.cycles_completed,
+                p.failed,
+                human_count(cycle_rate),
+                p.cycles_started
+                    .saturating_sub(p.cycles_completed + p.failed)
+            );
+            return;
+        }
         let _ = writeln!(
             err,
             "[{:>6.1}s] {phase:<10} connected {}/{} failed {} lost-conn {} | published {} | delivered {}/s (total {}) | dropped {}",
@@ -185,6 +217,7 @@ pub fn run(cfg: &Config) -> i32 {
         }
     }
     let mut ticker = Ticker::new(cfg.connections);
+    ticker.churn = cfg.scenario == ScenarioName::Churn;
 
     // connect phase
     let cap = connect_cap(shares.iter().copied().max().unwrap_or(0)) + Duration::from_secs(10);
@@ -221,19 +254,24 @@ pub fn run(cfg: &Config) -> i32 {
     let connected = procstat::sample(pids);
     server.rss_connected = connected.map(|s| s.rss_bytes);
     let p = progress(&groups);
-    eprintln!(
-        "loadtest: {} of {} connections subscribed in {:.1}s ({} failed)",
-        p.ready,
-        cfg.connections,
-        connect_start.elapsed().as_secs_f64(),
-        p.failed
-    );
+    if !ticker.churn {
+        eprintln!(
+            "loadtest: {} of {} connections subscribed in {:.1}s ({} failed)",
+            p.ready,
+            cfg.connections,
+            connect_start.elapsed().as_secs_f64(),
+            p.failed
+        );
+    }
 
     // window: publish (or hold, for idle)
     let window_start = procstat::sample(pids);
     server.rss_window_start = window_start.map(|s| s.rss_bytes);
     let window_t0 = Instant::now();
     let window_t0_ns = unix_nanos();
+    for g in groups.iter_mut() {
+        g.window_start(window_t0_ns);
+    }
     let publisher = if scenario.publishes() && cfg.rate > 0.0 && !cfg.duration.is_zero() {
         Some(Publisher::start(PublishPlan {
             http: cfg.http.clone(),
@@ -242,6 +280,7 @@ pub fn run(cfg: &Config) -> i32 {
             duration: cfg.duration,
             payload: cfg.payload,
             scenario: Arc::clone(&scenario),
+            nats: cfg.nats.as_ref().map(|e| e.addr),
         }))
     } else {
         None
@@ -249,6 +288,8 @@ pub fn run(cfg: &Config) -> i32 {
     let published_now = |p: &Option<Publisher>| p.as_ref().map_or(0, Publisher::published);
     let phase = if scenario.publishes() {
         "publishing"
+    } else if ticker.churn {
+        "cycling"
     } else {
         "holding"
     };
@@ -261,6 +302,9 @@ pub fn run(cfg: &Config) -> i32 {
     }
     let window_end_ns = unix_nanos();
     let publish_window = window_t0.elapsed();
+    for g in groups.iter_mut() {
+        g.window_end();
+    }
     let pubres: PublishResult = match publisher {
         // the schedule ends with the window; a request in flight finishes (bounded by the
         // publisher's I/O timeout)
@@ -270,11 +314,27 @@ pub fn run(cfg: &Config) -> i32 {
             ..PublishResult::default()
         },
     };
+    // churn: the server's work for the cycles in flight at the end of the window belongs
+    // to the window too; wait (bounded) until they are done before reading its CPU
+    if ticker.churn {
+        let g0 = Instant::now();
+        // workers report every 250 ms: only a report from after the window counts
+        let fresh = if procs > 1 {
+            Duration::from_millis(600)
+        } else {
+            Duration::ZERO
+        };
+        while g0.elapsed() < ATTEMPT_TIMEOUT + Duration::from_secs(1) {
+            let p = progress(&groups);
+            ticker.tick("finishing", &p, 0);
+            if p.cycles_completed + p.failed >= p.cycles_started && g0.elapsed() >= fresh {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let window_end = procstat::sample(pids);
     server.rss_window_end = window_end.map(|s| s.rss_bytes);
-    if let (Some(a), Some(b)) = (window_start, window_end) {
-        server.cpu_seconds = Some((b.cpu_seconds - a.cpu_seconds).max(0.0));
-    }
 
     // grace: deliveries still in flight
     let published = pubres.published();
@@ -290,6 +350,16 @@ pub fn run(cfg: &Config) -> i32 {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+    // server CPU: the window and the grace period (deliveries that lag behind the window
+    // are work for the publications of the window; the grace ends once all arrived)
+    let cpu_end = if published > 0 {
+        procstat::sample(pids)
+    } else {
+        window_end
+    };
+    if let (Some(a), Some(b)) = (window_start, cpu_end) {
+        server.cpu_seconds = Some((b.cpu_seconds - a.cpu_seconds).max(0.0));
     }
 
     // collect
@@ -313,10 +383,22 @@ pub fn run(cfg: &Config) -> i32 {
     } else {
         0.0
     };
+    if scenario.name() == "overflow" && report_dropped_hint(&clients) {
+        eprintln!(
+            "loadtest: overflow: no drops were reported. The server's socket send buffer (up to \
+             net.ipv4.tcp_wmem's maximum, 4 MiB by default) fills before its queue does: raise \
+             --payload, --rate or --pause-ms, or lower the server's queue_capacity (e.g. \
+             SHARDCAST_DELIVERY__QUEUE_CAPACITY=100)"
+        );
+    }
     let report = Report {
         scenario: scenario.name().to_string(),
         target: cfg.target.as_str().to_string(),
-        requested: cfg.connections,
+        requested: if ticker.churn {
+            clients.requested
+        } else {
+            cfg.connections
+        },
         clients,
         published,
         publish_errors: pubres.errors,
@@ -326,6 +408,12 @@ pub fn run(cfg: &Config) -> i32 {
         server,
         processes: procs,
         loadtest_cpu_seconds: procstat::self_cpu_seconds(),
+        cycles_scheduled: if ticker.churn {
+            // cycle k is due at k/rate, the first at 0, the last before the window's end
+            (cfg.duration.as_secs_f64() * cfg.rate).ceil() as u64
+        } else {
+            0
+        },
     };
     let _ = report.print_table(&mut std::io::stderr().lock());
     if let Some(path) = &cfg.json {
@@ -339,6 +427,10 @@ pub fn run(cfg: &Config) -> i32 {
     } else {
         1
     }
+}
+
+fn report_dropped_hint(c: &ClientStats) -> bool {
+    c.dropped_reported == 0 && c.slow_readers > 0
 }
 
 #[cfg(test)]

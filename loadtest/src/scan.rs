@@ -197,15 +197,23 @@ pub fn overflow_dropped(msg: &[u8]) -> u64 {
     total
 }
 
-/// The `code` of the first `error` message (for failure reasons), `"?"` if none.
+/// The `code` of the first `error` message and the start of its `message` (for failure
+/// reasons: `CODE: message`), `"?"` if none.
 pub fn error_code(msg: &[u8]) -> String {
     serde_json::from_slice::<Value>(msg)
         .ok()
         .and_then(|v| {
-            messages(&v)
+            let m = messages(&v)
                 .into_iter()
-                .find(|m| m.get("type").and_then(Value::as_str) == Some("error"))
-                .and_then(|m| m.get("code").and_then(Value::as_str).map(str::to_string))
+                .find(|m| m.get("type").and_then(Value::as_str) == Some("error"))?;
+            let code = m.get("code").and_then(Value::as_str)?;
+            Some(match m.get("message").and_then(Value::as_str) {
+                Some(text) if !text.is_empty() => {
+                    let cut: String = text.chars().take(100).collect();
+                    format!("{code}: {cut}")
+                }
+                _ => code.to_string(),
+            })
         })
         .unwrap_or_else(|| "?".to_string())
 }
@@ -338,6 +346,10 @@ mod tests {
     fn error_and_rejected() {
         assert_eq!(
             error_code(br#"{"type":"error","code":"FORBIDDEN","message":"no"}"#),
+            "FORBIDDEN: no"
+        );
+        assert_eq!(
+            error_code(br#"{"type":"error","code":"FORBIDDEN"}"#),
             "FORBIDDEN"
         );
         assert_eq!(error_code(b"nope"), "?");

@@ -85,6 +85,8 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 fn serve(mut s: TcpStream, st: &MockState) -> std::io::Result<()> {
+    // no Nagle: a response written in pieces must not wait for the client's delayed ACK
+    s.set_nodelay(true)?;
     let mut buf = Vec::new();
     let Some((head, used)) = read_head(&mut s, &mut buf) else {
         return Ok(());
@@ -152,6 +154,12 @@ fn serve_ws(s: TcpStream, st: &MockState, head: &str, mut buf: Vec<u8>) -> std::
                     let (op, payload) = (f.opcode, f.payload.to_vec());
                     buf.drain(..used);
                     if op == ws::OP_CLOSE {
+                        // echo it, then close (RFC 6455: the server closes TCP first)
+                        let mut f = Vec::new();
+                        ws::encode_frame(&mut f, ws::OP_CLOSE, &payload, None);
+                        let _g = out.lock.lock().unwrap();
+                        let _ = (&out.s).write_all(&f);
+                        let _ = out.s.shutdown(std::net::Shutdown::Both);
                         return Ok(());
                     }
                     let v: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
@@ -227,11 +235,11 @@ fn serve_http(
                 format!(r#"{{"accepted":1,"firstSeq":{seq},"lastSeq":{seq}}}"#),
             )
         };
-        write!(
-            s,
+        let response = format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
             answer.len()
-        )?;
+        );
+        s.write_all(response.as_bytes())?;
         match read_head(&mut s, &mut buf) {
             Some((h, used)) => {
                 buf.drain(..used);
@@ -508,38 +516,209 @@ fn unreachable_server_ends_by_itself() {
 
 #[test]
 fn usage_errors_exit_2() {
-    for args in [
-        vec!["churn", "--secret", "s"],
-        vec!["overflow", "--secret", "s"],
-        vec![
-            "fanout",
+    for (args, flag) in [
+        (vec!["churn", "--secret", "s", "--rate", "0"], "--rate"),
+        (vec!["overflow", "--secret", "s"], "--api-key"),
+        (
+            vec!["overflow", "--target", "nats", "--pause-ms", "10"],
+            "overflow",
+        ),
+        (
+            vec![
+                "fanout",
+                "--secret",
+                "s",
+                "--api-key",
+                "k",
+                "--target",
+                "nats",
+            ],
             "--secret",
-            "s",
-            "--api-key",
-            "k",
-            "--target",
-            "nats",
-        ],
-        vec!["fanout", "--secret", "s", "--api-key", "k", "--bogus", "1"],
-        vec!["fanout", "--secret", "s", "--api-key", "k", "--rate", "x"],
-        vec![],
+        ),
+        (
+            vec![
+                "fanout",
+                "--secret",
+                "s",
+                "--api-key",
+                "k",
+                "--pause-ms",
+                "5",
+            ],
+            "--pause-ms",
+        ),
+        (
+            vec!["fanout", "--secret", "s", "--api-key", "k", "--bogus", "1"],
+            "--bogus",
+        ),
+        (
+            vec!["fanout", "--secret", "s", "--api-key", "k", "--rate", "x"],
+            "--rate",
+        ),
+        (vec![], "scenario"),
     ] {
         let (code, err) = loadtest(&args);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.starts_with("loadtest: "), "{err}");
+        assert!(err.contains(flag), "{args:?}: {err} does not name {flag}");
     }
-    let (code, err) = loadtest(&["churn", "--secret", "s"]);
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("scenario churn is not implemented yet"),
-        "{err}"
-    );
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .arg("--help")
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("not implemented yet"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "churn",
+        "overflow",
+        "--nats-url",
+        "--slow-readers",
+        "--pause-ms",
+    ] {
+        assert!(help.contains(word), "help lacks {word}");
+    }
+    assert!(!help.contains("not implemented"));
+}
+
+#[test]
+fn churn_cycles_at_the_rate() {
+    let m = start_mock(0);
+    let url = format!("ws://{}/ws", m.addr);
+    let json_path = tmp("churn");
+    let pid = std::process::id().to_string();
+    let (code, err) = loadtest(&[
+        "churn",
+        "--url",
+        &url,
+        "--secret",
+        "s",
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+        "--connections",
+        "20",
+        "--threads",
+        "2",
+        "--server-pid",
+        &pid,
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json_path);
+    assert_eq!(r["scenario"], "churn");
+    let c = &r["churn"];
+    let started = c["cycles_started"].as_u64().unwrap();
+    assert!((95..=102).contains(&started), "{c}");
+    assert_eq!(c["cycles_completed"].as_u64().unwrap(), started, "{c}");
+    assert_eq!(c["cycles_failed"], 0);
+    assert!(c["connects_per_sec"].as_f64().unwrap() > 80.0, "{c}");
+    assert!(c["server_cpu_us_per_cycle"].as_f64().is_some(), "{c}");
+    // latency is the setup time (connect to subscribedEvents)
+    assert!(r["latency_us"]["p50"].as_u64().unwrap() >= 1);
+    assert_eq!(r["connections"].as_u64().unwrap(), started);
+    assert!(err.contains("connects/s achieved"), "{err}");
+    assert!(err.contains("cycles started"), "progress line: {err}");
+    let _ = std::fs::remove_file(json_path);
+}
+
+#[test]
+fn churn_over_worker_processes() {
+    let m = start_mock(0);
+    let url = format!("ws://{}/ws", m.addr);
+    let json_path = tmp("churn-workers");
+    let (code, err) = loadtest(&[
+        "churn",
+        "--url",
+        &url,
+        "--token",
+        "a.b.c",
+        "--rate",
+        "60",
+        "--duration",
+        "1s",
+        "--connections",
+        "20",
+        "--fd-budget",
+        "10",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("2 worker processes"), "{err}");
+    let r = report(&json_path);
+    let c = &r["churn"];
+    let started = c["cycles_started"].as_u64().unwrap();
+    // each worker cycles at 30/s
+    assert!((56..=64).contains(&started), "{c}");
+    assert_eq!(c["cycles_completed"].as_u64().unwrap(), started, "{c}");
+    let _ = std::fs::remove_file(json_path);
+}
+
+#[test]
+fn churn_against_nothing_reports_failures_and_ends() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let started = std::time::Instant::now();
+    let (code, err) = loadtest(&[
+        "churn",
+        "--url",
+        &format!("ws://{addr}/ws"),
+        "--secret",
+        "s",
+        "--rate",
+        "50",
+        "--duration",
+        "500ms",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("x connect: Connection refused"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn overflow_slow_readers_against_the_mock() {
+    // the mock drops every 4th event of its first subscriber and says so; the slow
+    // readers pause 200 ms at a time and catch up when the window ends
+    let m = start_mock(4);
+    let url = format!("ws://{}/ws", m.addr);
+    let json_path = tmp("overflow-scenario");
+    let (code, err) = loadtest(&[
+        "overflow",
+        "--url",
+        &url,
+        "--secret",
+        "s",
+        "--api-key",
+        "test-key",
+        "--connections",
+        "6",
+        "--rate",
+        "40",
+        "--duration",
+        "1s",
+        "--pause-ms",
+        "200",
+        "--slow-readers",
+        "0.5",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json_path);
+    assert_eq!(r["scenario"], "overflow");
+    let published = r["published"].as_u64().unwrap();
+    assert_eq!(r["expected"].as_u64().unwrap(), published * 6);
+    assert_eq!(r["dropped_reported"].as_u64().unwrap(), published / 4);
+    assert_eq!(r["lost"], 0);
+    assert_eq!(r["overflow"]["slow_readers"], 3);
+    // the mock's first subscriber (whichever subscribed first) gets the warnings
+    let fast = r["overflow"]["dropped_on_fast_readers"].as_u64().unwrap();
+    assert!(fast == 0 || fast == published / 4, "{}", r["overflow"]);
+    assert!(err.contains("slow readers"), "{err}");
+    let _ = std::fs::remove_file(json_path);
 }
 
 /// Many connections over two worker processes and two source addresses. Slow with the

@@ -4,12 +4,16 @@
 
 use crate::cli::{Config, ScenarioName};
 
+mod churn;
 mod fanout;
 mod idle;
+mod overflow;
 mod spread;
 
+pub use churn::Churn;
 pub use fanout::Fanout;
 pub use idle::Idle;
+pub use overflow::{is_slow, Overflow};
 pub use spread::Spread;
 
 pub trait Scenario: Send + Sync {
@@ -33,6 +37,24 @@ pub trait Scenario: Send + Sync {
         (n % self.path_count() as u64) as usize
     }
 
+    /// Whether connection `conn` (global index) reads slowly (scenario overflow).
+    fn slow_reader(&self, _conn: u64) -> bool {
+        false
+    }
+
+    /// `--target nats`: the subject connection `conn` subscribes to (`SUB <subject> 1`).
+    fn nats_sub_subject(&self, conn: u64) -> String {
+        crate::nats::subject_of(&self.subscription(conn).1)
+    }
+
+    /// `--target nats`: the subject publications with path index `i` go to. NATS has no
+    /// prefix subscriptions like shardcast's, so by default the subscription's subject:
+    /// `load` for fanout (shardcast: `load/fanout` under the subscription `load`).
+    fn nats_pub_subject(&self, i: usize) -> String {
+        let _ = i;
+        crate::nats::subject_of(&self.subscription(0).1)
+    }
+
     /// Deliveries expected: each publication on path i reaches the subscribers of path i.
     fn expected(&self, published_per_path: &[u64], subscribers_per_path: &[u64]) -> u64 {
         published_per_path
@@ -49,9 +71,10 @@ pub fn build(c: &Config) -> Box<dyn Scenario> {
         ScenarioName::Fanout => Box::new(Fanout),
         ScenarioName::Spread => Box::new(Spread { paths: c.paths }),
         ScenarioName::Idle => Box::new(Idle),
-        ScenarioName::Churn | ScenarioName::Overflow => {
-            unreachable!("refused by cli::check_implemented")
-        }
+        ScenarioName::Churn => Box::new(Churn),
+        ScenarioName::Overflow => Box::new(Overflow {
+            slow: c.slow_readers,
+        }),
     }
 }
 
@@ -76,6 +99,28 @@ mod tests {
         assert_eq!(s.path_of_publication(5), 2);
         // 7 publications over 3 paths: 3,2,2; 10 subscribers: 4,3,3
         assert_eq!(s.expected(&[3, 2, 2], &[4, 3, 3]), 12 + 6 + 6);
+    }
+
+    #[test]
+    fn nats_subjects() {
+        assert_eq!(Fanout.nats_sub_subject(3), "load");
+        assert_eq!(Fanout.nats_pub_subject(0), "load");
+        let s = Spread { paths: 4 };
+        assert_eq!(s.nats_sub_subject(6), "load.p2");
+        assert_eq!(s.nats_pub_subject(3), "load.p3");
+    }
+
+    #[test]
+    fn slow_readers_are_spread_evenly() {
+        for (n, f) in [(10u64, 0.5), (7, 0.3), (1000, 0.25), (5, 1.0), (5, 0.0)] {
+            let k = (0..n).filter(|&i| is_slow(i, f)).count() as u64;
+            assert_eq!(k, (n as f64 * f).floor() as u64, "n={n} f={f}");
+        }
+        let o = Overflow { slow: 0.5 };
+        assert!(!o.slow_reader(0) && o.slow_reader(1) && !o.slow_reader(2));
+        assert!(!Fanout.slow_reader(1));
+        assert!(!Churn.publishes());
+        assert!(o.publishes());
     }
 
     #[test]

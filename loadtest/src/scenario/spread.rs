@@ -24,4 +24,7 @@ impl Scenario for Spread {
     fn publish_path(&self, i: usize) -> String {
         format!("load/p{i}")
     }
+    fn nats_pub_subject(&self, i: usize) -> String {
+        format!("load.p{i}")
+    }
 }
