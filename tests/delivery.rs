@@ -268,3 +268,34 @@ fn shard_queue_overflow_is_reported_exactly() {
         eprintln!("note: the shard kept up; the overflow path was not exercised this run");
     }
 }
+
+/// What waits in the ring for a subscription is not delivered after its
+/// `unsubscribedEvents`; what waits for a remaining one still is.
+#[test]
+fn unsubscribe_discards_what_waits_for_that_id() {
+    let s = Server::start("");
+    let mut c = Client::authed(&s, &token("u", "user", &["*"]), "&batchMs=800");
+    c.subscribe(json!([{"id": "gone", "path": "g"}, {"id": "kept", "path": "k"}]));
+    s.publish("g/1", "e", json!(1));
+    let kept = s.publish("k/1", "e", json!(2));
+    c.send(&json!({"type": "unsubscribeEvents", "requestId": "u", "ids": ["gone"]}));
+    let r = c.recv_type("unsubscribedEvents");
+    assert_eq!(r["ids"], json!(["gone"]));
+    let e = c.recv_type("event");
+    assert_eq!(
+        (e["seq"].as_u64(), e["subscriptionIds"].clone()),
+        (Some(kept), json!(["kept"]))
+    );
+    c.expect_silence(Duration::from_millis(1200));
+}
+
+#[test]
+fn control_messages_put_type_first() {
+    let s = Server::start("");
+    let mut c = Client::connect(&s, &format!("/ws?token={}", token("u", "user", &[])));
+    let raw = match c.ws.read().unwrap() {
+        tungstenite::Message::Text(t) => t.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert!(raw.starts_with(r#"{"type":"authenticated""#), "{raw}");
+}

@@ -715,7 +715,8 @@ mod tests {
             cycles_scheduled: 0,
         };
         let v = r.to_json();
-        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
         let mut want = vec![
             "scenario",
             "target",

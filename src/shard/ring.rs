@@ -93,6 +93,11 @@ impl<T> Ring<T> {
         }
     }
 
+    /// Keeps only the items for which `keep` holds, in order.
+    pub fn retain(&mut self, keep: impl FnMut(&T) -> bool) {
+        self.items.retain(keep);
+    }
+
     /// Discards everything (a closing user connection).
     pub fn clear(&mut self) {
         self.items = VecDeque::new();

@@ -727,6 +727,14 @@ impl Shard {
                 unknown.push(id);
             }
         }
+        if !removed.is_empty() {
+            // Messages already waiting for an unsubscribed id would otherwise still arrive
+            // after the answer; a message that also lists a remaining subscription stays.
+            if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) {
+                let held: Vec<u32> = ws.subscriptions.iter().map(|s| s.id).collect();
+                ws.ring.retain(|f| f.subs.iter().any(|s| held.contains(s)));
+            }
+        }
         let mut msg = json!({"type": "unsubscribedEvents", "ids": removed});
         if let Some(r) = request_id {
             msg["requestId"] = r.clone();
