@@ -277,6 +277,34 @@ impl Report {
         (!h.is_empty()).then(|| h.value_at_quantile(q))
     }
 
+    /// The two table rows of the latency histogram, named `what` (latency or setup).
+    fn quantile_rows(
+        &self,
+        out: &mut dyn std::io::Write,
+        what: &str,
+        c: &ClientStats,
+    ) -> std::io::Result<()> {
+        row(
+            out,
+            &format!("{what} us p50/p90/p99"),
+            format!(
+                "{} / {} / {}",
+                opt(self.quantile(0.5)),
+                opt(self.quantile(0.9)),
+                opt(self.quantile(0.99))
+            ),
+        )?;
+        row(
+            out,
+            &format!("{what} us p99.9/max"),
+            format!(
+                "{} / {}",
+                opt(self.quantile(0.999)),
+                opt((!c.latency.is_empty()).then(|| c.latency.max()))
+            ),
+        )
+    }
+
     /// The report file: exactly the contract's keys (churn and overflow add one object
     /// of their own at the end).
     pub fn to_json(&self) -> Value {
@@ -352,8 +380,6 @@ impl Report {
 
     pub fn print_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let c = &self.clients;
-        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-        let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<28} {v}");
         writeln!(out)?;
         writeln!(out, "loadtest {} against {}", self.scenario, self.target)?;
         if self.is_churn() {
@@ -411,25 +437,7 @@ impl Report {
                 self.delivery_window_secs
             ),
         )?;
-        row(
-            out,
-            "latency us p50/p90/p99",
-            format!(
-                "{} / {} / {}",
-                opt(self.quantile(0.5)),
-                opt(self.quantile(0.9)),
-                opt(self.quantile(0.99))
-            ),
-        )?;
-        row(
-            out,
-            "latency us p99.9/max",
-            format!(
-                "{} / {}",
-                opt(self.quantile(0.999)),
-                opt((!c.latency.is_empty()).then(|| c.latency.max()))
-            ),
-        )?;
+        self.quantile_rows(out, "latency", c)?;
         let s = &self.server;
         row(
             out,
@@ -464,8 +472,6 @@ impl Report {
 
     fn print_churn(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let c = &self.clients;
-        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-        let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<28} {v}");
         row(
             out,
             "cycles",
@@ -493,25 +499,7 @@ impl Report {
                 }
             ),
         )?;
-        row(
-            out,
-            "setup us p50/p90/p99",
-            format!(
-                "{} / {} / {}",
-                opt(self.quantile(0.5)),
-                opt(self.quantile(0.9)),
-                opt(self.quantile(0.99))
-            ),
-        )?;
-        row(
-            out,
-            "setup us p99.9/max",
-            format!(
-                "{} / {}",
-                opt(self.quantile(0.999)),
-                opt((!c.latency.is_empty()).then(|| c.latency.max()))
-            ),
-        )?;
+        self.quantile_rows(out, "setup", c)?;
         let s = &self.server;
         row(
             out,
@@ -535,7 +523,6 @@ impl Report {
 
     fn print_footer(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let c = &self.clients;
-        let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<28} {v}");
         row(
             out,
             "loadtest cpu",
@@ -647,6 +634,16 @@ fn round2(v: f64) -> f64 {
 
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
+}
+
+/// A value or `-` in the human table.
+fn opt(v: Option<u64>) -> String {
+    v.map_or("-".to_string(), |v| v.to_string())
+}
+
+/// One row of the human table.
+fn row(out: &mut dyn std::io::Write, k: &str, v: String) -> std::io::Result<()> {
+    writeln!(out, "  {k:<28} {v}")
 }
 
 #[cfg(test)]
