@@ -489,13 +489,25 @@ impl Shard {
         self.draining = Some(Drain {
             deadline: self.now + period + LINGER_MS + 1000,
         });
-        let keys: Vec<(usize, u32)> = self.conns.iter().map(|(k, c)| (k, c.gen)).collect();
-        let n = keys.len().max(1) as u64;
-        for (i, (key, gen)) in keys.into_iter().enumerate() {
-            // Spread the closes evenly so clients do not all reconnect at once. HTTP
-            // keep-alive connections are on the same schedule: until then they answer
-            // (`/readyz` says 503) with `Connection: close`.
-            let at = self.now + period * i as u64 / n;
+        let keys: Vec<(usize, u32, bool)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (k, c.gen, c.ws().is_some()))
+            .collect();
+        let sockets = keys.iter().filter(|k| k.2).count().max(1) as u64;
+        let mut i = 0u64;
+        for (key, gen, is_ws) in keys {
+            let at = if is_ws {
+                // Spread the WebSocket closes evenly so clients do not all reconnect at
+                // once.
+                i += 1;
+                self.now + period * (i - 1) / sockets
+            } else {
+                // HTTP keep-alive connections (health checkers, load balancers) keep
+                // answering, `/readyz` with 503 and every answer with `Connection: close`,
+                // until the period ends.
+                self.now + period
+            };
             self.arm(at, key, gen, TimerKind::DrainClose);
         }
     }
