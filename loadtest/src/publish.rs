@@ -162,15 +162,8 @@ fn publish_loop(
         if stop.load(Relaxed) {
             break;
         }
-        let due = start + Duration::from_secs_f64(seq as f64 / plan.rate);
-        let now = Instant::now();
-        // the schedule ends with the window, also when it is behind (the achieved rate
-        // then shows it)
-        if due >= end || now >= end {
+        if !wait_turn(start, end, seq, plan.rate) {
             break;
-        }
-        if due > now {
-            std::thread::sleep(due - now);
         }
         let path_idx = plan.scenario.path_of_publication(seq);
         seq += n as u64;
@@ -240,13 +233,8 @@ fn nats_publish_loop(
         if stop.load(Relaxed) {
             break;
         }
-        let due = start + Duration::from_secs_f64(seq as f64 / plan.rate);
-        let now = Instant::now();
-        if due >= end || now >= end {
+        if !wait_turn(start, end, seq, plan.rate) {
             break;
-        }
-        if due > now {
-            std::thread::sleep(due - now);
         }
         if conn.as_ref().is_some_and(NatsConn::closed) {
             let why = conn.take().map(NatsConn::close).unwrap_or_default();
@@ -271,7 +259,7 @@ fn nats_publish_loop(
         let now = Instant::now();
         let mut n = 0;
         while n < NATS_BATCH {
-            let due = start + Duration::from_secs_f64(seq as f64 / plan.rate);
+            let due = due_at(start, seq, plan.rate);
             if (n > 0 && due > now) || due >= end {
                 break;
             }
@@ -687,6 +675,25 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];
     }
+}
+
+/// When publication `seq` is due on a fixed-rate schedule starting at `start`.
+fn due_at(start: Instant, seq: u64, rate: f64) -> Instant {
+    start + Duration::from_secs_f64(seq as f64 / rate)
+}
+
+/// Sleeps until publication `seq` is due; `false` when the window is over. The schedule
+/// ends with the window, also when it is behind (the achieved rate then shows it).
+fn wait_turn(start: Instant, end: Instant, seq: u64, rate: f64) -> bool {
+    let due = due_at(start, seq, rate);
+    let now = Instant::now();
+    if due >= end || now >= end {
+        return false;
+    }
+    if due > now {
+        std::thread::sleep(due - now);
+    }
+    true
 }
 
 #[cfg(test)]

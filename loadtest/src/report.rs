@@ -226,11 +226,7 @@ impl Report {
 
     /// churn: completed cycles per second of the window.
     pub fn cycles_per_sec(&self) -> f64 {
-        if self.publish_window_secs > 0.0 {
-            self.clients.cycles_completed as f64 / self.publish_window_secs
-        } else {
-            0.0
-        }
+        per_sec(self.clients.cycles_completed, self.publish_window_secs)
     }
 
     /// churn: server CPU microseconds per completed cycle.
@@ -244,11 +240,7 @@ impl Report {
     }
 
     pub fn deliveries_per_sec(&self) -> f64 {
-        if self.delivery_window_secs > 0.0 {
-            self.clients.delivered as f64 / self.delivery_window_secs
-        } else {
-            0.0
-        }
+        per_sec(self.clients.delivered, self.delivery_window_secs)
     }
 
     pub fn rss_bytes(&self) -> Option<u64> {
@@ -406,11 +398,7 @@ impl Report {
                 "{} in {:.1}s ({:.1}/s, {} errors)",
                 self.published,
                 self.publish_window_secs,
-                if self.publish_window_secs > 0.0 {
-                    self.published as f64 / self.publish_window_secs
-                } else {
-                    0.0
-                },
+                per_sec(self.published, self.publish_window_secs),
                 perr
             ),
         )?;
@@ -492,11 +480,7 @@ impl Report {
             format!(
                 "{:.1} (asked {:.1})",
                 self.cycles_per_sec(),
-                if self.publish_window_secs > 0.0 {
-                    self.cycles_scheduled as f64 / self.publish_window_secs
-                } else {
-                    0.0
-                }
+                per_sec(self.cycles_scheduled, self.publish_window_secs)
             ),
         )?;
         self.quantile_rows(out, "setup", c)?;
@@ -634,6 +618,15 @@ fn round2(v: f64) -> f64 {
 
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
+}
+
+/// `count` per second of a window; 0 for an empty window.
+fn per_sec(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 /// A value or `-` in the human table.

@@ -12,12 +12,6 @@ impl Scenario for Churn {
     fn name(&self) -> &'static str {
         "churn"
     }
-    fn path_count(&self) -> usize {
-        1
-    }
-    fn subscription(&self, _conn: u64) -> (usize, String) {
-        (0, "load".to_string())
-    }
     fn publishes(&self) -> bool {
         false
     }

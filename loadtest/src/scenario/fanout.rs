@@ -8,12 +8,6 @@ impl Scenario for Fanout {
     fn name(&self) -> &'static str {
         "fanout"
     }
-    fn path_count(&self) -> usize {
-        1
-    }
-    fn subscription(&self, _conn: u64) -> (usize, String) {
-        (0, "load".to_string())
-    }
     fn publishes(&self) -> bool {
         true
     }

@@ -9,12 +9,6 @@ impl Scenario for Idle {
     fn name(&self) -> &'static str {
         "idle"
     }
-    fn path_count(&self) -> usize {
-        1
-    }
-    fn subscription(&self, _conn: u64) -> (usize, String) {
-        (0, "load".to_string())
-    }
     fn publishes(&self) -> bool {
         false
     }

@@ -19,12 +19,18 @@ pub use spread::Spread;
 pub trait Scenario: Send + Sync {
     fn name(&self) -> &'static str;
 
-    /// Number of distinct publication paths (the length of per-path counters).
-    fn path_count(&self) -> usize;
+    /// Number of distinct publication paths (the length of per-path counters). Default:
+    /// one.
+    fn path_count(&self) -> usize {
+        1
+    }
 
     /// For connection `conn` (global index): the index of the publication path it
-    /// receives, and the subscription path it sends in `subscribeEvents`.
-    fn subscription(&self, conn: u64) -> (usize, String);
+    /// receives, and the subscription path it sends in `subscribeEvents`. Default: every
+    /// connection on path 0, subscribed to `load`.
+    fn subscription(&self, _conn: u64) -> (usize, String) {
+        (0, "load".to_string())
+    }
 
     /// Whether the scenario publishes during its window (else it only holds connections).
     fn publishes(&self) -> bool;

@@ -19,12 +19,6 @@ impl Scenario for Overflow {
     fn name(&self) -> &'static str {
         "overflow"
     }
-    fn path_count(&self) -> usize {
-        1
-    }
-    fn subscription(&self, _conn: u64) -> (usize, String) {
-        (0, "load".to_string())
-    }
     fn publishes(&self) -> bool {
         true
     }
