@@ -4,11 +4,13 @@
 #   loadtest/fanout.sh NAME CONNECTIONS RATE BATCH_MS DURATION [OUTDIR]
 # e.g. loadtest/fanout.sh b0 10000 20 0 15s   → OUTDIR/b0.json (default OUTDIR: target/perf)
 # Needs: cargo build --release -p shardcast -p loadtest; taskset (util-linux).
+# SHARDCAST_BIN=path runs another shardcast build (before/after comparisons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=$1 conns=$2 rate=$3 batch_ms=$4 dur=$5 out=${6:-target/perf}
 command -v taskset >/dev/null || { echo "taskset (util-linux) is missing" >&2; exit 2; }
-for b in target/release/shardcast target/release/loadtest; do
+server_bin=${SHARDCAST_BIN:-target/release/shardcast}
+for b in "$server_bin" target/release/loadtest; do
   [ -x "$b" ] || { echo "$b is missing: cargo build --release -p shardcast -p loadtest" >&2; exit 2; }
 done
 mkdir -p "$out"
@@ -21,7 +23,7 @@ data_dir = "$out/data-$name"
 jwt_secret = "perf-secret"
 api_keys = ["perf-key"]
 TOML
-taskset -c 0 target/release/shardcast serve --config "$out/$name.toml" > "$out/$name.server.log" 2>&1 &
+taskset -c 0 "$server_bin" serve --config "$out/$name.toml" > "$out/$name.server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.05; done

@@ -122,7 +122,7 @@ pub enum Io {
 }
 
 /// `delivery.framing` and the `framing` connection option (PROTOCOL.md section 2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
     /// Each message its own WebSocket frame, written together.

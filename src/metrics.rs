@@ -12,6 +12,7 @@ pub const CONNECTIONS: &str = "shardcast_connections";
 pub const CONNECTIONS_ACCEPTED: &str = "shardcast_connections_accepted_total";
 pub const CONNECTIONS_CLOSED: &str = "shardcast_connections_closed_total";
 pub const SUBSCRIPTIONS: &str = "shardcast_subscriptions";
+pub const FEEDS: &str = "shardcast_feeds";
 pub const PUBLICATIONS: &str = "shardcast_publications_total";
 pub const DELIVERIES: &str = "shardcast_deliveries_total";
 pub const FRAMES_WRITTEN: &str = "shardcast_frames_written_total";
@@ -59,6 +60,10 @@ fn describe() {
         "WebSocket connections closed, by reason."
     );
     describe_gauge!(SUBSCRIPTIONS, "Active subscriptions, by shard.");
+    describe_gauge!(
+        FEEDS,
+        "Shared frame logs (connections holding the same single subscription and options), by shard."
+    );
     describe_counter!(PUBLICATIONS, "Publications sequenced, by source.");
     describe_counter!(DELIVERIES, "Events written to sockets, by shard.");
     describe_counter!(FRAMES_WRITTEN, "WebSocket frames written, by shard.");
@@ -250,6 +255,7 @@ pub struct ShardMetrics {
     pub connections: [Gauge; 4],
     pub accepted: Counter,
     pub subscriptions: Gauge,
+    pub feeds: Gauge,
     pub deliveries: Counter,
     pub frames_written: Counter,
     pub bytes_written: Counter,
@@ -271,6 +277,7 @@ impl ShardMetrics {
                 .map(|r| metrics::gauge!(CONNECTIONS, "shard" => s.clone(), "role" => r)),
             accepted: metrics::counter!(CONNECTIONS_ACCEPTED, "shard" => s.clone()),
             subscriptions: metrics::gauge!(SUBSCRIPTIONS, "shard" => s.clone()),
+            feeds: metrics::gauge!(FEEDS, "shard" => s.clone()),
             deliveries: metrics::counter!(DELIVERIES, "shard" => s.clone()),
             frames_written: metrics::counter!(FRAMES_WRITTEN, "shard" => s.clone()),
             bytes_written: metrics::counter!(BYTES_WRITTEN, "shard" => s.clone()),

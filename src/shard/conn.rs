@@ -115,6 +115,12 @@ pub struct Fragments {
 #[repr(C)]
 pub struct WsState {
     pub ring: Ring<Rc<Frame>>,
+    /// The feed this connection reads from (slot + 1; 0: none, it uses `ring`).
+    pub feed: u32,
+    /// Its index in the feed's member list.
+    pub feed_pos: u32,
+    /// The feed position of the next message it has not been sent.
+    pub cursor: u64,
     /// The `seq` of the last publication queued here: a second match of the same
     /// publication merges into that message instead of making another.
     pub last_seq: u64,
@@ -158,6 +164,9 @@ impl WsState {
             framing: Framing::Frames,
             subscriptions: Vec::new(),
             ring: Ring::new(ring_capacity),
+            feed: 0,
+            feed_pos: 0,
+            cursor: 0,
             dropped: Vec::new(),
             last_seq: 0,
             fragments: None,
@@ -185,13 +194,18 @@ impl WsState {
         }
     }
 
+    /// Counts `n` dropped messages for subscription `sub`.
+    pub fn add_dropped(&mut self, sub: u32, n: u64) {
+        match self.dropped.iter_mut().find(|(id, _)| *id == sub) {
+            Some((_, c)) => *c += n,
+            None => self.dropped.push((sub, n)),
+        }
+    }
+
     /// Counts one dropped message for each subscription it was for.
     pub fn count_dropped(&mut self, subs: &[u32]) {
         for &s in subs {
-            match self.dropped.iter_mut().find(|(id, _)| *id == s) {
-                Some((_, n)) => *n += 1,
-                None => self.dropped.push((s, 1)),
-            }
+            self.add_dropped(s, 1);
         }
     }
 }

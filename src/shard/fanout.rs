@@ -16,6 +16,7 @@ use crate::ingest::Publication;
 use crate::protocol::{self, ws};
 
 use super::conn::{write_segments, Conn, Frame, Kind, HEADER_ROOM};
+use super::feed::FEED_BIT;
 use super::uring;
 use super::{Shard, TimerKind};
 
@@ -36,6 +37,18 @@ impl Shard {
             // spares a hash lookup per delivery.
             let mut last: Option<(u32, Rc<Frame>)> = None;
             for &(key, sub) in &matches {
+                if key & FEED_BIT != 0 {
+                    let f = single(
+                        &mut last,
+                        &mut self.frame_cache,
+                        &self.interner,
+                        p,
+                        sub,
+                        now32,
+                    );
+                    self.feed_append((key & !FEED_BIT) as usize, f);
+                    continue;
+                }
                 let Some(conn) = self.conns.get_mut(key as usize) else {
                     continue;
                 };
@@ -60,14 +73,14 @@ impl Shard {
                     continue;
                 }
                 ws.last_seq = p.seq;
-                let frame = match &last {
-                    Some((s, f)) if *s == sub => f.clone(),
-                    _ => {
-                        let f = frame_for(&mut self.frame_cache, &self.interner, p, &[sub], now32);
-                        last = Some((sub, f.clone()));
-                        f
-                    }
-                };
+                let frame = single(
+                    &mut last,
+                    &mut self.frame_cache,
+                    &self.interner,
+                    p,
+                    sub,
+                    now32,
+                );
                 let was_empty = ws.ring.is_empty();
                 if let Some(old) = ws.ring.push(frame) {
                     ws.count_dropped(&old.subs);
@@ -98,7 +111,19 @@ impl Shard {
         matches.clear();
         self.index.collect(&p.path, &p.event_type, &mut matches);
         for &(key, sub) in &matches {
-            if let Some(ws) = self.conns.get_mut(key as usize).and_then(|c| c.ws_mut()) {
+            if key & FEED_BIT != 0 {
+                let Some(feed) = self.feeds.get((key & !FEED_BIT) as usize) else {
+                    continue;
+                };
+                for &(k, _) in &feed.members {
+                    if let Some(ws) = self.conns.get_mut(k as usize).and_then(|c| c.ws_mut()) {
+                        ws.count_dropped(&[sub]);
+                    }
+                }
+                self.metrics
+                    .dropped_shard_queue
+                    .increment(feed.members.len() as u64);
+            } else if let Some(ws) = self.conns.get_mut(key as usize).and_then(|c| c.ws_mut()) {
                 ws.count_dropped(&[sub]);
                 self.metrics.dropped_shard_queue.increment(1);
             }
@@ -119,10 +144,7 @@ impl Shard {
             if let Some(ws) = conn.ws_mut() {
                 let ids: Vec<u32> = ws.subscriptions.iter().map(|s| s.id).collect();
                 for id in ids {
-                    match ws.dropped.iter_mut().find(|(s, _)| *s == id) {
-                        Some((_, c)) => *c += n,
-                        None => ws.dropped.push((id, n)),
-                    }
+                    ws.add_dropped(id, n);
                 }
             }
         }
@@ -143,10 +165,20 @@ impl Shard {
         let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else {
             return false;
         };
-        match ws.ring.oldest().map(|f| f.arrived_ms) {
+        let (waiting, oldest) = match ws.feed.checked_sub(1) {
+            None => (ws.ring.len(), ws.ring.oldest().map(|f| f.arrived_ms)),
+            Some(slot) => {
+                let Some(feed) = self.feeds.get(slot as usize) else {
+                    return false;
+                };
+                let (start, _) = feed.start(ws.cursor);
+                (feed.pending(start) as usize, feed.arrived_ms(start))
+            }
+        };
+        match oldest {
             None => false,
             Some(oldest) => {
-                ws.ring.len() >= ws.batch_max as usize
+                waiting >= ws.batch_max as usize
                     || (self.now as u32).wrapping_sub(oldest) >= ws.batch_ms
             }
         }
@@ -209,8 +241,8 @@ impl Shard {
             return;
         };
         if conn.has_pending() {
-            // The socket has not taken the last flush yet: messages stay in the ring
-            // (where overflow drops the oldest) until it is writable.
+            // The socket has not taken the last flush yet: messages stay in the ring or
+            // feed (where overflow drops the oldest) until it is writable.
             return;
         }
         let gen = conn.gen;
@@ -220,10 +252,26 @@ impl Shard {
         let Kind::Ws(ws) = kind else {
             return;
         };
-        if ws.ring.is_empty() {
+        // What waits: the connection's own ring, or its feed from its cursor on.
+        let (frames, start) = match ws.feed.checked_sub(1) {
+            None => (ws.ring.front(ws.batch_max as usize), None),
+            Some(slot) => {
+                let Some(feed) = self.feeds.get(slot as usize) else {
+                    return;
+                };
+                let (start, skipped) = feed.start(ws.cursor);
+                if skipped > 0 {
+                    // Counted in the drop metric as they left the log.
+                    ws.add_dropped(feed.key.sub, skipped);
+                    ws.cursor = start;
+                }
+                (feed.frames(start, ws.batch_max as usize), Some(start))
+            }
+        };
+        let n = frames.len();
+        if n == 0 {
             return;
         }
-        let n = ws.ring.len().min(ws.batch_max as usize);
         // Overflow warnings go first, one per affected subscription still held.
         let mut warnings: Vec<Vec<u8>> = Vec::new();
         for (id, count) in ws.dropped.drain(..) {
@@ -240,7 +288,7 @@ impl Shard {
                 n + warnings.len()
             }
             Framing::Array => {
-                let msgs = ws.ring.front(n).map(|f| f.message().len()).sum::<usize>()
+                let msgs = frames.clone().map(|f| f.message().len()).sum::<usize>()
                     + warnings.iter().map(|w| w.len()).sum::<usize>();
                 let count = n + warnings.len();
                 let len = BATCH_OPEN.len() + msgs + count - 1 + BATCH_CLOSE.len();
@@ -260,9 +308,9 @@ impl Shard {
             segments.push(&head);
         }
         match ws.framing {
-            Framing::Frames => segments.extend(ws.ring.front(n).map(|f| f.frame_bytes())),
+            Framing::Frames => segments.extend(frames.clone().map(|f| f.frame_bytes())),
             Framing::Array => {
-                for (i, f) in ws.ring.front(n).enumerate() {
+                for (i, f) in frames.clone().enumerate() {
                     if i > 0 {
                         segments.push(b",");
                     }
@@ -271,36 +319,29 @@ impl Shard {
                 segments.push(BATCH_CLOSE);
             }
         }
-        let oldest = ws.ring.front(1).next().and_then(|f| f.ingested_at);
-        let events = if ws.echo { 0 } else { n as u64 };
+        let flushed = Flushed {
+            messages: n,
+            start,
+            frames_written,
+            events: if ws.echo { 0 } else { n as u64 },
+            oldest: frames.clone().next().and_then(|f| f.ingested_at),
+        };
         if defer && segments.len() <= uring::MAX_IOV {
             if let Some(writer) = self.uring.as_mut() {
                 use std::os::fd::AsRawFd;
-                let frames: Vec<Rc<Frame>> = ws.ring.front(n).cloned().collect();
+                let frames: Vec<Rc<Frame>> = frames.cloned().collect();
                 // The iovecs point into `frames`, `head` and static data; all of it
                 // moves into the pending flush (a Vec's heap buffer does not move).
                 let iov = uring::iovecs(&segments);
                 drop(segments);
-                let pending = uring::PendingFlush::new(
-                    key,
-                    gen,
-                    n,
-                    frames_written,
-                    events,
-                    oldest,
-                    frames,
-                    head,
-                    iov,
-                );
+                let pending = uring::PendingFlush::new(key, gen, flushed, frames, head, iov);
                 match writer.push(sock.as_raw_fd(), pending) {
                     Ok(()) => return,
                     Err(pending) => {
                         // The ring is full even after submitting: write this one now.
                         let result = write_segments(sock, out, &pending.segments());
                         match result {
-                            Ok(written) => {
-                                self.flush_done(key, n, written, frames_written, events, oldest)
-                            }
+                            Ok(written) => self.flush_done(key, written, &pending.flushed),
                             Err(_) => self.drop_conn(key, "write_error"),
                         }
                         return;
@@ -311,7 +352,7 @@ impl Shard {
         let result = write_segments(sock, out, &segments);
         drop(segments);
         match result {
-            Ok(written) => self.flush_done(key, n, written, frames_written, events, oldest),
+            Ok(written) => self.flush_done(key, written, &flushed),
             Err(_) => self.drop_conn(key, "write_error"),
         }
     }
@@ -354,14 +395,7 @@ impl Shard {
                     if written < p.total {
                         c.out.extend_from_slice(&p.rest(written));
                     }
-                    self.flush_done(
-                        p.key,
-                        p.messages,
-                        written,
-                        p.frames_written,
-                        p.events,
-                        p.oldest,
-                    );
+                    self.flush_done(p.key, written, &p.flushed);
                 }
                 _ => {}
             }
@@ -369,16 +403,22 @@ impl Shard {
     }
 
     /// After a flush's bytes went to the socket (or to `out`): the messages leave the
-    /// ring, the next flush is armed for what is left, and the metrics count it.
-    fn flush_done(
-        &mut self,
-        key: usize,
-        n: usize,
-        written: usize,
-        frames_written: usize,
-        events: u64,
-        oldest: Option<std::time::Instant>,
-    ) {
+    /// ring (or the cursor moves past them), the next flush is armed for what is left,
+    /// and the metrics count it.
+    fn flush_done(&mut self, key: usize, written: usize, f: &Flushed) {
+        let m = &self.metrics;
+        m.bytes_written.increment(written as u64);
+        m.frames_written.increment(f.frames_written as u64);
+        m.deliveries.increment(f.events);
+        m.flushes.increment(1);
+        m.batch_size.record(f.messages as f64);
+        if let Some(t) = f.oldest {
+            m.publish_to_flush.record(t.elapsed().as_secs_f64());
+        }
+        if let Some(start) = f.start {
+            self.feed_flushed(key, start, f.messages);
+            return;
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -386,7 +426,7 @@ impl Shard {
         let Kind::Ws(ws) = &mut conn.kind else {
             return;
         };
-        ws.ring.consume(n);
+        ws.ring.consume(f.messages);
         // What is left flushes when batchMax wait again or batchMs after its oldest.
         let next = match ws.ring.oldest().map(|f| f.arrived_ms) {
             None => None,
@@ -397,6 +437,8 @@ impl Shard {
             }
         };
         let read_paused = ws.read_paused;
+        // A connection back to one subscription and an empty ring can share a feed.
+        let may_attach = next.is_none() && ws.feed == 0 && ws.subscriptions.len() == 1;
         match next {
             Some(at) if at <= self.now && !ws.dirty => {
                 ws.dirty = true;
@@ -409,19 +451,28 @@ impl Shard {
             }
             None => {}
         }
-        let m = &self.metrics;
-        m.bytes_written.increment(written as u64);
-        m.frames_written.increment(frames_written as u64);
-        m.deliveries.increment(events);
-        m.flushes.increment(1);
-        m.batch_size.record(n as f64);
-        if let Some(t) = oldest {
-            m.publish_to_flush.record(t.elapsed().as_secs_f64());
-        }
         if read_paused {
             self.resume_read(key);
         }
+        if may_attach {
+            self.attach_feed(key);
+        }
     }
+}
+
+/// What one flush covers, from building it to finishing it (possibly after an io_uring
+/// completion).
+#[derive(Debug)]
+pub(super) struct Flushed {
+    /// Messages taken from the ring or feed.
+    pub messages: usize,
+    /// For a feed member: the position the flush read from.
+    pub start: Option<u64>,
+    pub frames_written: usize,
+    /// Events delivered (0 for echoes).
+    pub events: u64,
+    /// When the oldest message was sequenced (latency metric).
+    pub oldest: Option<std::time::Instant>,
 }
 
 /// Connections flushed per loop turn before the shard looks at its sockets and mailbox
@@ -460,4 +511,24 @@ fn frame_for(
     debug_assert!(frame.buf.len() <= HEADER_ROOM + len);
     cache.insert(ids.into(), frame.clone());
     frame
+}
+
+/// The single-id frame for `sub`, remembering the last one built: most deliveries of a
+/// publication share one id, so this spares a hash lookup each.
+fn single(
+    last: &mut Option<(u32, Rc<Frame>)>,
+    cache: &mut hashbrown::HashMap<Box<[u32]>, Rc<Frame>>,
+    interner: &super::interner::Interner,
+    p: &Publication,
+    sub: u32,
+    now32: u32,
+) -> Rc<Frame> {
+    match last {
+        Some((s, f)) if *s == sub => f.clone(),
+        _ => {
+            let f = frame_for(cache, interner, p, &[sub], now32);
+            *last = Some((sub, f.clone()));
+            f
+        }
+    }
 }

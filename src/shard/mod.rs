@@ -15,6 +15,7 @@
 
 pub mod conn;
 mod fanout;
+mod feed;
 mod http_conn;
 pub mod index;
 pub mod interner;
@@ -64,6 +65,8 @@ enum TimerKind {
     PongCheck,
     /// The oldest waiting message reached `batchMs`.
     Flush,
+    /// A cohort of a feed (`key` is the feed's slot) may be due.
+    FeedFlush,
     /// Give up waiting for the peer to finish closing.
     Linger,
     /// This connection's turn to be closed during a drain.
@@ -123,6 +126,9 @@ pub struct Shard {
     matches: Vec<(u32, u32)>,
     /// Per-publication cache: one frame per distinct `subscriptionIds` list.
     frame_cache: HashMap<Box<[u32]>, Rc<Frame>>,
+    /// Shared logs of connections holding the same single subscription (`feed`).
+    feeds: Slab<feed::Feed>,
+    feed_slots: HashMap<feed::FeedKey, usize>,
     /// The newest `seq` this shard has seen (`seq` in `subscribedEvents`).
     last_seq: u64,
     /// Open WebSocket connections per role slot (`metrics::ROLES`).
@@ -178,6 +184,8 @@ impl Shard {
             dirty: VecDeque::new(),
             matches: Vec::new(),
             frame_cache: HashMap::new(),
+            feeds: Slab::new(),
+            feed_slots: HashMap::new(),
             last_seq,
             role_counts: [0; 4],
             mailbox_backlog: false,
@@ -383,7 +391,7 @@ impl Shard {
         }
         let gen = conn.gen;
         if let Some(ws) = conn.ws_mut() {
-            if !ws.ring.is_empty() && !ws.dirty && self.flush_due(key) {
+            if !ws.dirty && self.flush_due(key) {
                 self.mark_dirty(key, gen);
             }
             self.resume_read(key);
@@ -446,6 +454,10 @@ impl Shard {
                 self.upkeep();
                 continue;
             }
+            if t.kind == TimerKind::FeedFlush {
+                self.feed_due(t.key as usize);
+                continue;
+            }
             let key = t.key as usize;
             match self.conns.get(key) {
                 Some(c) if c.gen == t.gen => {}
@@ -458,7 +470,7 @@ impl Shard {
                 TimerKind::Flush => self.flush_timer(key, t.at),
                 TimerKind::Linger => self.drop_conn(key, "linger"),
                 TimerKind::DrainClose => self.drain_close(key),
-                TimerKind::Upkeep => {}
+                TimerKind::Upkeep | TimerKind::FeedFlush => {}
             }
         }
     }
@@ -468,7 +480,11 @@ impl Shard {
         self.metrics
             .queue_full
             .absolute(self.mailbox.full_events.load(Ordering::Relaxed));
-        self.metrics.subscriptions.set(self.index.len() as f64);
+        // A feed is one index entry for all its members.
+        let members: usize = self.feeds.iter().map(|(_, f)| f.members.len()).sum();
+        let subscriptions = self.index.len() - self.feeds.len() + members;
+        self.metrics.subscriptions.set(subscriptions as f64);
+        self.metrics.feeds.set(self.feeds.len() as f64);
         self.arm(
             self.now + UPKEEP_MS,
             u32::MAX as usize,
@@ -517,6 +533,7 @@ impl Shard {
         if !self.conns.contains(key) {
             return;
         }
+        self.detach_feed(key, feed::Leave::Discard);
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.sock);
         if let Kind::Ws(ws) = conn.kind {

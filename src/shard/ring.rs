@@ -68,8 +68,8 @@ impl<T> Ring<T> {
     }
 
     /// The first `n` items, oldest first.
-    pub fn front(&self, n: usize) -> impl Iterator<Item = &T> {
-        self.items.iter().take(n)
+    pub fn front(&self, n: usize) -> std::collections::vec_deque::Iter<'_, T> {
+        self.items.range(..n.min(self.items.len()))
     }
 
     /// The newest item.

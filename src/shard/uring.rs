@@ -9,13 +9,12 @@
 //! `EAGAIN` instead of parking in the kernel: the shard then keeps the bytes, exactly as
 //! after a short `writev`.
 
+use io_uring::{opcode, types, IoUring};
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::time::Instant;
-
-use io_uring::{opcode, types, IoUring};
 
 use super::conn::Frame;
+use super::fanout::Flushed;
 
 /// Most iovecs one submission may carry (Linux `UIO_MAXIOV`); a larger flush is written
 /// directly.
@@ -37,11 +36,8 @@ pub fn iovecs(segments: &[&[u8]]) -> Vec<libc::iovec> {
 pub struct PendingFlush {
     pub key: usize,
     pub gen: u32,
-    /// Messages of the ring this flush covers (consumed once it completes).
-    pub messages: usize,
-    pub frames_written: usize,
-    pub events: u64,
-    pub oldest: Option<Instant>,
+    /// What the flush covers, for the shard to finish it once it completes.
+    pub flushed: Flushed,
     /// Keeps the frames' bytes alive while the kernel may read them.
     _frames: Vec<Rc<Frame>>,
     /// Keeps the head (warnings, batch header) alive likewise.
@@ -54,14 +50,10 @@ pub struct PendingFlush {
 impl PendingFlush {
     /// Takes the submission's buffers: `iov` (from [`iovecs`]) points into `frames`,
     /// `head` or static data, all of which this value keeps alive.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: usize,
         gen: u32,
-        messages: usize,
-        frames_written: usize,
-        events: u64,
-        oldest: Option<Instant>,
+        flushed: Flushed,
         frames: Vec<Rc<Frame>>,
         head: Vec<u8>,
         iov: Vec<libc::iovec>,
@@ -74,10 +66,7 @@ impl PendingFlush {
         PendingFlush {
             key,
             gen,
-            messages,
-            frames_written,
-            events,
-            oldest,
+            flushed,
             _frames: frames,
             _head: head,
             iov,

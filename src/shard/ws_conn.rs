@@ -19,6 +19,7 @@ use crate::protocol::ws::{self, close, OpCode, WsError};
 use crate::protocol::{self, Command, ErrorCode, Refusal, SubscriptionRequest};
 
 use super::conn::{Ending, Fragments, Frame, Kind, Subscription, WsState};
+use super::feed::Leave;
 use super::index::Entry;
 use super::{Shard, TimerKind, LINGER_MS};
 
@@ -323,6 +324,7 @@ impl Shard {
                         metrics::connection_closed("client");
                         ws.close_sent = true;
                         ws.ring.clear();
+                        self.detach_feed(key, Leave::Discard);
                         let mut f = Vec::new();
                         ws::write_close(&mut f, code, "");
                         if let Some(c) = self.conns.get_mut(key) {
@@ -433,6 +435,7 @@ impl Shard {
         let mut f = Vec::new();
         ws::write_close(&mut f, code, reason);
         conn.ending = Ending::AfterWrite;
+        self.detach_feed(key, Leave::Discard);
         self.arm(now + LINGER_MS, key, gen, TimerKind::Linger);
         self.send_raw(key, &f);
     }
@@ -620,6 +623,9 @@ impl Shard {
     ) {
         let max = self.shared.config.limits.max_subscriptions;
         let last_seq = self.last_seq;
+        // Subscribing changes what the connection holds: it goes on alone (and may join
+        // a feed again below).
+        self.detach_feed(key, Leave::Keep);
         let mut accepted = Vec::new();
         let mut rejected = Vec::new();
         for req in requests {
@@ -689,6 +695,7 @@ impl Shard {
                 json!({"id": req.id, "path": req.path, "events": req.events, "seq": last_seq}),
             );
         }
+        self.attach_feed(key);
         let mut msg = json!({"type": "subscribedEvents", "subscriptions": accepted});
         if let Some(r) = request_id {
             msg["requestId"] = r.clone();
@@ -704,6 +711,7 @@ impl Shard {
         let Some(num) = self.interner.lookup(id) else {
             return false;
         };
+        self.detach_feed(key, Leave::Keep);
         let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
             return false;
         };
@@ -734,6 +742,7 @@ impl Shard {
                 let held: Vec<u32> = ws.subscriptions.iter().map(|s| s.id).collect();
                 ws.ring.retain(|f| f.subs.iter().any(|s| held.contains(s)));
             }
+            self.attach_feed(key);
         }
         let mut msg = json!({"type": "unsubscribedEvents", "ids": removed});
         if let Some(r) = request_id {

@@ -1,0 +1,187 @@
+//! Feeds: connections of a shard holding the same single subscription share one frame
+//! log. These tests hold the sharing to the per-connection rules of PROTOCOL.md §6:
+//! each member batches from its own first message, overflows alone, and keeps what
+//! waits when it subscribes again. One shard, so every member meets on it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Messages until `want` events arrived: (events' data, warnings' dropped by id).
+fn collect(c: &mut Client, want: usize) -> (Vec<Value>, Vec<(String, u64)>) {
+    let (mut events, mut warnings) = (Vec::new(), Vec::new());
+    while events.len() < want {
+        let m = c.recv_within(Duration::from_secs(10)).expect("message");
+        match m["type"].as_str() {
+            Some("event") => events.push(m["data"].clone()),
+            Some("warning") => {
+                assert_eq!(m["code"], "QUEUE_OVERFLOW");
+                warnings.push((
+                    m["subscriptionId"].as_str().unwrap().to_string(),
+                    m["dropped"].as_u64().unwrap(),
+                ));
+            }
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    (events, warnings)
+}
+
+/// Each member's batch starts at its own first waiting message: a member that joined
+/// after a message arrived never gets it, and its first batch holds only what came
+/// after.
+#[test]
+fn members_batch_from_their_own_first_message() {
+    let s = Server::start("shards = 1");
+    let tok = token("u", "user", &["*"]);
+    let q = "&batchMs=1500&framing=array";
+    let mut early = Client::authed(&s, &tok, q);
+    early.subscribe(json!([{"id": "f", "path": "f"}]));
+    s.publish("f", "e", json!(1));
+    let mut late = Client::authed(&s, &tok, q);
+    late.subscribe(json!([{"id": "f", "path": "f"}]));
+    s.publish("f", "e", json!(2));
+    let (early_frames, late_frames) = (early.frames, late.frames);
+    assert_eq!(collect(&mut early, 2).0, [json!(1), json!(2)]);
+    assert_eq!(early.frames - early_frames, 1, "one batch for both");
+    assert_eq!(collect(&mut late, 1).0, [json!(2)]);
+    assert_eq!(late.frames - late_frames, 1);
+    late.expect_silence(Duration::from_millis(300));
+    // They share one feed, and both count as subscriptions.
+    assert!(wait_until(Duration::from_secs(5), || {
+        s.metric("shardcast_subscriptions") == Some(2.0) && s.metric("shardcast_feeds") == Some(1.0)
+    }));
+}
+
+/// A member that subscribes again leaves its feed: what it had not been sent yet
+/// still arrives, in order, before what follows, and the other member is unaffected.
+#[test]
+fn a_member_that_subscribes_again_keeps_what_waits() {
+    let s = Server::start("shards = 1");
+    let tok = token("u", "user", &["*"]);
+    let q = "&batchMs=1000";
+    let mut a = Client::authed(&s, &tok, q);
+    let mut b = Client::authed(&s, &tok, q);
+    for c in [&mut a, &mut b] {
+        c.subscribe(json!([{"id": "one", "path": "one"}]));
+    }
+    s.publish("one", "e", json!(1));
+    a.subscribe(json!([{"id": "two", "path": "two"}]));
+    s.publish("one", "e", json!(2));
+    s.publish("two", "e", json!(3));
+    assert_eq!(collect(&mut a, 3).0, [json!(1), json!(2), json!(3)]);
+    assert_eq!(collect(&mut b, 2).0, [json!(1), json!(2)]);
+    // Back to one subscription (and an empty ring), `a` shares a feed again.
+    a.send(&json!({"type": "unsubscribeEvents", "ids": ["two"]}));
+    a.recv_type("unsubscribedEvents");
+    s.publish("one", "e", json!(4));
+    assert_eq!(collect(&mut a, 1).0, [json!(4)]);
+    assert_eq!(collect(&mut b, 1).0, [json!(4)]);
+    a.expect_silence(Duration::from_millis(300));
+}
+
+/// Unsubscribing leaves the feed and discards what waited for that id; the other
+/// members still get it.
+#[test]
+fn unsubscribing_discards_only_the_leavers_messages() {
+    let s = Server::start("shards = 1");
+    let tok = token("u", "user", &["*"]);
+    let mut a = Client::authed(&s, &tok, "&batchMs=800");
+    let mut b = Client::authed(&s, &tok, "&batchMs=800");
+    for c in [&mut a, &mut b] {
+        c.subscribe(json!([{"id": "x", "path": "x"}]));
+    }
+    s.publish("x", "e", json!(1));
+    a.send(&json!({"type": "unsubscribeEvents", "ids": ["x"]}));
+    a.recv_type("unsubscribedEvents");
+    assert_eq!(collect(&mut b, 1).0, [json!(1)]);
+    a.expect_silence(Duration::from_millis(1200));
+}
+
+/// The shared log holds `queue_capacity` messages: every member behind by more loses
+/// exactly the oldest, is told so per member, and the metric counts each loss.
+#[test]
+fn overflow_counts_per_member() {
+    let s = Server::start("shards = 1\n[delivery]\nqueue_capacity = 10\nbatch_ms = 1000");
+    let tok = token("u", "user", &["*"]);
+    let mut a = Client::authed(&s, &tok, "");
+    let mut b = Client::authed(&s, &tok, "");
+    for c in [&mut a, &mut b] {
+        c.subscribe(json!([{"id": "o", "path": "o"}]));
+    }
+    s.publish_batch(
+        (0..25)
+            .map(|i| json!({"path": "o", "eventType": "e", "data": i}))
+            .collect(),
+    );
+    for c in [&mut a, &mut b] {
+        let (events, warnings) = collect(c, 10);
+        assert_eq!(events, (15..25).map(|i| json!(i)).collect::<Vec<_>>());
+        assert_eq!(warnings, [("o".to_string(), 15)]);
+    }
+    assert_eq!(
+        s.metric_where("shardcast_dropped_total", "reason=\"queue_overflow\""),
+        Some(30.0)
+    );
+}
+
+/// A member that stops reading falls behind alone: it gets every message or an exact
+/// drop count, while a member reading the same feed gets everything with no warning.
+#[test]
+fn a_slow_member_drops_alone() {
+    let s = Server::start("shards = 1\n[delivery]\nqueue_capacity = 20\nbatch_ms = 0");
+    let tok = token("slow", "user", &["*"]);
+    // A small receive buffer makes the slow socket fill quickly.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", s.port).parse().unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = sock.into();
+    let (ws, _) = tungstenite::client::client(s.ws_url(&format!("/ws?token={tok}")), stream)
+        .expect("upgrade");
+    let mut slow = Client::from_ws(ws);
+    slow.recv_type("authenticated");
+    let mut fast = Client::authed(&s, &tok, "");
+    for c in [&mut slow, &mut fast] {
+        c.subscribe(json!([{"id": "s", "path": "slow"}]));
+    }
+    // In bursts no larger than the capacity, each read by the fast member before the
+    // next: it never falls behind by more than the log holds, while the slow one does.
+    let (n, burst) = (600usize, 20usize);
+    let pad = "x".repeat(16 * 1024);
+    for b in 0..n / burst {
+        s.publish_batch(
+            (b * burst..(b + 1) * burst)
+                .map(|i| json!({"path": "slow", "eventType": "e", "data": {"i": i, "pad": pad}}))
+                .collect(),
+        );
+        let (events, warnings) = collect(&mut fast, burst);
+        let got: Vec<u64> = events.iter().map(|e| e["i"].as_u64().unwrap()).collect();
+        let want: Vec<u64> = (b * burst..(b + 1) * burst).map(|i| i as u64).collect();
+        assert_eq!(got, want, "fast member: all, in order");
+        assert!(warnings.is_empty(), "fast member: no warning");
+    }
+    let (mut delivered, mut dropped, mut prev) = (0usize, 0u64, None);
+    while delivered + (dropped as usize) < n {
+        let m = slow.recv_within(Duration::from_secs(10)).expect("message");
+        match m["type"].as_str() {
+            Some("warning") => dropped += m["dropped"].as_u64().unwrap(),
+            Some("event") => {
+                let i = m["data"]["i"].as_u64().unwrap();
+                assert!(prev.is_none_or(|p| i > p), "order kept");
+                prev = Some(i);
+                delivered += 1;
+            }
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert!(dropped > 0, "the socket never filled; make the test harder");
+    assert_eq!(prev, Some(n as u64 - 1), "the newest message is kept");
+    assert_eq!(
+        s.metric_where("shardcast_dropped_total", "reason=\"queue_overflow\""),
+        Some(dropped as f64)
+    );
+}
