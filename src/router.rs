@@ -1,9 +1,10 @@
 //! Fan-out from ingest to the shards: one bounded lock-free queue per shard, with a
 //! coalesced wake-up.
 //!
-//! Ingest (one thread) is the only producer of publications; any thread may send control
-//! messages (publish acknowledgements, drain). Each shard is the only consumer of its own
-//! mailbox. The queue is a crossbeam array channel: a push is a few atomics, no lock.
+//! Publications are pushed by ingest, under its sequencer lock (so each queue holds them
+//! in `seq` order), from whichever shard thread read the publish request; any thread may
+//! send control messages (drain). Each shard is the only consumer of its own mailbox. The
+//! queue is a crossbeam array channel: a push is a few atomics, no lock.
 //!
 //! A full queue never blocks ingest and never delays other shards. When a shard's queue
 //! is full:
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::ingest::{Publication, PublishOutcome};
+use crate::ingest::Publication;
 
 /// Publications kept per shard for exact drop accounting once its queue is full.
 pub const OVERFLOW_PUBLICATIONS: usize = 65_536;
@@ -34,12 +35,6 @@ pub const OVERFLOW_PUBLICATIONS: usize = 65_536;
 pub enum ShardMsg {
     /// A sequenced publication to match and deliver.
     Publication(Arc<Publication>),
-    /// The answer to a publish request made by connection `key` (generation `gen`).
-    PublishDone {
-        key: u32,
-        gen: u32,
-        outcome: PublishOutcome,
-    },
     /// SIGTERM: stop accepting and close connections over the drain period.
     Drain,
 }
@@ -84,7 +79,8 @@ impl Mailbox {
         }
     }
 
-    fn wake(&self) {
+    /// Wakes the shard unless a wake-up is already on its way.
+    pub fn wake(&self) {
         if !self.notified.swap(true, Ordering::AcqRel) {
             // A failed wake means the shard's poll is gone (shutdown); nothing to do.
             let _ = self.waker.wake();
@@ -97,7 +93,8 @@ impl Mailbox {
         self.overflow.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a publication; `false` when it went to the overflow path.
+    /// Queues a publication without waking the shard (the caller wakes it, once, after
+    /// its batch); `false` when it went to the overflow path.
     pub fn send_publication(&self, p: Arc<Publication>) -> bool {
         let queued = match self.tx.try_send(ShardMsg::Publication(p)) {
             Ok(()) => true,
@@ -115,7 +112,6 @@ impl Mailbox {
             }
             Err(_) => false,
         };
-        self.wake();
         queued
     }
 
@@ -165,10 +161,17 @@ impl Router {
         Router { mailboxes }
     }
 
-    /// Hands one pointer to the publication to every shard.
+    /// Hands one pointer to the publication to every shard (see [`Router::wake_all`]).
     pub fn broadcast(&self, p: &Arc<Publication>) {
         for m in &self.mailboxes {
             m.send_publication(p.clone());
+        }
+    }
+
+    /// Wakes every shard after a batch of [`Router::broadcast`]s.
+    pub fn wake_all(&self) {
+        for m in &self.mailboxes {
+            m.wake();
         }
     }
 

@@ -1,35 +1,33 @@
-//! Starting and stopping a node: the listeners, the shard threads, the ingest thread,
-//! and the state they share.
+//! Starting and stopping a node: the listeners, the shard threads, and the state they
+//! share.
 //!
-//! [`Shared`] is the only state visible to every thread; it holds configuration and a
-//! few process-wide values (ticket table, draining flag, connection count), none of them
-//! on the publish → socket path. [`Server::drain`] carries out PROTOCOL.md §12: readiness
+//! [`Shared`] is the only state visible to every thread; it holds configuration, the
+//! sequencer ([`Ingest`], one short lock per publish request) and a few process-wide
+//! values (ticket table, draining flag, connection count). [`Server::drain`] carries out PROTOCOL.md §12: readiness
 //! fails first, then every shard stops accepting and closes its sockets over
-//! `drain_period_ms`, then ingest stops.
+//! `drain_period_ms`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use metrics_exporter_prometheus::PrometheusHandle;
 use mio::{Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::tickets::Tickets;
 use crate::config::Config;
-use crate::ingest::{Ingest, IngestMsg};
+use crate::ingest::Ingest;
 use crate::router::{Mailbox, Router, ShardMsg};
 use crate::shard::{Shard, ShardSeed};
 
 /// State shared by all threads of a node.
 pub struct Shared {
     pub config: Config,
-    pub ingest_tx: Sender<IngestMsg>,
-    /// The newest `seq` ingest handed out (a starting shard's `last_seq`).
-    pub last_seq: Arc<AtomicU64>,
+    /// The sequencer; shards run it for the publish requests they read.
+    pub ingest: Ingest,
     pub tickets: Tickets,
     pub prometheus: PrometheusHandle,
     /// Set at SIGTERM: `/readyz` fails from then on.
@@ -51,7 +49,6 @@ pub struct Server {
     shared: Arc<Shared>,
     router: Arc<Router>,
     shards: Vec<JoinHandle<()>>,
-    ingest: Ingest,
     local_addr: SocketAddr,
 }
 
@@ -67,7 +64,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 impl Server {
-    /// Binds the port, starts ingest and the shards.
+    /// Binds the port and starts the shards.
     pub fn start(config: Config, prometheus: PrometheusHandle) -> anyhow_lite::Result<Server> {
         let shards = config.shard_count();
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -117,15 +114,13 @@ impl Server {
             polls.push(poll);
         }
         let router = Arc::new(Router::new(mailboxes.clone()));
-        let ingest = Ingest::start(router.clone()).map_err(|e| anyhow_lite::msg(e.to_string()))?;
         let node_id = format!(
             "{:06x}",
             crate::time::unix_ms() & 0xFF_FFFF ^ std::process::id() as u64
         );
         let shared = Arc::new(Shared {
             config,
-            ingest_tx: ingest.tx.clone(),
-            last_seq: ingest.last_seq.clone(),
+            ingest: Ingest::new(router.clone()),
             tickets: Tickets::default(),
             prometheus,
             draining: AtomicBool::new(false),
@@ -154,7 +149,6 @@ impl Server {
             shared,
             router,
             shards: handles,
-            ingest,
             local_addr,
         })
     }
@@ -175,7 +169,6 @@ impl Server {
         for h in self.shards.drain(..) {
             let _ = h.join();
         }
-        self.ingest.stop();
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
     }
 }

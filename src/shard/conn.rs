@@ -82,10 +82,6 @@ impl Frame {
 pub struct HttpState {
     /// A `100 Continue` was sent for the request being read.
     pub continue_sent: bool,
-    /// A publish request is with ingest; nothing more is read until it answers.
-    pub awaiting_ingest: bool,
-    /// Close once the answer in progress is written.
-    pub close_after: bool,
 }
 
 /// A subscription held by a WebSocket connection.

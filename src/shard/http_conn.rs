@@ -1,8 +1,9 @@
 //! HTTP connections on a shard: read requests, answer them through [`crate::api`],
-//! hand publish requests to ingest and answer when it does, upgrade to WebSocket.
+//! run publish requests through ingest (on this thread) and answer, upgrade to
+//! WebSocket.
 //!
 //! Part of [`Shard`]; runs on the shard's thread only. Requests on one connection are
-//! answered in order: while a publish waits for ingest, nothing more is read from it.
+//! answered in order.
 
 use std::io::{self, Read};
 
@@ -10,7 +11,6 @@ use serde_json::json;
 
 use crate::api::{self, Route};
 use crate::http::{self, Parsed};
-use crate::ingest::{IngestMsg, PublishOutcome, ReplyTo};
 use crate::metrics::Source;
 
 use super::conn::{Ending, Kind};
@@ -18,23 +18,14 @@ use super::Shard;
 
 impl Shard {
     pub(super) fn http_readable(&mut self, key: usize) {
+        let mut eof = false;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
             match conn.sock.read(&mut self.scratch) {
                 Ok(0) => {
-                    // The peer is done sending. An answer in progress may still be
-                    // written (half-close); otherwise the connection is finished.
-                    let busy = matches!(&conn.kind, Kind::Http(h) if h.awaiting_ingest)
-                        || conn.has_pending();
-                    if !busy {
-                        self.drop_conn(key, "http_eof");
-                        return;
-                    }
-                    if let Kind::Http(h) = &mut conn.kind {
-                        h.close_after = true;
-                    }
+                    eof = true;
                     break;
                 }
                 Ok(n) => {
@@ -52,6 +43,18 @@ impl Shard {
             }
         }
         self.http_process(key);
+        if eof {
+            // The peer is done sending (a half-close): what it sent is answered above;
+            // once the answers are written, the connection is finished.
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if !conn.has_pending() {
+                self.drop_conn(key, "http_eof");
+            } else if conn.ending == Ending::Open {
+                conn.ending = Ending::AfterWrite;
+            }
+        }
     }
 
     /// Answers every complete request waiting in the connection's input.
@@ -64,7 +67,7 @@ impl Shard {
             let Kind::Http(h) = &mut conn.kind else {
                 return;
             };
-            if h.awaiting_ingest || conn.ending != Ending::Open || conn.rbuf.is_empty() {
+            if conn.ending != Ending::Open || conn.rbuf.is_empty() {
                 return;
             }
             match http::parse(&conn.rbuf, max_body) {
@@ -129,81 +132,33 @@ impl Shard {
                 }
             }
             Route::Publish(items) => {
-                let Some(conn) = self.conns.get_mut(key) else {
-                    return;
-                };
-                let reply = ReplyTo {
-                    shard: self.id,
-                    key: key as u32,
-                    gen: conn.gen,
-                };
-                let msg = IngestMsg::Publish {
-                    items,
-                    source: Source::Http,
-                    reply: Some(reply),
-                };
-                match self.shared.ingest_tx.try_send(msg) {
-                    Ok(()) => {
-                        if let Kind::Http(h) = &mut conn.kind {
-                            h.awaiting_ingest = true;
-                            h.close_after = close;
-                        }
-                    }
-                    Err(_) => {
-                        let r = http::error_response(
-                            503,
-                            "INTERNAL",
-                            "ingest is busy; retry shortly",
-                            None,
-                            close,
-                        );
-                        if close {
-                            conn.ending = Ending::AfterWrite;
-                        }
-                        self.send_raw(key, &r);
+                let outcome = self.shared.ingest.publish(&items, Source::Http);
+                if close {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.ending = Ending::AfterWrite;
                     }
                 }
+                let body = json!({
+                    "accepted": outcome.accepted,
+                    "firstSeq": outcome.first_seq,
+                    "lastSeq": outcome.last_seq,
+                });
+                self.send_raw(key, &http::json_response(202, &body, close));
             }
         }
     }
 
-    /// Ingest sequenced a publish request: answer `202`.
-    pub(super) fn publish_done(&mut self, key: usize, gen: u32, outcome: PublishOutcome) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.gen != gen {
-            return;
-        }
-        let Kind::Http(h) = &mut conn.kind else {
-            return;
-        };
-        h.awaiting_ingest = false;
-        let close = h.close_after || self.shared.is_draining();
-        if close {
-            conn.ending = Ending::AfterWrite;
-        }
-        let body = json!({
-            "accepted": outcome.accepted,
-            "firstSeq": outcome.first_seq,
-            "lastSeq": outcome.last_seq,
-        });
-        let r = http::json_response(202, &body, close);
-        self.send_raw(key, &r);
-        self.http_process(key);
-    }
-
-    /// Drain: idle HTTP connections close now; one waiting for ingest closes after its
-    /// answer.
+    /// Drain: idle HTTP connections close now; one still writing an answer closes after
+    /// it.
     pub(super) fn http_drain(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         let pending = conn.has_pending();
-        match &mut conn.kind {
-            Kind::Http(h) if h.awaiting_ingest => h.close_after = true,
-            _ if pending => conn.ending = Ending::AfterWrite,
-            _ => self.drop_conn(key, "draining"),
+        if pending {
+            conn.ending = Ending::AfterWrite;
+        } else {
+            self.drop_conn(key, "draining");
         }
     }
 }

@@ -163,7 +163,7 @@ impl Shard {
     }
 
     fn new(seed: ShardSeed) -> Shard {
-        let last_seq = seed.shared.last_seq.load(Ordering::Acquire);
+        let last_seq = seed.shared.ingest.last_seq();
         let rng = crate::time::unix_ms() ^ ((seed.id as u64 + 1) << 32) | 1;
         Shard {
             id: seed.id,
@@ -395,8 +395,8 @@ impl Shard {
                 self.mark_dirty(key, gen);
             }
             self.resume_read(key);
-        } else if let Kind::Http(h) = &conn.kind {
-            if !h.awaiting_ingest && !conn.rbuf.is_empty() {
+        } else if let Kind::Http(_) = &conn.kind {
+            if !conn.rbuf.is_empty() {
                 self.http_process(key);
             }
         }
@@ -437,9 +437,6 @@ impl Shard {
     fn on_message(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Publication(p) => self.on_publication(&p),
-            ShardMsg::PublishDone { key, gen, outcome } => {
-                self.publish_done(key as usize, gen, outcome)
-            }
             ShardMsg::Drain => self.begin_drain(),
         }
     }
