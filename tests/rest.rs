@@ -557,3 +557,27 @@ fn expect_100_continue_gets_continue_then_the_answer() {
     assert!(text.contains("HTTP/1.1 202"), "{text}");
     assert!(text.contains("\"accepted\":1"), "{text}");
 }
+
+/// A client that half-closes right after its requests (`printf … | nc`) still gets every
+/// answer, then the server closes.
+#[test]
+fn half_closed_connection_gets_its_answers() {
+    use std::io::Write;
+    let s = Server::start("");
+    let body = json!({"path": "h", "eventType": "e", "data": 1}).to_string();
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST {PUBLISH} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        apikey(),
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).unwrap();
+    sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    sock.read_to_string(&mut out)
+        .expect("the server closes after answering");
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 1, "{out}");
+    assert_eq!(out.matches("HTTP/1.1 202").count(), 1, "{out}");
+    assert!(out.contains("\"firstSeq\""), "{out}");
+}
