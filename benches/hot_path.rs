@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the fan-out hot path: index match, ring push/drain, frame
-//! assembly, command parse, publish-body parse.
+//! Micro-benchmarks of the fan-out hot path: index match, ring push/drain, ring against
+//! feed for a batched fan-out, frame assembly, command parse, publish-body parse.
 //!
 //! A small harness instead of a framework keeps the build lean: each case runs in
 //! 7 rounds of a fixed number of iterations and reports the median ns per operation,
@@ -8,11 +8,13 @@
 
 use std::hint::black_box;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use shardcast::ingest::Publication;
 use shardcast::protocol::{self, ws};
 use shardcast::shard::conn::Frame;
+use shardcast::shard::feed::{Feed, FeedKey};
 use shardcast::shard::index::{Entry, Index};
 use shardcast::shard::interner::Interner;
 use shardcast::shard::ring::Ring;
@@ -136,6 +138,74 @@ fn main() {
         1_000_000,
         || {
             black_box(full.push(frame.clone()));
+        },
+    );
+
+    // Batched fan-out bookkeeping, per delivery, without the writes: 10k connections on
+    // one subscription get 100 messages, then each is flushed once. With a ring each, a
+    // message is 10k pushes into 10k rings; with one feed, one append, and each flush
+    // reads the shared log from the member's cursor.
+    const MEMBERS: usize = 10_000;
+    const MESSAGES: usize = 100;
+    let frames: Vec<Rc<Frame>> = (0..MESSAGES)
+        .map(|i| {
+            Rc::new(Frame::build(
+                ws::OpCode::Text,
+                8,
+                Box::new([1]),
+                None,
+                i as u32,
+                |b| b.extend_from_slice(&(i as u64).to_be_bytes()),
+            ))
+        })
+        .collect();
+    let mut rings: Vec<Ring<Rc<Frame>>> = (0..MEMBERS).map(|_| Ring::new(10_000)).collect();
+    bench(
+        &filter,
+        "batched fan-out, ring per connection (per delivery, 10k x 100)",
+        (MEMBERS * MESSAGES) as u64,
+        5,
+        || {
+            for f in &frames {
+                for r in rings.iter_mut() {
+                    black_box(r.push(f.clone()));
+                }
+            }
+            for r in rings.iter_mut() {
+                black_box(r.front(1000).map(|f| f.frame_bytes().len()).sum::<usize>());
+                r.consume(1000);
+            }
+        },
+    );
+    let key = FeedKey {
+        sub: 1,
+        path: "fan".into(),
+        events: None,
+        batch_ms: 1000,
+        batch_max: 1000,
+        framing: shardcast::config::Framing::Frames,
+    };
+    let mut feed = Feed::new(key, 10_000);
+    let mut cursors: Vec<u64> = (0..MEMBERS as u32).map(|m| feed.join((m, 0)).1).collect();
+    bench(
+        &filter,
+        "batched fan-out, one feed (per delivery, 10k x 100)",
+        (MEMBERS * MESSAGES) as u64,
+        5,
+        || {
+            for f in &frames {
+                black_box(feed.append(f.clone(), 0));
+            }
+            while feed.pop_due(u64::MAX).is_some() {}
+            for (m, c) in cursors.iter_mut().enumerate() {
+                let (start, _) = feed.start(*c);
+                let frames = feed.frames(start, 1000);
+                let n = frames.len();
+                black_box(frames.map(|f| f.frame_bytes().len()).sum::<usize>());
+                feed.advance(start, start + n as u64);
+                *c = start + n as u64;
+                black_box(feed.requeue((m as u32, 0), *c, 0));
+            }
         },
     );
 
@@ -268,9 +338,77 @@ fn main() {
         },
     );
 
+    // The shard mailbox queue: crossbeam-channel (the engine's) against flume, both
+    // bounded, carrying an `Arc` per message as the router does. One producer thread
+    // pushes with try_send, spinning when full (a producer that must never block); the
+    // consumer drains with try_recv. Per message.
+    let message = Arc::new(0u64);
+    bench(
+        &filter,
+        "mailbox queue, crossbeam bounded(8192), cross-thread (per message)",
+        QUEUED as u64,
+        5,
+        || {
+            let (tx, rx) = crossbeam_channel::bounded::<Arc<u64>>(8192);
+            spsc(
+                &message,
+                move |m| tx.try_send(m).err().map(|e| e.into_inner()),
+                move || rx.try_recv().ok(),
+            );
+        },
+    );
+    bench(
+        &filter,
+        "mailbox queue, flume bounded(8192), cross-thread (per message)",
+        QUEUED as u64,
+        5,
+        || {
+            let (tx, rx) = flume::bounded::<Arc<u64>>(8192);
+            spsc(
+                &message,
+                move |m| tx.try_send(m).err().map(|e| e.into_inner()),
+                move || rx.try_recv().ok(),
+            );
+        },
+    );
+
     // WebSocket unmask (client commands and echo).
     let mut buf = vec![0u8; 64 * 1024];
     bench(&filter, "unmask 64 KiB", 1, 2_000, || {
         ws::unmask(black_box(&mut buf), [1, 2, 3, 4]);
     });
+}
+
+/// Messages per round of the mailbox queue benchmarks.
+const QUEUED: usize = 200_000;
+
+/// One producer thread sends [`QUEUED`] clones of `message` through `send` (which gives a
+/// message back when the queue is full: the producer spins and retries, as one that must
+/// never block does); this thread receives them all through `recv`.
+fn spsc(
+    message: &Arc<u64>,
+    mut send: impl FnMut(Arc<u64>) -> Option<Arc<u64>> + Send + 'static,
+    mut recv: impl FnMut() -> Option<Arc<u64>>,
+) {
+    let m = message.clone();
+    let producer = std::thread::spawn(move || {
+        for _ in 0..QUEUED {
+            let mut next = m.clone();
+            while let Some(back) = send(next) {
+                next = back;
+                std::hint::spin_loop();
+            }
+        }
+    });
+    let mut got = 0;
+    while got < QUEUED {
+        match recv() {
+            Some(m) => {
+                black_box(m);
+                got += 1;
+            }
+            None => std::hint::spin_loop(),
+        }
+    }
+    producer.join().unwrap();
 }

@@ -15,7 +15,7 @@
 
 pub mod conn;
 mod fanout;
-mod feed;
+pub mod feed;
 mod http_conn;
 pub mod index;
 pub mod interner;
