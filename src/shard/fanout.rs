@@ -1,12 +1,15 @@
 //! Fan-out on a shard: match a publication against the index, build each distinct
-//! message once, queue it in the rings of the connections it reaches, and flush rings
-//! when `batchMax` messages wait or `batchMs` after the oldest arrived.
+//! message once, append it to the feeds it reaches (one append for all their members,
+//! see [`super::feed`]) and queue it in the rings of the other connections it reaches,
+//! and flush a connection when `batchMax` messages wait or `batchMs` after the oldest
+//! arrived.
 //!
 //! Part of [`Shard`]; runs on the shard's thread only. No allocation per delivery: a
-//! delivery is a pointer copy into a ring. The payload is never re-serialized: a message
-//! is the per-connection head (`subscriptionIds`) plus the publication's shared tail,
-//! built once per distinct head. A flush is one vectored write of whatever the ring
-//! holds (up to `batchMax`), so deliveries are coalesced whatever the batch interval.
+//! delivery is a pointer copy into a ring, or nothing at all for a feed member. The
+//! payload is never re-serialized: a message is the per-connection head
+//! (`subscriptionIds`) plus the publication's shared tail, built once per distinct head. A
+//! flush is one vectored write of whatever waits (up to `batchMax`), so deliveries are
+//! coalesced whatever the batch interval.
 
 use std::rc::Rc;
 use std::sync::Arc;

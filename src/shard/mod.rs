@@ -11,7 +11,8 @@
 //!
 //! Submodules split the loop's work: `http_conn` (requests, upgrades), `ws_conn`
 //! (frames, commands, auth, heartbeats, closing), `fanout` (matching publications,
-//! building frames once, rings, flushes).
+//! building frames once, rings, flushes), `feed` (the shared frame logs of connections
+//! holding the same single subscription).
 
 pub mod conn;
 mod fanout;
