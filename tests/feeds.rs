@@ -185,3 +185,76 @@ fn a_slow_member_drops_alone() {
         Some(dropped as f64)
     );
 }
+
+/// A deterministic pseudo-random sequence (xorshift).
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// Random subscribes (new and replacing), second subscriptions, unsubscribes and
+/// publications, checked in lockstep against a model of who holds what: every client
+/// gets exactly the publications its subscriptions match, once, in order, with the
+/// matching ids. Clients move in and out of feeds all along (one subscription: a feed;
+/// two: their own ring; back to one: a feed again).
+#[test]
+fn random_operations_match_a_model() {
+    let s = Server::start("shards = 1\n[delivery]\nbatch_ms = 0");
+    let tok = token("m", "user", &["*"]);
+    let paths = ["a", "a/b", "c"];
+    let ids = ["x", "y"];
+    let mut clients: Vec<Client> = (0..6).map(|_| Client::authed(&s, &tok, "")).collect();
+    // Model: per client, id → path.
+    let mut held: Vec<std::collections::BTreeMap<&str, &str>> = vec![Default::default(); 6];
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut published = 0;
+    for _ in 0..400 {
+        let c = (xorshift(&mut seed) % 6) as usize;
+        let id = ids[(xorshift(&mut seed) % 2) as usize];
+        let path = paths[(xorshift(&mut seed) % 3) as usize];
+        match xorshift(&mut seed) % 4 {
+            0 | 1 => {
+                clients[c].subscribe(json!([{"id": id, "path": path}]));
+                held[c].insert(id, path);
+            }
+            2 => {
+                clients[c].send(&json!({"type": "unsubscribeEvents", "ids": [id]}));
+                let r = clients[c].recv_type("unsubscribedEvents");
+                let removed = held[c].remove(id).is_some();
+                assert_eq!(r["ids"] == json!([id]), removed, "{r}");
+            }
+            _ => {
+                let target = paths[(xorshift(&mut seed) % 3) as usize];
+                let seq = s.publish(target, "e", json!(published));
+                published += 1;
+                for (i, client) in clients.iter_mut().enumerate() {
+                    let mut want: Vec<&str> = held[i]
+                        .iter()
+                        .filter(|(_, p)| target == **p || target.starts_with(&format!("{p}/")))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    if want.is_empty() {
+                        continue;
+                    }
+                    let e = client.recv_type("event");
+                    assert_eq!(e["seq"], seq, "client {i}: {e}");
+                    let mut got: Vec<&str> = e["subscriptionIds"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_str().unwrap())
+                        .collect();
+                    got.sort_unstable();
+                    want.sort_unstable();
+                    assert_eq!(got, want, "client {i}: {e}");
+                }
+            }
+        }
+    }
+    assert!(published > 50);
+    for c in clients.iter_mut() {
+        c.expect_silence(Duration::from_millis(100));
+    }
+}
