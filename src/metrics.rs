@@ -21,6 +21,7 @@ pub const FLUSHES: &str = "shardcast_flushes_total";
 pub const BATCH_SIZE: &str = "shardcast_batch_size";
 pub const DROPPED: &str = "shardcast_dropped_total";
 pub const PUBLISH_TO_FLUSH: &str = "shardcast_publish_to_flush_seconds";
+pub const FLUSH_DELAY: &str = "shardcast_flush_delay_seconds";
 pub const SHARD_QUEUE_DEPTH: &str = "shardcast_shard_queue_depth";
 pub const SHARD_QUEUE_FULL: &str = "shardcast_shard_queue_full_total";
 pub const SHARD_QUEUE_CAPACITY: &str = "shardcast_shard_queue_capacity";
@@ -80,6 +81,11 @@ fn describe() {
         Unit::Seconds,
         "From ingest to the flush that wrote it."
     );
+    describe_histogram!(
+        FLUSH_DELAY,
+        Unit::Seconds,
+        "How late a flush was: from when it was due (batchMs after its oldest message, or batchMax messages waiting) to its write."
+    );
     describe_gauge!(
         SHARD_QUEUE_DEPTH,
         "Messages waiting in a shard's inbound queue."
@@ -99,6 +105,12 @@ fn describe() {
     describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process.");
 }
 
+/// Buckets (seconds) of the latency histograms: 100 µs to a minute.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
 /// Installs the Prometheus recorder as the process's global recorder.
 pub fn install() -> PrometheusHandle {
     let builder = PrometheusBuilder::new()
@@ -109,14 +121,9 @@ pub fn install() -> PrometheusHandle {
             ],
         )
         .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(PUBLISH_TO_FLUSH.into()),
-                &[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                ],
-            )
+            b.set_buckets_for_metric(Matcher::Full(PUBLISH_TO_FLUSH.into()), LATENCY_BUCKETS)
         })
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FLUSH_DELAY.into()), LATENCY_BUCKETS))
         .unwrap_or_else(|_| PrometheusBuilder::new());
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
@@ -262,6 +269,7 @@ pub struct ShardMetrics {
     pub flushes: Counter,
     pub batch_size: Histogram,
     pub publish_to_flush: Histogram,
+    pub flush_delay: Histogram,
     pub dropped_overflow: Counter,
     pub dropped_shard_queue: Counter,
     pub queue_depth: Gauge,
@@ -284,6 +292,7 @@ impl ShardMetrics {
             flushes: metrics::counter!(FLUSHES, "shard" => s.clone()),
             batch_size: metrics::histogram!(BATCH_SIZE, "shard" => s.clone()),
             publish_to_flush: metrics::histogram!(PUBLISH_TO_FLUSH, "shard" => s.clone()),
+            flush_delay: metrics::histogram!(FLUSH_DELAY, "shard" => s.clone()),
             dropped_overflow: metrics::counter!(DROPPED, "shard" => s.clone(), "reason" => drop_reason::QUEUE_OVERFLOW),
             dropped_shard_queue: metrics::counter!(DROPPED, "shard" => s.clone(), "reason" => drop_reason::SHARD_QUEUE_FULL),
             queue_depth: metrics::gauge!(SHARD_QUEUE_DEPTH, "shard" => s.clone()),

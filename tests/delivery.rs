@@ -108,6 +108,29 @@ fn batch_ms_holds_messages_until_the_oldest_is_due() {
     );
 }
 
+/// `shardcast_flush_delay_seconds` is how late a flush was against its deadline: the
+/// client's `batchMs` is in publish → flush but not in the flush delay.
+#[test]
+fn flush_delay_excludes_the_clients_batch_interval() {
+    let s = Server::start("shards = 1");
+    let mut c = Client::authed(&s, &token("u1", "user", &["*"]), "&batchMs=500");
+    c.subscribe(json!([{"id": "t", "path": "t"}]));
+    s.publish("t", "e", json!(1));
+    c.recv_type("event");
+    let sum = |name: &str| s.metric(name).unwrap_or(-1.0);
+    assert!(wait_until(Duration::from_secs(5), || {
+        sum("shardcast_flush_delay_seconds_count") == 1.0
+    }));
+    let age = sum("shardcast_publish_to_flush_seconds_sum");
+    let late = sum("shardcast_flush_delay_seconds_sum");
+    // The shard's clock counts whole milliseconds: the deadline may pass up to 1 ms early.
+    assert!(age >= 0.495, "publish → flush includes batchMs: {age}");
+    assert!(
+        (late - (age - 0.5).max(0.0)).abs() < 1e-3,
+        "the delay is what is past the deadline: {late} vs {age} - 0.5"
+    );
+}
+
 #[test]
 fn batch_max_flushes_at_once_and_carries_the_rest() {
     let s = Server::start("");

@@ -13,6 +13,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::Framing;
 use crate::ingest::Publication;
@@ -328,6 +329,13 @@ impl Shard {
             frames_written,
             events: if ws.echo { 0 } else { n as u64 },
             oldest: frames.clone().next().and_then(|f| f.ingested_at),
+            // With batchMax waiting, the flush was due when the last of them arrived.
+            full_at: if n >= ws.batch_max as usize {
+                frames.clone().next_back().and_then(|f| f.ingested_at)
+            } else {
+                None
+            },
+            batch_ms: ws.batch_ms,
         };
         if defer && segments.len() <= uring::MAX_IOV {
             if let Some(writer) = self.uring.as_mut() {
@@ -416,7 +424,13 @@ impl Shard {
         m.flushes.increment(1);
         m.batch_size.record(f.messages as f64);
         if let Some(t) = f.oldest {
-            m.publish_to_flush.record(t.elapsed().as_secs_f64());
+            let age = t.elapsed();
+            m.publish_to_flush.record(age.as_secs_f64());
+            let mut late = age.saturating_sub(Duration::from_millis(f.batch_ms as u64));
+            if let Some(full) = f.full_at {
+                late = late.min(full.elapsed());
+            }
+            m.flush_delay.record(late.as_secs_f64());
         }
         if let Some(start) = f.start {
             self.feed_flushed(key, start, f.messages);
@@ -474,8 +488,12 @@ pub(super) struct Flushed {
     pub frames_written: usize,
     /// Events delivered (0 for echoes).
     pub events: u64,
-    /// When the oldest message was sequenced (latency metric).
-    pub oldest: Option<std::time::Instant>,
+    /// When the oldest message was sequenced (latency metrics).
+    pub oldest: Option<Instant>,
+    /// When the newest message was sequenced, if the flush carried `batchMax` of them.
+    pub full_at: Option<Instant>,
+    /// The connection's `batchMs` (the flush was due that long after `oldest`).
+    pub batch_ms: u32,
 }
 
 /// Connections flushed per loop turn before the shard looks at its sockets and mailbox
