@@ -372,19 +372,45 @@ pub fn encode_event_tail(
     timestamp_ms: u64,
     seq: u64,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(80 + event_type.len() + path.len() + data_json.len());
+    let mut out = encode_event_body(event_type, path, data_json);
+    finish_event_tail(&mut out, &timestamp_text(timestamp_ms), seq);
+    out
+}
+
+/// A publication's `timestamp` as [`finish_event_tail`] takes it: formatted once per
+/// publish request, whose publications share it.
+pub fn timestamp_text(timestamp_ms: u64) -> Vec<u8> {
+    let mut t = Vec::with_capacity(24);
+    crate::time::write_rfc3339_ms(&mut t, timestamp_ms);
+    t
+}
+
+/// The part of [`encode_event_tail`] known before sequencing:
+/// `"eventType":…,"path":…,"data":…`, with room for [`finish_event_tail`]'s bytes.
+pub fn encode_event_body(event_type: &str, path: &str, data_json: &str) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(TAIL_END_MAX + 32 + event_type.len() + path.len() + data_json.len());
     out.extend_from_slice(b"\"eventType\":");
     write_json_str(&mut out, event_type);
     out.extend_from_slice(b",\"path\":");
     write_json_str(&mut out, path);
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data_json.as_bytes());
+    out
+}
+
+/// Most bytes [`finish_event_tail`] appends: `,"timestamp":"` (14), 24 for the time,
+/// `","seq":` (8), 20 digits, `}`.
+const TAIL_END_MAX: usize = 14 + 24 + 8 + 20 + 1;
+
+/// Appends what sequencing decides: `,"timestamp":"…","seq":N}` (`timestamp` from
+/// [`timestamp_text`]).
+pub fn finish_event_tail(out: &mut Vec<u8>, timestamp: &[u8], seq: u64) {
     out.extend_from_slice(b",\"timestamp\":\"");
-    crate::time::write_rfc3339_ms(&mut out, timestamp_ms);
+    out.extend_from_slice(timestamp);
     out.extend_from_slice(b"\",\"seq\":");
     out.extend_from_slice(itoa_u64(seq).as_bytes());
     out.push(b'}');
-    out
 }
 
 /// The per-connection head of an `event`: `{"type":"event","subscriptionIds":[…],`.
