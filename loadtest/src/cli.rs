@@ -75,7 +75,8 @@ ADVANCED:
 
 The run: connect and subscribe everything (bounded), publish for --duration at --rate,
 wait a grace period of max(2s, 2 x batch-ms) for deliveries in flight (shorter when all
-arrived), print a table, write --json. Exit codes: 0 run completed and healthy, 1 run
+arrived; longer, up to 10 x, while deliveries still arrive: what is still coming is not
+lost), print a table, write --json. Exit codes: 0 run completed and healthy, 1 run
 completed with failed connections, publish errors or lost deliveries, 2 usage error,
 3 the run could not start.
 ";
@@ -198,6 +199,12 @@ impl Config {
     /// Grace period after publishing: max(2 s, 2 x batchMs).
     pub fn grace(&self) -> Duration {
         Duration::from_millis(self.batch_ms.saturating_mul(2).max(2000))
+    }
+
+    /// How long the grace period may stretch while deliveries still arrive: a server
+    /// that is behind but still delivering is slow, not losing; 10 x the grace period.
+    pub fn grace_limit(&self) -> Duration {
+        self.grace() * 10
     }
 
     /// The argument list of a worker process holding connections

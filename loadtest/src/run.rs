@@ -340,12 +340,20 @@ pub fn run(cfg: &Config) -> i32 {
     let published = pubres.published();
     let expected_now = scenario.expected(&pubres.published_per_path, &subs);
     if published > 0 {
-        let grace = cfg.grace();
+        let (grace, limit) = (cfg.grace(), cfg.grace_limit());
         let g0 = Instant::now();
-        while g0.elapsed() < grace {
+        let (mut seen, mut moved) = (0u64, Instant::now());
+        loop {
             let p = progress(&groups);
             ticker.tick("grace", &p, published);
-            if p.delivered + p.dropped >= expected_now {
+            let arrived = p.delivered + p.dropped;
+            if arrived >= expected_now {
+                break;
+            }
+            if arrived > seen {
+                (seen, moved) = (arrived, Instant::now());
+            }
+            if grace_over(g0.elapsed(), moved.elapsed(), grace, limit) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -433,6 +441,13 @@ fn report_dropped_hint(c: &ClientStats) -> bool {
     c.dropped_reported == 0 && c.slow_readers > 0
 }
 
+/// Whether the grace period is over, `elapsed` into it with the last delivery `idle` ago:
+/// at `grace`, unless deliveries arrived within the last second (then they are still
+/// coming, not lost), and at `limit` in any case, so a run always ends by itself.
+fn grace_over(elapsed: Duration, idle: Duration, grace: Duration, limit: Duration) -> bool {
+    elapsed >= limit || (elapsed >= grace && idle >= Duration::from_secs(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,5 +469,18 @@ mod tests {
     fn caps() {
         assert_eq!(connect_cap(1000), Duration::from_secs(75));
         assert_eq!(connect_cap(100_000), Duration::from_secs(515));
+    }
+
+    #[test]
+    fn grace_stretches_only_while_deliveries_arrive() {
+        let s = Duration::from_secs;
+        let (grace, limit) = (s(2), s(20));
+        // Within the grace period: never over.
+        assert!(!grace_over(s(1), s(5), grace, limit));
+        // Past it: over once nothing arrived for a second.
+        assert!(grace_over(s(3), s(1), grace, limit));
+        assert!(!grace_over(s(3), Duration::from_millis(200), grace, limit));
+        // Still arriving at the limit: over anyway.
+        assert!(grace_over(s(20), Duration::ZERO, grace, limit));
     }
 }
