@@ -3,12 +3,15 @@
 //! `frames`/`array` framing, `QUEUE_OVERFLOW` warnings). The mock is this test process,
 //! so `--server-pid` can point at it.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use common::*;
 use loadtest::ws::{self, Decode};
 use serde_json::{json, Value};
 
@@ -278,23 +281,8 @@ fn publish(st: &MockState, v: &Value, seq: u64) {
     }
 }
 
-fn loadtest(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-fn report(path: &std::path::Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 fn tmp(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("loadtest-e2e-{}-{name}.json", std::process::id()))
+    tmp_json("e2e", name)
 }
 
 #[test]

@@ -2,10 +2,12 @@
 //! subscriber, with one write per message or one writev per K messages, and its own
 //! summary agrees with what the harness counted.
 
-use std::net::TcpListener;
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::Value;
 
 struct Floor(Child);
@@ -17,16 +19,8 @@ impl Drop for Floor {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn tmp(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("loadtest-floor-{}-{name}.json", std::process::id()))
+    tmp_json("floor", name)
 }
 
 /// Runs fanout against a floorwriter started with `floor_args`; returns (harness report,
