@@ -183,7 +183,7 @@ impl Shard {
             None => false,
             Some(oldest) => {
                 waiting >= ws.batch_max as usize
-                    || (self.now as u32).wrapping_sub(oldest) >= ws.batch_ms
+                    || flush_deadline(self.now, oldest, ws.batch_ms) <= self.now
             }
         }
     }
@@ -448,10 +448,7 @@ impl Shard {
         let next = match ws.ring.oldest().map(|f| f.arrived_ms) {
             None => None,
             Some(_) if ws.ring.len() >= ws.batch_max as usize => Some(self.now),
-            Some(oldest_at) => {
-                let waited = (self.now as u32).wrapping_sub(oldest_at) as u64;
-                Some(self.now + (ws.batch_ms as u64).saturating_sub(waited))
-            }
+            Some(oldest_at) => Some(flush_deadline(self.now, oldest_at, ws.batch_ms)),
         };
         let read_paused = ws.read_paused;
         // A connection back to one subscription and an empty ring can share a feed.
@@ -494,6 +491,13 @@ pub(super) struct Flushed {
     pub full_at: Option<Instant>,
     /// The connection's `batchMs` (the flush was due that long after `oldest`).
     pub batch_ms: u32,
+}
+
+/// When a flush is due whose oldest waiting message arrived at `oldest_ms` (shard ms,
+/// wrapping): `batch_ms` after that, or `now` if that has passed.
+pub(super) fn flush_deadline(now: u64, oldest_ms: u32, batch_ms: u32) -> u64 {
+    let waited = (now as u32).wrapping_sub(oldest_ms) as u64;
+    now + (batch_ms as u64).saturating_sub(waited)
 }
 
 /// Connections flushed per loop turn before the shard looks at its sockets and mailbox

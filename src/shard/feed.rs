@@ -33,6 +33,7 @@ use std::rc::Rc;
 use crate::config::Framing;
 
 use super::conn::Frame;
+use super::fanout::flush_deadline;
 use super::index::{Entry, EventSet};
 use super::{Shard, TimerKind};
 
@@ -359,8 +360,7 @@ impl Shard {
             );
             // The ring's flush deadline is `batchMs` after its oldest message arrived.
             if let Some(oldest) = ws.ring.oldest().map(|f| f.arrived_ms) {
-                let waited = (now as u32).wrapping_sub(oldest) as u64;
-                let at = now + (ws.batch_ms as u64).saturating_sub(waited);
+                let at = flush_deadline(now, oldest, ws.batch_ms);
                 ws.flush_at = Some(at);
                 flush = Some(at);
             }
@@ -446,8 +446,7 @@ impl Shard {
         let mut deadline = now;
         if pending > 0 && pending < ws.batch_max as u64 {
             if let Some(arrived) = feed.arrived_ms(to) {
-                let waited = (now as u32).wrapping_sub(arrived) as u64;
-                deadline = now + (ws.batch_ms as u64).saturating_sub(waited);
+                deadline = flush_deadline(now, arrived, ws.batch_ms);
             }
         }
         if pending > 0 && deadline <= now {
