@@ -21,17 +21,6 @@ fn bearer(tok: &str) -> String {
     format!("Bearer {tok}")
 }
 
-/// Asserts `m` is an error with `code`, and returns its message.
-fn assert_error(m: &Value, code: &str) -> String {
-    assert_eq!(m["type"], "error", "{m}");
-    assert_eq!(m["code"], code, "{m}");
-    let msg = m["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no message: {m}"));
-    assert!(!msg.is_empty(), "{m}");
-    msg.to_string()
-}
-
 /// Connects with `?token=tok`; expects `UNAUTHORIZED` then close 4001. Returns the message.
 fn refused_via_url(s: &Server, tok: &str) -> String {
     let mut c = Client::connect(s, &format!("/ws?token={tok}"));

@@ -19,17 +19,6 @@ fn user(s: &Server, scopes: &[&str]) -> Client {
     Client::authed(s, &token("u1", "user", scopes), "")
 }
 
-/// Asserts `m` is an error with `code`; returns its message.
-fn assert_error(m: &Value, code: &str) -> String {
-    assert_eq!(m["type"], "error", "{m}");
-    assert_eq!(m["code"], code, "{m}");
-    let msg = m["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no message: {m}"));
-    assert!(!msg.is_empty(), "{m}");
-    msg.to_string()
-}
-
 /// The connection still answers a ping.
 fn still_works(c: &mut Client) {
     c.send(&json!({"type": "ping"}));

@@ -134,16 +134,7 @@ fn overflow_counts_per_member() {
 fn a_slow_member_drops_alone() {
     let s = Server::start("shards = 1\n[delivery]\nqueue_capacity = 20\nbatch_ms = 0");
     let tok = token("slow", "user", &["*"]);
-    // A small receive buffer makes the slow socket fill quickly.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(16 * 1024).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", s.port).parse().unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let stream: std::net::TcpStream = sock.into();
-    let (ws, _) = tungstenite::client::client(s.ws_url(&format!("/ws?token={tok}")), stream)
-        .expect("upgrade");
-    let mut slow = Client::from_ws(ws);
-    slow.recv_type("authenticated");
+    let mut slow = Client::slow_reader(&s, &tok);
     let mut fast = Client::authed(&s, &tok, "");
     for c in [&mut slow, &mut fast] {
         c.subscribe(json!([{"id": "s", "path": "slow"}]));
@@ -164,25 +155,15 @@ fn a_slow_member_drops_alone() {
         assert_eq!(got, want, "fast member: all, in order");
         assert!(warnings.is_empty(), "fast member: no warning");
     }
-    let (mut delivered, mut dropped, mut prev) = (0usize, 0u64, None);
-    while delivered + (dropped as usize) < n {
-        let m = slow.recv_within(Duration::from_secs(10)).expect("message");
-        match m["type"].as_str() {
-            Some("warning") => dropped += m["dropped"].as_u64().unwrap(),
-            Some("event") => {
-                let i = m["data"]["i"].as_u64().unwrap();
-                assert!(prev.is_none_or(|p| i > p), "order kept");
-                prev = Some(i);
-                delivered += 1;
-            }
-            _ => panic!("unexpected {m}"),
-        }
-    }
-    assert!(dropped > 0, "the socket never filled; make the test harder");
-    assert_eq!(prev, Some(n as u64 - 1), "the newest message is kept");
+    let a = slow.account_for(n as u64);
+    assert!(
+        a.dropped > 0,
+        "the socket never filled; make the test harder"
+    );
+    assert_eq!(a.last["data"]["i"], n - 1, "the newest message is kept");
     assert_eq!(
         s.metric_where("shardcast_dropped_total", "reason=\"queue_overflow\""),
-        Some(dropped as f64)
+        Some(a.dropped as f64)
     );
 }
 

@@ -447,6 +447,51 @@ impl Client {
         self.recv_type("error")
     }
 
+    /// A client whose socket has a 16 KiB receive buffer, connected with `token` in the
+    /// URL and authenticated: what the server sends it fills up quickly, so it is a slow
+    /// consumer as soon as it stops reading.
+    pub fn slow_reader(server: &Server, token: &str) -> Client {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(16 * 1024).unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+        sock.connect(&addr.into()).unwrap();
+        let stream: TcpStream = sock.into();
+        let url = server.ws_url(&format!("/ws?token={token}"));
+        let (ws, _) = tungstenite::client::client(url, stream).expect("upgrade");
+        let mut c = Client::from_ws(ws);
+        c.recv_type("authenticated");
+        c
+    }
+
+    /// Reads until `n` publications are accounted for, each delivered as an `event` or
+    /// counted in a `QUEUE_OVERFLOW` warning, and asserts `seq` only increases.
+    pub fn account_for(&mut self, n: u64) -> Accounted {
+        let mut a = Accounted::default();
+        let mut prev = 0u64;
+        while a.delivered + a.dropped < n {
+            let m = self.recv_within(Duration::from_secs(10)).expect("message");
+            match m["type"].as_str() {
+                Some("warning") => {
+                    assert_eq!(m["code"], "QUEUE_OVERFLOW", "{m}");
+                    a.dropped += m["dropped"].as_u64().unwrap();
+                    a.warned
+                        .push(m["subscriptionId"].as_str().unwrap().to_string());
+                }
+                Some("event") => {
+                    let seq = m["seq"].as_u64().unwrap();
+                    assert!(seq > prev, "order kept: {seq} after {prev}");
+                    prev = seq;
+                    a.delivered += 1;
+                    a.last = m;
+                }
+                _ => panic!("unexpected {m}"),
+            }
+        }
+        assert_eq!(a.delivered + a.dropped, n);
+        a
+    }
+
     pub fn subscribe(&mut self, subs: Value) -> Value {
         self.send(&json!({"type": "subscribeEvents", "requestId": "sub", "subscriptions": subs}));
         self.recv_type("subscribedEvents")
@@ -459,4 +504,26 @@ impl Client {
         }));
         let _ = self.ws.flush();
     }
+}
+
+/// What [`Client::account_for`] read.
+#[derive(Debug, Default)]
+pub struct Accounted {
+    pub delivered: u64,
+    pub dropped: u64,
+    /// The last `event` (`Null` if none arrived).
+    pub last: Value,
+    /// The `subscriptionId` of each warning, in order.
+    pub warned: Vec<String>,
+}
+
+/// Asserts `m` is an error with `code` and a message; returns the message.
+pub fn assert_error(m: &Value, code: &str) -> String {
+    assert_eq!(m["type"], "error", "{m}");
+    assert_eq!(m["code"], code, "{m}");
+    let msg = m["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message: {m}"));
+    assert!(!msg.is_empty(), "{m}");
+    msg.to_string()
 }
