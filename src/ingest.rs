@@ -1,30 +1,47 @@
 //! Ingest: the sequencer. Every publication passes here to get its `seq` and `timestamp`
-//! and its JSON encoded once, then goes to the router.
+//! and its JSON encoded once, then goes to the history window and the router.
 //!
-//! Run by the shard that read the publish request, on its own thread, inside one short
-//! critical section (the sequencer lock): assign `seq`, encode, hand one pointer to each
-//! shard's queue. Because every push happens under that lock, `seq` is a total order and
-//! every shard's queue holds publications in `seq` order, whichever shards publish. The
-//! shards are woken after the lock is released, and the publisher is answered at once,
-//! after its publications were handed to every shard.
+//! Two kinds of caller, one lock:
+//! - a shard that read a plain publish request sequences it itself, on its own thread
+//!   ([`Ingest::publish`]): nothing about a plain publication needs the disk, so the
+//!   publisher is answered as soon as every shard's queue has it;
+//! - the store's writer thread sequences entity writes once their group commit is
+//!   durable ([`Ingest::publish_entity`]), in commit order, so `seq` order equals commit
+//!   order and no subscriber ever sees a state a crash could take back.
 //!
-//! Why not a thread of its own (as before): on a loaded core, handing each request to a
-//! sequencer thread and the answer back cost two context switches, ≈ 0.3 ms median and a
-//! millisecond-scale tail under the scheduler (docs/PERFORMANCE.md). Durable work of later
-//! issues (history, entity state, service queues) that must wait for a group commit
-//! belongs in a stage of its own; plain publications need none.
+//! Inside the sequencer lock happen only: assigning `seq` and `timestamp`, applying an
+//! entity change to the in-memory replica, appending to the history window and one queue
+//! push per shard. Because all of it is under one lock, `seq` is a total order, every
+//! shard's queue holds publications in `seq` order, and the replica and the history are
+//! never behind a publication a shard has received. Encoding happens before the lock;
+//! wake-ups after it.
+//!
+//! Lock order (see `lib.rs`): sequencer → replica write lock; sequencer → history lock.
+//! Readers (shards) take the replica or the history lock alone.
+//!
+//! `seq` survives restarts through a reserved high-water mark (see [`SeqMarks`]): the
+//! sequencer never hands out a `seq` above what is durably reserved, and a restarted
+//! node starts above the last reservation, so a `since` from before a restart never meets
+//! a reused number.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
+use serde_json::Value;
 
+use crate::entities::Replica;
+use crate::history::History;
 use crate::metrics;
 use crate::protocol::{encode_event_body, encode_event_tail, finish_event_tail};
 use crate::router::Router;
 
 /// A sequenced publication, shared by every shard and every connection that gets it.
+///
+/// The encoded `tail` is what every recipient's message ends with, whatever its head
+/// (`subscriptionIds` for subscriptions, and later `channelId` for channels, `taskId` and
+/// `attempt` for service tasks: see [`crate::protocol::EventHead`]).
 #[derive(Debug)]
 pub struct Publication {
     pub seq: u64,
@@ -33,37 +50,81 @@ pub struct Publication {
     /// `"eventType":…,"path":…,"data":…,"timestamp":…,"seq":…}`: the bytes every
     /// subscriber's `event` ends with.
     pub tail: Vec<u8>,
+    /// Where `data` sits in `tail`, for [`Publication::data`].
+    data_at: (u32, u32),
+    /// `data` parsed, on first use by a filter: once per publication, shared by all
+    /// shards, and never paid when no filter looks at it.
+    data: OnceLock<Arc<Value>>,
+    /// For an entity write: the states before and after, so each shard decides
+    /// "entered", "still in", "left" on its own.
+    pub entity: Option<EntityChange>,
     /// When ingest sequenced it, for the publish → flush latency histogram.
     pub ingested_at: Instant,
+    /// Wall-clock ms of its `timestamp`.
+    pub timestamp_ms: u64,
+}
+
+/// What an entity write changed (PROTOCOL.md §8).
+#[derive(Debug, Clone)]
+pub struct EntityChange {
+    pub collection: Box<str>,
+    pub id: Box<str>,
+    /// The state before the write; `None` when it created the entity.
+    pub before: Option<Arc<Value>>,
+    /// The state after; `None` when it deleted the entity.
+    pub after: Option<Arc<Value>>,
 }
 
 impl Publication {
     pub fn new(seq: u64, path: &str, event_type: &str, data_json: &str, ts_ms: u64) -> Self {
-        Publication {
-            seq,
-            path: path.into(),
-            event_type: event_type.into(),
-            tail: encode_event_tail(event_type, path, data_json, ts_ms, seq),
-            ingested_at: Instant::now(),
-        }
+        let mut p = Self::unsequenced(path, event_type, data_json);
+        p.seq = seq;
+        p.tail = encode_event_tail(event_type, path, data_json, ts_ms, seq);
+        p.timestamp_ms = ts_ms;
+        p
     }
 
     /// Everything but `seq` and `timestamp`, which [`Publication::sequence`] adds: the
     /// encoding happens outside the sequencer lock.
-    fn unsequenced(item: &PublishItem) -> Self {
+    fn unsequenced(path: &str, event_type: &str, data_json: &str) -> Self {
+        let tail = encode_event_body(event_type, path, data_json);
+        let end = tail.len() as u32;
         Publication {
             seq: 0,
-            path: item.path.as_str().into(),
-            event_type: item.event_type.as_str().into(),
-            tail: encode_event_body(&item.event_type, &item.path, item.data.get()),
+            path: path.into(),
+            event_type: event_type.into(),
+            data_at: (end - data_json.len() as u32, end),
+            tail,
+            data: OnceLock::new(),
+            entity: None,
             ingested_at: Instant::now(),
+            timestamp_ms: 0,
         }
     }
 
-    fn sequence(&mut self, seq: u64, timestamp: &[u8]) {
+    fn sequence(&mut self, seq: u64, timestamp: &[u8], ts_ms: u64) {
         self.seq = seq;
         finish_event_tail(&mut self.tail, timestamp, seq);
         self.ingested_at = Instant::now();
+        self.timestamp_ms = ts_ms;
+    }
+
+    /// The publication's `data` as JSON (entities: the state it shows), parsed on first
+    /// use.
+    pub fn data(&self) -> &Value {
+        self.data.get_or_init(|| {
+            let (a, b) = self.data_at;
+            // Validated at ingest, so this parses; `null` is the safe reading otherwise.
+            Arc::new(
+                serde_json::from_slice(&self.tail[a as usize..b as usize]).unwrap_or(Value::Null),
+            )
+        })
+    }
+
+    /// The `data` JSON text as encoded in the tail.
+    pub fn data_json(&self) -> &[u8] {
+        let (a, b) = self.data_at;
+        &self.tail[a as usize..b as usize]
     }
 }
 
@@ -83,23 +144,83 @@ pub struct PublishOutcome {
     pub last_seq: u64,
 }
 
+/// `seq`s are reserved durably in blocks of this many; a new block is asked for when
+/// half of the current one is used, so publishers never wait for it in practice (a block
+/// lasts about a second at the fastest measured ingest; a commit takes milliseconds).
+pub const SEQ_BLOCK: u64 = 1 << 20;
+
+/// The durable `seq` high-water mark: how the sequencer asks for more room.
+pub trait SeqMarks: Send + Sync {
+    /// Makes `mark` durable, then raises `reserved` to it (`fetch_max`). Must not
+    /// block and must not take the sequencer lock (it is called under it).
+    fn reserve(&self, mark: u64, reserved: Arc<AtomicU64>);
+}
+
+struct SeqState {
+    last: u64,
+    /// A reservation beyond the current one is on its way.
+    asked: u64,
+}
+
 /// The sequencer: the only place `seq` is assigned.
 pub struct Ingest {
-    /// The last `seq` handed out; the lock is the sequencer lock.
-    seq: Mutex<u64>,
+    seq: Mutex<SeqState>,
+    /// The durably reserved mark: no `seq` above it is handed out. Written by the
+    /// store's writer thread when a reservation commits.
+    reserved: Arc<AtomicU64>,
+    marks: Option<Box<dyn SeqMarks>>,
     router: Arc<Router>,
     /// The newest `seq` handed to the router, readable without the lock (a starting
-    /// shard's `last_seq`).
+    /// shard's `last_seq`, the upper bound of `since`).
     last_seq: AtomicU64,
+    history: History,
+    replica: Arc<Replica>,
     publications: metrics::PublicationCounters,
 }
 
+/// How a node's sequencer starts.
+pub struct IngestSetup {
+    /// The last `seq` that may have been handed out before (the durable mark).
+    pub start_seq: u64,
+    pub history_size: usize,
+    pub history_ttl_ms: u64,
+    pub replica: Arc<Replica>,
+    /// `None`: `seq` is not kept across restarts (benches, unit tests).
+    pub marks: Option<Box<dyn SeqMarks>>,
+}
+
 impl Ingest {
+    /// A sequencer with no durable mark, no history and an empty replica (benches).
     pub fn new(router: Arc<Router>) -> Ingest {
-        Ingest {
-            seq: Mutex::new(0),
+        Ingest::with(
             router,
-            last_seq: AtomicU64::new(0),
+            IngestSetup {
+                start_seq: 0,
+                history_size: 0,
+                history_ttl_ms: 0,
+                replica: Arc::new(Replica::default()),
+                marks: None,
+            },
+        )
+    }
+
+    pub fn with(router: Arc<Router>, s: IngestSetup) -> Ingest {
+        let reserved = if s.marks.is_some() {
+            s.start_seq
+        } else {
+            u64::MAX
+        };
+        Ingest {
+            seq: Mutex::new(SeqState {
+                last: s.start_seq,
+                asked: reserved,
+            }),
+            reserved: Arc::new(AtomicU64::new(reserved)),
+            marks: s.marks,
+            router,
+            last_seq: AtomicU64::new(s.start_seq),
+            history: History::new(s.history_size, s.history_ttl_ms, s.start_seq),
+            replica: s.replica,
             publications: metrics::PublicationCounters::new(),
         }
     }
@@ -109,27 +230,102 @@ impl Ingest {
         self.last_seq.load(Ordering::Acquire)
     }
 
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// The durably reserved mark.
+    pub fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Asks for the first block when the node starts; the caller waits until
+    /// [`Ingest::reserved`] is past `start_seq` before serving.
+    pub fn reserve_initial(&self) {
+        let mut st = self.lock();
+        self.ask(&mut st);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SeqState> {
+        // A panic under this lock cannot leave the counter inconsistent (it only grows),
+        // so a poisoned lock is still usable.
+        self.seq.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ask(&self, st: &mut SeqState) {
+        let Some(marks) = &self.marks else { return };
+        let reserved = self.reserved.load(Ordering::Acquire);
+        if st.asked <= reserved || st.asked < st.last + SEQ_BLOCK / 2 {
+            // Nothing on its way, or what is on its way leaves less than half a block.
+            let mark = st.last.max(reserved) + SEQ_BLOCK;
+            if mark > st.asked {
+                st.asked = mark;
+                marks.reserve(mark, self.reserved.clone());
+            }
+        }
+    }
+
+    /// Takes the sequencer lock with room for `n` more `seq`s. Waits (without the lock,
+    /// so the store's writer can finish the reservation) only if a whole half block was
+    /// used before the last reservation committed; `on_writer` callers (the store's
+    /// writer thread) never wait, since they would wait for themselves.
+    fn lock_for(&self, n: u64, on_writer: bool) -> std::sync::MutexGuard<'_, SeqState> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let mut st = self.lock();
+            let reserved = self.reserved.load(Ordering::Acquire);
+            if st.last + n + SEQ_BLOCK / 2 > reserved {
+                self.ask(&mut st);
+            }
+            if st.last + n <= reserved || on_writer || waited > Duration::from_secs(5) {
+                if st.last + n > reserved {
+                    tracing::error!(
+                        last = st.last,
+                        reserved,
+                        "seq passed its durable reservation (store too slow)"
+                    );
+                }
+                return st;
+            }
+            drop(st);
+            std::thread::sleep(Duration::from_micros(200));
+            waited += Duration::from_micros(200);
+        }
+    }
+
     /// Sequences validated items in order and hands each to every shard; returns the
     /// answer for the publisher.
     pub fn publish(&self, items: &[PublishItem], source: metrics::Source) -> PublishOutcome {
         // Encoding happens before the lock: a shard publishing at the same moment waits
         // only for the sequencing and the queue pushes, not for this request's encoding
         // (measured in benches/hot_path.rs, "ingest").
-        let publications: Vec<Publication> = items.iter().map(Publication::unsequenced).collect();
+        let publications: Vec<Publication> = items
+            .iter()
+            .map(|i| Publication::unsequenced(&i.path, &i.event_type, i.data.get()))
+            .collect();
         let (first_seq, last_seq) = {
-            // A panic under this lock cannot leave the counter inconsistent (it only
-            // grows), so a poisoned lock is still usable.
-            let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-            let first_seq = *seq + 1;
+            let mut st = self.lock_for(items.len() as u64, false);
+            let first_seq = st.last + 1;
             // Taken under the lock, so timestamps never go back as `seq` goes up.
-            let ts = crate::protocol::timestamp_text(crate::time::unix_ms());
+            let now = crate::time::unix_ms();
+            let ts = crate::protocol::timestamp_text(now);
             for mut p in publications {
-                *seq += 1;
-                p.sequence(*seq, &ts);
-                self.router.broadcast(&Arc::new(p));
+                st.last += 1;
+                p.sequence(st.last, &ts, now);
+                let p = Arc::new(p);
+                self.history.append(&p, now);
+                self.router.broadcast(&p);
             }
-            self.last_seq.store(*seq, Ordering::Release);
-            (first_seq, *seq)
+            self.last_seq.store(st.last, Ordering::Release);
+            (first_seq, st.last)
         };
         // Wake-ups are system calls: outside the lock.
         self.router.wake_all();
@@ -139,5 +335,35 @@ impl Ingest {
             first_seq,
             last_seq,
         }
+    }
+
+    /// Sequences one durable entity write (the store's writer thread, after its commit,
+    /// in commit order): applies it to the replica and hands it to every shard. The
+    /// caller wakes the shards once per group ([`Router::wake_all`]).
+    pub fn publish_entity(&self, event_type: &str, change: EntityChange) -> u64 {
+        let shown = change
+            .after
+            .as_ref()
+            .or(change.before.as_ref())
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Value::Null));
+        let path = format!("{}/{}", change.collection, change.id);
+        let data_json = serde_json::to_string(&*shown).unwrap_or_else(|_| "null".into());
+        let mut p = Publication::unsequenced(&path, event_type, &data_json);
+        let _ = p.data.set(shown);
+        let mut st = self.lock_for(1, true);
+        st.last += 1;
+        let seq = st.last;
+        let now = crate::time::unix_ms();
+        p.sequence(seq, &crate::protocol::timestamp_text(now), now);
+        self.replica.apply(&change, seq);
+        p.entity = Some(change);
+        let p = Arc::new(p);
+        self.history.append(&p, now);
+        self.router.broadcast(&p);
+        self.last_seq.store(seq, Ordering::Release);
+        drop(st);
+        self.publications.add(metrics::Source::Http, 1);
+        seq
     }
 }

@@ -24,8 +24,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod entities;
+pub mod filter;
+pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
@@ -34,4 +38,5 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod shard;
+pub mod store;
 pub mod time;

@@ -30,6 +30,18 @@ pub const COMMAND_ERRORS: &str = "shardcast_command_errors_total";
 pub const HTTP_REQUESTS: &str = "shardcast_http_requests_total";
 pub const PROCESS_CPU: &str = "shardcast_process_cpu_seconds_total";
 pub const PROCESS_RSS: &str = "shardcast_process_resident_memory_bytes";
+pub const ENTITY_WRITES: &str = "shardcast_entity_writes_total";
+pub const LIVE_QUERIES: &str = "shardcast_live_queries";
+pub const FILTER_EVALUATIONS: &str = "shardcast_filter_evaluations_total";
+pub const REFRESHES: &str = "shardcast_subscription_refreshes_total";
+pub const REPLAYED: &str = "shardcast_replayed_total";
+pub const HISTORY_PUBLICATIONS: &str = "shardcast_history_publications";
+pub const HISTORY_BYTES: &str = "shardcast_history_bytes";
+pub use crate::store::{
+    METRIC_COMMITS as STORE_COMMITS, METRIC_COMMIT_BYTES as STORE_COMMIT_BYTES,
+    METRIC_COMMIT_FAILURES as STORE_COMMIT_FAILURES, METRIC_COMMIT_JOBS as STORE_COMMIT_JOBS,
+    METRIC_COMMIT_SECONDS as STORE_COMMIT_SECONDS,
+};
 
 /// Roles as the `role` label spells them; `pending` is a socket not yet authenticated.
 pub const ROLES: [&str; 4] = ["pending", "user", "service", "admin"];
@@ -103,6 +115,42 @@ fn describe() {
         "CPU time of the process (user + system)."
     );
     describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process.");
+    describe_counter!(
+        ENTITY_WRITES,
+        "Durable entity writes published, by op (created, updated, deleted)."
+    );
+    describe_gauge!(LIVE_QUERIES, "Live queries held by connections.");
+    describe_counter!(
+        FILTER_EVALUATIONS,
+        "Filter evaluations of filtered subscriptions (after the equality index), by shard."
+    );
+    describe_counter!(REFRESHES, "subscriptionRefresh messages queued, by shard.");
+    describe_counter!(
+        REPLAYED,
+        "Publications replayed to subscriptions with since, by shard."
+    );
+    describe_gauge!(
+        HISTORY_PUBLICATIONS,
+        "Publications retained for since replay."
+    );
+    describe_gauge!(
+        HISTORY_BYTES,
+        Unit::Bytes,
+        "Bytes counted for the retained history window."
+    );
+    describe_counter!(STORE_COMMITS, "Group commits of the embedded store.");
+    describe_histogram!(STORE_COMMIT_JOBS, "Jobs (writes) per group commit.");
+    describe_histogram!(
+        STORE_COMMIT_BYTES,
+        Unit::Bytes,
+        "Key and value bytes staged per group commit."
+    );
+    describe_histogram!(
+        STORE_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time in one group commit (the fsync)."
+    );
+    describe_counter!(STORE_COMMIT_FAILURES, "Group commits that failed.");
 }
 
 /// Buckets (seconds) of the latency histograms: 100 µs to a minute.
@@ -124,6 +172,23 @@ pub fn install() -> PrometheusHandle {
             b.set_buckets_for_metric(Matcher::Full(PUBLISH_TO_FLUSH.into()), LATENCY_BUCKETS)
         })
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FLUSH_DELAY.into()), LATENCY_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(STORE_COMMIT_SECONDS.into()), LATENCY_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(STORE_COMMIT_JOBS.into()),
+                &[
+                    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 4096.0,
+                ],
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(STORE_COMMIT_BYTES.into()),
+                &[1e3, 1e4, 1e5, 1e6, 1e7],
+            )
+        })
         .unwrap_or_else(|_| PrometheusBuilder::new());
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
@@ -147,6 +212,13 @@ fn preregister() {
     for r in CLOSE_REASONS {
         metrics::counter!(CONNECTIONS_CLOSED, "reason" => *r).increment(0);
     }
+    for op in ["created", "updated", "deleted"] {
+        metrics::counter!(ENTITY_WRITES, "op" => op).increment(0);
+    }
+    metrics::counter!(STORE_COMMITS).increment(0);
+    metrics::counter!(STORE_COMMIT_FAILURES).increment(0);
+    metrics::gauge!(LIVE_QUERIES).set(0.0);
+    history_size(0, 0);
 }
 
 /// `reason` values of `shardcast_auth_failures_total`.
@@ -275,6 +347,9 @@ pub struct ShardMetrics {
     pub queue_depth: Gauge,
     pub queue_full: Counter,
     pub queue_capacity: Gauge,
+    pub filter_evaluations: Counter,
+    pub refreshes: Counter,
+    pub replayed: Counter,
 }
 
 impl ShardMetrics {
@@ -297,9 +372,31 @@ impl ShardMetrics {
             dropped_shard_queue: metrics::counter!(DROPPED, "shard" => s.clone(), "reason" => drop_reason::SHARD_QUEUE_FULL),
             queue_depth: metrics::gauge!(SHARD_QUEUE_DEPTH, "shard" => s.clone()),
             queue_full: metrics::counter!(SHARD_QUEUE_FULL, "shard" => s.clone()),
-            queue_capacity: metrics::gauge!(SHARD_QUEUE_CAPACITY, "shard" => s),
+            queue_capacity: metrics::gauge!(SHARD_QUEUE_CAPACITY, "shard" => s.clone()),
+            filter_evaluations: metrics::counter!(FILTER_EVALUATIONS, "shard" => s.clone()),
+            refreshes: metrics::counter!(REFRESHES, "shard" => s.clone()),
+            replayed: metrics::counter!(REPLAYED, "shard" => s),
         }
     }
+}
+
+/// Counts a durable entity write (`op`: created, updated, deleted).
+pub fn entity_write(op: &'static str) {
+    metrics::counter!(ENTITY_WRITES, "op" => op).increment(1);
+}
+
+pub fn live_query_created() {
+    metrics::gauge!(LIVE_QUERIES).increment(1.0);
+}
+
+pub fn live_query_destroyed() {
+    metrics::gauge!(LIVE_QUERIES).decrement(1.0);
+}
+
+/// The history window's size after a change.
+pub fn history_size(publications: usize, bytes: usize) {
+    metrics::gauge!(HISTORY_PUBLICATIONS).set(publications as f64);
+    metrics::gauge!(HISTORY_BYTES).set(bytes as f64);
 }
 
 /// Counts a refused credential.

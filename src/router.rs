@@ -37,6 +37,28 @@ pub enum ShardMsg {
     Publication(Arc<Publication>),
     /// SIGTERM: stop accepting and close connections over the drain period.
     Drain,
+    /// The answer to a request of one of this shard's connections whose work finished
+    /// elsewhere (a durable write): the shard writes it if the connection is still
+    /// there (`gen` matches).
+    Answer { conn: u32, gen: u32, answer: Answer },
+}
+
+/// Where an answer goes: a connection of a shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub shard: usize,
+    pub conn: u32,
+    pub gen: u32,
+}
+
+/// An answer produced off the shard.
+#[derive(Debug)]
+pub enum Answer {
+    /// A REST answer: status and JSON body.
+    Http {
+        status: u16,
+        body: serde_json::Value,
+    },
 }
 
 /// What piled up while a shard's queue was full.
@@ -179,6 +201,18 @@ impl Router {
         if let Some(mb) = self.mailboxes.get(shard) {
             mb.send_control(m);
         }
+    }
+
+    /// Hands an answer to the shard that holds the connection.
+    pub fn answer(&self, to: ReplyTo, answer: Answer) {
+        self.send_control(
+            to.shard,
+            ShardMsg::Answer {
+                conn: to.conn,
+                gen: to.gen,
+                answer,
+            },
+        );
     }
 
     pub fn mailbox(&self, shard: usize) -> Option<&Arc<Mailbox>> {

@@ -18,16 +18,20 @@ use mio::{Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::tickets::Tickets;
+use crate::backend::Backend;
 use crate::config::Config;
-use crate::ingest::Ingest;
+use crate::entities::Cursors;
 use crate::router::{Mailbox, Router, ShardMsg};
 use crate::shard::{Shard, ShardSeed};
 
 /// State shared by all threads of a node.
 pub struct Shared {
     pub config: Config,
-    /// The sequencer; shards run it for the publish requests they read.
-    pub ingest: Ingest,
+    /// Sequencing, history, entity state (and, next, every other durable thing): see
+    /// [`crate::backend`]. Shards call it for the requests they read.
+    pub backend: Arc<dyn Backend>,
+    /// Signs and checks entity list cursors.
+    pub cursors: Cursors,
     pub tickets: Tickets,
     pub prometheus: PrometheusHandle,
     /// Set at SIGTERM: `/readyz` fails from then on.
@@ -118,9 +122,11 @@ impl Server {
             "{:06x}",
             crate::time::unix_ms() & 0xFF_FFFF ^ std::process::id() as u64
         );
+        let backend = crate::backend::open(&config, router.clone()).map_err(anyhow_lite::msg)?;
         let shared = Arc::new(Shared {
+            cursors: Cursors::new(config.auth.jwt_secret.as_bytes()),
+            backend,
             config,
-            ingest: Ingest::new(router.clone()),
             tickets: Tickets::default(),
             prometheus,
             draining: AtomicBool::new(false),
@@ -169,6 +175,8 @@ impl Server {
         for h in self.shards.drain(..) {
             let _ = h.join();
         }
+        // Every accepted write is answered or durable before the process exits.
+        self.shared.backend.close();
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
     }
 }

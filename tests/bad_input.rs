@@ -265,40 +265,6 @@ fn subscription_limit_counts_new_ids_only() {
 }
 
 #[test]
-fn filter_and_since_are_rejected_not_silently_accepted() {
-    let s = Server::start(FAST);
-    let mut c = user(&s, &["*"]);
-    let r = c.subscribe(json!([
-        {"id": "f", "path": "jobs", "filter": "status == 'failed'"},
-        {"id": "since", "path": "jobs", "since": 0},
-        {"id": "plain", "path": "jobs"},
-    ]));
-    let (acc, mut rej) = split(&r);
-    assert_eq!(acc, vec!["plain"], "{r}");
-    rej.sort();
-    assert_eq!(
-        rej.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
-        vec!["f", "since"],
-        "{r}"
-    );
-    let rejected = r["rejected"].as_array().unwrap();
-    let msg_of = |id: &str| {
-        rejected.iter().find(|x| x["id"] == id).unwrap()["message"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    assert!(msg_of("f").contains("filter"), "{r}");
-    assert!(msg_of("since").contains("since"), "{r}");
-    // Only the plain subscription is live.
-    let seq = s.publish("jobs/1", "e", json!({"status": "ok"}));
-    let e = c.recv_type("event");
-    assert_eq!(e["seq"], seq);
-    assert_eq!(e["subscriptionIds"], json!(["plain"]), "{e}");
-    still_works(&mut c);
-}
-
-#[test]
 fn unsubscribe_answers_ids_and_stops_delivery() {
     let s = Server::start(FAST);
     let mut c = user(&s, &["*"]);
@@ -350,21 +316,6 @@ fn service_commands_from_a_user_are_forbidden() {
         c.send(&json!({"type": t, "taskIds": ["x"], "name": "n", "level": "info", "message": "m"}));
         assert_error(&c.recv(), "FORBIDDEN");
     }
-    still_works(&mut c);
-}
-
-#[test]
-fn live_queries_are_refused_as_unsupported() {
-    let s = Server::start("");
-    let mut c = user(&s, &["*"]);
-    c.send(&json!({"type": "createLiveQuery", "id": "lq-orders",
-                   "query": {"edge": "orders", "limit": 10}}));
-    let msg = assert_error(&c.recv(), "UNKNOWN_TYPE");
-    assert!(
-        msg.to_lowercase().contains("live quer"),
-        "should name live queries: {msg}"
-    );
-    assert!(msg.contains("not supported"), "{msg}");
     still_works(&mut c);
 }
 

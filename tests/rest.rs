@@ -322,7 +322,7 @@ fn routing_errors() {
     let (st, b) = s.http("GET", PUBLISH, None, Some(&apikey()));
     rest_error(st, &b, 405, None);
     let (st, b) = s.http("GET", "/api/v1/entities/x/1", None, Some(&apikey()));
-    rest_error(st, &b, 501, None);
+    rest_error(st, &b, 404, Some("NOT_FOUND"));
 }
 
 // ---------------------------------------------------------------- configuration

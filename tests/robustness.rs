@@ -1455,7 +1455,6 @@ const SERVICE_ONLY: &[&str] = &[
     "log",
     "publish",
 ];
-const NOT_IMPLEMENTED: &[&str] = &["createLiveQuery", "destroyLiveQuery"];
 const KNOWN_TYPES: &[&str] = &[
     "auth",
     "ping",
@@ -1484,7 +1483,9 @@ enum CmdExpect {
     Subscribe(Vec<SubEntry>),
     Unsubscribe(Vec<String>),
     ServiceOnly(String),
-    NotImplemented(String),
+    /// A `createLiveQuery` with this id and edge.
+    CreateLiveQuery(String, String),
+    DestroyLiveQuery(String),
 }
 
 /// One expected subscription entry: its id, and either its path and events or the codes
@@ -1552,21 +1553,51 @@ fn gen_subscription(rng: &mut Rng, i: usize) -> (Value, Result<SubEntry, ()>) {
             o.insert("events".into(), json!(events));
         }
     }
-    for key in ["filter", "since"] {
-        match rng.below(12) {
-            0 => {
-                o.insert(key.into(), Value::Null);
-            }
-            1 => {
-                let mut v = any_json(rng, 1);
-                if v.is_null() {
-                    v = json!(1);
-                }
-                o.insert(key.into(), v);
-                codes.push(ErrorCode::BadMessage);
-            }
-            _ => {}
+    match rng.below(12) {
+        0 => {
+            o.insert("filter".into(), Value::Null);
         }
+        1 => {
+            let mut v = any_json(rng, 1);
+            if v.is_null() || v.is_string() {
+                v = json!(1);
+            }
+            o.insert("filter".into(), v);
+            codes.push(ErrorCode::BadMessage);
+        }
+        2 => {
+            // Malformed: the operator has no literal.
+            o.insert(
+                "filter".into(),
+                json!(format!(
+                    "{} ==",
+                    token(rng, 1, 4).replace(['.', ':', '@', '-'], "_")
+                )),
+            );
+            codes.push(ErrorCode::InvalidFilter);
+        }
+        3 => {
+            o.insert("filter".into(), json!("status == 'failed' && n > 2"));
+        }
+        _ => {}
+    }
+    match rng.below(12) {
+        0 => {
+            o.insert("since".into(), Value::Null);
+        }
+        1 => {
+            let v = any_json(rng, 1);
+            if !v.is_null() {
+                if v.as_u64().is_none() {
+                    codes.push(ErrorCode::BadMessage);
+                }
+                o.insert("since".into(), v);
+            }
+        }
+        2 => {
+            o.insert("since".into(), json!(rng.below(1_000_000)));
+        }
+        _ => {}
     }
     if !id_ok {
         return (Value::Object(o), Err(()));
@@ -1760,7 +1791,59 @@ fn gen_command(rng: &mut Rng) -> (Value, CmdExpect) {
             }
         },
         Some(t) if SERVICE_ONLY.contains(&t) => CmdExpect::ServiceOnly(t.into()),
-        Some(t) if NOT_IMPLEMENTED.contains(&t) => CmdExpect::NotImplemented(t.into()),
+        Some("createLiveQuery") => {
+            let id = token(rng, 1, 8);
+            let edge = token(rng, 1, 8).replace('$', "e");
+            let mut q = serde_json::Map::new();
+            q.insert("edge".into(), json!(edge));
+            if rng.chance(1, 2) {
+                q.insert("filter".into(), json!("a == 1 || !b"));
+            }
+            if rng.chance(1, 2) {
+                q.insert("orderBy".into(), json!("a desc, b"));
+            }
+            if rng.chance(1, 3) {
+                q.insert("limit".into(), json!(rng.range(1, 5000)));
+            }
+            o.insert("id".into(), json!(id));
+            // One thing wrong, or none.
+            let wrong = match rng.below(8) {
+                0 => o
+                    .insert("id".into(), non_string_json(rng))
+                    .map(|_| ErrorCode::BadMessage),
+                1 => q
+                    .insert("edge".into(), non_string_json(rng))
+                    .map(|_| ErrorCode::BadMessage),
+                2 => {
+                    q.insert("filter".into(), json!("a =="));
+                    Some(ErrorCode::InvalidFilter)
+                }
+                3 => {
+                    q.insert("orderBy".into(), json!("a sideways"));
+                    Some(ErrorCode::InvalidFilter)
+                }
+                4 => {
+                    q.insert("limit".into(), json!(-1));
+                    Some(ErrorCode::BadMessage)
+                }
+                _ => None,
+            };
+            o.insert("query".into(), Value::Object(q));
+            match wrong {
+                Some(code) => CmdExpect::Err(vec![code], rid.clone()),
+                None => CmdExpect::CreateLiveQuery(id, edge),
+            }
+        }
+        Some("destroyLiveQuery") => {
+            if rng.chance(1, 3) {
+                o.insert("id".into(), non_string_json(rng));
+                bad(&rid)
+            } else {
+                let id = token(rng, 1, 8);
+                o.insert("id".into(), json!(id));
+                CmdExpect::DestroyLiveQuery(id)
+            }
+        }
         Some(_) => CmdExpect::Err(vec![ErrorCode::UnknownType], rid.clone()),
     };
     if typ_present_bad {
@@ -1823,9 +1906,12 @@ fn check_command(case: usize, text: &[u8], expect: &CmdExpect) {
             (CmdExpect::Unsubscribe(ids), Command::UnsubscribeEvents { ids: got }) => {
                 assert_eq!(ids, got, "{}", ctx())
             }
-            (CmdExpect::ServiceOnly(t), Command::ServiceOnly(g))
-            | (CmdExpect::NotImplemented(t), Command::NotImplemented(g)) => {
+            (CmdExpect::ServiceOnly(t), Command::ServiceOnly(g)) => assert_eq!(t, g, "{}", ctx()),
+            (CmdExpect::DestroyLiveQuery(t), Command::DestroyLiveQuery { id: g }) => {
                 assert_eq!(t, g, "{}", ctx())
+            }
+            (CmdExpect::CreateLiveQuery(id, edge), Command::CreateLiveQuery(q)) => {
+                assert_eq!((id, edge), (&q.id, &q.edge), "{}", ctx())
             }
             (want, got) => panic!("expected {want:?}, got {got:?}: {}", ctx()),
         },

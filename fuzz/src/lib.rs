@@ -524,7 +524,9 @@ pub fn client_command(data: &[u8]) {
                             Some(p) => {
                                 assert!(matches!(
                                     p.code,
-                                    ErrorCode::InvalidPath | ErrorCode::BadMessage
+                                    ErrorCode::InvalidPath
+                                        | ErrorCode::BadMessage
+                                        | ErrorCode::InvalidFilter
                                 ));
                                 assert!(!p.message.is_empty());
                             }
@@ -535,14 +537,18 @@ pub fn client_command(data: &[u8]) {
                 | Command::Pong
                 | Command::UnsubscribeEvents { .. }
                 | Command::ServiceOnly(_)
-                | Command::NotImplemented(_) => {}
+                | Command::DestroyLiveQuery { .. } => {}
+                Command::CreateLiveQuery(q) => {
+                    assert!(!q.id.is_empty() && !q.edge.is_empty());
+                    assert!(q.limit.is_none_or(|l| l >= 1));
+                }
             }
         }
         Err(e) => {
             rid_ok(&e.request_id);
             assert!(matches!(
                 e.refusal.code,
-                ErrorCode::BadMessage | ErrorCode::UnknownType
+                ErrorCode::BadMessage | ErrorCode::UnknownType | ErrorCode::InvalidFilter
             ));
             assert!(!e.refusal.message.is_empty());
             if e.refusal.code == ErrorCode::UnknownType {

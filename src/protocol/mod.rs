@@ -10,6 +10,8 @@ pub mod ws;
 
 use serde_json::{json, Map, Value};
 
+use crate::filter::{Filter, OrderBy};
+
 /// Error codes of PROTOCOL.md §11, spelled as on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -118,8 +120,24 @@ pub struct SubscriptionRequest {
     pub path: String,
     /// Empty: every event type.
     pub events: Vec<String>,
+    /// The parsed `filter`, if any (PROTOCOL.md §4).
+    pub filter: Option<Filter>,
+    /// `since`: replay retained publications after this `seq` first (§5).
+    pub since: Option<u64>,
     /// A shape problem of this entry alone: it goes to `rejected`, the others proceed.
     pub problem: Option<Refusal>,
+}
+
+/// A `createLiveQuery`, checked for shape (PROTOCOL.md §7).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveQueryRequest {
+    pub id: String,
+    /// The entity collection.
+    pub edge: String,
+    pub filter: Option<Filter>,
+    pub order: OrderBy,
+    /// The client's `limit`; the server caps it at `live_query.cap`.
+    pub limit: Option<usize>,
 }
 
 /// A parsed client command.
@@ -137,10 +155,12 @@ pub enum Command {
     UnsubscribeEvents {
         ids: Vec<String>,
     },
+    CreateLiveQuery(LiveQueryRequest),
+    DestroyLiveQuery {
+        id: String,
+    },
     /// Service-only commands (PROTOCOL.md §10): users get `FORBIDDEN`.
     ServiceOnly(&'static str),
-    /// In the protocol, but not in this version (live queries): a clear refusal.
-    NotImplemented(&'static str),
 }
 
 /// A command with the `requestId` to echo in its answer.
@@ -234,8 +254,23 @@ pub fn parse_command(text: &[u8]) -> Result<Envelope, ParseError> {
         "unlock" => Command::ServiceOnly("unlock"),
         "log" => Command::ServiceOnly("log"),
         "publish" => Command::ServiceOnly("publish"),
-        "createLiveQuery" => Command::NotImplemented("createLiveQuery"),
-        "destroyLiveQuery" => Command::NotImplemented("destroyLiveQuery"),
+        "createLiveQuery" => {
+            Command::CreateLiveQuery(parse_live_query(&obj).map_err(|r| ParseError {
+                request_id: request_id.clone(),
+                refusal: r,
+            })?)
+        }
+        "destroyLiveQuery" => match obj.get("id") {
+            Some(Value::String(id)) if !id.is_empty() => {
+                Command::DestroyLiveQuery { id: id.clone() }
+            }
+            _ => {
+                return Err(bad(
+                    &request_id,
+                    "destroyLiveQuery needs a non-empty string 'id'",
+                ))
+            }
+        },
         other => {
             return Err(ParseError {
                 request_id,
@@ -252,7 +287,8 @@ pub fn parse_command(text: &[u8]) -> Result<Envelope, ParseError> {
     })
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -278,6 +314,8 @@ fn parse_subscription(i: usize, item: &Value) -> Result<SubscriptionRequest, Str
         id,
         path: String::new(),
         events: Vec::new(),
+        filter: None,
+        since: None,
         problem: None,
     };
     let problem = |code, m: String| Some(Refusal::new(code, m));
@@ -312,23 +350,101 @@ fn parse_subscription(i: usize, item: &Value) -> Result<SubscriptionRequest, Str
             ))
         }
     }
-    // Filters and `since` recovery are part of the contract but not of this version:
-    // refuse them rather than silently deliver unfiltered or unrecovered events.
-    for (key, what) in [
-        ("filter", "filters are not supported by this server version"),
-        (
-            "since",
-            "'since' recovery is not supported by this server version",
-        ),
-    ] {
-        if o.get(key).is_some_and(|v| !v.is_null()) {
-            req.problem = req
-                .problem
-                .take()
-                .or(problem(ErrorCode::BadMessage, what.into()));
+    match o.get("filter") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(f)) => match Filter::parse(f) {
+            Ok(f) => req.filter = Some(f),
+            Err(e) => {
+                req.problem = req
+                    .problem
+                    .take()
+                    .or(problem(ErrorCode::InvalidFilter, format!("filter: {e}")))
+            }
+        },
+        Some(_) => {
+            req.problem = req.problem.take().or(problem(
+                ErrorCode::BadMessage,
+                "'filter' must be a string".into(),
+            ))
+        }
+    }
+    match o.get("since") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_u64().is_some() => req.since = n.as_u64(),
+        Some(_) => {
+            req.problem = req.problem.take().or(problem(
+                ErrorCode::BadMessage,
+                "'since' must be a non-negative whole number (a seq)".into(),
+            ))
         }
     }
     Ok(req)
+}
+
+/// Shape of a `createLiveQuery`: `{"id", "query": {"edge", "filter"?, "orderBy"?, "limit"?}}`.
+fn parse_live_query(obj: &Map<String, Value>) -> Result<LiveQueryRequest, Refusal> {
+    let badm = |m: &str| Refusal::new(ErrorCode::BadMessage, m);
+    let id = match obj.get("id") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
+        _ => {
+            return Err(badm(
+                "createLiveQuery needs an 'id': a non-empty string of at most 256 bytes",
+            ))
+        }
+    };
+    let Some(Value::Object(q)) = obj.get("query") else {
+        return Err(badm(
+            "createLiveQuery needs an object 'query' with an 'edge'",
+        ));
+    };
+    for k in q.keys() {
+        if !matches!(k.as_str(), "edge" | "filter" | "orderBy" | "limit") {
+            return Err(badm(&format!(
+                "query has an unknown field '{}' (known: edge, filter, orderBy, limit)",
+                truncate(k, 64)
+            )));
+        }
+    }
+    let edge = match q.get("edge") {
+        Some(Value::String(e)) if !e.is_empty() => e.clone(),
+        _ => {
+            return Err(badm(
+                "query.edge must be a non-empty string (an entity collection)",
+            ))
+        }
+    };
+    let text = |k: &str| match q.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(badm(&format!("query.{k} must be a string"))),
+    };
+    let filter =
+        match text("filter")? {
+            None => None,
+            Some(f) => Some(Filter::parse(f).map_err(|e| {
+                Refusal::new(ErrorCode::InvalidFilter, format!("query.filter: {e}"))
+            })?),
+        };
+    let order = match text("orderBy")? {
+        None => OrderBy { keys: Vec::new() },
+        Some(o) => OrderBy::parse(o)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidFilter, format!("query.orderBy: {e}")))?,
+    };
+    let limit = match q.get("limit") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {
+            Some(n.as_u64().unwrap_or(1).min(usize::MAX as u64) as usize)
+        }
+        Some(_) => return Err(badm("query.limit must be a whole number of at least 1")),
+    };
+    Ok(LiveQueryRequest {
+        id,
+        edge,
+        filter,
+        order,
+        limit,
+    })
 }
 
 /// Serializes a server control message (not on the fan-out path).
@@ -413,8 +529,60 @@ pub fn finish_event_tail(out: &mut Vec<u8>, timestamp: &[u8], seq: u64) {
     out.push(b'}');
 }
 
+/// The varying head of an `event`, written in front of a publication's shared tail: who
+/// the message is for. JSON string literals (`ids`, already escaped) and ids as text.
+#[derive(Clone, Copy, Debug)]
+pub enum EventHead<'a> {
+    /// A connection's subscriptions (PROTOCOL.md §6): `"subscriptionIds":[…]`.
+    Subscriptions(&'a [&'a [u8]]),
+    /// A REST-created channel's socket (§9): `"channelId":"…"`.
+    Channel(&'a str),
+    /// A service task (§10): the subscriptions, then `"taskId":"…","attempt":N`.
+    Task {
+        ids: &'a [&'a [u8]],
+        task_id: &'a str,
+        attempt: u32,
+    },
+}
+
+/// Writes `{"type":"event",<head>,` so that the publication's tail completes it.
+pub fn write_event_head(out: &mut Vec<u8>, head: EventHead<'_>) {
+    out.extend_from_slice(b"{\"type\":\"event\",");
+    let ids = |out: &mut Vec<u8>, ids: &[&[u8]]| {
+        out.extend_from_slice(b"\"subscriptionIds\":[");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(id);
+        }
+        out.extend_from_slice(b"],");
+    };
+    match head {
+        EventHead::Subscriptions(s) => ids(out, s),
+        EventHead::Channel(c) => {
+            out.extend_from_slice(b"\"channelId\":");
+            write_json_str(out, c);
+            out.push(b',');
+        }
+        EventHead::Task {
+            ids: s,
+            task_id,
+            attempt,
+        } => {
+            ids(out, s);
+            out.extend_from_slice(b"\"taskId\":");
+            write_json_str(out, task_id);
+            out.extend_from_slice(b",\"attempt\":");
+            out.extend_from_slice(itoa_u64(attempt as u64).as_bytes());
+            out.push(b',');
+        }
+    }
+}
+
 /// The per-connection head of an `event`: `{"type":"event","subscriptionIds":[…],`.
-/// `ids` are JSON string literals, already escaped.
+/// `ids` are JSON string literals, already escaped. (The fan-out's form of
+/// [`write_event_head`] with [`EventHead::Subscriptions`], without collecting the ids.)
 pub fn event_prefix<'a>(out: &mut Vec<u8>, ids: impl Iterator<Item = &'a [u8]>) {
     out.extend_from_slice(b"{\"type\":\"event\",\"subscriptionIds\":[");
     for (i, id) in ids.enumerate() {
@@ -424,6 +592,43 @@ pub fn event_prefix<'a>(out: &mut Vec<u8>, ids: impl Iterator<Item = &'a [u8]>) 
         out.extend_from_slice(id);
     }
     out.extend_from_slice(b"],");
+}
+
+/// `{"type":"subscriptionRefresh","subscriptionId":…,"path":…,"entityId":…,"seq":N}`
+/// (`sub_json`: the id as a JSON string literal).
+pub fn refresh_message(out: &mut Vec<u8>, sub_json: &[u8], path: &str, entity_id: &str, seq: u64) {
+    out.extend_from_slice(b"{\"type\":\"subscriptionRefresh\",\"subscriptionId\":");
+    out.extend_from_slice(sub_json);
+    out.extend_from_slice(b",\"path\":");
+    write_json_str(out, path);
+    out.extend_from_slice(b",\"entityId\":");
+    write_json_str(out, entity_id);
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(itoa_u64(seq).as_bytes());
+    out.push(b'}');
+}
+
+/// A live query's incremental message (PROTOCOL.md §7): `kind` is
+/// `liveQueryAddedNode`, `liveQueryUpdatedNode` (both with `data`, the entity's JSON
+/// text, copied as is) or `liveQueryRemovedNode` (no `data`).
+pub fn live_query_node(
+    out: &mut Vec<u8>,
+    kind: &str,
+    id: &str,
+    node_id: &str,
+    data: Option<&[u8]>,
+) {
+    out.extend_from_slice(b"{\"type\":");
+    write_json_str(out, kind);
+    out.extend_from_slice(b",\"id\":");
+    write_json_str(out, id);
+    out.extend_from_slice(b",\"nodeId\":");
+    write_json_str(out, node_id);
+    if let Some(d) = data {
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(d);
+    }
+    out.push(b'}');
 }
 
 fn itoa_u64(n: u64) -> String {
@@ -491,12 +696,51 @@ mod tests {
             subscriptions[1].problem.as_ref().unwrap().code,
             ErrorCode::InvalidPath
         );
-        assert!(subscriptions[2]
-            .problem
-            .as_ref()
-            .unwrap()
-            .message
-            .contains("filters"));
+        assert_eq!(subscriptions[2].problem, None);
+        assert!(subscriptions[2].filter.is_some());
+    }
+
+    #[test]
+    fn heads_complete_the_tail() {
+        let tail = encode_event_tail("done", "jobs/1", "1", 0, 7);
+        for (head, want) in [
+            (EventHead::Channel("ch\"1"), json!({"channelId": "ch\"1"})),
+            (
+                EventHead::Task {
+                    ids: &[&b"\"s\""[..]],
+                    task_id: "billing:7",
+                    attempt: 2,
+                },
+                json!({"subscriptionIds": ["s"], "taskId": "billing:7", "attempt": 2}),
+            ),
+        ] {
+            let mut msg = Vec::new();
+            write_event_head(&mut msg, head);
+            msg.extend_from_slice(&tail);
+            let v: Value = serde_json::from_slice(&msg).unwrap();
+            for (k, val) in want.as_object().unwrap() {
+                assert_eq!(&v[k], val);
+            }
+            assert_eq!(v["seq"], 7);
+        }
+        let mut r = Vec::new();
+        refresh_message(&mut r, b"\"denials\"", "accounts/acc_7", "acc_7", 1310);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&r).unwrap(),
+            json!({"type":"subscriptionRefresh","subscriptionId":"denials","path":"accounts/acc_7","entityId":"acc_7","seq":1310})
+        );
+        let mut n = Vec::new();
+        live_query_node(
+            &mut n,
+            "liveQueryAddedNode",
+            "lq",
+            "o-9",
+            Some(b"{\"id\":\"o-9\"}"),
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&n).unwrap(),
+            json!({"type":"liveQueryAddedNode","id":"lq","nodeId":"o-9","data":{"id":"o-9"}})
+        );
     }
 
     #[test]

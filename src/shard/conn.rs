@@ -16,7 +16,9 @@ use crate::config::Framing;
 use crate::protocol::ws::{self, Utf8Check};
 
 use super::index::EventSet;
+use super::live_query::LiveQuery;
 use super::ring::Ring;
+use crate::filter::Filter;
 
 /// Bytes reserved in front of every frame's JSON for the largest WebSocket header, so a
 /// frame is built once and serves both framings without a copy.
@@ -82,6 +84,13 @@ impl Frame {
 pub struct HttpState {
     /// A `100 Continue` was sent for the request being read.
     pub continue_sent: bool,
+    /// A request's answer is being worked out off the shard (a durable write): later
+    /// requests wait in `rbuf`, so answers keep request order.
+    pub awaiting: bool,
+    /// That request asked for the connection to close after its answer.
+    pub close_after: bool,
+    /// The peer half-closed while an answer was awaited: finish once it is written.
+    pub eof: bool,
 }
 
 /// A subscription held by a WebSocket connection.
@@ -91,6 +100,9 @@ pub struct Subscription {
     pub id: u32,
     pub path: Box<str>,
     pub events: EventSet,
+    /// Its filter: it is then in the shard's filtered index, not the plain one, and the
+    /// connection never joins a feed.
+    pub filter: Option<Rc<Filter>>,
 }
 
 /// A fragmented message being reassembled.
@@ -141,6 +153,10 @@ pub struct WsState {
     /// Per-shard connection number, for `connectionId`.
     pub number: u64,
     pub subscriptions: Vec<Subscription>,
+    /// Live queries (PROTOCOL.md §7): at most `limits.max_live_queries`.
+    pub live_queries: Vec<LiveQuery>,
+    /// The next live query's tag (see [`super::live_query::LQ_BIT`]).
+    pub next_lq: u32,
     pub fragments: Option<Box<Fragments>>,
     /// Command rate limiter (user connections): tokens left and when last refilled.
     pub tokens: f32,
@@ -159,6 +175,8 @@ impl WsState {
             batch_max: 1,
             framing: Framing::Frames,
             subscriptions: Vec::new(),
+            live_queries: Vec::new(),
+            next_lq: 0,
             ring: Ring::new(ring_capacity),
             feed: 0,
             feed_pos: 0,

@@ -28,12 +28,22 @@ use super::{Shard, TimerKind};
 const EVENT_HEAD_LEN: usize = 35 + 2;
 
 impl Shard {
-    /// Delivers a publication to this shard's matching subscriptions.
+    /// Delivers a publication to this shard's matching subscriptions, refreshes and
+    /// live queries.
     pub(super) fn on_publication(&mut self, p: &Arc<Publication>) {
         self.last_seq = self.last_seq.max(p.seq);
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         self.index.collect(&p.path, &p.event_type, &mut matches);
+        let mut refreshes = std::mem::take(&mut self.refreshes);
+        refreshes.clear();
+        if !self.filtered.is_empty() {
+            let before = self.filtered.evaluations;
+            self.filtered.collect(p, &mut matches, &mut refreshes);
+            self.metrics
+                .filter_evaluations
+                .increment(self.filtered.evaluations - before);
+        }
         if !matches.is_empty() {
             self.frame_cache.clear();
             let now32 = self.now as u32;
@@ -90,20 +100,74 @@ impl Shard {
                     ws.count_dropped(&old.subs);
                     self.metrics.dropped_overflow.increment(1);
                 }
-                let batch_ms = ws.batch_ms as u64;
-                if batch_ms == 0 || ws.ring.len() >= ws.batch_max as usize {
-                    if !ws.dirty {
-                        ws.dirty = true;
-                        self.dirty.push_back((key, gen));
-                    }
-                } else if was_empty {
-                    let at = self.now + batch_ms;
-                    ws.flush_at = Some(at);
-                    self.arm(at, key as usize, gen, TimerKind::Flush);
-                }
+                self.schedule_flush(key as usize, gen, was_empty);
             }
         }
+        // After every event of this publication, so the merge above always finds the
+        // event as the ring's newest message.
+        if !refreshes.is_empty() {
+            self.deliver_refreshes(p, &refreshes);
+        }
+        self.refreshes = refreshes;
+        if p.entity.is_some() && !self.lq_by_collection.is_empty() {
+            self.live_query_publication(p);
+        }
         self.matches = matches;
+    }
+
+    /// After a message was queued in connection `key`'s ring (`was_empty` before): the
+    /// flush is due now (`batchMs=0` or `batchMax` waiting) or `batchMs` after the
+    /// oldest.
+    pub(super) fn schedule_flush(&mut self, key: usize, gen: u32, was_empty: bool) {
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return;
+        };
+        let batch_ms = ws.batch_ms as u64;
+        if batch_ms == 0 || ws.ring.len() >= ws.batch_max as usize {
+            if !ws.dirty {
+                ws.dirty = true;
+                self.dirty.push_back((key as u32, gen));
+            }
+        } else if was_empty {
+            let at = self.now + batch_ms;
+            ws.flush_at = Some(at);
+            self.arm(at, key, gen, TimerKind::Flush);
+        }
+    }
+
+    /// `subscriptionRefresh` for each (connection, subscription) an entity left.
+    fn deliver_refreshes(&mut self, p: &Publication, refreshes: &[(u32, u32)]) {
+        let Some(change) = &p.entity else { return };
+        let now32 = self.now as u32;
+        for &(key, sub) in refreshes {
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                continue;
+            };
+            let gen = conn.gen;
+            let Kind::Ws(ws) = &mut conn.kind else {
+                continue;
+            };
+            if ws.close_sent {
+                continue;
+            }
+            let name = self.interner.json(sub);
+            let len = 96 + name.len() + p.path.len() + change.id.len();
+            let frame = Rc::new(Frame::build(
+                ws::OpCode::Text,
+                len,
+                Box::new([sub]),
+                Some(p.ingested_at),
+                now32,
+                |buf| protocol::refresh_message(buf, name, &p.path, &change.id, p.seq),
+            ));
+            let was_empty = ws.ring.is_empty();
+            if let Some(old) = ws.ring.push(frame) {
+                ws.count_dropped(&old.subs);
+                self.metrics.dropped_overflow.increment(1);
+            }
+            self.metrics.refreshes.increment(1);
+            self.schedule_flush(key as usize, gen, was_empty);
+        }
     }
 
     /// A publication the router could not queue for this shard: it is not delivered, and
@@ -114,6 +178,17 @@ impl Shard {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         self.index.collect(&p.path, &p.event_type, &mut matches);
+        if !self.filtered.is_empty() {
+            let mut refreshes = std::mem::take(&mut self.refreshes);
+            refreshes.clear();
+            self.filtered.collect(p, &mut matches, &mut refreshes);
+            matches.extend_from_slice(&refreshes);
+            self.refreshes = refreshes;
+        }
+        if let Some(change) = &p.entity {
+            let c = change.collection.clone();
+            self.live_queries_missed(Some(&c), 1);
+        }
         for &(key, sub) in &matches {
             if key & FEED_BIT != 0 {
                 let Some(feed) = self.feeds.get((key & !FEED_BIT) as usize) else {
@@ -153,6 +228,7 @@ impl Shard {
             }
         }
         self.metrics.dropped_shard_queue.increment(n);
+        self.live_queries_missed(None, n);
     }
 
     pub(super) fn mark_dirty(&mut self, key: usize, gen: u32) {
@@ -241,6 +317,8 @@ impl Shard {
     /// [`Shard::complete_uring`] (only `flush_dirty` defers: it reaps before anything else
     /// can write to the same sockets).
     pub(super) fn flush_with(&mut self, key: usize, defer: bool) {
+        // A live query that lost a message starts over before anything else is written.
+        self.reload_overflowed_live_queries(key);
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };

@@ -277,6 +277,8 @@ impl Shard {
             || ws.echo
             || ws.close_sent
             || ws.subscriptions.len() != 1
+            || ws.subscriptions[0].filter.is_some()
+            || !ws.live_queries.is_empty()
             || !ws.ring.is_empty()
         {
             return;

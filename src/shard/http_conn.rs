@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::api::{self, Route};
 use crate::http::{self, Parsed};
 use crate::metrics::Source;
+use crate::router::{Answer, ReplyTo};
 
 use super::conn::{Ending, Kind};
 use super::Shard;
@@ -44,16 +45,27 @@ impl Shard {
         }
         self.http_process(key);
         if eof {
-            // The peer is done sending (a half-close): what it sent is answered above;
-            // once the answers are written, the connection is finished.
-            let Some(conn) = self.conns.get_mut(key) else {
+            self.http_eof(key);
+        }
+    }
+
+    /// The peer is done sending (a half-close): what it sent is answered; once the
+    /// answers are written, the connection is finished.
+    fn http_eof(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Kind::Http(h) = &mut conn.kind {
+            if h.awaiting {
+                // An answer is still to come ([`Shard::on_answer`] finishes this).
+                h.eof = true;
                 return;
-            };
-            if !conn.has_pending() {
-                self.drop_conn(key, "http_eof");
-            } else if conn.ending == Ending::Open {
-                conn.ending = Ending::AfterWrite;
             }
+        }
+        if !conn.has_pending() {
+            self.drop_conn(key, "http_eof");
+        } else if conn.ending == Ending::Open {
+            conn.ending = Ending::AfterWrite;
         }
     }
 
@@ -67,7 +79,7 @@ impl Shard {
             let Kind::Http(h) = &mut conn.kind else {
                 return;
             };
-            if conn.ending != Ending::Open || conn.rbuf.is_empty() {
+            if conn.ending != Ending::Open || conn.rbuf.is_empty() || h.awaiting {
                 return;
             }
             match http::parse(&conn.rbuf, max_body) {
@@ -132,19 +144,83 @@ impl Shard {
                 }
             }
             Route::Publish(items) => {
-                let outcome = self.shared.ingest.publish(&items, Source::Http);
-                if close {
-                    if let Some(c) = self.conns.get_mut(key) {
-                        c.ending = Ending::AfterWrite;
+                let reply = self.reply_to(key);
+                match self.shared.backend.publish(&items, Source::Http, reply) {
+                    Some(outcome) => {
+                        let body = json!({
+                            "accepted": outcome.accepted,
+                            "firstSeq": outcome.first_seq,
+                            "lastSeq": outcome.last_seq,
+                        });
+                        self.answer_http(key, 202, &body, close);
                     }
+                    None => self.await_answer(key, close),
                 }
-                let body = json!({
-                    "accepted": outcome.accepted,
-                    "firstSeq": outcome.first_seq,
-                    "lastSeq": outcome.last_seq,
-                });
-                self.send_raw(key, &http::json_response(202, &body, close));
             }
+            Route::EntityWrite(write) => {
+                let reply = self.reply_to(key);
+                self.await_answer(key, close);
+                self.shared.backend.write_entity(write, reply);
+            }
+        }
+    }
+
+    fn reply_to(&self, key: usize) -> ReplyTo {
+        ReplyTo {
+            shard: self.id,
+            conn: key as u32,
+            gen: self.conns.get(key).map_or(0, |c| c.gen),
+        }
+    }
+
+    /// The request's answer comes through the mailbox ([`Shard::on_answer`]); until
+    /// then the connection reads no further request.
+    fn await_answer(&mut self, key: usize, close: bool) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if let Kind::Http(h) = &mut c.kind {
+                h.awaiting = true;
+                h.close_after = close;
+            }
+        }
+    }
+
+    fn answer_http(&mut self, key: usize, status: u16, body: &serde_json::Value, close: bool) {
+        if close {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.ending = Ending::AfterWrite;
+            }
+        }
+        self.send_raw(key, &http::json_response(status, body, close));
+    }
+
+    /// An answer worked out off the shard, for connection `key` if it is still the
+    /// one that asked (`gen`).
+    pub(super) fn on_answer(&mut self, key: usize, gen: u32, answer: Answer) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.gen != gen {
+            return;
+        }
+        let Kind::Http(h) = &mut c.kind else {
+            return;
+        };
+        if !h.awaiting {
+            return;
+        }
+        h.awaiting = false;
+        let close = h.close_after || self.shared.is_draining();
+        match answer {
+            Answer::Http { status, body } => self.answer_http(key, status, &body, close),
+        }
+        // Requests that arrived meanwhile.
+        self.http_process(key);
+        let eof = match self.conns.get(key).map(|c| &c.kind) {
+            Some(Kind::Http(h)) => h.eof && !h.awaiting,
+            _ => false,
+        };
+        if eof {
+            self.http_eof(key);
         }
     }
 
@@ -154,6 +230,13 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if let Kind::Http(h) = &mut conn.kind {
+            if h.awaiting {
+                // Its answer is on the way: close right after it.
+                h.close_after = true;
+                return;
+            }
+        }
         let pending = conn.has_pending();
         if pending {
             conn.ending = Ending::AfterWrite;

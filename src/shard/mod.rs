@@ -17,9 +17,12 @@
 pub mod conn;
 mod fanout;
 pub mod feed;
+pub mod filtered;
 mod http_conn;
 pub mod index;
 pub mod interner;
+mod live_query;
+mod replay;
 pub mod ring;
 mod uring;
 mod ws_conn;
@@ -42,6 +45,7 @@ use crate::metrics::ShardMetrics;
 use crate::router::{Mailbox, ShardMsg};
 use crate::server::Shared;
 use conn::{Conn, Frame, HttpState, Kind};
+use filtered::FilteredIndex;
 use index::Index;
 use interner::Interner;
 
@@ -110,6 +114,10 @@ pub struct Shard {
     next_gen: u32,
     next_number: u64,
     index: Index,
+    /// Subscriptions with a filter (not in `index`).
+    filtered: FilteredIndex,
+    /// Connections holding live queries, by collection (a connection once per query).
+    lq_by_collection: HashMap<Box<str>, Vec<u32>>,
     interner: Interner,
     timers: BinaryHeap<Reverse<Timer>>,
     mailbox: Arc<Mailbox>,
@@ -125,6 +133,8 @@ pub struct Shard {
     dirty: VecDeque<(u32, u32)>,
     /// Per-publication scratch: matching (connection, subscription) pairs.
     matches: Vec<(u32, u32)>,
+    /// Per-publication scratch: (connection, subscription) pairs to refresh.
+    refreshes: Vec<(u32, u32)>,
     /// Per-publication cache: one frame per distinct `subscriptionIds` list.
     frame_cache: HashMap<Box<[u32]>, Rc<Frame>>,
     /// Shared logs of connections holding the same single subscription (`feed`).
@@ -164,7 +174,7 @@ impl Shard {
     }
 
     fn new(seed: ShardSeed) -> Shard {
-        let last_seq = seed.shared.ingest.last_seq();
+        let last_seq = seed.shared.backend.last_seq();
         let rng = crate::time::unix_ms() ^ ((seed.id as u64 + 1) << 32) | 1;
         Shard {
             id: seed.id,
@@ -174,6 +184,8 @@ impl Shard {
             next_gen: 0,
             next_number: 0,
             index: Index::default(),
+            filtered: FilteredIndex::default(),
+            lq_by_collection: HashMap::new(),
             interner: Interner::default(),
             timers: BinaryHeap::new(),
             mailbox: seed.mailbox,
@@ -184,6 +196,7 @@ impl Shard {
             scratch: vec![0u8; 64 * 1024],
             dirty: VecDeque::new(),
             matches: Vec::new(),
+            refreshes: Vec::new(),
             frame_cache: HashMap::new(),
             feeds: Slab::new(),
             feed_slots: HashMap::new(),
@@ -439,6 +452,7 @@ impl Shard {
         match msg {
             ShardMsg::Publication(p) => self.on_publication(&p),
             ShardMsg::Drain => self.begin_drain(),
+            ShardMsg::Answer { conn, gen, answer } => self.on_answer(conn as usize, gen, answer),
         }
     }
 
@@ -480,7 +494,7 @@ impl Shard {
             .absolute(self.mailbox.full_events.load(Ordering::Relaxed));
         // A feed is one index entry for all its members.
         let members: usize = self.feeds.iter().map(|(_, f)| f.members.len()).sum();
-        let subscriptions = self.index.len() - self.feeds.len() + members;
+        let subscriptions = self.index.len() - self.feeds.len() + members + self.filtered.len();
         self.metrics.subscriptions.set(subscriptions as f64);
         self.metrics.feeds.set(self.feeds.len() as f64);
         self.arm(
@@ -536,8 +550,14 @@ impl Shard {
         let _ = self.poll.registry().deregister(&mut conn.sock);
         if let Kind::Ws(ws) = conn.kind {
             for s in &ws.subscriptions {
-                self.index.remove(&s.path, key as u32, s.id);
+                match &s.filter {
+                    Some(f) => self.filtered.remove(&s.path, key as u32, s.id, f),
+                    None => self.index.remove(&s.path, key as u32, s.id),
+                }
                 self.interner.release(s.id);
+            }
+            for q in &ws.live_queries {
+                self.forget_live_query(key, &q.collection);
             }
             if !ws.echo {
                 let slot = ws.role_slot();

@@ -139,7 +139,7 @@ mod tests {
             let (mut next, mut dropped, mut consumed) = (0u64, 0u64, 0u64);
             let mut model: VecDeque<u64> = VecDeque::new();
             for _ in 0..500 {
-                if xorshift(&mut seed) % 3 == 0 {
+                if xorshift(&mut seed).is_multiple_of(3) {
                     let n = (xorshift(&mut seed) % 8) as usize;
                     let took = n.min(r.len());
                     r.consume(n);

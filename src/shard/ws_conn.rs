@@ -20,6 +20,7 @@ use crate::protocol::{self, Command, ErrorCode, Refusal, SubscriptionRequest};
 
 use super::conn::{Ending, Fragments, Frame, Kind, Subscription, WsState};
 use super::feed::Leave;
+use super::filtered::FilteredEntry;
 use super::index::Entry;
 use super::{Shard, TimerKind, LINGER_MS};
 
@@ -574,12 +575,8 @@ impl Shard {
                 &format!("'{t}' (service tasks, locks, logs and publishing over WebSocket) is not supported by this server version"),
                 request_id,
             ),
-            Command::NotImplemented(t) => self.send_error(
-                key,
-                ErrorCode::UnknownType,
-                &format!("'{t}': live queries are not supported by this server version"),
-                request_id,
-            ),
+            Command::CreateLiveQuery(req) => self.create_live_query(key, req, request_id),
+            Command::DestroyLiveQuery { id } => self.destroy_live_query(key, &id, request_id),
         }
     }
 
@@ -622,12 +619,24 @@ impl Shard {
         request_id: Option<&Value>,
     ) {
         let max = self.shared.config.limits.max_subscriptions;
+        let newest = self.shared.backend.last_seq();
+        // A `since` this shard has not reached yet (it lags ingest by its queue): take in
+        // what is queued first, so that nothing up to `since` arrives live afterwards.
+        let since_max = requests
+            .iter()
+            .filter(|r| r.problem.is_none())
+            .filter_map(|r| r.since)
+            .filter(|&s| s <= newest)
+            .max()
+            .unwrap_or(0);
+        self.catch_up(since_max);
         let last_seq = self.last_seq;
         // Subscribing changes what the connection holds: it goes on alone (and may join
         // a feed again below).
         self.detach_feed(key, Leave::Keep);
         let mut accepted = Vec::new();
         let mut rejected = Vec::new();
+        let mut replays = Vec::new();
         for req in requests {
             let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
                 return;
@@ -649,6 +658,14 @@ impl Shard {
                 Some(Refusal::new(
                     ErrorCode::Forbidden,
                     format!("path '{}' is outside the token's scopes", req.path),
+                ))
+            } else if req.since.is_some_and(|s| s > newest) {
+                Some(Refusal::new(
+                    ErrorCode::BadMessage,
+                    format!(
+                        "since {} is in the future: the newest seq is {newest}",
+                        req.since.unwrap_or(0)
+                    ),
                 ))
             } else {
                 let replaces = self
@@ -676,26 +693,44 @@ impl Shard {
                     .map(|e| Box::<str>::from(e.as_str()))
                     .collect()
             });
-            self.index.insert(
-                &req.path,
-                Entry {
-                    conn: key as u32,
-                    sub: id,
-                    events: events.clone(),
-                },
-            );
-            if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) {
-                ws.subscriptions.push(Subscription {
-                    id,
-                    path: req.path.as_str().into(),
-                    events,
-                });
+            let filter = req.filter.map(Rc::new);
+            match &filter {
+                Some(f) => self.filtered.insert(
+                    &req.path,
+                    FilteredEntry {
+                        conn: key as u32,
+                        sub: id,
+                        events: events.clone(),
+                        filter: f.clone(),
+                    },
+                ),
+                None => self.index.insert(
+                    &req.path,
+                    Entry {
+                        conn: key as u32,
+                        sub: id,
+                        events: events.clone(),
+                    },
+                ),
             }
-            accepted.push(
-                json!({"id": req.id, "path": req.path, "events": req.events, "seq": last_seq}),
-            );
+            let sub = Subscription {
+                id,
+                path: req.path.as_str().into(),
+                events,
+                filter,
+            };
+            let mut answer =
+                json!({"id": req.id, "path": req.path, "events": req.events, "seq": last_seq});
+            if let Some(since) = req.since {
+                let (found, recovered) = self.replay_matches(&sub, since, last_seq);
+                answer["recovered"] = json!(recovered);
+                replays.push((id, found));
+            }
+            if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) {
+                ws.subscriptions.push(sub);
+            }
+            accepted.push(answer);
         }
-        self.attach_feed(key);
         let mut msg = json!({"type": "subscribedEvents", "subscriptions": accepted});
         if let Some(r) = request_id {
             msg["requestId"] = r.clone();
@@ -704,6 +739,12 @@ impl Shard {
             msg["rejected"] = Value::Array(rejected);
         }
         self.send_text(key, &protocol::to_bytes(&msg));
+        // Replayed publications follow the answer, before anything live (which is all
+        // after `last_seq`).
+        for (id, found) in replays {
+            self.send_replay(key, id, &found);
+        }
+        self.attach_feed(key);
     }
 
     /// Removes subscription `id` of the connection, if it has one; true if it did.
@@ -720,7 +761,10 @@ impl Shard {
         };
         let s = ws.subscriptions.swap_remove(i);
         ws.dropped.retain(|(d, _)| *d != num);
-        self.index.remove(&s.path, key as u32, num);
+        match &s.filter {
+            Some(f) => self.filtered.remove(&s.path, key as u32, num, f),
+            None => self.index.remove(&s.path, key as u32, num),
+        }
         self.interner.release(num);
         true
     }

@@ -65,38 +65,60 @@ impl Server {
         } else {
             format!("{cfg}\n[auth]\njwt_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\n")
         };
-        let path = dir.join("shardcast.toml");
-        std::fs::write(&path, cfg).expect("write config");
-        let log = std::fs::File::create(dir.join("server.log")).expect("log file");
+        std::fs::write(dir.join("shardcast.toml"), cfg).expect("write config");
+        let mut s = Server {
+            port,
+            dir,
+            child: None,
+        };
+        s.spawn(env);
+        s
+    }
+
+    /// Starts the binary on this server's config and data (a restart after
+    /// [`Server::kill`]); waits until it is healthy.
+    pub fn spawn(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
         cmd.arg("serve")
             .arg("--config")
-            .arg(&path)
+            .arg(self.dir.join("shardcast.toml"))
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn shardcast");
-        let mut s = Server {
-            port,
-            dir,
-            child: Some(child),
-        };
+        self.child = Some(cmd.spawn().expect("spawn shardcast"));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("server exited at start ({status}): {}", s.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("server exited at start ({status}): {}", self.log());
             }
-            if s.try_http("GET", "/healthz", None, &[]).map(|r| r.0) == Some(200) {
-                return s;
+            if self.try_http("GET", "/healthz", None, &[]).map(|r| r.0) == Some(200) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "server not healthy in time: {}",
-                s.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`: the process gets no chance to flush or close anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 

@@ -7,6 +7,8 @@
 //! whole before anything is handed to ingest: one bad item refuses the batch with 400
 //! and the item's `index`.
 
+mod entities;
+
 use std::borrow::Cow;
 
 use serde_json::json;
@@ -27,6 +29,8 @@ pub enum Route {
     Upgrade { echo: bool, accept: String },
     /// Hand these validated items to ingest; answer when it has sequenced them.
     Publish(Vec<PublishItem>),
+    /// Hand this checked entity write to the backend; answer when it is durable.
+    EntityWrite(crate::entities::EntityWrite),
 }
 
 fn error(status: u16, code: &str, message: &str, close: bool) -> Route {
@@ -40,41 +44,65 @@ pub fn route(req: &Request, shared: &Shared, close: bool) -> Route {
     let method = req.method.as_str();
     let echo_path = cfg.testing.echo_path.as_str();
     match (method, path) {
-        ("GET", "/healthz") => Route::Respond(http::json_response(200, &json!({"status": "ok"}), close)),
+        ("GET", "/healthz") => {
+            Route::Respond(http::json_response(200, &json!({"status": "ok"}), close))
+        }
         ("GET", "/readyz") => {
             if shared.is_draining() {
-                Route::Respond(http::json_response(503, &json!({"status": "draining"}), close))
+                Route::Respond(http::json_response(
+                    503,
+                    &json!({"status": "draining"}),
+                    close,
+                ))
             } else {
                 Route::Respond(http::json_response(200, &json!({"status": "ready"}), close))
             }
         }
         ("GET", "/metrics") => {
             let text = crate::metrics::render(&shared.prometheus);
-            Route::Respond(http::response(200, "text/plain; version=0.0.4", text.as_bytes(), close))
+            Route::Respond(http::response(
+                200,
+                "text/plain; version=0.0.4",
+                text.as_bytes(),
+                close,
+            ))
         }
         ("GET", "/ws") => upgrade(req, false, close),
         ("GET", p) if !echo_path.is_empty() && p == echo_path => upgrade(req, true, close),
         ("POST", "/api/v1/publish") => publish(req, shared, close),
         ("POST", "/api/v1/ws-tickets") => ticket(req, shared, close),
-        (_, "/healthz" | "/readyz" | "/metrics" | "/ws" | "/api/v1/publish" | "/api/v1/ws-tickets") => error(
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/ws" | "/api/v1/publish" | "/api/v1/ws-tickets",
+        ) => error(
             405,
             "BAD_MESSAGE",
             &format!("method {method} is not allowed on {path}"),
             close,
         ),
-        (_, p) if p.starts_with("/channels/")
-            || p.starts_with("/api/v1/realtime-subscriptions")
-            || p.starts_with("/api/v1/entities")
-            || p.starts_with("/api/v1/services") =>
+        (_, p) if p.starts_with("/api/v1/entities/") => {
+            entities::route(req, shared, &p["/api/v1/entities/".len()..], close)
+        }
+        (_, p)
+            if p.starts_with("/channels/")
+                || p.starts_with("/api/v1/realtime-subscriptions")
+                || p.starts_with("/api/v1/services") =>
         {
             error(
                 501,
                 "NOT_FOUND",
-                &format!("{path}: channels, entities and services are not implemented in this server version"),
+                &format!(
+                    "{path}: channels and services are not implemented in this server version"
+                ),
                 close,
             )
         }
-        _ => error(404, "NOT_FOUND", &format!("no resource at {method} {path}"), close),
+        _ => error(
+            404,
+            "NOT_FOUND",
+            &format!("no resource at {method} {path}"),
+            close,
+        ),
     }
 }
 

@@ -1,0 +1,214 @@
+//! `/api/v1/entities/…` (PROTOCOL.md §8): parsing and checking entity requests, and
+//! answering reads from the replica.
+//!
+//! Runs on the shard that read the request. Reads are answered here, from the replica
+//! (under its read lock); a write is checked whole here and then handed to the backend
+//! as a [`Route::EntityWrite`], to be answered once it is durable. Nothing is applied
+//! before every check passed, so a bad request never half-applies.
+
+use serde_json::{json, Map, Value};
+
+use crate::auth::Principal;
+use crate::entities::{validate_segment, EntityWrite, WriteOp, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::filter::{Filter, OrderBy};
+use crate::http::{self, percent_decode, Request};
+use crate::protocol::Refusal;
+use crate::server::Shared;
+
+use super::{authorize, error, Route, MAX_DATA_DEPTH};
+
+/// Query parameters a list takes.
+const LIST_PARAMS: &[&str] = &["filter", "orderBy", "limit", "cursor"];
+
+fn refuse(status: u16, r: Refusal, close: bool) -> Route {
+    error(status, r.code.as_str(), &r.message, close)
+}
+
+/// Routes a request under `/api/v1/entities/` (`rest` is what follows that prefix).
+pub fn route(req: &Request, shared: &Shared, rest: &str, close: bool) -> Route {
+    let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
+    let method = req.method.as_str();
+    let (collection, id) = match segments.as_slice() {
+        [c] => (c.as_str(), None),
+        [c, id] => (c.as_str(), Some(id.as_str())),
+        _ => return error(
+            404,
+            "NOT_FOUND",
+            "entity paths are /api/v1/entities/{collection} and /api/v1/entities/{collection}/{id}",
+            close,
+        ),
+    };
+    let allowed = match id {
+        None => "GET",
+        Some(_) => "GET, PUT, PATCH, DELETE",
+    };
+    if !allowed.split(", ").any(|m| m == method) {
+        return error(
+            405,
+            "BAD_MESSAGE",
+            &format!("method {method} is not allowed here (allowed: {allowed})"),
+            close,
+        );
+    }
+    if let Err(r) = validate_segment("collection", collection) {
+        return refuse(400, r, close);
+    }
+    if let Some(id) = id {
+        if let Err(r) = validate_segment("entity id", id) {
+            return refuse(400, r, close);
+        }
+    }
+    let principal = match authorize(req, shared) {
+        Ok(p) => p,
+        Err(e) => return error(401, "UNAUTHORIZED", &e.to_string(), close),
+    };
+    let write = method != "GET";
+    let may = if write {
+        principal.may_publish()
+    } else {
+        match &principal {
+            Principal::ApiKey => true,
+            Principal::Token(c) => principal.may_publish() || c.scopes.allows(collection),
+        }
+    };
+    if !may {
+        let m = if write {
+            "only api keys, admin and service tokens may write entities".to_string()
+        } else {
+            format!("collection '{collection}' is outside the token's scopes")
+        };
+        return error(403, "FORBIDDEN", &m, close);
+    }
+    match (method, id) {
+        ("GET", None) => list(req, shared, collection, close),
+        ("GET", Some(id)) => match shared.backend.replica().get(collection, id) {
+            Some(state) => Route::Respond(http::json_response(200, &state, close)),
+            None => error(
+                404,
+                "NOT_FOUND",
+                &format!("no entity '{id}' in collection '{collection}'"),
+                close,
+            ),
+        },
+        (_, Some(id)) => {
+            let op = match method {
+                "DELETE" => WriteOp::Delete,
+                _ => match body_object(&req.body, id, method == "PATCH") {
+                    Ok(m) if method == "PUT" => WriteOp::Put(m),
+                    Ok(m) => WriteOp::Patch(m),
+                    Err(m) => return error(400, "BAD_MESSAGE", &m, close),
+                },
+            };
+            Route::EntityWrite(EntityWrite {
+                collection: collection.to_string(),
+                id: id.to_string(),
+                op,
+            })
+        }
+        _ => error(405, "BAD_MESSAGE", "method not allowed", close),
+    }
+}
+
+/// A PUT or PATCH body: a JSON object whose `id`, if any, is the path's.
+fn body_object(body: &[u8], id: &str, patch: bool) -> Result<Map<String, Value>, String> {
+    let what = if patch {
+        "a PATCH body (a JSON merge patch)"
+    } else {
+        "a PUT body (the entity's whole state)"
+    };
+    let text = std::str::from_utf8(body).map_err(|_| format!("{what} must be UTF-8 JSON"))?;
+    if super::json_depth(text) > MAX_DATA_DEPTH {
+        return Err(format!("{what} nests deeper than {MAX_DATA_DEPTH} levels"));
+    }
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| format!("{what} is not JSON: {}", super::serde_message(&e)))?;
+    let Value::Object(m) = v else {
+        return Err(format!("{what} must be a JSON object"));
+    };
+    match m.get("id") {
+        None => {}
+        Some(Value::String(s)) if s == id => {}
+        Some(other) => {
+            return Err(format!(
+                "the body's id ({other}) differs from the path's id '{id}'"
+            ))
+        }
+    }
+    Ok(m)
+}
+
+/// `GET /api/v1/entities/{collection}?filter=&orderBy=&limit=&cursor=`.
+fn list(req: &Request, shared: &Shared, collection: &str, close: bool) -> Route {
+    for (k, _) in http::query_pairs(&req.query) {
+        if !LIST_PARAMS.contains(&k.as_str()) {
+            return error(
+                400,
+                "BAD_MESSAGE",
+                &format!(
+                    "unknown query parameter '{}' (a list takes filter, orderBy, limit, cursor)",
+                    crate::protocol::truncate(&k, 64)
+                ),
+                close,
+            );
+        }
+    }
+    let filter = match req.query_param("filter").filter(|f| !f.trim().is_empty()) {
+        None => None,
+        Some(f) => match Filter::parse(&f) {
+            Ok(f) => Some(f),
+            Err(e) => return error(400, "INVALID_FILTER", &format!("filter: {e}"), close),
+        },
+    };
+    let order = match req.query_param("orderBy").filter(|o| !o.trim().is_empty()) {
+        None => OrderBy { keys: Vec::new() },
+        Some(o) => match OrderBy::parse(&o) {
+            Ok(o) => o,
+            Err(e) => return error(400, "INVALID_FILTER", &format!("orderBy: {e}"), close),
+        },
+    };
+    let limit = match req.query_param("limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return error(
+                    400,
+                    "BAD_MESSAGE",
+                    &format!(
+                        "limit must be a whole number from 1 to {MAX_LIMIT}, got '{}'",
+                        crate::protocol::truncate(&l, 32)
+                    ),
+                    close,
+                )
+            }
+        },
+    };
+    let query = format!(
+        "{}|{}|{}",
+        collection,
+        filter.as_ref().map(|f| f.to_string()).unwrap_or_default(),
+        order
+    );
+    let after = match req.query_param("cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => match shared.cursors.decode(&query, &c) {
+            Ok(pos) => Some(pos),
+            Err(m) => return error(400, "BAD_MESSAGE", &format!("cursor: {m}"), close),
+        },
+    };
+    let (page, _seq) =
+        shared
+            .backend
+            .replica()
+            .query(collection, filter.as_ref(), &order, after.as_ref(), limit);
+    let next = match (page.more, page.data.last()) {
+        (true, Some(last)) => Value::String(shared.cursors.encode(&query, &order, last)),
+        _ => Value::Null,
+    };
+    let body = json!({
+        "data": page.data.iter().map(|v| &**v).collect::<Vec<_>>(),
+        "totalCount": page.total,
+        "nextCursor": next,
+    });
+    Route::Respond(http::json_response(200, &body, close))
+}

@@ -1,0 +1,348 @@
+//! Live queries on a shard (PROTOCOL.md §7): a connection's server-side result set over
+//! an entity collection, loaded from the replica and then kept current from the entity
+//! publications the shard receives.
+//!
+//! Part of [`Shard`]; a live query belongs to its connection (`WsState::live_queries`)
+//! and lives on that connection's shard, like its subscriptions. The shard keeps, per
+//! collection, which of its connections hold live queries on it (`lq_by_collection`), so
+//! an entity write costs one lookup plus one filter evaluation per live query on its
+//! collection.
+//!
+//! **No update lost, duplicated or reordered** (the seam, designed with `seq`): the
+//! initial result is read from the replica at its `seq` `S` (the replica is written under
+//! the sequencer lock before a publication reaches any shard, so `S` is at least the
+//! newest `seq` this shard has seen). Entity publications with `seq <= S` are already in
+//! that result and are skipped for this query; every later one is applied, in `seq`
+//! order, as added / updated / removed.
+//!
+//! **A slow consumer never ends with a wrong view**: incremental messages wait in the
+//! connection's ring like events. If the ring drops one of them (oldest-drop), the query
+//! is marked and, at the connection's next flush, it gets a `QUEUE_OVERFLOW` warning with
+//! `liveQueryId`, its remaining queued messages are discarded, and it is loaded again:
+//! a fresh `liveQueryCreated` and `liveQueryData` pages, from a new replica `seq`. The
+//! client starts over on a second `liveQueryCreated` for the same id
+//! (docs/PROTOCOL-NOTES.md).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use hashbrown::HashSet;
+use serde_json::{json, Value};
+
+use crate::filter::{Filter, OrderBy};
+use crate::ingest::Publication;
+use crate::metrics;
+use crate::protocol::{self, ws, ErrorCode, LiveQueryRequest};
+
+use super::conn::Frame;
+use super::Shard;
+
+/// Marks a frame's `subs` entry (and a `dropped` entry) as a live query's tag rather
+/// than an interned subscription id (interned ids stay far below 2^31).
+pub const LQ_BIT: u32 = 1 << 31;
+
+/// One live query of a connection.
+#[derive(Debug)]
+pub struct LiveQuery {
+    /// The client's id.
+    pub id: Box<str>,
+    /// `LQ_BIT | n`: names this query in its frames' `subs`, for drop accounting.
+    pub tag: u32,
+    pub collection: Box<str>,
+    pub filter: Option<Filter>,
+    pub order: OrderBy,
+    /// `min(limit, live_query.cap)`.
+    pub cap: usize,
+    /// The replica `seq` its result was loaded at: entity publications up to it are in
+    /// the result already.
+    pub base_seq: u64,
+    /// Ids of the entities in the tracked result.
+    pub tracked: HashSet<Box<str>>,
+}
+
+impl LiveQuery {
+    fn matches(&self, state: &Value) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(state))
+    }
+}
+
+impl Shard {
+    /// `createLiveQuery`.
+    pub(super) fn create_live_query(
+        &mut self,
+        key: usize,
+        req: LiveQueryRequest,
+        request_id: Option<&Value>,
+    ) {
+        let max = self.shared.config.limits.max_live_queries;
+        let cfg_cap = self.shared.config.live_query.cap;
+        let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else {
+            return;
+        };
+        let refusal = if let Err(r) = crate::entities::validate_segment("query.edge", &req.edge) {
+            Some(r)
+        } else if !ws
+            .claims
+            .as_ref()
+            .is_some_and(|c| c.scopes.allows(&req.edge))
+        {
+            Some(protocol::Refusal::new(
+                ErrorCode::Forbidden,
+                format!("edge '{}' is outside the token's scopes", req.edge),
+            ))
+        } else if ws.live_queries.iter().any(|q| *q.id == *req.id) {
+            Some(protocol::Refusal::new(
+                ErrorCode::BadMessage,
+                format!(
+                    "live query '{}' exists on this connection: destroy it first or use another id",
+                    req.id
+                ),
+            ))
+        } else if ws.live_queries.len() >= max {
+            Some(protocol::Refusal::new(
+                ErrorCode::LimitExceeded,
+                format!("a connection may hold at most {max} live queries"),
+            ))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            self.send_error(key, r.code, &r.message, request_id);
+            return;
+        }
+        // Its messages wait in the connection's own ring.
+        self.detach_feed(key, super::feed::Leave::Keep);
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return;
+        };
+        let tag = LQ_BIT | (ws.next_lq & !LQ_BIT);
+        ws.next_lq = ws.next_lq.wrapping_add(1);
+        ws.live_queries.push(LiveQuery {
+            id: req.id.as_str().into(),
+            tag,
+            collection: req.edge.as_str().into(),
+            filter: req.filter,
+            order: req.order,
+            cap: req.limit.unwrap_or(cfg_cap).min(cfg_cap),
+            base_seq: 0,
+            tracked: HashSet::new(),
+        });
+        self.lq_by_collection
+            .entry_ref(req.edge.as_str())
+            .or_default()
+            .push(key as u32);
+        metrics::live_query_created();
+        self.load_live_query(key, tag);
+    }
+
+    /// Reads the query's result from the replica and sends `liveQueryCreated` and the
+    /// `liveQueryData` pages (on creation, and again after an overflow).
+    fn load_live_query(&mut self, key: usize, tag: u32) {
+        let page_size = self.shared.config.live_query.page.max(1);
+        let replica = self.shared.backend.replica();
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return;
+        };
+        let Some(lq) = ws.live_queries.iter_mut().find(|q| q.tag == tag) else {
+            return;
+        };
+        let (page, seq) =
+            replica.query(&lq.collection, lq.filter.as_ref(), &lq.order, None, lq.cap);
+        lq.base_seq = seq;
+        lq.tracked = page
+            .data
+            .iter()
+            .filter_map(|v| v.get("id").and_then(Value::as_str).map(Box::from))
+            .collect();
+        let capped = page.total > lq.cap;
+        let id = lq.id.clone();
+        let mut msgs = vec![protocol::to_bytes(&json!({
+            "type": "liveQueryCreated", "id": &*id, "totalCount": page.total, "capped": capped,
+        }))];
+        let chunks: Vec<&[Arc<Value>]> = if page.data.is_empty() {
+            vec![&[]]
+        } else {
+            page.data.chunks(page_size).collect()
+        };
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let data: Vec<&Value> = chunk.iter().map(|v| &**v).collect();
+            msgs.push(protocol::to_bytes(&json!({
+                "type": "liveQueryData", "id": &*id, "data": data,
+                "hasMore": i + 1 < n, "capped": capped,
+            })));
+        }
+        for m in msgs {
+            self.send_text(key, &m);
+        }
+    }
+
+    /// `destroyLiveQuery`: nothing for it arrives after `liveQueryDestroyed`.
+    pub(super) fn destroy_live_query(&mut self, key: usize, id: &str, request_id: Option<&Value>) {
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return;
+        };
+        let Some(i) = ws.live_queries.iter().position(|q| *q.id == *id) else {
+            self.send_error(
+                key,
+                ErrorCode::NotFound,
+                &format!(
+                    "no live query '{}' on this connection",
+                    protocol::truncate(id, 64)
+                ),
+                request_id,
+            );
+            return;
+        };
+        let lq = ws.live_queries.remove(i);
+        ws.ring.retain(|f| !f.subs.contains(&lq.tag));
+        ws.dropped.retain(|(t, _)| *t != lq.tag);
+        self.forget_live_query(key, &lq.collection);
+        let mut msg = json!({"type": "liveQueryDestroyed", "id": id});
+        if let Some(r) = request_id {
+            msg["requestId"] = r.clone();
+        }
+        self.send_text(key, &protocol::to_bytes(&msg));
+        self.attach_feed(key);
+    }
+
+    /// Drops one `(collection, key)` registration (a query destroyed or its connection
+    /// gone).
+    pub(super) fn forget_live_query(&mut self, key: usize, collection: &str) {
+        metrics::live_query_destroyed();
+        if let Some(v) = self.lq_by_collection.get_mut(collection) {
+            if let Some(i) = v.iter().position(|&k| k as usize == key) {
+                v.swap_remove(i);
+            }
+            if v.is_empty() {
+                self.lq_by_collection.remove(collection);
+            }
+        }
+    }
+
+    /// An entity publication: each live query on its collection that it changes gets
+    /// its message queued in the connection's ring.
+    pub(super) fn live_query_publication(&mut self, p: &Publication) {
+        let Some(change) = &p.entity else { return };
+        let Some(keys) = self.lq_by_collection.get(&*change.collection) else {
+            return;
+        };
+        let keys = keys.clone();
+        let now32 = self.now as u32;
+        let mut last_key = u32::MAX;
+        for k in keys {
+            // A connection with two queries on the collection is listed twice.
+            if k == last_key {
+                continue;
+            }
+            last_key = k;
+            let Some(conn) = self.conns.get_mut(k as usize) else {
+                continue;
+            };
+            let gen = conn.gen;
+            let Some(ws) = conn.ws_mut() else { continue };
+            if ws.close_sent {
+                continue;
+            }
+            let was_empty = ws.ring.is_empty();
+            let mut queued = false;
+            let mut dropped: Vec<Rc<Frame>> = Vec::new();
+            for lq in ws.live_queries.iter_mut() {
+                if *lq.collection != *change.collection || p.seq <= lq.base_seq {
+                    continue;
+                }
+                let now = change.after.as_deref().is_some_and(|a| lq.matches(a));
+                let held = lq.tracked.contains(&*change.id);
+                let kind = match (held, now) {
+                    (true, true) => "liveQueryUpdatedNode",
+                    (true, false) => {
+                        lq.tracked.remove(&*change.id);
+                        "liveQueryRemovedNode"
+                    }
+                    (false, true) if lq.tracked.len() < lq.cap => {
+                        lq.tracked.insert(change.id.clone());
+                        "liveQueryAddedNode"
+                    }
+                    _ => continue,
+                };
+                let data = now.then(|| p.data_json());
+                let len = 64 + lq.id.len() + change.id.len() + data.map_or(0, |d| d.len());
+                let frame = Rc::new(Frame::build(
+                    ws::OpCode::Text,
+                    len,
+                    Box::new([lq.tag]),
+                    Some(p.ingested_at),
+                    now32,
+                    |buf| protocol::live_query_node(buf, kind, &lq.id, &change.id, data),
+                ));
+                if let Some(old) = ws.ring.push(frame) {
+                    dropped.push(old);
+                }
+                queued = true;
+            }
+            for old in dropped {
+                ws.count_dropped(&old.subs);
+                self.metrics.dropped_overflow.increment(1);
+            }
+            if queued {
+                self.schedule_flush(k as usize, gen, was_empty);
+            }
+        }
+    }
+
+    /// Publications this shard could not receive (its queue was full): every live query
+    /// they may have changed is loaded again at its next flush, as after an overflow.
+    pub(super) fn live_queries_missed(&mut self, collection: Option<&str>, n: u64) {
+        for (_, conn) in self.conns.iter_mut() {
+            let Some(ws) = conn.ws_mut() else { continue };
+            let tags: Vec<u32> = ws
+                .live_queries
+                .iter()
+                .filter(|q| collection.is_none_or(|c| *q.collection == *c))
+                .map(|q| q.tag)
+                .collect();
+            for t in tags {
+                ws.add_dropped(t, n);
+            }
+        }
+    }
+
+    /// At a flush: live queries that lost a message to overflow are warned and loaded
+    /// again (see the module docs). True if any was.
+    pub(super) fn reload_overflowed_live_queries(&mut self, key: usize) -> bool {
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return false;
+        };
+        if !ws.dropped.iter().any(|(t, _)| t & LQ_BIT != 0) {
+            return false;
+        }
+        let mut lost: Vec<(u32, u64)> = Vec::new();
+        ws.dropped.retain(|&(t, n)| {
+            if t & LQ_BIT != 0 {
+                lost.push((t, n));
+                false
+            } else {
+                true
+            }
+        });
+        let mut warnings = Vec::new();
+        for (tag, n) in lost {
+            let Some(lq) = ws.live_queries.iter().find(|q| q.tag == tag) else {
+                continue;
+            };
+            ws.ring.retain(|f| !f.subs.contains(&tag));
+            warnings.push((tag, protocol::to_bytes(&json!({
+                "type": "warning", "code": "QUEUE_OVERFLOW", "liveQueryId": &*lq.id, "dropped": n,
+                "message": format!(
+                    "{n} updates dropped for live query '{}' due to slow consumption; its result follows again",
+                    lq.id
+                ),
+            }))));
+        }
+        for (tag, w) in warnings {
+            self.send_text(key, &w);
+            self.load_live_query(key, tag);
+        }
+        true
+    }
+}

@@ -1,0 +1,129 @@
+//! `since` recovery on a shard (PROTOCOL.md §5): the retained publications a new
+//! subscription missed, replayed in order before anything live.
+//!
+//! Part of [`Shard`]. The seam: a subscription is registered in the index when the shard
+//! has received every publication up to its `last_seq` `L` and none after (all of that
+//! happens between two mailbox reads), so publications after `L` reach it live, and the
+//! replay covers exactly `since < seq <= L` from the backend's history. Nothing is missed
+//! at the seam and nothing arrives twice. A `since` beyond `L` (this shard lags ingest by
+//! its queue) is first caught up by taking in what is queued ([`Shard::catch_up`]).
+//!
+//! Replayed messages are written straight to the connection's output, after the
+//! `subscribedEvents` answer, so they never meet the ring's oldest-drop: the history
+//! window bounds them. With `framing=array` they come as `batch` messages of at most
+//! `batchMax`.
+
+use std::sync::Arc;
+
+use crate::config::Framing;
+use crate::ingest::Publication;
+use crate::protocol::{self, path_prefixes, ws};
+
+use super::conn::Subscription;
+use super::Shard;
+
+/// A replayed publication and whether it is an event or a refresh for the subscription.
+pub(super) type Replayed = Vec<(Arc<Publication>, bool)>;
+
+impl Shard {
+    /// Takes in queued publications until this shard has seen `seq` (or its queue is
+    /// empty).
+    pub(super) fn catch_up(&mut self, seq: u64) {
+        let mut rounds = 0;
+        while self.last_seq < seq && rounds < 64 {
+            self.drain_mailbox();
+            rounds += 1;
+            if self.mailbox.depth() == 0 && self.last_seq < seq {
+                // Published but not yet pushed to this shard: ingest stores `last_seq`
+                // after the pushes, so this is a matter of microseconds.
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// The retained publications with `since < seq <= upto` that `sub` matches (`true`:
+    /// an event; `false`: a `subscriptionRefresh`), and whether the history reached back
+    /// to `since`.
+    pub(super) fn replay_matches(
+        &mut self,
+        sub: &Subscription,
+        since: u64,
+        upto: u64,
+    ) -> (Replayed, bool) {
+        let mut found: Replayed = Vec::new();
+        let recovered = self.shared.backend.replay(since, upto, &mut |p| {
+            if !path_prefixes(&p.path).any(|pre| pre == &*sub.path) {
+                return;
+            }
+            if let Some(set) = &sub.events {
+                if !set.iter().any(|t| **t == *p.event_type) {
+                    return;
+                }
+            }
+            match &sub.filter {
+                None => found.push((p.clone(), true)),
+                Some(f) => {
+                    if f.matches(p.data()) {
+                        found.push((p.clone(), true));
+                    } else if let Some(before) = p
+                        .entity
+                        .as_ref()
+                        .filter(|c| c.after.is_some())
+                        .and_then(|c| c.before.as_deref())
+                    {
+                        if f.matches(before) {
+                            found.push((p.clone(), false));
+                        }
+                    }
+                }
+            }
+        });
+        (found, recovered)
+    }
+
+    /// Writes replayed messages for subscription `id` to the connection.
+    pub(super) fn send_replay(&mut self, key: usize, id: u32, found: &Replayed) {
+        if found.is_empty() {
+            return;
+        }
+        let name = self.interner.json(id).to_vec();
+        let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else {
+            return;
+        };
+        let (framing, batch_max) = (ws.framing, ws.batch_max.max(1) as usize);
+        let mut out = Vec::new();
+        let mut msg = Vec::new();
+        for chunk in found.chunks(batch_max) {
+            let mut batch = Vec::new();
+            if framing == Framing::Array {
+                batch.extend_from_slice(b"{\"type\":\"batch\",\"messages\":[");
+            }
+            for (i, (p, event)) in chunk.iter().enumerate() {
+                msg.clear();
+                if *event {
+                    protocol::event_prefix(&mut msg, std::iter::once(&name[..]));
+                    msg.extend_from_slice(&p.tail);
+                } else {
+                    let entity_id = p.entity.as_ref().map_or("", |c| &*c.id);
+                    protocol::refresh_message(&mut msg, &name, &p.path, entity_id, p.seq);
+                }
+                match framing {
+                    Framing::Frames => ws::write_frame(&mut out, ws::OpCode::Text, &msg),
+                    Framing::Array => {
+                        if i > 0 {
+                            batch.push(b',');
+                        }
+                        batch.extend_from_slice(&msg);
+                    }
+                }
+            }
+            if framing == Framing::Array {
+                batch.extend_from_slice(b"]}");
+                ws::write_frame(&mut out, ws::OpCode::Text, &batch);
+            }
+        }
+        self.metrics.deliveries.increment(found.len() as u64);
+        self.metrics.replayed.increment(found.len() as u64);
+        self.send_raw(key, &out);
+    }
+}

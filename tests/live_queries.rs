@@ -1,0 +1,434 @@
+//! Live queries (PROTOCOL.md §7) against the real server: creation, initial pages,
+//! incremental messages, the cap, destroy, errors, writes racing creation, and what
+//! overflow does to a slow consumer's view.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn key() -> String {
+    format!("apikey {API_KEY}")
+}
+
+fn put(s: &Server, c: &str, id: &str, body: Value) -> u64 {
+    let (st, a) = s.http(
+        "PUT",
+        &format!("/api/v1/entities/{c}/{id}"),
+        Some(&body),
+        Some(&key()),
+    );
+    assert_eq!(st, 200, "{a}");
+    a["seq"].as_u64().unwrap()
+}
+
+fn delete(s: &Server, c: &str, id: &str) {
+    let (st, a) = s.http(
+        "DELETE",
+        &format!("/api/v1/entities/{c}/{id}"),
+        None,
+        Some(&key()),
+    );
+    assert_eq!(st, 200, "{a}");
+}
+
+/// A client's view of a live query, built from the messages as the contract says.
+#[derive(Default, Debug)]
+struct View {
+    nodes: BTreeMap<String, Value>,
+    loaded: bool,
+    created: Vec<Value>,
+    pages: usize,
+    warnings: usize,
+}
+
+impl View {
+    fn apply(&mut self, m: &Value) {
+        match m["type"].as_str().unwrap() {
+            "liveQueryCreated" => {
+                // A second one (after an overflow) starts the view over.
+                self.nodes.clear();
+                self.loaded = false;
+                self.created.push(m.clone());
+            }
+            "liveQueryData" => {
+                for n in m["data"].as_array().unwrap() {
+                    self.nodes
+                        .insert(n["id"].as_str().unwrap().into(), n.clone());
+                }
+                self.pages += 1;
+                if m["hasMore"] == false {
+                    self.loaded = true;
+                }
+            }
+            "liveQueryAddedNode" | "liveQueryUpdatedNode" => {
+                assert!(self.loaded, "incremental before the initial load: {m}");
+                self.nodes
+                    .insert(m["nodeId"].as_str().unwrap().into(), m["data"].clone());
+            }
+            "liveQueryRemovedNode" => {
+                assert!(
+                    self.nodes.remove(m["nodeId"].as_str().unwrap()).is_some(),
+                    "{m}"
+                );
+            }
+            "warning" => {
+                assert_eq!(m["code"], "QUEUE_OVERFLOW");
+                assert_eq!(m["liveQueryId"], "lq");
+                self.warnings += 1;
+            }
+            other => panic!("unexpected {other}: {m}"),
+        }
+    }
+}
+
+fn list_ids(s: &Server, c: &str, filter: &str) -> BTreeMap<String, Value> {
+    let (st, p) = s.http(
+        "GET",
+        &format!(
+            "/api/v1/entities/{c}?limit=1000&filter={}",
+            filter
+                .replace(' ', "%20")
+                .replace('\'', "%27")
+                .replace('=', "%3D")
+        ),
+        None,
+        Some(&key()),
+    );
+    assert_eq!(st, 200, "{p}");
+    p["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap().to_string(), n.clone()))
+        .collect()
+}
+
+#[test]
+fn initial_pages_then_added_updated_removed() {
+    let s = Server::start("[delivery]\nbatch_ms = 0\n[live_query]\npage = 2");
+    for i in 0..5 {
+        put(
+            &s,
+            "orders",
+            &format!("o{i}"),
+            json!({"status": "processing", "createdAt": i}),
+        );
+    }
+    put(
+        &s,
+        "orders",
+        "x",
+        json!({"status": "done", "createdAt": 100}),
+    );
+    let mut c = Client::authed(&s, &token("u", "user", &["orders"]), "");
+    c.send(&json!({"type": "createLiveQuery", "id": "lq", "query": {
+        "edge": "orders", "filter": "status == 'processing'", "orderBy": "createdAt desc", "limit": 500}}));
+    let created = c.recv();
+    assert_eq!(
+        created,
+        json!({"type": "liveQueryCreated", "id": "lq", "totalCount": 5, "capped": false})
+    );
+    let mut order = Vec::new();
+    let mut more = true;
+    let mut pages = 0;
+    while more {
+        let d = c.recv();
+        assert_eq!(d["type"], "liveQueryData", "{d}");
+        assert_eq!(d["capped"], false);
+        more = d["hasMore"].as_bool().unwrap();
+        for n in d["data"].as_array().unwrap() {
+            order.push(n["createdAt"].as_i64().unwrap());
+        }
+        pages += 1;
+    }
+    assert_eq!(pages, 3, "pages of live_query.page");
+    assert_eq!(order, [4, 3, 2, 1, 0], "orderBy createdAt desc");
+    put(
+        &s,
+        "orders",
+        "o9",
+        json!({"status": "processing", "createdAt": 9}),
+    );
+    let m = c.recv();
+    assert_eq!(
+        (m["type"].as_str(), m["nodeId"].as_str()),
+        (Some("liveQueryAddedNode"), Some("o9"))
+    );
+    assert_eq!(
+        m["data"],
+        json!({"status": "processing", "createdAt": 9, "id": "o9"})
+    );
+    put(
+        &s,
+        "orders",
+        "o1",
+        json!({"status": "processing", "createdAt": 1, "note": "x"}),
+    );
+    let m = c.recv();
+    assert_eq!(
+        (m["type"].as_str(), m["nodeId"].as_str()),
+        (Some("liveQueryUpdatedNode"), Some("o1"))
+    );
+    assert_eq!(m["data"]["note"], "x");
+    put(
+        &s,
+        "orders",
+        "o2",
+        json!({"status": "done", "createdAt": 2}),
+    );
+    assert_eq!(
+        c.recv(),
+        json!({"type": "liveQueryRemovedNode", "id": "lq", "nodeId": "o2"})
+    );
+    delete(&s, "orders", "o3");
+    assert_eq!(
+        c.recv(),
+        json!({"type": "liveQueryRemovedNode", "id": "lq", "nodeId": "o3"})
+    );
+    // A write outside the query is nothing; destroy ends it.
+    put(
+        &s,
+        "orders",
+        "x",
+        json!({"status": "done", "createdAt": 101}),
+    );
+    c.send(&json!({"type": "destroyLiveQuery", "id": "lq", "requestId": "d"}));
+    assert_eq!(
+        c.recv(),
+        json!({"type": "liveQueryDestroyed", "id": "lq", "requestId": "d"})
+    );
+    put(
+        &s,
+        "orders",
+        "o4",
+        json!({"status": "processing", "createdAt": 4, "after": true}),
+    );
+    c.send(&json!({"type": "ping"}));
+    assert_eq!(c.recv()["type"], "pong", "nothing for the destroyed query");
+}
+
+#[test]
+fn cap_limits_the_tracked_set() {
+    let s = Server::start("[delivery]\nbatch_ms = 0\n[live_query]\ncap = 3");
+    for i in 0..5 {
+        put(&s, "c", &format!("e{i}"), json!({"n": i}));
+    }
+    let mut c = Client::authed(&s, &token("u", "user", &["*"]), "");
+    c.send(&json!({"type": "createLiveQuery", "id": "lq", "query": {"edge": "c", "orderBy": "n", "limit": 10}}));
+    assert_eq!(
+        c.recv(),
+        json!({"type": "liveQueryCreated", "id": "lq", "totalCount": 5, "capped": true})
+    );
+    let d = c.recv();
+    assert_eq!(d["capped"], true);
+    let ids: Vec<&str> = d["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["e0", "e1", "e2"]);
+    // At the cap, a new match is not added; after a removal, it is.
+    put(&s, "c", "e9", json!({"n": 9}));
+    delete(&s, "c", "e1");
+    assert_eq!(c.recv()["type"], "liveQueryRemovedNode");
+    put(&s, "c", "e8", json!({"n": 8}));
+    let m = c.recv();
+    assert_eq!(
+        (m["type"].as_str(), m["nodeId"].as_str()),
+        (Some("liveQueryAddedNode"), Some("e8"))
+    );
+    // limit below the cap.
+    c.send(&json!({"type": "createLiveQuery", "id": "two", "query": {"edge": "c", "orderBy": "n desc", "limit": 2}}));
+    let m = c.recv();
+    // e0 e2 e3 e4 e8 e9.
+    assert_eq!(
+        (m["totalCount"].as_i64(), m["capped"].as_bool()),
+        (Some(6), Some(true)),
+        "{m}"
+    );
+}
+
+#[test]
+fn bad_live_queries() {
+    let s = Server::start("[limits]\nmax_live_queries = 2");
+    let mut c = Client::authed(&s, &token("u", "user", &["orders", "other"]), "");
+    let cases = [
+        (
+            json!({"type": "createLiveQuery", "query": {"edge": "orders"}}),
+            "BAD_MESSAGE",
+            "'id'",
+        ),
+        (
+            json!({"type": "createLiveQuery", "id": "a"}),
+            "BAD_MESSAGE",
+            "query",
+        ),
+        (
+            json!({"type": "createLiveQuery", "id": "a", "query": {}}),
+            "BAD_MESSAGE",
+            "edge",
+        ),
+        (
+            json!({"type": "createLiveQuery", "id": "a", "query": {"edge": "orders", "filter": "x =="}}),
+            "INVALID_FILTER",
+            "at byte",
+        ),
+        (
+            json!({"type": "createLiveQuery", "id": "a", "query": {"edge": "orders", "orderBy": "x up"}}),
+            "INVALID_FILTER",
+            "at byte",
+        ),
+        (
+            json!({"type": "createLiveQuery", "id": "a", "query": {"edge": "orders", "limit": 0}}),
+            "BAD_MESSAGE",
+            "limit",
+        ),
+        (
+            json!({"type": "createLiveQuery", "id": "a", "query": {"edge": "orders", "colour": 1}}),
+            "BAD_MESSAGE",
+            "colour",
+        ),
+        (
+            json!({"type": "createLiveQuery", "id": "a", "query": {"edge": "secret"}}),
+            "FORBIDDEN",
+            "scopes",
+        ),
+        (
+            json!({"type": "createLiveQuery", "id": "a", "query": {"edge": "a/b"}}),
+            "INVALID_PATH",
+            "segment",
+        ),
+        (
+            json!({"type": "destroyLiveQuery", "id": "nope"}),
+            "NOT_FOUND",
+            "nope",
+        ),
+        (json!({"type": "destroyLiveQuery"}), "BAD_MESSAGE", "id"),
+    ];
+    for (msg, code, says) in cases {
+        c.send(&msg);
+        let e = c.recv_type("error");
+        let m = assert_error(&e, code);
+        assert!(m.contains(says), "{msg}: '{m}' should say '{says}'");
+    }
+    // An unknown edge is an empty result, not an error.
+    c.send(&json!({"type": "createLiveQuery", "id": "a", "query": {"edge": "other"}}));
+    assert_eq!(
+        c.recv(),
+        json!({"type": "liveQueryCreated", "id": "a", "totalCount": 0, "capped": false})
+    );
+    assert_eq!(
+        c.recv(),
+        json!({"type": "liveQueryData", "id": "a", "data": [], "hasMore": false, "capped": false})
+    );
+    // A reused id, and the limit.
+    c.send(&json!({"type": "createLiveQuery", "id": "a", "query": {"edge": "other"}}));
+    assert!(assert_error(&c.recv_type("error"), "BAD_MESSAGE").contains("exists"));
+    c.send(&json!({"type": "createLiveQuery", "id": "b", "query": {"edge": "other"}}));
+    c.recv_type("liveQueryCreated");
+    c.recv_type("liveQueryData");
+    c.send(&json!({"type": "createLiveQuery", "id": "c", "query": {"edge": "other"}}));
+    assert_error(&c.recv_type("error"), "LIMIT_EXCEEDED");
+}
+
+/// Writes race the creation: whatever interleaving, the client's view (initial pages
+/// plus incremental messages) ends equal to a list with the same filter.
+#[test]
+fn writes_racing_creation_end_in_the_right_view() {
+    let s = Server::start("[delivery]\nbatch_ms = 0");
+    for i in 0..200 {
+        put(
+            &s,
+            "race",
+            &format!("e{i}"),
+            json!({"hot": i % 2 == 0, "v": 0}),
+        );
+    }
+    let tok = token("u", "user", &["race"]);
+    std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            for k in 0..600u64 {
+                let i = (k * 37) % 250;
+                put(
+                    &s,
+                    "race",
+                    &format!("e{i}"),
+                    json!({"hot": k % 3 != 0, "v": k}),
+                );
+                if k % 50 == 0 {
+                    delete(&s, "race", &format!("e{}", (k * 11) % 250));
+                }
+            }
+        });
+        let mut clients = Vec::new();
+        for q in 0..3 {
+            std::thread::sleep(Duration::from_millis(30));
+            let mut c = Client::authed(&s, &tok, "");
+            c.send(&json!({"type": "createLiveQuery", "id": "lq", "query": {"edge": "race", "filter": "hot", "limit": 1000}}));
+            clients.push((q, c));
+        }
+        writer.join().unwrap();
+        // A marker write the query sees: once it arrives, everything before it has.
+        put(&s, "race", "marker", json!({"hot": true}));
+        let want = list_ids(&s, "race", "hot");
+        for (q, mut c) in clients {
+            let mut v = View::default();
+            loop {
+                let m = c.recv_within(Duration::from_secs(10)).expect("message");
+                v.apply(&m);
+                if m["nodeId"] == "marker" {
+                    break;
+                }
+            }
+            assert_eq!(v.nodes, want, "client {q}");
+        }
+    });
+}
+
+/// A slow consumer whose ring overflows: the query is warned, loaded again, and the
+/// view it ends with is still right.
+#[test]
+fn overflow_reloads_the_view() {
+    let s = Server::start("shards = 1\n[delivery]\nqueue_capacity = 16\nbatch_ms = 0");
+    for i in 0..20 {
+        put(&s, "big", &format!("e{i}"), json!({"v": 0}));
+    }
+    let tok = token("u", "user", &["*"]);
+    let mut c = Client::slow_reader(&s, &tok);
+    c.send(&json!({"type": "createLiveQuery", "id": "lq", "query": {"edge": "big"}}));
+    let mut v = View::default();
+    while !v.loaded {
+        let m = c.recv();
+        v.apply(&m);
+    }
+    // Not reading while big updates pile up: the socket fills, the ring overflows.
+    let pad = "x".repeat(16 * 1024);
+    for k in 1..=300u64 {
+        let i = k % 20;
+        put(&s, "big", &format!("e{i}"), json!({"v": k, "pad": pad}));
+    }
+    put(&s, "big", "marker", json!({"v": 0}));
+    loop {
+        let m = c.recv_within(Duration::from_secs(10)).expect("message");
+        v.apply(&m);
+        if m["nodeId"] == "marker" || (v.loaded && v.nodes.contains_key("marker")) {
+            break;
+        }
+    }
+    assert!(
+        v.warnings > 0,
+        "the ring never overflowed; make the test harder"
+    );
+    assert!(v.created.len() >= 2, "loaded again after the warning");
+    let want = list_ids(&s, "big", "v >= 0");
+    assert_eq!(
+        v.nodes.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(v.nodes, want);
+}
