@@ -11,9 +11,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use shardcast::ingest::{Ingest, Publication, PublishItem};
+use shardcast::ingest::{Ingest, PublishItem};
 use shardcast::metrics::Source;
 use shardcast::protocol::{self, ws};
+use shardcast::publication::Publication;
 use shardcast::router::{Mailbox, Router};
 use shardcast::shard::conn::Frame;
 use shardcast::shard::feed::{Feed, FeedKey};

@@ -12,8 +12,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::ingest::Publication;
 use crate::metrics;
+use crate::publication::Publication;
 
 /// Bytes a publication is counted for beyond its encoded tail (the struct, the pointer).
 const ENTRY_OVERHEAD: usize = 160;

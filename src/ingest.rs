@@ -25,8 +25,8 @@
 //! a reused number.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -34,99 +34,8 @@ use serde_json::Value;
 use crate::entities::Replica;
 use crate::history::History;
 use crate::metrics;
-use crate::protocol::{encode_event_body, encode_event_tail, finish_event_tail};
+use crate::publication::{EntityChange, Publication};
 use crate::router::Router;
-
-/// A sequenced publication, shared by every shard and every connection that gets it.
-///
-/// The encoded `tail` is what every recipient's message ends with, whatever its head
-/// (`subscriptionIds` for subscriptions, and later `channelId` for channels, `taskId` and
-/// `attempt` for service tasks: see [`crate::protocol::EventHead`]).
-#[derive(Debug)]
-pub struct Publication {
-    pub seq: u64,
-    pub path: Box<str>,
-    pub event_type: Box<str>,
-    /// `"eventType":…,"path":…,"data":…,"timestamp":…,"seq":…}`: the bytes every
-    /// subscriber's `event` ends with.
-    pub tail: Vec<u8>,
-    /// Where `data` sits in `tail`, for [`Publication::data`].
-    data_at: (u32, u32),
-    /// `data` parsed, on first use by a filter: once per publication, shared by all
-    /// shards, and never paid when no filter looks at it.
-    data: OnceLock<Arc<Value>>,
-    /// For an entity write: the states before and after, so each shard decides
-    /// "entered", "still in", "left" on its own.
-    pub entity: Option<EntityChange>,
-    /// When ingest sequenced it, for the publish → flush latency histogram.
-    pub ingested_at: Instant,
-    /// Wall-clock ms of its `timestamp`.
-    pub timestamp_ms: u64,
-}
-
-/// What an entity write changed (PROTOCOL.md §8).
-#[derive(Debug, Clone)]
-pub struct EntityChange {
-    pub collection: Box<str>,
-    pub id: Box<str>,
-    /// The state before the write; `None` when it created the entity.
-    pub before: Option<Arc<Value>>,
-    /// The state after; `None` when it deleted the entity.
-    pub after: Option<Arc<Value>>,
-}
-
-impl Publication {
-    pub fn new(seq: u64, path: &str, event_type: &str, data_json: &str, ts_ms: u64) -> Self {
-        let mut p = Self::unsequenced(path, event_type, data_json);
-        p.seq = seq;
-        p.tail = encode_event_tail(event_type, path, data_json, ts_ms, seq);
-        p.timestamp_ms = ts_ms;
-        p
-    }
-
-    /// Everything but `seq` and `timestamp`, which [`Publication::sequence`] adds: the
-    /// encoding happens outside the sequencer lock.
-    fn unsequenced(path: &str, event_type: &str, data_json: &str) -> Self {
-        let tail = encode_event_body(event_type, path, data_json);
-        let end = tail.len() as u32;
-        Publication {
-            seq: 0,
-            path: path.into(),
-            event_type: event_type.into(),
-            data_at: (end - data_json.len() as u32, end),
-            tail,
-            data: OnceLock::new(),
-            entity: None,
-            ingested_at: Instant::now(),
-            timestamp_ms: 0,
-        }
-    }
-
-    fn sequence(&mut self, seq: u64, timestamp: &[u8], ts_ms: u64) {
-        self.seq = seq;
-        finish_event_tail(&mut self.tail, timestamp, seq);
-        self.ingested_at = Instant::now();
-        self.timestamp_ms = ts_ms;
-    }
-
-    /// The publication's `data` as JSON (entities: the state it shows), parsed on first
-    /// use.
-    pub fn data(&self) -> &Value {
-        self.data.get_or_init(|| {
-            let (a, b) = self.data_at;
-            // Validated at ingest, so this parses; `null` is the safe reading otherwise.
-            Arc::new(
-                serde_json::from_slice(&self.tail[a as usize..b as usize]).unwrap_or(Value::Null),
-            )
-        })
-    }
-
-    /// The `data` JSON text as encoded in the tail.
-    pub fn data_json(&self) -> &[u8] {
-        let (a, b) = self.data_at;
-        &self.tail[a as usize..b as usize]
-    }
-}
 
 /// One validated item of a publish request.
 #[derive(Debug)]
@@ -340,7 +249,14 @@ impl Ingest {
     /// Sequences one durable entity write (the store's writer thread, after its commit,
     /// in commit order): applies it to the replica and hands it to every shard. The
     /// caller wakes the shards once per group ([`Router::wake_all`]).
-    pub fn publish_entity(&self, event_type: &str, change: EntityChange) -> u64 {
+    /// `data_json`: the shown state's JSON text when the caller has it (the stored
+    /// bytes of the new state); else it is encoded here.
+    pub fn publish_entity(
+        &self,
+        event_type: &str,
+        data_json: Option<&[u8]>,
+        change: EntityChange,
+    ) -> u64 {
         let shown = change
             .after
             .as_ref()
@@ -348,9 +264,16 @@ impl Ingest {
             .cloned()
             .unwrap_or_else(|| Arc::new(Value::Null));
         let path = format!("{}/{}", change.collection, change.id);
-        let data_json = serde_json::to_string(&*shown).unwrap_or_else(|_| "null".into());
-        let mut p = Publication::unsequenced(&path, event_type, &data_json);
-        let _ = p.data.set(shown);
+        let encoded;
+        let data_json = match data_json.and_then(|b| std::str::from_utf8(b).ok()) {
+            Some(text) => text,
+            None => {
+                encoded = serde_json::to_string(&*shown).unwrap_or_else(|_| "null".into());
+                &encoded
+            }
+        };
+        let mut p = Publication::unsequenced(&path, event_type, data_json);
+        p.set_data(shown);
         let mut st = self.lock_for(1, true);
         st.last += 1;
         let seq = st.last;

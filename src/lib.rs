@@ -1,26 +1,49 @@
-//! shardcast: a real-time push engine. Backends publish; shardcast pushes to very many
-//! WebSocket clients.
+//! shardcast: a real-time push engine. Backends publish events and entity changes;
+//! shardcast pushes them to very many WebSocket clients.
 //!
-//! # Layout (the data flow, in order)
+//! # Layout (the data path, in order)
 //!
-//! - [`api`] + [`http`]: REST on the shared port. `POST /api/v1/publish` is validated
-//!   whole on the shard that read it, then handed to ingest.
-//! - [`ingest`]: the sequencer, run by that shard under one short lock. Assigns `seq`
-//!   and `timestamp`, encodes each publication's JSON once
-//!   ([`protocol::encode_event_tail`]), hands one pointer to each shard through the
-//!   [`router`]; the shard then answers the publisher.
+//! - [`api`] + [`http`]: REST on the shared port. `POST /api/v1/publish` is validated whole
+//!   on the shard that read it; entity requests (`/api/v1/entities/…`) are checked whole
+//!   there too. Reads are answered from the entity replica on that shard.
+//! - [`backend`]: the seam for everything a node keeps beyond its connections
+//!   (sequencing, history, entity state; next: service queues, locks, channels). One
+//!   trait, chosen at start-up: [`backend::LocalBackend`] for a single node (the cluster
+//!   issue adds Redis beside it). Shards call it and never wait on it: work that needs the
+//!   disk answers later through the shard's mailbox ([`router::ShardMsg::Answer`]).
+//! - [`store`]: the embedded store under `data_dir` (redb), one writer thread, group
+//!   commit. Entity writes and `seq` reservations are its jobs.
+//! - [`ingest`]: the sequencer. Plain publications are sequenced by the shard that read
+//!   them; entity writes by the store's writer once their group is durable (so `seq`
+//!   order is commit order). Under one short lock: `seq`, `timestamp`, the
+//!   [`entities::Replica`] update, the [`history`] window, one pointer to each shard.
+//! - [`publication`]: what every shard receives: the tail encoded once, `data` parsed at
+//!   most once (filters), an entity write's states before and after.
 //! - [`router`]: one bounded lock-free queue per shard, with a coalesced wake-up; a full
 //!   queue never stalls ingest (see its docs for what happens instead).
 //! - [`shard`]: thread per core. Each shard owns its listener (`SO_REUSEPORT`), its
-//!   connections, its subscription index, per-connection rings, feeds and flush timers.
-//!   It matches a publication with one hash lookup per path prefix, builds each distinct
-//!   message once, appends it once per feed (connections holding the same single
-//!   subscription share one log, each with a cursor) or queues a pointer in a
-//!   connection's ring, and flushes a connection with one vectored write.
+//!   connections, its subscription indexes (plain, and filtered with an equality index),
+//!   live queries, per-connection rings, feeds and flush timers. It matches a publication
+//!   with one hash lookup per path prefix, builds each distinct message once, appends it
+//!   once per feed or queues a pointer in a connection's ring, and flushes a connection
+//!   with one vectored write.
 //! - [`protocol`]: the wire contract (messages, codes, paths) and [`protocol::ws`], the
-//!   RFC 6455 codec.
-//! - [`auth`]: JWT, tickets, api keys. [`options`]: per-connection delivery options.
+//!   RFC 6455 codec. [`filter`]: the filter and `orderBy` languages.
+//! - [`node`]: what all threads share, and who may change what. [`auth`]: JWT, tickets,
+//!   api keys. [`options`]: per-connection delivery options.
 //! - [`config`], [`cli`], [`metrics`], [`server`] (start and drain), [`time`].
+//!
+//! # Locks (which may be taken inside which)
+//!
+//! Shards take no lock to deliver. The few locks nest only this way:
+//! - the sequencer lock ([`ingest`]) → the replica's write lock ([`entities::Replica`]);
+//! - the sequencer lock → the history window's lock ([`history`]);
+//! - the sequencer lock → a router overflow list (a full shard queue, cold path).
+//!
+//! Readers take the replica's read lock or the history lock alone, never the sequencer
+//! lock. The store's writer thread takes the sequencer lock only after its commit, and
+//! nothing holding the sequencer lock waits for the store (a `seq` reservation is asked
+//! for and waited on outside it).
 
 pub mod api;
 pub mod auth;
@@ -33,8 +56,10 @@ pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod node;
 pub mod options;
 pub mod protocol;
+pub mod publication;
 pub mod router;
 pub mod server;
 pub mod shard;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::ingest::Publication;
+use crate::publication::Publication;
 
 /// Publications kept per shard for exact drop accounting once its queue is full.
 pub const OVERFLOW_PUBLICATIONS: usize = 65_536;
@@ -40,7 +40,12 @@ pub enum ShardMsg {
     /// The answer to a request of one of this shard's connections whose work finished
     /// elsewhere (a durable write): the shard writes it if the connection is still
     /// there (`gen` matches).
-    Answer { conn: u32, gen: u32, answer: Answer },
+    Answer {
+        conn: u32,
+        gen: u32,
+        req: u32,
+        answer: Answer,
+    },
 }
 
 /// Where an answer goes: a connection of a shard.
@@ -49,6 +54,8 @@ pub struct ReplyTo {
     pub shard: usize,
     pub conn: u32,
     pub gen: u32,
+    /// Which of the connection's requests (its answers are written in request order).
+    pub req: u32,
 }
 
 /// An answer produced off the shard.
@@ -210,6 +217,7 @@ impl Router {
             ShardMsg::Answer {
                 conn: to.conn,
                 gen: to.gen,
+                req: to.req,
                 answer,
             },
         );

@@ -1,14 +1,9 @@
-//! Starting and stopping a node: the listeners, the shard threads, and the state they
-//! share.
-//!
-//! [`Shared`] is the only state visible to every thread; it holds configuration, the
-//! sequencer ([`Ingest`], one short lock per publish request) and a few process-wide
-//! values (ticket table, draining flag, connection count). [`Server::drain`] carries out PROTOCOL.md §12: readiness
-//! fails first, then every shard stops accepting and closes its sockets over
-//! `drain_period_ms`.
+//! Starting and stopping a node: the listeners, the shard threads, the backend, and the
+//! [`Node`] they share. [`Server::drain`] carries out PROTOCOL.md §12: readiness fails
+//! first, then every shard stops accepting and closes its sockets over
+//! `drain_period_ms`, then the backend finishes what it accepted.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,40 +12,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use mio::{Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::auth::tickets::Tickets;
-use crate::backend::Backend;
 use crate::config::Config;
-use crate::entities::Cursors;
+use crate::node::Node;
 use crate::router::{Mailbox, Router, ShardMsg};
 use crate::shard::{Shard, ShardSeed};
 
-/// State shared by all threads of a node.
-pub struct Shared {
-    pub config: Config,
-    /// Sequencing, history, entity state (and, next, every other durable thing): see
-    /// [`crate::backend`]. Shards call it for the requests they read.
-    pub backend: Arc<dyn Backend>,
-    /// Signs and checks entity list cursors.
-    pub cursors: Cursors,
-    pub tickets: Tickets,
-    pub prometheus: PrometheusHandle,
-    /// Set at SIGTERM: `/readyz` fails from then on.
-    pub draining: AtomicBool,
-    /// Open WebSocket connections on all shards (`max_connections`).
-    pub ws_connections: AtomicUsize,
-    /// A short random tag, so `connectionId`s differ across restarts.
-    pub node_id: String,
-}
-
-impl Shared {
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-}
-
 /// A running node.
 pub struct Server {
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     router: Arc<Router>,
     shards: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
@@ -118,21 +87,8 @@ impl Server {
             polls.push(poll);
         }
         let router = Arc::new(Router::new(mailboxes.clone()));
-        let node_id = format!(
-            "{:06x}",
-            crate::time::unix_ms() & 0xFF_FFFF ^ std::process::id() as u64
-        );
         let backend = crate::backend::open(&config, router.clone()).map_err(anyhow_lite::msg)?;
-        let shared = Arc::new(Shared {
-            cursors: Cursors::new(config.auth.jwt_secret.as_bytes()),
-            backend,
-            config,
-            tickets: Tickets::default(),
-            prometheus,
-            draining: AtomicBool::new(false),
-            ws_connections: AtomicUsize::new(0),
-            node_id,
-        });
+        let node = Arc::new(Node::new(config, backend, prometheus));
         let mut handles = Vec::with_capacity(shards);
         for (id, ((poll, l), mailbox)) in
             polls.into_iter().zip(listeners).zip(mailboxes).enumerate()
@@ -142,7 +98,7 @@ impl Server {
                 poll,
                 listener: mio::net::TcpListener::from_std(l),
                 mailbox,
-                shared: shared.clone(),
+                node: node.clone(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("shardcast-shard-{id}"))
@@ -152,7 +108,7 @@ impl Server {
         }
         tracing::info!(%local_addr, shards, "shardcast listening");
         Ok(Server {
-            shared,
+            node,
             router,
             shards: handles,
             local_addr,
@@ -165,9 +121,9 @@ impl Server {
 
     /// SIGTERM: fail readiness, close every socket over the drain period, stop.
     pub fn drain(mut self) {
-        let period = self.shared.config.drain_period_ms;
+        let period = self.node.config().drain_period_ms;
         tracing::info!(drain_period_ms = period, "draining");
-        self.shared.draining.store(true, Ordering::Release);
+        self.node.start_draining();
         for i in 0..self.router.shards() {
             self.router.send_control(i, ShardMsg::Drain);
         }
@@ -176,7 +132,7 @@ impl Server {
             let _ = h.join();
         }
         // Every accepted write is answered or durable before the process exits.
-        self.shared.backend.close();
+        self.node.backend().close();
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drained");
     }
 }

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{token, wait_until, Client, Server};
+use common::{token, wait_until, Client, Server, API_KEY};
 use serde_json::{json, Value};
 
 /// What `$__rate_interval` becomes: a few 1 s scrapes.
@@ -393,6 +393,23 @@ fn dashboards_and_alerts_work_against_real_prometheus() {
         assert_eq!(idle.error()["code"], "UNKNOWN_TYPE");
         let (st, _) = s.http("POST", "/api/v1/publish", Some(&json!({})), None);
         assert_eq!(st, 401);
+        // Entity writes (store commits), a filtered subscription that gets a refresh, a
+        // live query, a `since` replay: the entity row's series.
+        let mut watcher = Client::authed(&s, &token("w", "user", &["*"]), "&batchMs=0");
+        watcher.subscribe(
+            json!([{"id": "f", "path": "orders", "filter": "status == 'open'", "since": 0}]),
+        );
+        watcher.send(&json!({"type": "createLiveQuery", "id": "lq", "query": {"edge": "orders"}}));
+        for (i, status) in ["open", "open", "done"].iter().enumerate() {
+            let (st, b) = s.http(
+                "PUT",
+                "/api/v1/entities/orders/o1",
+                Some(&json!({"status": status, "i": i})),
+                Some(&format!("apikey {API_KEY}")),
+            );
+            assert_eq!(st, 200, "{b}");
+        }
+        while watcher.recv()["type"] != "subscriptionRefresh" {}
         clients.pop().expect("a client").close();
 
         // Wait (with a deadline) until Prometheus holds several scrapes that include

@@ -28,20 +28,33 @@ SCENARIOS:
                stop reading for --pause-ms at a time, with a small --rcvbuf), against a
                server with a small queue_capacity: the server's QUEUE_OVERFLOW warnings
                must account for every event not delivered (lost = 0)
+    entities   durable entity writes over REST: --connections keep-alive HTTP/1.1
+               connections to --http, each with up to --pipeline requests in flight,
+               PUT /api/v1/entities/load/e{n mod K} (K: --entities) with a JSON object
+               body of about --payload bytes, at --rate writes per second over all
+               connections (0: as fast as they allow); an answer counts when it is 200
+               with a \"seq\". Reports acknowledged writes/s, write latency (written to
+               answer read), failures with sample bodies, the server's CPU per write.
+               No WebSocket connections: --url, --secret, --token and the connection
+               options do not apply; --api-key is required
 
 OPTIONS:
     --url URL              WebSocket endpoint [default: ws://127.0.0.1:8080/ws]
     --http URL             REST base for publishing [default: http://<host:port of --url>]
     --secret S             sign an HS256 token per connection (sub load-<i>, role user, scopes *)
     --token T              use this token for every connection (one of --secret/--token)
-    --api-key K            api key for POST /api/v1/publish (fanout, spread, overflow)
-    --connections N        client connections (churn: most cycles in flight) [default: 1000]
+    --api-key K            api key for POST /api/v1/publish (fanout, spread, overflow) and
+                           PUT /api/v1/entities/... (entities)
+    --connections N        client connections (churn: most cycles in flight; entities:
+                           HTTP connections, at most 10000) [default: 1000; entities: 32]
     --paths K              paths for spread [default: 100]
-    --rate R               publications per second (churn: connection cycles per second),
-                           may be fractional [default: 100]
+    --rate R               publications per second (churn: connection cycles per second;
+                           entities: writes per second over all connections, 0: as fast
+                           as the connections allow), may be fractional [default: 100]
     --duration D           publishing (idle: holding) window, e.g. 30s, 500ms, 2m, 1h or
                            plain seconds [default: 30s]
-    --payload BYTES        size of each publish request body [default: 128]
+    --payload BYTES        size of each publish request body (entities: of each entity
+                           body {\"i\":n,\"pad\":\"xx..\"}) [default: 128]
     --batch-ms MS          connection option batchMs [default: 0]
     --batch-max N          connection option batchMax [default: 1000]
     --framing F            connection option framing: frames | array [default: frames]
@@ -65,6 +78,10 @@ OPTIONS:
                            slow readers read normally so that nothing stays queued
     --rcvbuf BYTES         overflow: SO_RCVBUF of the slow readers' sockets (0: the
                            kernel's default) [default: 4096]
+    --pipeline P           entities: requests in flight per connection at most (HTTP/1.1
+                           pipelining; the server answers in order) [default: 1]
+    --entities K           entities: ids cycle over e0..e{K-1} (creates first, then
+                           updates) [default: 100000]
     --json FILE            write the JSON report there (\"-\" for stdout)
     -h, --help             this text
 
@@ -76,8 +93,9 @@ ADVANCED:
 The run: connect and subscribe everything (bounded), publish for --duration at --rate,
 wait a grace period of max(2s, 2 x batch-ms) for deliveries in flight (shorter when all
 arrived; longer, up to 10 x, while deliveries still arrive: what is still coming is not
-lost), print a table, write --json. Exit codes: 0 run completed and healthy, 1 run
-completed with failed connections, publish errors or lost deliveries, 2 usage error,
+lost), print a table, write --json (entities: connect, write for --duration, wait for
+the answers in flight). Exit codes: 0 run completed and healthy, 1 run completed with
+failed connections, publish errors, lost deliveries or failed writes, 2 usage error,
 3 the run could not start.
 ";
 
@@ -88,6 +106,7 @@ pub enum ScenarioName {
     Idle,
     Churn,
     Overflow,
+    Entities,
 }
 
 impl ScenarioName {
@@ -98,6 +117,7 @@ impl ScenarioName {
             ScenarioName::Idle => "idle",
             ScenarioName::Churn => "churn",
             ScenarioName::Overflow => "overflow",
+            ScenarioName::Entities => "entities",
         }
     }
 
@@ -108,6 +128,7 @@ impl ScenarioName {
             "idle" => ScenarioName::Idle,
             "churn" => ScenarioName::Churn,
             "overflow" => ScenarioName::Overflow,
+            "entities" => ScenarioName::Entities,
             _ => return None,
         })
     }
@@ -154,7 +175,8 @@ impl Framing {
 pub enum Auth {
     Secret(String),
     Token(String),
-    /// `--target nats`: the harness's nats-server runs without authentication.
+    /// `--target nats`: the harness's nats-server runs without authentication; scenario
+    /// entities: no WebSocket connections (its writes carry `--api-key`).
     None,
 }
 
@@ -183,6 +205,10 @@ pub struct Config {
     pub slow_readers: f64,
     pub pause: Duration,
     pub rcvbuf: usize,
+    /// entities: requests in flight per HTTP connection at most, and the number of
+    /// distinct entity ids (`e0..e{K-1}`).
+    pub pipeline: usize,
+    pub entities: u64,
     /// Empty: let the kernel pick.
     pub source_ips: Vec<Ipv4Addr>,
     pub source_ips_raw: Option<String>,
@@ -335,6 +361,32 @@ const VALUE_FLAGS: &[&str] = &[
     "--slow-readers",
     "--pause-ms",
     "--rcvbuf",
+    "--pipeline",
+    "--entities",
+];
+
+/// Flags scenario entities refuses (it opens no WebSocket connections and runs in one
+/// process, on one event loop), with the reason given.
+const ENTITIES_REFUSED: &[(&[&str], &str)] = &[
+    (
+        &["--url", "--secret", "--token"],
+        "it opens no WebSocket connections; it writes over --http with --api-key",
+    ),
+    (
+        &["--paths", "--batch-ms", "--batch-max", "--framing"],
+        "it opens no WebSocket connections",
+    ),
+    (
+        &[
+            "--source-ips",
+            "--threads",
+            "--fd-budget",
+            "--max-inflight",
+            "--worker",
+            "--worker-offset",
+        ],
+        "it runs in one process on one event loop",
+    ),
 ];
 
 /// Flags without a value.
@@ -386,7 +438,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         } else if scenario.is_none() {
             scenario = Some(ScenarioName::parse(a).ok_or_else(|| {
                 CliError(format!(
-                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow)"
+                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow, entities)"
                 ))
             })?);
         } else {
@@ -394,7 +446,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         }
     }
     let Some(scenario) = scenario else {
-        return err("missing scenario (fanout, spread, idle, churn, overflow); see --help");
+        return err(
+            "missing scenario (fanout, spread, idle, churn, overflow, entities); see --help",
+        );
     };
     let get = |flag: &str| -> Option<&str> {
         seen.iter()
@@ -408,6 +462,31 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         Some(v) => return err(format!("--target: {v:?} is not shardcast or nats")),
     };
     let is_worker = get("--worker").is_some();
+    if scenario == ScenarioName::Entities {
+        if target == Target::Nats {
+            return err(
+                "--target nats: scenario entities writes shardcast's entity API (PROTOCOL.md §8)",
+            );
+        }
+        for (flags, why) in ENTITIES_REFUSED {
+            for flag in *flags {
+                if get(flag).is_some() {
+                    return err(format!(
+                        "{flag} does not apply to scenario entities ({why})"
+                    ));
+                }
+            }
+        }
+        if get("--api-key").is_none() {
+            return err("--api-key is required for scenario entities (it writes entities)");
+        }
+    } else {
+        for flag in ["--pipeline", "--entities"] {
+            if get(flag).is_some() {
+                return err(format!("{flag} only applies to scenario entities"));
+            }
+        }
+    }
     if target == Target::Nats {
         for flag in [
             "--secret",
@@ -460,7 +539,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     };
 
     let auth = match (get("--secret"), get("--token")) {
-        _ if target == Target::Nats => Auth::None,
+        _ if target == Target::Nats || scenario == ScenarioName::Entities => Auth::None,
         (Some(_), Some(_)) => return err("--secret and --token exclude each other"),
         (Some(""), None) => return err("--secret: empty"),
         (None, Some("")) => return err("--token: empty"),
@@ -481,12 +560,22 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         None => None,
     };
 
-    let connections = parse_int(
-        "--connections",
-        get("--connections").unwrap_or("1000"),
-        1,
-        10_000_000,
-    )?;
+    let connections = if scenario == ScenarioName::Entities {
+        // one process, one event loop: no worker processes to spread more over
+        parse_int(
+            "--connections",
+            get("--connections").unwrap_or("32"),
+            1,
+            10_000,
+        )?
+    } else {
+        parse_int(
+            "--connections",
+            get("--connections").unwrap_or("1000"),
+            1,
+            10_000_000,
+        )?
+    };
     let paths = parse_int("--paths", get("--paths").unwrap_or("100"), 1, 10_000_000)?;
     let rate = parse_rate(get("--rate").unwrap_or("100"))?;
     let duration = match get("--duration") {
@@ -563,6 +652,13 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         20_000,
     )?);
     let rcvbuf = parse_int("--rcvbuf", get("--rcvbuf").unwrap_or("4096"), 0, 64 << 20)? as usize;
+    let pipeline = parse_int("--pipeline", get("--pipeline").unwrap_or("1"), 1, 1024)? as usize;
+    let entities = parse_int(
+        "--entities",
+        get("--entities").unwrap_or("100000"),
+        1,
+        1_000_000_000,
+    )?;
     if scenario == ScenarioName::Churn && rate <= 0.0 {
         return err("--rate: churn needs a cycle rate above 0");
     }
@@ -600,6 +696,8 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         slow_readers,
         pause,
         rcvbuf,
+        pipeline,
+        entities,
         source_ips,
         source_ips_raw,
         threads,
@@ -864,6 +962,81 @@ mod tests {
             "churn --secret s --slow-readers 1",
             "--slow-readers only applies",
         );
+    }
+
+    #[test]
+    fn entities_scenario() {
+        let c = run("entities --api-key k").unwrap();
+        assert_eq!(c.scenario, ScenarioName::Entities);
+        assert_eq!(c.auth, Auth::None);
+        assert_eq!(c.api_key.as_deref(), Some("k"));
+        assert_eq!(c.http.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!((c.connections, c.pipeline, c.entities), (32, 1, 100_000));
+        assert_eq!(c.rate, 100.0);
+        let c = run(
+            "entities --http http://127.0.0.1:18090 --api-key k --connections 4 --pipeline 8 \
+             --rate 0 --duration 2s --payload 200 --entities 50 --server-pid 7 --json -",
+        )
+        .unwrap();
+        assert_eq!(c.http.addr, "127.0.0.1:18090".parse().unwrap());
+        assert_eq!((c.connections, c.pipeline, c.entities), (4, 8, 50));
+        assert_eq!((c.rate, c.payload), (0.0, 200));
+        assert_eq!(c.server_pids, vec![7]);
+        fails("entities", "--api-key is required for scenario entities");
+        fails("entities --api-key=", "--api-key: empty");
+        for (extra, flag) in [
+            ("--pipeline many", "--pipeline"),
+            ("--pipeline 0", "--pipeline"),
+            ("--pipeline 5000", "--pipeline"),
+            ("--entities 0", "--entities"),
+            ("--entities lots", "--entities"),
+            ("--connections 20000", "--connections"),
+        ] {
+            fails(&format!("entities --api-key k {extra}"), flag);
+        }
+        // flags that do not apply to it, each named
+        for flag in [
+            "--url ws://127.0.0.1:8080/ws",
+            "--secret s",
+            "--token t",
+            "--paths 3",
+            "--batch-ms 5",
+            "--batch-max 5",
+            "--framing array",
+            "--source-ips 127.0.0.1",
+            "--threads 2",
+            "--fd-budget 10",
+            "--max-inflight 10",
+            "--slow-readers 0.5",
+            "--pause-ms 10",
+            "--rcvbuf 0",
+            "--nats-url nats://127.0.0.1:4222",
+        ] {
+            let name = flag.split_whitespace().next().unwrap();
+            fails(&format!("entities --api-key k {flag}"), name);
+        }
+        fails(
+            "entities --api-key k --url ws://127.0.0.1:1/ws",
+            "does not apply to scenario entities",
+        );
+        fails("entities --api-key k --worker", "--worker");
+        fails("entities --target nats", "--target nats");
+        assert!(run("entities --api-key k --target shardcast").is_ok());
+        // --pipeline and --entities belong to entities only
+        for sc in [
+            "fanout --secret s --api-key k",
+            "idle --secret s",
+            "churn --secret s",
+        ] {
+            fails(
+                &format!("{sc} --pipeline 4"),
+                "--pipeline only applies to scenario entities",
+            );
+            fails(
+                &format!("{sc} --entities 4"),
+                "--entities only applies to scenario entities",
+            );
+        }
     }
 
     #[test]

@@ -1152,7 +1152,7 @@ pub fn url_encode(s: &str) -> String {
 }
 
 /// An io::Error without the "(os error N)" noise, to keep failure reasons few.
-fn short_io(e: &io::Error) -> String {
+pub(crate) fn short_io(e: &io::Error) -> String {
     let s = e.to_string();
     match s.find(" (os error") {
         Some(i) => s[..i].to_string(),

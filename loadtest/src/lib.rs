@@ -6,10 +6,12 @@
 //! `scan` (cheap event and latency scanner), `conn` (connections and event loop),
 //! `group` (threads and worker processes), `publish` (HTTP and NATS publishers),
 //! `nats` (NATS protocol parser), `floor` (the floor writer's server), `scenario/*`,
+//! `entities` (scenario entities: pipelined HTTP writers of the entity API, its report),
 //! `procstat` (server stats), `report` (results), `run` (the coordinator).
 
 pub mod cli;
 pub mod conn;
+pub mod entities;
 pub mod floor;
 pub mod group;
 pub mod jwt;

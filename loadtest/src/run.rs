@@ -168,6 +168,10 @@ pub fn run(cfg: &Config) -> i32 {
             return 2;
         }
     }
+    if cfg.scenario == ScenarioName::Entities {
+        // HTTP writers only: no client groups, no publisher
+        return crate::entities::run(cfg);
+    }
     let scenario: Arc<dyn Scenario> = scenario::build(cfg).into();
     let limit = crate::net::raise_nofile_limit();
     let budget = cfg

@@ -1,10 +1,11 @@
 //! End-to-end runs of the `loadtest` binary against a small in-test mock of the shardcast
 //! wire contract (upgrade, `authenticated`, `subscribeEvents`, pings, REST publish,
-//! `frames`/`array` framing, `QUEUE_OVERFLOW` warnings). The mock is this test process,
-//! so `--server-pid` can point at it.
+//! `frames`/`array` framing, `QUEUE_OVERFLOW` warnings, entity `PUT`s with `e3` refused).
+//! The mock is this test process, so `--server-pid` can point at it.
 
 mod common;
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -37,6 +38,8 @@ struct MockState {
     seq: AtomicU64,
     /// Drop every k-th event of the first subscriber (0: never), answering a warning.
     drop_every: u64,
+    /// Entity ids written (`PUT /api/v1/entities/load/{id}`).
+    entities: Mutex<HashSet<String>>,
 }
 
 struct Mock {
@@ -219,7 +222,30 @@ fn serve_http(
         }
         let body: Vec<u8> = buf.drain(..len).collect();
         let authorized = header(&head, "authorization") == Some("apikey test-key");
-        let (status, answer) = if !head.starts_with("POST /api/v1/publish ") {
+        let entity = head
+            .strip_prefix("PUT /api/v1/entities/load/")
+            .and_then(|r| r.split_once(' '))
+            .map(|(id, _)| id.to_string());
+        let (status, answer) = if let (Some(id), true) = (&entity, authorized) {
+            // durable writes, except for entity e3: the server refuses it (a failure
+            // whose body the report keeps as a sample)
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert!(v["i"].is_u64() && v["pad"].is_string(), "{v}");
+            if id == "e3" {
+                (
+                    "500 Internal Server Error",
+                    r#"{"error":{"code":"INTERNAL","message":"disk on fire"}}"#.to_string(),
+                )
+            } else {
+                let seq = st.seq.fetch_add(1, Relaxed) + 1;
+                let op = if st.entities.lock().unwrap().insert(id.clone()) {
+                    "created"
+                } else {
+                    "updated"
+                };
+                ("200 OK", format!(r#"{{"seq":{seq},"op":"{op}"}}"#))
+            }
+        } else if entity.is_none() && !head.starts_with("POST /api/v1/publish ") {
             (
                 "404 Not Found",
                 r#"{"error":{"code":"NOT_FOUND"}}"#.to_string(),
@@ -543,6 +569,31 @@ fn usage_errors_exit_2() {
             vec!["fanout", "--secret", "s", "--api-key", "k", "--rate", "x"],
             "--rate",
         ),
+        (vec!["entities"], "--api-key"),
+        (
+            vec!["entities", "--api-key", "k", "--secret", "s"],
+            "--secret",
+        ),
+        (
+            vec!["entities", "--api-key", "k", "--pipeline", "many"],
+            "--pipeline",
+        ),
+        (
+            vec![
+                "fanout",
+                "--secret",
+                "s",
+                "--api-key",
+                "k",
+                "--pipeline",
+                "4",
+            ],
+            "--pipeline",
+        ),
+        (
+            vec!["churn", "--secret", "s", "--entities", "9"],
+            "--entities",
+        ),
         (vec![], "scenario"),
     ] {
         let (code, err) = loadtest(&args);
@@ -559,6 +610,9 @@ fn usage_errors_exit_2() {
     for word in [
         "churn",
         "overflow",
+        "entities",
+        "--pipeline",
+        "--entities",
         "--nats-url",
         "--slow-readers",
         "--pause-ms",
@@ -749,4 +803,122 @@ fn scale_many_connections_two_workers() {
         r["published"].as_u64().unwrap() * 12000
     );
     let _ = std::fs::remove_file(json_path);
+}
+
+#[test]
+fn entities_paced_with_refused_writes() {
+    let m = start_mock(0);
+    let http = format!("http://{}", m.addr);
+    let json_path = tmp("entities-paced");
+    let pid = std::process::id().to_string();
+    // ids cycle over e0..e9: writes 3, 13, 23, ... go to e3, which the mock refuses
+    let (code, err) = loadtest(&[
+        "entities",
+        "--http",
+        &http,
+        "--api-key",
+        "test-key",
+        "--connections",
+        "2",
+        "--pipeline",
+        "3",
+        "--rate",
+        "200",
+        "--duration",
+        "1s",
+        "--entities",
+        "10",
+        "--payload",
+        "64",
+        "--server-pid",
+        &pid,
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "failed writes make exit code 1: {err}");
+    let r = report(&json_path);
+    assert_eq!(r["scenario"], "entities");
+    assert_eq!(r["connections"], 2);
+    assert_eq!(r["pipeline"], 3);
+    assert_eq!(r["rate_asked"], 200.0);
+    assert_eq!(r["scheduled"], 200);
+    assert_eq!(r["sent"], 200, "{r}");
+    assert_eq!(r["acknowledged"], 180, "{r}");
+    assert_eq!(r["failed"], 20, "{r}");
+    assert_eq!(r["failures"]["HTTP 500"], 20, "{r}");
+    assert_eq!(r["ops"]["created"], 9, "{r}");
+    assert_eq!(r["ops"]["updated"], 171, "{r}");
+    let samples = r["failure_samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 5, "{r}");
+    assert!(samples[0].as_str().unwrap().contains("disk on fire"), "{r}");
+    assert!(r["latency_ms"]["p50"].as_f64().is_some(), "{r}");
+    assert!(r["server"]["cpu_seconds"].as_f64().is_some(), "{r}");
+    assert!(r["server"]["rss_bytes"].as_u64().unwrap() > 0);
+    // paced: about the window, not as fast as possible
+    let acks_per_sec = r["acks_per_sec"].as_f64().unwrap();
+    assert!((100.0..=200.0).contains(&acks_per_sec), "{r}");
+    assert!(err.contains("failure sample"), "{err}");
+    assert!(err.contains("writing"), "no progress line: {err}");
+    let _ = std::fs::remove_file(json_path);
+}
+
+#[test]
+fn entities_closed_loop_pipelined() {
+    let m = start_mock(0);
+    let http = format!("http://{}", m.addr);
+    let json_path = tmp("entities-closed");
+    let (code, err) = loadtest(&[
+        "entities",
+        "--http",
+        &http,
+        "--api-key",
+        "test-key",
+        "--connections",
+        "3",
+        "--pipeline",
+        "4",
+        "--rate",
+        "0",
+        "--duration",
+        "1s",
+        "--entities",
+        "3",
+        "--json",
+        json_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json_path);
+    let acked = r["acknowledged"].as_u64().unwrap();
+    assert!(acked > 100, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_eq!(r["sent"], acked, "every write was answered: {r}");
+    assert_eq!(r["scheduled"], Value::Null);
+    assert_eq!(r["ops"]["created"], 3, "{r}");
+    assert_eq!(m.state.entities.lock().unwrap().len(), 3);
+    assert_eq!(r["server"]["cpu_seconds"], Value::Null, "no --server-pid");
+    let _ = std::fs::remove_file(json_path);
+}
+
+#[test]
+fn entities_against_nothing_ends_by_itself() {
+    let port = free_port();
+    let http = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let (code, err) = loadtest(&[
+        "entities",
+        "--http",
+        &http,
+        "--api-key",
+        "k",
+        "--connections",
+        "3",
+        "--duration",
+        "5s",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("3 x connect: Connection refused"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{err}"
+    );
 }

@@ -2,14 +2,16 @@
 //!
 //! * `--target nats` against nats-server (the Debian package `nats-server`, 2.9) with
 //!   WebSocket on loopback: fanout, spread, idle and churn;
-//! * overflow and churn against the shardcast binary (`../target/release/shardcast`, else
-//!   `../target/debug/shardcast`; `env!("CARGO_BIN_EXE_…")` does not reach across crates).
+//! * overflow, churn and entities against the shardcast binary
+//!   (`../target/release/shardcast`, else `../target/debug/shardcast`;
+//!   `env!("CARGO_BIN_EXE_…")` does not reach across crates).
 //!
 //! A server that is missing skips its test with a message, unless the environment variable
 //! `CI` is set: then the test fails (CI installs nats-server and builds shardcast first).
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -384,6 +386,82 @@ fn shardcast_churn_cycles() {
     assert_eq!(c["cycles_completed"].as_u64().unwrap(), started, "{c}");
     assert_eq!(c["cycles_failed"], 0);
     assert!(c["server_cpu_us_per_cycle"].as_f64().is_some(), "{c}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `GET path` with the api key (`Connection: close`): the status and the body as JSON.
+fn get_json(port: u16, path: &str, api_key: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: apikey {api_key}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn shardcast_entities_durable_writes() {
+    let dir = tmp_dir("entities");
+    let Some((server, port)) = start_shardcast(&dir, "") else {
+        return;
+    };
+    let http = format!("http://127.0.0.1:{port}");
+    let pid = server.pid();
+    let json = dir.join("r.json");
+    let (code, err) = loadtest(&[
+        "entities",
+        "--http",
+        &http,
+        "--api-key",
+        "e2e-key",
+        "--connections",
+        "4",
+        "--pipeline",
+        "4",
+        "--rate",
+        "0",
+        "--duration",
+        "2s",
+        "--payload",
+        "200",
+        "--server-pid",
+        &pid,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json);
+    let acked = r["acknowledged"].as_u64().unwrap();
+    assert!(acked > 0, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_eq!(r["connections"], 4);
+    assert_eq!(r["sent"].as_u64().unwrap(), acked, "{r}");
+    let ops = &r["ops"];
+    assert_eq!(
+        ops["created"].as_u64().unwrap() + ops["updated"].as_u64().unwrap(),
+        acked,
+        "{r}"
+    );
+    assert!(r["latency_ms"]["p99"].as_f64().is_some(), "{r}");
+    assert!(r["server"]["cpu_us_per_ack"].as_f64().is_some(), "{r}");
+    // the server really holds them
+    let entities = r["entities"].as_u64().unwrap();
+    let (status, list) = get_json(port, "/api/v1/entities/load?limit=1", "e2e-key");
+    assert_eq!(status, 200, "{list}");
+    let total = list["totalCount"].as_u64().expect("totalCount");
+    assert!(
+        total >= acked.min(entities),
+        "totalCount {total} < min(acknowledged {acked}, entities {entities})"
+    );
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }

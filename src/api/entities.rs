@@ -12,8 +12,8 @@ use crate::auth::Principal;
 use crate::entities::{validate_segment, EntityWrite, WriteOp, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::filter::{Filter, OrderBy};
 use crate::http::{self, percent_decode, Request};
+use crate::node::Node;
 use crate::protocol::Refusal;
-use crate::server::Shared;
 
 use super::{authorize, error, Route, MAX_DATA_DEPTH};
 
@@ -25,7 +25,7 @@ fn refuse(status: u16, r: Refusal, close: bool) -> Route {
 }
 
 /// Routes a request under `/api/v1/entities/` (`rest` is what follows that prefix).
-pub fn route(req: &Request, shared: &Shared, rest: &str, close: bool) -> Route {
+pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
     let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
     let method = req.method.as_str();
     let (collection, id) = match segments.as_slice() {
@@ -58,7 +58,7 @@ pub fn route(req: &Request, shared: &Shared, rest: &str, close: bool) -> Route {
             return refuse(400, r, close);
         }
     }
-    let principal = match authorize(req, shared) {
+    let principal = match authorize(req, node) {
         Ok(p) => p,
         Err(e) => return error(401, "UNAUTHORIZED", &e.to_string(), close),
     };
@@ -80,8 +80,8 @@ pub fn route(req: &Request, shared: &Shared, rest: &str, close: bool) -> Route {
         return error(403, "FORBIDDEN", &m, close);
     }
     match (method, id) {
-        ("GET", None) => list(req, shared, collection, close),
-        ("GET", Some(id)) => match shared.backend.replica().get(collection, id) {
+        ("GET", None) => list(req, node, collection, close),
+        ("GET", Some(id)) => match node.backend().replica().get(collection, id) {
             Some(state) => Route::Respond(http::json_response(200, &state, close)),
             None => error(
                 404,
@@ -138,7 +138,7 @@ fn body_object(body: &[u8], id: &str, patch: bool) -> Result<Map<String, Value>,
 }
 
 /// `GET /api/v1/entities/{collection}?filter=&orderBy=&limit=&cursor=`.
-fn list(req: &Request, shared: &Shared, collection: &str, close: bool) -> Route {
+fn list(req: &Request, node: &Node, collection: &str, close: bool) -> Route {
     for (k, _) in http::query_pairs(&req.query) {
         if !LIST_PARAMS.contains(&k.as_str()) {
             return error(
@@ -191,18 +191,17 @@ fn list(req: &Request, shared: &Shared, collection: &str, close: bool) -> Route 
     );
     let after = match req.query_param("cursor").filter(|c| !c.is_empty()) {
         None => None,
-        Some(c) => match shared.cursors.decode(&query, &c) {
+        Some(c) => match node.cursors().decode(&query, &c) {
             Ok(pos) => Some(pos),
             Err(m) => return error(400, "BAD_MESSAGE", &format!("cursor: {m}"), close),
         },
     };
     let (page, _seq) =
-        shared
-            .backend
+        node.backend()
             .replica()
             .query(collection, filter.as_ref(), &order, after.as_ref(), limit);
     let next = match (page.more, page.data.last()) {
-        (true, Some(last)) => Value::String(shared.cursors.encode(&query, &order, last)),
+        (true, Some(last)) => Value::String(node.cursors().encode(&query, &order, last)),
         _ => Value::Null,
     };
     let body = json!({

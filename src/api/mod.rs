@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use crate::auth::{self, Principal};
 use crate::http::{self, Request};
 use crate::ingest::PublishItem;
+use crate::node::Node;
 use crate::protocol::{validate_path, ws};
-use crate::server::Shared;
 
 /// What the shard does with a request.
 #[derive(Debug)]
@@ -38,8 +38,8 @@ fn error(status: u16, code: &str, message: &str, close: bool) -> Route {
 }
 
 /// Routes one request.
-pub fn route(req: &Request, shared: &Shared, close: bool) -> Route {
-    let cfg = &shared.config;
+pub fn route(req: &Request, node: &Node, close: bool) -> Route {
+    let cfg = node.config();
     let path = req.path.as_str();
     let method = req.method.as_str();
     let echo_path = cfg.testing.echo_path.as_str();
@@ -48,7 +48,7 @@ pub fn route(req: &Request, shared: &Shared, close: bool) -> Route {
             Route::Respond(http::json_response(200, &json!({"status": "ok"}), close))
         }
         ("GET", "/readyz") => {
-            if shared.is_draining() {
+            if node.is_draining() {
                 Route::Respond(http::json_response(
                     503,
                     &json!({"status": "draining"}),
@@ -59,7 +59,7 @@ pub fn route(req: &Request, shared: &Shared, close: bool) -> Route {
             }
         }
         ("GET", "/metrics") => {
-            let text = crate::metrics::render(&shared.prometheus);
+            let text = crate::metrics::render(node.prometheus());
             Route::Respond(http::response(
                 200,
                 "text/plain; version=0.0.4",
@@ -69,8 +69,8 @@ pub fn route(req: &Request, shared: &Shared, close: bool) -> Route {
         }
         ("GET", "/ws") => upgrade(req, false, close),
         ("GET", p) if !echo_path.is_empty() && p == echo_path => upgrade(req, true, close),
-        ("POST", "/api/v1/publish") => publish(req, shared, close),
-        ("POST", "/api/v1/ws-tickets") => ticket(req, shared, close),
+        ("POST", "/api/v1/publish") => publish(req, node, close),
+        ("POST", "/api/v1/ws-tickets") => ticket(req, node, close),
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/ws" | "/api/v1/publish" | "/api/v1/ws-tickets",
@@ -81,7 +81,7 @@ pub fn route(req: &Request, shared: &Shared, close: bool) -> Route {
             close,
         ),
         (_, p) if p.starts_with("/api/v1/entities/") => {
-            entities::route(req, shared, &p["/api/v1/entities/".len()..], close)
+            entities::route(req, node, &p["/api/v1/entities/".len()..], close)
         }
         (_, p)
             if p.starts_with("/channels/")
@@ -148,8 +148,8 @@ fn upgrade(req: &Request, echo: bool, close: bool) -> Route {
     }
 }
 
-fn authorize(req: &Request, shared: &Shared) -> Result<Principal, auth::AuthError> {
-    let cfg = &shared.config.auth;
+fn authorize(req: &Request, node: &Node) -> Result<Principal, auth::AuthError> {
+    let cfg = &node.config().auth;
     let r = auth::authorize(
         req.header("authorization"),
         &cfg.api_keys,
@@ -162,8 +162,8 @@ fn authorize(req: &Request, shared: &Shared) -> Result<Principal, auth::AuthErro
     r
 }
 
-fn publish(req: &Request, shared: &Shared, close: bool) -> Route {
-    let principal = match authorize(req, shared) {
+fn publish(req: &Request, node: &Node, close: bool) -> Route {
+    let principal = match authorize(req, node) {
         Ok(p) => p,
         Err(e) => return error(401, "UNAUTHORIZED", &e.to_string(), close),
     };
@@ -175,7 +175,7 @@ fn publish(req: &Request, shared: &Shared, close: bool) -> Route {
             close,
         );
     }
-    match parse_publish(&req.body, shared.config.limits.max_publish_batch) {
+    match parse_publish(&req.body, node.config().limits.max_publish_batch) {
         Ok(items) => Route::Publish(items),
         Err(e) => Route::Respond(http::error_response(
             400, e.code, &e.message, e.index, close,
@@ -377,8 +377,8 @@ fn json_depth(json: &str) -> usize {
     max
 }
 
-fn ticket(req: &Request, shared: &Shared, close: bool) -> Route {
-    let claims = match authorize(req, shared) {
+fn ticket(req: &Request, node: &Node, close: bool) -> Route {
+    let claims = match authorize(req, node) {
         Ok(Principal::Token(c)) => c,
         Ok(Principal::ApiKey) => {
             return error(
@@ -391,9 +391,9 @@ fn ticket(req: &Request, shared: &Shared, close: bool) -> Route {
         Err(e) => return error(401, "UNAUTHORIZED", &e.to_string(), close),
     };
     let now = crate::time::unix_ms();
-    let (uuid, expires) = shared
-        .tickets
-        .issue(claims, now, shared.config.auth.ticket_ttl_ms);
+    let (uuid, expires) = node
+        .tickets()
+        .issue(claims, now, node.config().auth.ticket_ttl_ms);
     Route::Respond(http::json_response(
         201,
         &json!({"uuid": uuid, "expiresAt": crate::time::rfc3339_ms(expires)}),

@@ -11,14 +11,17 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use hashbrown::HashSet;
+use serde_json::Value;
+
 use crate::auth::jwt::{Claims, Role};
 use crate::config::Framing;
+use crate::filter::{Filter, OrderBy};
 use crate::protocol::ws::{self, Utf8Check};
+use crate::publication::Publication;
 
 use super::index::EventSet;
-use super::live_query::LiveQuery;
 use super::ring::Ring;
-use crate::filter::Filter;
 
 /// Bytes reserved in front of every frame's JSON for the largest WebSocket header, so a
 /// frame is built once and serves both framings without a copy.
@@ -84,13 +87,34 @@ impl Frame {
 pub struct HttpState {
     /// A `100 Continue` was sent for the request being read.
     pub continue_sent: bool,
-    /// A request's answer is being worked out off the shard (a durable write): later
-    /// requests wait in `rbuf`, so answers keep request order.
-    pub awaiting: bool,
-    /// That request asked for the connection to close after its answer.
-    pub close_after: bool,
-    /// The peer half-closed while an answer was awaited: finish once it is written.
+    /// Answers not yet written, in request order: requests whose work goes on off the
+    /// shard (durable writes) hold a slot until their answer comes, and answers to later
+    /// requests wait behind them, so a pipelining client gets them in order while many of
+    /// its writes share one group commit.
+    pub pending: std::collections::VecDeque<AnswerSlot>,
+    /// The request number of `pending`'s front.
+    pub base: u32,
+    /// A request that must wait until `pending` is empty (an upgrade behind answers
+    /// still to come).
+    pub stashed: Option<Box<crate::http::Request>>,
+    /// No further request is read: one asked for `Connection: close` (or was refused),
+    /// or the node is draining.
+    pub closing: bool,
+    /// The peer half-closed while answers were awaited: finish once they are written.
     pub eof: bool,
+    /// `http_process` is running for this connection: a write that completes inside it
+    /// (and would read the next request) leaves that to the running loop instead of
+    /// recursing once per pipelined request.
+    pub processing: bool,
+}
+
+/// One answer in request order.
+#[derive(Debug, Default)]
+pub struct AnswerSlot {
+    /// The whole HTTP response, once known.
+    pub response: Option<Vec<u8>>,
+    /// Close the connection after writing it.
+    pub close: bool,
 }
 
 /// A subscription held by a WebSocket connection.
@@ -103,6 +127,70 @@ pub struct Subscription {
     /// Its filter: it is then in the shard's filtered index, not the plain one, and the
     /// connection never joins a feed.
     pub filter: Option<Rc<Filter>>,
+}
+
+/// Marks a frame's `subs` entry (and a `dropped` entry) as a live query's tag rather
+/// than an interned subscription id (interned ids stay far below 2^31).
+pub const LQ_BIT: u32 = 1 << 31;
+
+/// One live query of a connection.
+#[derive(Debug)]
+pub struct LiveQuery {
+    /// The client's id.
+    pub id: Box<str>,
+    /// `LQ_BIT | n`: names this query in its frames' `subs`, for drop accounting.
+    pub tag: u32,
+    pub collection: Box<str>,
+    pub filter: Option<Filter>,
+    pub order: OrderBy,
+    /// `min(limit, live_query.cap)`.
+    pub cap: usize,
+    /// The replica `seq` its result was loaded at: entity publications up to it are in
+    /// the result already.
+    pub base_seq: u64,
+    /// Ids of the entities in the tracked result.
+    pub tracked: HashSet<Box<str>>,
+}
+
+impl LiveQuery {
+    pub fn matches(&self, state: &Value) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(state))
+    }
+
+    /// What entity publication `p` changes in this query's result: its message (added,
+    /// updated or removed), built once, with the tracked set updated; `None` if it is
+    /// not about this query's collection, already in the loaded result (`seq` at or
+    /// below `base_seq`), or changes nothing here.
+    pub fn message(&mut self, p: &Publication, now32: u32) -> Option<Rc<Frame>> {
+        let change = p.entity.as_ref()?;
+        if *self.collection != *change.collection || p.seq <= self.base_seq {
+            return None;
+        }
+        let now = change.after.as_deref().is_some_and(|a| self.matches(a));
+        let held = self.tracked.contains(&*change.id);
+        let kind = match (held, now) {
+            (true, true) => "liveQueryUpdatedNode",
+            (true, false) => {
+                self.tracked.remove(&*change.id);
+                "liveQueryRemovedNode"
+            }
+            (false, true) if self.tracked.len() < self.cap => {
+                self.tracked.insert(change.id.clone());
+                "liveQueryAddedNode"
+            }
+            _ => return None,
+        };
+        let data = now.then(|| p.data_json());
+        let len = 64 + self.id.len() + change.id.len() + data.map_or(0, |d| d.len());
+        Some(Rc::new(Frame::build(
+            ws::OpCode::Text,
+            len,
+            Box::new([self.tag]),
+            Some(p.ingested_at),
+            now32,
+            |buf| crate::protocol::live_query_node(buf, kind, &self.id, &change.id, data),
+        )))
+    }
 }
 
 /// A fragmented message being reassembled.

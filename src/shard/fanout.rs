@@ -13,14 +13,15 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::Framing;
-use crate::ingest::Publication;
 use crate::protocol::{self, ws};
+use crate::publication::Publication;
 
 use super::conn::{write_segments, Conn, Frame, Kind, HEADER_ROOM};
 use super::feed::FEED_BIT;
+use super::flush::{flush_deadline, Flushed};
 use super::uring;
 use super::{Shard, TimerKind};
 
@@ -550,32 +551,6 @@ impl Shard {
             self.attach_feed(key);
         }
     }
-}
-
-/// What one flush covers, from building it to finishing it (possibly after an io_uring
-/// completion).
-#[derive(Debug)]
-pub(super) struct Flushed {
-    /// Messages taken from the ring or feed.
-    pub messages: usize,
-    /// For a feed member: the position the flush read from.
-    pub start: Option<u64>,
-    pub frames_written: usize,
-    /// Events delivered (0 for echoes).
-    pub events: u64,
-    /// When the oldest message was sequenced (latency metrics).
-    pub oldest: Option<Instant>,
-    /// When the newest message was sequenced, if the flush carried `batchMax` of them.
-    pub full_at: Option<Instant>,
-    /// The connection's `batchMs` (the flush was due that long after `oldest`).
-    pub batch_ms: u32,
-}
-
-/// When a flush is due whose oldest waiting message arrived at `oldest_ms` (shard ms,
-/// wrapping): `batch_ms` after that, or `now` if that has passed.
-pub(super) fn flush_deadline(now: u64, oldest_ms: u32, batch_ms: u32) -> u64 {
-    let waited = (now as u32).wrapping_sub(oldest_ms) as u64;
-    now + (batch_ms as u64).saturating_sub(waited)
 }
 
 /// Connections flushed per loop turn before the shard looks at its sockets and mailbox

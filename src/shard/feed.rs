@@ -33,7 +33,7 @@ use std::rc::Rc;
 use crate::config::Framing;
 
 use super::conn::Frame;
-use super::fanout::flush_deadline;
+use super::flush::flush_deadline;
 use super::index::{Entry, EventSet};
 use super::{Shard, TimerKind};
 
@@ -267,7 +267,7 @@ impl Shard {
     /// (or starts) the feed of that subscription and its options. Anything else stays as
     /// it is. Called after (un)subscribing and when a ring empties.
     pub(super) fn attach_feed(&mut self, key: usize) {
-        let capacity = self.shared.config.delivery.queue_capacity;
+        let capacity = self.node.config().delivery.queue_capacity;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };

@@ -18,8 +18,8 @@ use hashbrown::HashMap;
 use serde_json::Value;
 
 use crate::filter::{FieldPath, Filter, IndexKey};
-use crate::ingest::Publication;
 use crate::protocol::path_prefixes;
+use crate::publication::Publication;
 
 use super::index::EventSet;
 
@@ -233,7 +233,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::ingest::EntityChange;
+    use crate::publication::EntityChange;
 
     fn entity_pub(before: Option<Value>, after: Option<Value>) -> Publication {
         let shown = after.clone().or(before.clone()).unwrap();

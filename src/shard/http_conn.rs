@@ -14,7 +14,7 @@ use crate::http::{self, Parsed};
 use crate::metrics::Source;
 use crate::router::{Answer, ReplyTo};
 
-use super::conn::{Ending, Kind};
+use super::conn::{AnswerSlot, Ending, Kind};
 use super::Shard;
 
 impl Shard {
@@ -56,8 +56,8 @@ impl Shard {
             return;
         };
         if let Kind::Http(h) = &mut conn.kind {
-            if h.awaiting {
-                // An answer is still to come ([`Shard::on_answer`] finishes this).
+            if !h.pending.is_empty() || h.stashed.is_some() {
+                // Answers are still to come ([`Shard::on_answer`] finishes this).
                 h.eof = true;
                 return;
             }
@@ -69,9 +69,21 @@ impl Shard {
         }
     }
 
-    /// Answers every complete request waiting in the connection's input.
+    /// Answers every complete request waiting in the connection's input (up to
+    /// [`MAX_PIPELINED`] awaiting their answers).
     pub(super) fn http_process(&mut self, key: usize) {
-        let max_body = self.shared.config.limits.max_http_body_bytes;
+        match self.conns.get_mut(key).map(|c| &mut c.kind) {
+            Some(Kind::Http(h)) if !h.processing => h.processing = true,
+            _ => return,
+        }
+        self.http_process_loop(key);
+        if let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) {
+            h.processing = false;
+        }
+    }
+
+    fn http_process_loop(&mut self, key: usize) {
+        let max_body = self.node.config().limits.max_http_body_bytes;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
@@ -79,7 +91,12 @@ impl Shard {
             let Kind::Http(h) = &mut conn.kind else {
                 return;
             };
-            if conn.ending != Ending::Open || conn.rbuf.is_empty() || h.awaiting {
+            if conn.ending != Ending::Open
+                || conn.rbuf.is_empty()
+                || h.closing
+                || h.stashed.is_some()
+                || h.pending.len() >= MAX_PIPELINED
+            {
                 return;
             }
             match http::parse(&conn.rbuf, max_body) {
@@ -97,10 +114,9 @@ impl Shard {
                     } else {
                         "BAD_MESSAGE"
                     };
-                    conn.ending = Ending::AfterWrite;
                     conn.rbuf = Vec::new();
                     let r = http::error_response(status, code, &message, None, true);
-                    self.send_raw(key, &r);
+                    self.answer_now(key, r, true);
                     return;
                 }
                 Parsed::Complete(req, used) => {
@@ -118,17 +134,21 @@ impl Shard {
     fn http_request(&mut self, key: usize, req: http::Request) {
         // The shared flag, not this shard's drain state: readiness fails (and answers
         // say `Connection: close`) from the moment of the signal.
-        let close = req.close || self.shared.is_draining();
-        match api::route(&req, &self.shared, close) {
-            Route::Respond(bytes) => {
-                if close {
-                    if let Some(c) = self.conns.get_mut(key) {
-                        c.ending = Ending::AfterWrite;
-                    }
-                }
-                self.send_raw(key, &bytes);
-            }
+        let close = req.close || self.node.is_draining();
+        match api::route(&req, &self.node, close) {
+            Route::Respond(bytes) => self.answer_now(key, bytes, close),
             Route::Upgrade { echo, accept } => {
+                let waiting = matches!(
+                    self.conns.get(key).map(|c| &c.kind),
+                    Some(Kind::Http(h)) if !h.pending.is_empty()
+                );
+                if waiting {
+                    // Switching protocols must follow every earlier answer.
+                    if let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) {
+                        h.stashed = Some(Box::new(req));
+                    }
+                    return;
+                }
                 self.send_raw(key, &http::upgrade_response(&accept));
                 self.start_ws(key, echo, &req.query);
                 // Frames the client sent right behind its request are already here.
@@ -144,81 +164,134 @@ impl Shard {
                 }
             }
             Route::Publish(items) => {
-                let reply = self.reply_to(key);
-                match self.shared.backend.publish(&items, Source::Http, reply) {
-                    Some(outcome) => {
-                        let body = json!({
-                            "accepted": outcome.accepted,
-                            "firstSeq": outcome.first_seq,
-                            "lastSeq": outcome.last_seq,
-                        });
-                        self.answer_http(key, 202, &body, close);
-                    }
-                    None => self.await_answer(key, close),
+                let Some(reply) = self.await_answer(key, close) else {
+                    return;
+                };
+                if let Some(outcome) = self.node.backend().publish(&items, Source::Http, reply) {
+                    let body = json!({
+                        "accepted": outcome.accepted,
+                        "firstSeq": outcome.first_seq,
+                        "lastSeq": outcome.last_seq,
+                    });
+                    self.fill_answer(key, reply.req, http::json_response(202, &body, close));
                 }
             }
             Route::EntityWrite(write) => {
-                let reply = self.reply_to(key);
-                self.await_answer(key, close);
-                self.shared.backend.write_entity(write, reply);
+                if let Some(reply) = self.await_answer(key, close) {
+                    self.node.backend().write_entity(write, reply);
+                }
             }
         }
     }
 
-    fn reply_to(&self, key: usize) -> ReplyTo {
-        ReplyTo {
-            shard: self.id,
+    /// Takes a slot for a request's answer, in request order; the answer comes through
+    /// [`Shard::fill_answer`] (or the mailbox: [`Shard::on_answer`]).
+    fn await_answer(&mut self, key: usize, close: bool) -> Option<ReplyTo> {
+        let shard = self.id;
+        let c = self.conns.get_mut(key)?;
+        let gen = c.gen;
+        let Kind::Http(h) = &mut c.kind else {
+            return None;
+        };
+        h.pending.push_back(AnswerSlot {
+            response: None,
+            close,
+        });
+        h.closing |= close;
+        Some(ReplyTo {
+            shard,
             conn: key as u32,
-            gen: self.conns.get(key).map_or(0, |c| c.gen),
+            gen,
+            req: h.base.wrapping_add(h.pending.len() as u32 - 1),
+        })
+    }
+
+    /// An answer known at once: written now, or queued behind earlier answers still to
+    /// come.
+    fn answer_now(&mut self, key: usize, bytes: Vec<u8>, close: bool) {
+        if let Some(reply) = self.await_answer(key, close) {
+            self.fill_answer(key, reply.req, bytes);
         }
     }
 
-    /// The request's answer comes through the mailbox ([`Shard::on_answer`]); until
-    /// then the connection reads no further request.
-    fn await_answer(&mut self, key: usize, close: bool) {
-        if let Some(c) = self.conns.get_mut(key) {
-            if let Kind::Http(h) = &mut c.kind {
-                h.awaiting = true;
-                h.close_after = close;
+    /// Fills the answer of request `req` and writes every answer that is now next in
+    /// order. (It reads no further request: its callers do, so that a long pipeline of
+    /// answers known at once never recurses.)
+    fn fill_answer(&mut self, key: usize, req: u32, bytes: Vec<u8>) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Kind::Http(h) = &mut c.kind else {
+            return;
+        };
+        let at = req.wrapping_sub(h.base) as usize;
+        let Some(slot) = h.pending.get_mut(at) else {
+            return;
+        };
+        slot.response = Some(bytes);
+        let mut out: Vec<u8> = Vec::new();
+        let mut close = false;
+        while h.pending.front().is_some_and(|s| s.response.is_some()) {
+            let Some(slot) = h.pending.pop_front() else {
+                break;
+            };
+            h.base = h.base.wrapping_add(1);
+            out.extend_from_slice(&slot.response.unwrap_or_default());
+            if slot.close {
+                close = true;
+                h.pending.clear();
+                h.stashed = None;
+                break;
             }
         }
-    }
-
-    fn answer_http(&mut self, key: usize, status: u16, body: &serde_json::Value, close: bool) {
         if close {
-            if let Some(c) = self.conns.get_mut(key) {
-                c.ending = Ending::AfterWrite;
-            }
+            c.ending = Ending::AfterWrite;
+            c.rbuf = Vec::new();
         }
-        self.send_raw(key, &http::json_response(status, body, close));
+        if !out.is_empty() {
+            self.send_raw(key, &out);
+        }
     }
 
     /// An answer worked out off the shard, for connection `key` if it is still the
     /// one that asked (`gen`).
-    pub(super) fn on_answer(&mut self, key: usize, gen: u32, answer: Answer) {
-        let Some(c) = self.conns.get_mut(key) else {
-            return;
-        };
-        if c.gen != gen {
-            return;
+    pub(super) fn on_answer(&mut self, key: usize, gen: u32, req: u32, answer: Answer) {
+        match self.conns.get(key) {
+            Some(c) if c.gen == gen && matches!(c.kind, Kind::Http(_)) => {}
+            _ => return,
         }
-        let Kind::Http(h) = &mut c.kind else {
-            return;
-        };
-        if !h.awaiting {
-            return;
-        }
-        h.awaiting = false;
-        let close = h.close_after || self.shared.is_draining();
-        match answer {
-            Answer::Http { status, body } => self.answer_http(key, status, &body, close),
-        }
-        // Requests that arrived meanwhile.
-        self.http_process(key);
-        let eof = match self.conns.get(key).map(|c| &c.kind) {
-            Some(Kind::Http(h)) => h.eof && !h.awaiting,
+        let close = match self.conns.get(key).map(|c| &c.kind) {
+            Some(Kind::Http(h)) => h
+                .pending
+                .get(req.wrapping_sub(h.base) as usize)
+                .is_some_and(|s| s.close),
             _ => false,
+        } || self.node.is_draining();
+        let bytes = match answer {
+            Answer::Http { status, body } => http::json_response(status, &body, close),
         };
+        if close {
+            if let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) {
+                if let Some(s) = h.pending.get_mut(req.wrapping_sub(h.base) as usize) {
+                    s.close = true;
+                }
+            }
+        }
+        self.fill_answer(key, req, bytes);
+        let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) else {
+            return;
+        };
+        if !h.pending.is_empty() {
+            // Room for requests that waited.
+            self.http_process(key);
+            return;
+        }
+        let stashed = h.stashed.take();
+        let eof = h.eof;
+        if let Some(req) = stashed {
+            self.http_request(key, *req);
+        }
+        self.http_process(key);
         if eof {
             self.http_eof(key);
         }
@@ -231,9 +304,10 @@ impl Shard {
             return;
         };
         if let Kind::Http(h) = &mut conn.kind {
-            if h.awaiting {
-                // Its answer is on the way: close right after it.
-                h.close_after = true;
+            if let Some(last) = h.pending.back_mut() {
+                // Answers are on the way: close right after the last.
+                last.close = true;
+                h.closing = true;
                 return;
             }
         }
@@ -245,3 +319,8 @@ impl Shard {
         }
     }
 }
+
+/// Requests of one connection awaiting their answers before the shard stops reading more
+/// of its input: enough for a pipelining client to fill a group commit, few enough that
+/// one connection cannot queue unbounded work.
+const MAX_PIPELINED: usize = 64;

@@ -29,42 +29,12 @@ use std::sync::Arc;
 use hashbrown::HashSet;
 use serde_json::{json, Value};
 
-use crate::filter::{Filter, OrderBy};
-use crate::ingest::Publication;
 use crate::metrics;
-use crate::protocol::{self, ws, ErrorCode, LiveQueryRequest};
+use crate::protocol::{self, ErrorCode, LiveQueryRequest};
+use crate::publication::Publication;
 
-use super::conn::Frame;
+use super::conn::{Frame, LiveQuery, LQ_BIT};
 use super::Shard;
-
-/// Marks a frame's `subs` entry (and a `dropped` entry) as a live query's tag rather
-/// than an interned subscription id (interned ids stay far below 2^31).
-pub const LQ_BIT: u32 = 1 << 31;
-
-/// One live query of a connection.
-#[derive(Debug)]
-pub struct LiveQuery {
-    /// The client's id.
-    pub id: Box<str>,
-    /// `LQ_BIT | n`: names this query in its frames' `subs`, for drop accounting.
-    pub tag: u32,
-    pub collection: Box<str>,
-    pub filter: Option<Filter>,
-    pub order: OrderBy,
-    /// `min(limit, live_query.cap)`.
-    pub cap: usize,
-    /// The replica `seq` its result was loaded at: entity publications up to it are in
-    /// the result already.
-    pub base_seq: u64,
-    /// Ids of the entities in the tracked result.
-    pub tracked: HashSet<Box<str>>,
-}
-
-impl LiveQuery {
-    fn matches(&self, state: &Value) -> bool {
-        self.filter.as_ref().is_none_or(|f| f.matches(state))
-    }
-}
 
 impl Shard {
     /// `createLiveQuery`.
@@ -74,8 +44,8 @@ impl Shard {
         req: LiveQueryRequest,
         request_id: Option<&Value>,
     ) {
-        let max = self.shared.config.limits.max_live_queries;
-        let cfg_cap = self.shared.config.live_query.cap;
+        let max = self.node.config().limits.max_live_queries;
+        let cfg_cap = self.node.config().live_query.cap;
         let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else {
             return;
         };
@@ -138,8 +108,8 @@ impl Shard {
     /// Reads the query's result from the replica and sends `liveQueryCreated` and the
     /// `liveQueryData` pages (on creation, and again after an overflow).
     fn load_live_query(&mut self, key: usize, tag: u32) {
-        let page_size = self.shared.config.live_query.page.max(1);
-        let replica = self.shared.backend.replica();
+        let page_size = self.node.config().live_query.page.max(1);
+        let replica = self.node.backend().replica();
         let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
             return;
         };
@@ -248,33 +218,9 @@ impl Shard {
             let mut queued = false;
             let mut dropped: Vec<Rc<Frame>> = Vec::new();
             for lq in ws.live_queries.iter_mut() {
-                if *lq.collection != *change.collection || p.seq <= lq.base_seq {
+                let Some(frame) = lq.message(p, now32) else {
                     continue;
-                }
-                let now = change.after.as_deref().is_some_and(|a| lq.matches(a));
-                let held = lq.tracked.contains(&*change.id);
-                let kind = match (held, now) {
-                    (true, true) => "liveQueryUpdatedNode",
-                    (true, false) => {
-                        lq.tracked.remove(&*change.id);
-                        "liveQueryRemovedNode"
-                    }
-                    (false, true) if lq.tracked.len() < lq.cap => {
-                        lq.tracked.insert(change.id.clone());
-                        "liveQueryAddedNode"
-                    }
-                    _ => continue,
                 };
-                let data = now.then(|| p.data_json());
-                let len = 64 + lq.id.len() + change.id.len() + data.map_or(0, |d| d.len());
-                let frame = Rc::new(Frame::build(
-                    ws::OpCode::Text,
-                    len,
-                    Box::new([lq.tag]),
-                    Some(p.ingested_at),
-                    now32,
-                    |buf| protocol::live_query_node(buf, kind, &lq.id, &change.id, data),
-                ));
                 if let Some(old) = ws.ring.push(frame) {
                     dropped.push(old);
                 }

@@ -18,11 +18,12 @@ pub mod conn;
 mod fanout;
 pub mod feed;
 pub mod filtered;
+mod flush;
 mod http_conn;
 pub mod index;
 pub mod interner;
 mod live_query;
-mod replay;
+pub mod replay;
 pub mod ring;
 mod uring;
 mod ws_conn;
@@ -42,8 +43,8 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::metrics::ShardMetrics;
+use crate::node::Node;
 use crate::router::{Mailbox, ShardMsg};
-use crate::server::Shared;
 use conn::{Conn, Frame, HttpState, Kind};
 use filtered::FilteredIndex;
 use index::Index;
@@ -102,7 +103,7 @@ pub struct ShardSeed {
     pub poll: Poll,
     pub listener: TcpListener,
     pub mailbox: Arc<Mailbox>,
-    pub shared: Arc<Shared>,
+    pub node: Arc<Node>,
 }
 
 /// A shard. See the module docs.
@@ -121,7 +122,7 @@ pub struct Shard {
     interner: Interner,
     timers: BinaryHeap<Reverse<Timer>>,
     mailbox: Arc<Mailbox>,
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     metrics: ShardMetrics,
     epoch: Instant,
     /// Milliseconds since `epoch`, refreshed once per loop iteration.
@@ -163,7 +164,7 @@ impl Shard {
         let mut s = Shard::new(seed);
         s.metrics
             .queue_capacity
-            .set(s.shared.config.delivery.shard_queue_capacity as f64);
+            .set(s.node.config().delivery.shard_queue_capacity as f64);
         s.setup_io();
         if let Err(e) = s.register_listener() {
             tracing::error!(shard = s.id, "cannot register listener: {e}");
@@ -174,7 +175,7 @@ impl Shard {
     }
 
     fn new(seed: ShardSeed) -> Shard {
-        let last_seq = seed.shared.backend.last_seq();
+        let last_seq = seed.node.backend().last_seq();
         let rng = crate::time::unix_ms() ^ ((seed.id as u64 + 1) << 32) | 1;
         Shard {
             id: seed.id,
@@ -190,7 +191,7 @@ impl Shard {
             timers: BinaryHeap::new(),
             mailbox: seed.mailbox,
             metrics: ShardMetrics::new(seed.id),
-            shared: seed.shared,
+            node: seed.node,
             epoch: Instant::now(),
             now: 0,
             scratch: vec![0u8; 64 * 1024],
@@ -212,7 +213,7 @@ impl Shard {
     }
 
     fn setup_io(&mut self) {
-        if self.shared.config.io != crate::config::Io::Uring {
+        if self.node.config().io != crate::config::Io::Uring {
             return;
         }
         // Room for one loop turn's flushes.
@@ -452,7 +453,12 @@ impl Shard {
         match msg {
             ShardMsg::Publication(p) => self.on_publication(&p),
             ShardMsg::Drain => self.begin_drain(),
-            ShardMsg::Answer { conn, gen, answer } => self.on_answer(conn as usize, gen, answer),
+            ShardMsg::Answer {
+                conn,
+                gen,
+                req,
+                answer,
+            } => self.on_answer(conn as usize, gen, req, answer),
         }
     }
 
@@ -513,7 +519,7 @@ impl Shard {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        let period = self.shared.config.drain_period_ms;
+        let period = self.node.config().drain_period_ms;
         self.draining = Some(Drain {
             deadline: self.now + period + LINGER_MS + 1000,
         });
@@ -563,7 +569,7 @@ impl Shard {
                 let slot = ws.role_slot();
                 self.role_counts[slot] = self.role_counts[slot].saturating_sub(1);
                 self.metrics.connections[slot].set(self.role_counts[slot] as f64);
-                self.shared.ws_connections.fetch_sub(1, Ordering::Relaxed);
+                self.node.connection_closed();
                 if !ws.close_sent {
                     crate::metrics::connection_closed(reason);
                 }

@@ -16,14 +16,14 @@
 use std::sync::Arc;
 
 use crate::config::Framing;
-use crate::ingest::Publication;
 use crate::protocol::{self, path_prefixes, ws};
+use crate::publication::Publication;
 
 use super::conn::Subscription;
 use super::Shard;
 
 /// A replayed publication and whether it is an event or a refresh for the subscription.
-pub(super) type Replayed = Vec<(Arc<Publication>, bool)>;
+pub type Replayed = Vec<(Arc<Publication>, bool)>;
 
 impl Shard {
     /// Takes in queued publications until this shard has seen `seq` (or its queue is
@@ -51,7 +51,7 @@ impl Shard {
         upto: u64,
     ) -> (Replayed, bool) {
         let mut found: Replayed = Vec::new();
-        let recovered = self.shared.backend.replay(since, upto, &mut |p| {
+        let recovered = self.node.backend().replay(since, upto, &mut |p| {
             if !path_prefixes(&p.path).any(|pre| pre == &*sub.path) {
                 return;
             }
@@ -86,44 +86,61 @@ impl Shard {
         if found.is_empty() {
             return;
         }
-        let name = self.interner.json(id).to_vec();
         let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else {
             return;
         };
-        let (framing, batch_max) = (ws.framing, ws.batch_max.max(1) as usize);
-        let mut out = Vec::new();
-        let mut msg = Vec::new();
-        for chunk in found.chunks(batch_max) {
-            let mut batch = Vec::new();
-            if framing == Framing::Array {
-                batch.extend_from_slice(b"{\"type\":\"batch\",\"messages\":[");
-            }
-            for (i, (p, event)) in chunk.iter().enumerate() {
-                msg.clear();
-                if *event {
-                    protocol::event_prefix(&mut msg, std::iter::once(&name[..]));
-                    msg.extend_from_slice(&p.tail);
-                } else {
-                    let entity_id = p.entity.as_ref().map_or("", |c| &*c.id);
-                    protocol::refresh_message(&mut msg, &name, &p.path, entity_id, p.seq);
-                }
-                match framing {
-                    Framing::Frames => ws::write_frame(&mut out, ws::OpCode::Text, &msg),
-                    Framing::Array => {
-                        if i > 0 {
-                            batch.push(b',');
-                        }
-                        batch.extend_from_slice(&msg);
-                    }
-                }
-            }
-            if framing == Framing::Array {
-                batch.extend_from_slice(b"]}");
-                ws::write_frame(&mut out, ws::OpCode::Text, &batch);
-            }
-        }
+        let out = encode_replay(
+            found,
+            self.interner.json(id),
+            ws.framing,
+            ws.batch_max as usize,
+        );
         self.metrics.deliveries.increment(found.len() as u64);
         self.metrics.replayed.increment(found.len() as u64);
         self.send_raw(key, &out);
     }
+}
+
+/// The WebSocket frames of a replay for the subscription whose id is `name` (a JSON
+/// string literal): one frame per message with `framing=frames`, one `batch` per
+/// `batch_max` messages with `framing=array`.
+pub fn encode_replay(
+    found: &[(Arc<Publication>, bool)],
+    name: &[u8],
+    framing: Framing,
+    batch_max: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(found.iter().map(|(p, _)| p.tail.len() + 64).sum());
+    let mut msg = Vec::new();
+    let mut batch = Vec::new();
+    for chunk in found.chunks(batch_max.max(1)) {
+        batch.clear();
+        if framing == Framing::Array {
+            batch.extend_from_slice(b"{\"type\":\"batch\",\"messages\":[");
+        }
+        for (i, (p, event)) in chunk.iter().enumerate() {
+            msg.clear();
+            if *event {
+                protocol::event_prefix(&mut msg, std::iter::once(name));
+                msg.extend_from_slice(&p.tail);
+            } else {
+                let entity_id = p.entity.as_ref().map_or("", |c| &*c.id);
+                protocol::refresh_message(&mut msg, name, &p.path, entity_id, p.seq);
+            }
+            match framing {
+                Framing::Frames => ws::write_frame(&mut out, ws::OpCode::Text, &msg),
+                Framing::Array => {
+                    if i > 0 {
+                        batch.push(b',');
+                    }
+                    batch.extend_from_slice(&msg);
+                }
+            }
+        }
+        if framing == Framing::Array {
+            batch.extend_from_slice(b"]}");
+            ws::write_frame(&mut out, ws::OpCode::Text, &batch);
+        }
+    }
+    out
 }

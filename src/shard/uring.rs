@@ -14,7 +14,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use super::conn::Frame;
-use super::fanout::Flushed;
+use super::flush::Flushed;
 
 /// Most iovecs one submission may carry (Linux `UIO_MAXIOV`); a larger flush is written
 /// directly.

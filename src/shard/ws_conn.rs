@@ -8,7 +8,6 @@
 
 use std::io::{self, Read};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
@@ -39,7 +38,7 @@ impl Shard {
     /// Turns an upgraded HTTP connection into a WebSocket session and authenticates it
     /// from the URL when it carries a `token` or `uuid`.
     pub(super) fn start_ws(&mut self, key: usize, echo: bool, query: &str) {
-        let cfg = &self.shared.config;
+        let cfg = self.node.config();
         self.next_number += 1;
         let mut state = WsState::new(
             echo,
@@ -72,7 +71,7 @@ impl Shard {
         }
         self.role_counts[0] += 1;
         self.metrics.connections[0].set(self.role_counts[0] as f64);
-        let open = self.shared.ws_connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let open = self.node.connection_opened();
         if open > max_connections {
             self.close_ws(key, close::SERVER_FULL, "server full", "server_full");
             return;
@@ -91,8 +90,8 @@ impl Shard {
             )
         } else {
             find("uuid").map(|ticket| {
-                self.shared
-                    .tickets
+                self.node
+                    .tickets()
                     .redeem(&ticket, crate::time::unix_ms())
                     .map_err(|e| (e.reason(), e.to_string()))
             })
@@ -101,9 +100,9 @@ impl Shard {
             None => self.arm(self.now + auth_ms, key, gen, TimerKind::AuthTimeout),
             Some(Err((reason, message))) => self.refuse_auth(key, reason, &message),
             Some(Ok(claims)) => {
-                let mut opts = ConnOptions::defaults(&self.shared.config);
+                let mut opts = ConnOptions::defaults(self.node.config());
                 let q = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-                match opts.apply_query(&self.shared.config, q) {
+                match opts.apply_query(self.node.config(), q) {
                     Ok(()) => self.authenticate(key, claims, opts),
                     Err(m) => {
                         // The credential was fine but the options are not: the client may
@@ -122,7 +121,7 @@ impl Shard {
     }
 
     fn secret(&self) -> &[u8] {
-        self.shared.config.auth.jwt_secret.as_bytes()
+        self.node.config().auth.jwt_secret.as_bytes()
     }
 
     fn refuse_auth(&mut self, key: usize, reason: &'static str, message: &str) {
@@ -132,7 +131,7 @@ impl Shard {
     }
 
     fn authenticate(&mut self, key: usize, claims: Claims, opts: ConnOptions) {
-        let heartbeat = self.shared.config.delivery.heartbeat_ms;
+        let heartbeat = self.node.config().delivery.heartbeat_ms;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -144,7 +143,7 @@ impl Shard {
         ws.batch_max = opts.batch_max;
         ws.framing = opts.framing;
         let new_slot = ws.role_slot();
-        let id = format!("{}-{}-{:x}", self.shared.node_id, self.id, ws.number);
+        let id = format!("{}-{}-{:x}", self.node.id(), self.id, ws.number);
         self.role_counts[old_slot] -= 1;
         self.role_counts[new_slot] += 1;
         self.metrics.connections[old_slot].set(self.role_counts[old_slot] as f64);
@@ -229,7 +228,7 @@ impl Shard {
 
     /// Reads again after back-pressure lifted.
     pub(super) fn resume_read(&mut self, key: usize) {
-        let cap = self.shared.config.delivery.queue_capacity;
+        let cap = self.node.config().delivery.queue_capacity;
         let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
             return;
         };
@@ -289,9 +288,9 @@ impl Shard {
             .is_some_and(|w| w.echo);
         if echo {
             // Conformance runs send messages of up to 16 MiB to the echo endpoint.
-            ECHO_MAX_MESSAGE.max(self.shared.config.limits.max_message_bytes)
+            ECHO_MAX_MESSAGE.max(self.node.config().limits.max_message_bytes)
         } else {
-            self.shared.config.limits.max_message_bytes
+            self.node.config().limits.max_message_bytes
         }
     }
 
@@ -443,7 +442,7 @@ impl Shard {
 
     /// A complete text or binary message.
     fn ws_message(&mut self, key: usize, opcode: OpCode, payload: &[u8]) -> Flow {
-        let cap = self.shared.config.delivery.queue_capacity;
+        let cap = self.node.config().delivery.queue_capacity;
         let now32 = self.now as u32;
         let Some(conn) = self.conns.get_mut(key) else {
             return Flow::Stop;
@@ -521,8 +520,8 @@ impl Shard {
 
     /// The command rate limit of user connections (token bucket).
     fn take_token(&mut self, key: usize) -> bool {
-        let rate = self.shared.config.limits.commands_per_sec as f32;
-        let burst = self.shared.config.limits.commands_burst as f32;
+        let rate = self.node.config().limits.commands_per_sec as f32;
+        let burst = self.node.config().limits.commands_burst as f32;
         let now = self.now;
         let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
             return false;
@@ -596,9 +595,9 @@ impl Shard {
                 return;
             }
         };
-        let mut opts = ConnOptions::defaults(&self.shared.config);
+        let mut opts = ConnOptions::defaults(self.node.config());
         for (k, v) in options.iter().flatten() {
-            if let Err(m) = opts.apply(&self.shared.config, k, v) {
+            if let Err(m) = opts.apply(self.node.config(), k, v) {
                 self.send_error(
                     key,
                     ErrorCode::BadMessage,
@@ -618,8 +617,8 @@ impl Shard {
         requests: Vec<SubscriptionRequest>,
         request_id: Option<&Value>,
     ) {
-        let max = self.shared.config.limits.max_subscriptions;
-        let newest = self.shared.backend.last_seq();
+        let max = self.node.config().limits.max_subscriptions;
+        let newest = self.node.backend().last_seq();
         // A `since` this shard has not reached yet (it lags ingest by its queue): take in
         // what is queued first, so that nothing up to `since` arrives live afterwards.
         let since_max = requests
@@ -836,8 +835,8 @@ impl Shard {
     }
 
     pub(super) fn send_ping(&mut self, key: usize) {
-        let heartbeat = self.shared.config.delivery.heartbeat_ms;
-        let pong_timeout = self.shared.config.delivery.pong_timeout_ms;
+        let heartbeat = self.node.config().delivery.heartbeat_ms;
+        let pong_timeout = self.node.config().delivery.pong_timeout_ms;
         let now = self.now;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -856,7 +855,7 @@ impl Shard {
     }
 
     pub(super) fn pong_check(&mut self, key: usize) {
-        let pong_timeout = self.shared.config.delivery.pong_timeout_ms;
+        let pong_timeout = self.node.config().delivery.pong_timeout_ms;
         let late = self
             .conns
             .get(key)
@@ -881,7 +880,7 @@ impl Shard {
             return;
         }
         self.flush(key);
-        let period = self.shared.config.drain_period_ms.max(1);
+        let period = self.node.config().drain_period_ms.max(1);
         let delay = 1000 + self.random() % period;
         self.close_ws(
             key,

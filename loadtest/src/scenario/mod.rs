@@ -5,12 +5,14 @@
 use crate::cli::{Config, ScenarioName};
 
 mod churn;
+pub mod entities;
 mod fanout;
 mod idle;
 mod overflow;
 mod spread;
 
 pub use churn::Churn;
+pub use entities::Entities;
 pub use fanout::Fanout;
 pub use idle::Idle;
 pub use overflow::{is_slow, Overflow};
@@ -80,6 +82,9 @@ pub fn build(c: &Config) -> Box<dyn Scenario> {
         ScenarioName::Churn => Box::new(Churn),
         ScenarioName::Overflow => Box::new(Overflow {
             slow: c.slow_readers,
+        }),
+        ScenarioName::Entities => Box::new(Entities {
+            entities: c.entities,
         }),
     }
 }

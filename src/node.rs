@@ -1,0 +1,104 @@
+//! The node: what every thread of one running server shares, and who may change what.
+//!
+//! Built once by [`crate::server::Server::start`] and handed to every shard as an
+//! `Arc<Node>`. Everything here is either read-only after start (configuration, the
+//! backend handle, the metrics handle, the node's tag) or owns its own synchronization and
+//! says who writes it:
+//! - [`Node::backend`]: sequencing, history, entity state and everything durable
+//!   ([`crate::backend`]); any shard calls it for the requests it read.
+//! - [`Node::tickets`]: one short mutex; shards issue (REST) and redeem (upgrades).
+//! - the draining flag: set once, by the server at SIGTERM; read by every shard.
+//! - the WebSocket connection count: each shard adds and removes its own connections
+//!   (`max_connections` spans shards).
+//!
+//! No field is public: a newcomer can read what a thread may do with the node from the
+//! methods alone.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::tickets::Tickets;
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::entities::Cursors;
+
+/// See the module docs.
+pub struct Node {
+    config: Config,
+    backend: Arc<dyn Backend>,
+    /// Signs and checks entity list cursors (a key derived from the JWT secret).
+    cursors: Cursors,
+    tickets: Tickets,
+    prometheus: PrometheusHandle,
+    /// Set at SIGTERM: `/readyz` fails from then on.
+    draining: AtomicBool,
+    /// Open WebSocket connections on all shards.
+    ws_connections: AtomicUsize,
+    /// A short random tag, so `connectionId`s differ across restarts.
+    id: String,
+}
+
+impl Node {
+    pub fn new(config: Config, backend: Arc<dyn Backend>, prometheus: PrometheusHandle) -> Node {
+        let id = format!(
+            "{:06x}",
+            crate::time::unix_ms() & 0xFF_FFFF ^ std::process::id() as u64
+        );
+        Node {
+            cursors: Cursors::new(config.auth.jwt_secret.as_bytes()),
+            config,
+            backend,
+            tickets: Tickets::default(),
+            prometheus,
+            draining: AtomicBool::new(false),
+            ws_connections: AtomicUsize::new(0),
+            id,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    pub fn cursors(&self) -> &Cursors {
+        &self.cursors
+    }
+
+    pub fn tickets(&self) -> &Tickets {
+        &self.tickets
+    }
+
+    pub fn prometheus(&self) -> &PrometheusHandle {
+        &self.prometheus
+    }
+
+    /// The node's tag (the first part of every `connectionId`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// SIGTERM (the server, once).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// A shard opened a WebSocket connection; returns how many are open now.
+    pub fn connection_opened(&self) -> usize {
+        self.ws_connections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A shard closed one of its WebSocket connections.
+    pub fn connection_closed(&self) {
+        self.ws_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
