@@ -64,12 +64,12 @@ fn entity_pub(seq: u64, collection: &str, id: &str, before: Value, after: Value)
         &after.to_string(),
         0,
     );
-    p.entity = Some(EntityChange {
+    p.entity = Some(Box::new(EntityChange {
         collection: collection.into(),
         id: id.into(),
         before: Some(Arc::new(before)),
         after: Some(Arc::new(after)),
-    });
+    }));
     p
 }
 
@@ -238,16 +238,14 @@ fn main() {
     let history = History::new(100_000, u64::MAX, 0);
     let payload = format!(r#"{{"jobId":"550e","pad":"{}"}}"#, "x".repeat(100));
     for seq in 1..=100_000u64 {
-        history.append(
-            &Arc::new(Publication::new(
-                seq,
-                "jobs/550e",
-                "jobCompleted",
-                &payload,
-                0,
-            )),
+        let p = Arc::new(Publication::new(
+            seq,
+            "jobs/550e",
+            "jobCompleted",
+            &payload,
             0,
-        );
+        ));
+        history.append(&[p], 0);
     }
     bench(
         &filter,

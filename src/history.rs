@@ -33,8 +33,19 @@ struct Window {
     bytes: usize,
 }
 
+/// Estimated bytes an entity state (a parsed JSON value) costs per byte of its JSON text:
+/// serde_json's maps, strings and vectors are separate allocations.
+const STATE_FACTOR: usize = 3;
+
+/// What a retained publication is counted for: its encoded tail, and for an entity write
+/// the states before and after it keeps alive (estimated from the JSON text), so the
+/// gauge tracks memory rather than only the event bytes.
 fn cost(p: &Publication) -> usize {
-    p.tail.len() + ENTRY_OVERHEAD
+    let states = p.entity.as_ref().map_or(0, |c| {
+        let n = usize::from(c.before.is_some()) + usize::from(c.after.is_some());
+        n * STATE_FACTOR * p.data_json().len()
+    });
+    p.tail.len() + ENTRY_OVERHEAD + states
 }
 
 impl History {
@@ -56,24 +67,24 @@ impl History {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends a sequenced publication (the sequencer, in `seq` order); `now_ms` is the
-    /// wall clock of its `timestamp`.
-    pub fn append(&self, p: &Arc<Publication>, now_ms: u64) {
-        if self.size == 0 {
-            self.lock().newest = p.seq;
-            return;
+    /// Appends sequenced publications (the sequencer, in `seq` order, once per request);
+    /// `now_ms` is the wall clock of their `timestamp`.
+    pub fn append(&self, ps: &[Arc<Publication>], now_ms: u64) {
+        let mut a = self.appender(now_ms);
+        for p in ps {
+            a.push(p);
         }
-        let mut w = self.lock();
-        w.newest = p.seq;
-        w.bytes += cost(p);
-        w.entries.push_back((now_ms, p.clone()));
-        while w.entries.len() > self.size {
-            if let Some((_, old)) = w.entries.pop_front() {
-                w.bytes -= cost(&old);
-            }
+    }
+
+    /// Holds the window for a request's publications (the sequencer, under its lock):
+    /// each is appended with [`Appender::push`] before it goes to the shards; the window
+    /// is trimmed and its gauges set once, when the appender is dropped.
+    pub fn appender(&self, now_ms: u64) -> Appender<'_> {
+        Appender {
+            w: self.lock(),
+            h: self,
+            now_ms,
         }
-        Self::expire(&mut w, now_ms, self.ttl_ms);
-        metrics::history_size(w.entries.len(), w.bytes);
     }
 
     fn expire(w: &mut Window, now_ms: u64, ttl_ms: u64) {
@@ -124,6 +135,39 @@ impl History {
     }
 }
 
+/// See [`History::appender`].
+pub struct Appender<'a> {
+    w: MutexGuard<'a, Window>,
+    h: &'a History,
+    now_ms: u64,
+}
+
+impl Appender<'_> {
+    pub fn push(&mut self, p: &Arc<Publication>) {
+        self.w.newest = p.seq;
+        if self.h.size > 0 {
+            self.w.bytes += cost(p);
+            self.w.entries.push_back((self.now_ms, p.clone()));
+        }
+    }
+}
+
+impl Drop for Appender<'_> {
+    fn drop(&mut self) {
+        if self.h.size == 0 {
+            return;
+        }
+        let w = &mut *self.w;
+        while w.entries.len() > self.h.size {
+            if let Some((_, old)) = w.entries.pop_front() {
+                w.bytes -= cost(&old);
+            }
+        }
+        History::expire(w, self.now_ms, self.h.ttl_ms);
+        metrics::history_size(w.entries.len(), w.bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,7 +186,7 @@ mod tests {
     fn bounded_by_size_and_honest_about_reach() {
         let h = History::new(3, 1000, 0);
         for s in 1..=5 {
-            h.append(&publication(s), 0);
+            h.append(&[publication(s)], 0);
         }
         assert_eq!(seqs(&h, 2, 5, 0), (vec![3, 4, 5], true));
         assert_eq!(seqs(&h, 1, 5, 0), (vec![3, 4, 5], false));
@@ -155,8 +199,8 @@ mod tests {
     #[test]
     fn expires_by_age() {
         let h = History::new(100, 1000, 0);
-        h.append(&publication(1), 0);
-        h.append(&publication(2), 500);
+        h.append(&[publication(1)], 0);
+        h.append(&[publication(2)], 500);
         assert_eq!(seqs(&h, 0, 2, 1200), (vec![2], false));
         assert_eq!(seqs(&h, 1, 2, 1200), (vec![2], true));
         // Everything expired: a client that saw the newest is still recovered.
@@ -170,7 +214,7 @@ mod tests {
         // After a restart the window is empty and `seq` resumes past the mark: a `since`
         // from before the restart is not recovered.
         let h = History::new(10, 1000, 100);
-        h.append(&publication(101), 0);
+        h.append(&[publication(101)], 0);
         assert_eq!(seqs(&h, 100, 101, 0), (vec![101], true));
         assert_eq!(seqs(&h, 50, 101, 0), (vec![101], false));
     }

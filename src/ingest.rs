@@ -226,13 +226,19 @@ impl Ingest {
             // Taken under the lock, so timestamps never go back as `seq` goes up.
             let now = crate::time::unix_ms();
             let ts = crate::protocol::timestamp_text(now);
+            let at = std::time::Instant::now();
+            // Each goes to the history window before the shards: a shard that has a
+            // publication always finds it there when it replays (`since`). One history
+            // lock per request.
+            let mut history = self.history.appender(now);
             for mut p in publications {
                 st.last += 1;
-                p.sequence(st.last, &ts, now);
+                p.sequence(st.last, &ts, at);
                 let p = Arc::new(p);
-                self.history.append(&p, now);
+                history.push(&p);
                 self.router.broadcast(&p);
             }
+            drop(history);
             self.last_seq.store(st.last, Ordering::Release);
             (first_seq, st.last)
         };
@@ -278,11 +284,15 @@ impl Ingest {
         st.last += 1;
         let seq = st.last;
         let now = crate::time::unix_ms();
-        p.sequence(seq, &crate::protocol::timestamp_text(now), now);
+        p.sequence(
+            seq,
+            &crate::protocol::timestamp_text(now),
+            std::time::Instant::now(),
+        );
         self.replica.apply(&change, seq);
-        p.entity = Some(change);
+        p.entity = Some(Box::new(change));
         let p = Arc::new(p);
-        self.history.append(&p, now);
+        self.history.append(std::slice::from_ref(&p), now);
         self.router.broadcast(&p);
         self.last_seq.store(seq, Ordering::Release);
         drop(st);

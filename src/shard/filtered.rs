@@ -238,12 +238,12 @@ mod tests {
     fn entity_pub(before: Option<Value>, after: Option<Value>) -> Publication {
         let shown = after.clone().or(before.clone()).unwrap();
         let mut p = Publication::new(1, "acc/a1", "updated", &shown.to_string(), 0);
-        p.entity = Some(EntityChange {
+        p.entity = Some(Box::new(EntityChange {
             collection: "acc".into(),
             id: "a1".into(),
             before: before.map(Arc::new),
             after: after.map(Arc::new),
-        });
+        }));
         p
     }
 
