@@ -1958,6 +1958,71 @@ fn commands_random_and_mutated() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Filters and orderBy
+// ---------------------------------------------------------------------------------------
+
+/// Filter-shaped text: the grammar's tokens in random order (so most inputs get deep into
+/// the parser), sometimes a valid filter, then mutated.
+#[test]
+fn filters_random_and_mutated() {
+    const TOKENS: &[&str] = &[
+        "status",
+        "a.b",
+        "n",
+        "in",
+        "null",
+        "true",
+        "false",
+        "==",
+        "!=",
+        "<",
+        "<=",
+        ">",
+        ">=",
+        "&&",
+        "||",
+        "!",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        "'x'",
+        "\"y\"",
+        "'\\u00e9'",
+        "3",
+        "-1.5e3",
+        " ",
+        "desc",
+        "asc",
+        "'",
+        "\\",
+    ];
+    let mut rng = Rng::new(0x6669_6c74);
+    for case in 0..count(20_000) {
+        let mut input: Vec<u8> = if rng.chance(1, 4) {
+            b"status == 'failed' && (n > 3 || tags.x in [1, 'a', null]) && !done".to_vec()
+        } else {
+            let n = rng.range(1, 12);
+            let mut t = String::new();
+            for _ in 0..n {
+                t.push_str(*rng.pick(TOKENS));
+                if rng.chance(1, 2) {
+                    t.push(' ');
+                }
+            }
+            t.into_bytes()
+        };
+        if rng.chance(1, 2) {
+            mutate(&mut rng, &mut input);
+        }
+        run_case("filter", &format!("case {case}"), &input, &|b: &[u8]| {
+            invariants::filter(b)
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Publish bodies
 // ---------------------------------------------------------------------------------------
 

@@ -54,6 +54,12 @@ pub fn route(req: &Request, node: &Node, close: bool) -> Route {
                     &json!({"status": "draining"}),
                     close,
                 ))
+            } else if !node.backend().ready() {
+                Route::Respond(http::json_response(
+                    503,
+                    &json!({"status": "backend unavailable"}),
+                    close,
+                ))
             } else {
                 Route::Respond(http::json_response(200, &json!({"status": "ready"}), close))
             }
