@@ -187,10 +187,15 @@ fn main() {
             let (page, _) = replica.query("orders", Some(&lqf), &order, None, 1000);
             let mut bytes = 0;
             for chunk in page.data.chunks(100) {
-                let d: Vec<&Value> = chunk.iter().map(|v| &**v).collect();
-                bytes += serde_json::to_vec(&json!({"type": "liveQueryData", "data": d}))
-                    .unwrap()
-                    .len();
+                let mut m = Vec::new();
+                shardcast::protocol::live_query_data(
+                    &mut m,
+                    "lq",
+                    chunk.iter().map(|v| &**v),
+                    true,
+                    false,
+                );
+                bytes += m.len();
             }
             black_box((page.total, bytes));
         },

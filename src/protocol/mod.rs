@@ -608,6 +608,32 @@ pub fn refresh_message(out: &mut Vec<u8>, sub_json: &[u8], path: &str, entity_id
     out.push(b'}');
 }
 
+/// A page of a live query's initial result:
+/// `{"type":"liveQueryData","id":…,"data":[…],"hasMore":…,"capped":…}`. The nodes are
+/// written straight from the replica's values (no intermediate JSON tree).
+pub fn live_query_data<'a>(
+    out: &mut Vec<u8>,
+    id: &str,
+    nodes: impl Iterator<Item = &'a Value>,
+    has_more: bool,
+    capped: bool,
+) {
+    out.extend_from_slice(b"{\"type\":\"liveQueryData\",\"id\":");
+    write_json_str(out, id);
+    out.extend_from_slice(b",\"data\":[");
+    for (i, n) in nodes.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *out, n);
+    }
+    out.extend_from_slice(b"],\"hasMore\":");
+    out.extend_from_slice(if has_more { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"capped\":");
+    out.extend_from_slice(if capped { b"true" } else { b"false" });
+    out.push(b'}');
+}
+
 /// A live query's incremental message (PROTOCOL.md §7): `kind` is
 /// `liveQueryAddedNode`, `liveQueryUpdatedNode` (both with `data`, the entity's JSON
 /// text, copied as is) or `liveQueryRemovedNode` (no `data`).

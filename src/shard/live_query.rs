@@ -136,11 +136,9 @@ impl Shard {
         };
         let n = chunks.len();
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let data: Vec<&Value> = chunk.iter().map(|v| &**v).collect();
-            msgs.push(protocol::to_bytes(&json!({
-                "type": "liveQueryData", "id": &*id, "data": data,
-                "hasMore": i + 1 < n, "capped": capped,
-            })));
+            let mut m = Vec::with_capacity(64 + chunk.len() * 128);
+            protocol::live_query_data(&mut m, &id, chunk.iter().map(|v| &**v), i + 1 < n, capped);
+            msgs.push(m);
         }
         for m in msgs {
             self.send_text(key, &m);

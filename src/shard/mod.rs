@@ -81,8 +81,16 @@ enum TimerKind {
     Upkeep,
 }
 
-/// One armed timer. Timers are never cancelled: a fired timer whose connection is gone
-/// (`gen` differs) or whose reason passed is ignored, which is cheaper than removal.
+/// One armed timer. Timers are never cancelled: a fired timer whose owner is gone (`gen`
+/// differs) or whose reason passed is ignored, which is cheaper than removal.
+///
+/// The owner is named by `kind` and `key`: most kinds belong to a connection (`key` is its
+/// slab key, `gen` its generation); `FeedFlush` belongs to a feed (`key` is its slot) and
+/// `Upkeep` to the shard. Deadlines of other shard-owned things (a live query's, a service
+/// task's ack deadline, a lock's expiry held for a connection) are kinds of their own with
+/// the owner's key here, on the thread that owns the thing; deadlines of state the
+/// backend keeps belong to the backend's own thread (the store's writer), never to a
+/// shard, so that they fire whether or not a connection is there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
     at: u64,
