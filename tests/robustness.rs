@@ -2006,7 +2006,8 @@ fn filters_random_and_mutated() {
             let n = rng.range(1, 12);
             let mut t = String::new();
             for _ in 0..n {
-                t.push_str(*rng.pick(TOKENS));
+                let tok: &&str = rng.pick(TOKENS);
+                t.push_str(tok);
                 if rng.chance(1, 2) {
                     t.push(' ');
                 }
