@@ -11,7 +11,7 @@
 //!   trait, chosen at start-up: [`backend::LocalBackend`] for a single node (the cluster
 //!   issue adds Redis beside it). Shards call it and never wait on it: work that needs the
 //!   disk answers later through the shard's mailbox ([`router::ShardMsg::Answer`]).
-//! - [`store`]: the embedded store under `data_dir` (redb), one writer thread, group
+//! - [`store`]: the embedded store under `data_dir` (fjall), one writer thread, group
 //!   commit. Entity writes and `seq` reservations are its jobs.
 //! - [`ingest`]: the sequencer. Plain publications are sequenced by the shard that read
 //!   them; entity writes by the store's writer once their group is durable (so `seq`
