@@ -10,7 +10,6 @@
 use std::hint::black_box;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use hashbrown::HashSet;
 use serde_json::{json, Value};
@@ -23,37 +22,8 @@ use shardcast::shard::conn::{LiveQuery, LQ_BIT};
 use shardcast::shard::filtered::{FilteredEntry, FilteredIndex};
 use shardcast::shard::replay::encode_replay;
 
-fn bench(filter: &Option<String>, name: &str, ops_per_iter: u64, iters: u64, mut f: impl FnMut()) {
-    if filter
-        .as_ref()
-        .is_some_and(|flt| !name.contains(flt.as_str()))
-    {
-        return;
-    }
-    for _ in 0..iters / 10 + 1 {
-        f(); // warm-up
-    }
-    let mut rounds: Vec<f64> = (0..7)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            t.elapsed().as_nanos() as f64 / (iters * ops_per_iter) as f64
-        })
-        .collect();
-    rounds.sort_by(|a, b| a.total_cmp(b));
-    let (med, min) = (rounds[3], rounds[0]);
-    if med >= 1e6 {
-        println!(
-            "{name:<60} {:>10.2} ms/op (median of 7; min {:.2})",
-            med / 1e6,
-            min / 1e6
-        );
-    } else {
-        println!("{name:<60} {med:>10.1} ns/op (median of 7; min {min:.1})");
-    }
-}
+mod common;
+use common::bench;
 
 /// An entity publication on `collection/id` from `before` to `after`.
 fn entity_pub(seq: u64, collection: &str, id: &str, before: Value, after: Value) -> Publication {

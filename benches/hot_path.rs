@@ -9,7 +9,6 @@
 use std::hint::black_box;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use shardcast::ingest::{Ingest, PublishItem};
 use shardcast::metrics::Source;
@@ -22,31 +21,8 @@ use shardcast::shard::index::{Entry, Index};
 use shardcast::shard::interner::Interner;
 use shardcast::shard::ring::Ring;
 
-fn bench(filter: &Option<String>, name: &str, ops_per_iter: u64, iters: u64, mut f: impl FnMut()) {
-    if filter
-        .as_ref()
-        .is_some_and(|flt| !name.contains(flt.as_str()))
-    {
-        return;
-    }
-    for _ in 0..iters / 10 + 1 {
-        f(); // warm-up
-    }
-    let mut rounds: Vec<f64> = (0..7)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            t.elapsed().as_nanos() as f64 / (iters * ops_per_iter) as f64
-        })
-        .collect();
-    rounds.sort_by(|a, b| a.total_cmp(b));
-    println!(
-        "{name:<48} {:>10.1} ns/op (median of 7; min {:.1})",
-        rounds[3], rounds[0]
-    );
-}
+mod common;
+use common::bench;
 
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));

@@ -10,21 +10,17 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn key() -> String {
-    format!("apikey {API_KEY}")
-}
-
 fn put(s: &Server, c: &str, id: &str, body: Value) -> (u16, Value) {
     s.http(
         "PUT",
         &format!("/api/v1/entities/{c}/{id}"),
         Some(&body),
-        Some(&key()),
+        Some(&apikey()),
     )
 }
 
 fn get(s: &Server, path: &str) -> (u16, Value) {
-    s.http("GET", path, None, Some(&key()))
+    s.http("GET", path, None, Some(&apikey()))
 }
 
 #[test]
@@ -44,13 +40,18 @@ fn crud_with_ops_seqs_and_shapes() {
         "PATCH",
         "/api/v1/entities/orders/o1",
         Some(&json!({"status": "done", "n": null, "tags": {"x": 1}})),
-        Some(&key()),
+        Some(&apikey()),
     );
     assert_eq!((st, &p["op"]), (200, &json!("updated")), "{p}");
     let (st, e) = get(&s, "/api/v1/entities/orders/o1");
     assert_eq!(st, 200);
     assert_eq!(e, json!({"status": "done", "id": "o1", "tags": {"x": 1}}));
-    let (st, d) = s.http("DELETE", "/api/v1/entities/orders/o1", None, Some(&key()));
+    let (st, d) = s.http(
+        "DELETE",
+        "/api/v1/entities/orders/o1",
+        None,
+        Some(&apikey()),
+    );
     assert_eq!((st, &d["op"]), (200, &json!("deleted")), "{d}");
     assert!(d["seq"].as_u64() > p["seq"].as_u64());
     let (st, e) = get(&s, "/api/v1/entities/orders/o1");
@@ -68,9 +69,14 @@ fn writes_are_events_in_commit_order() {
         "PATCH",
         "/api/v1/entities/orders/o1",
         Some(&json!({"w": 2})),
-        Some(&key()),
+        Some(&apikey()),
     );
-    let (_, d) = s.http("DELETE", "/api/v1/entities/orders/o1", None, Some(&key()));
+    let (_, d) = s.http(
+        "DELETE",
+        "/api/v1/entities/orders/o1",
+        None,
+        Some(&apikey()),
+    );
     for (answer, op, data) in [
         (a, "created", json!({"v": 1, "id": "o1"})),
         (b.clone(), "updated", json!({"v": 1, "w": 2, "id": "o1"})),
@@ -134,7 +140,7 @@ fn answered_writes_survive_kill_9_and_seq_keeps_growing() {
         assert_eq!(st, 200);
         answered.push(a["seq"].as_u64().unwrap());
     }
-    let (st, _) = s.http("DELETE", "/api/v1/entities/docs/d0", None, Some(&key()));
+    let (st, _) = s.http("DELETE", "/api/v1/entities/docs/d0", None, Some(&apikey()));
     assert_eq!(st, 200);
     let max_before = s.publish("x", "e", json!(1));
     s.kill();

@@ -10,31 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn key() -> String {
-    format!("apikey {API_KEY}")
-}
-
-fn put(s: &Server, c: &str, id: &str, body: Value) -> u64 {
-    let (st, a) = s.http(
-        "PUT",
-        &format!("/api/v1/entities/{c}/{id}"),
-        Some(&body),
-        Some(&key()),
-    );
-    assert_eq!(st, 200, "{a}");
-    a["seq"].as_u64().unwrap()
-}
-
-fn delete(s: &Server, c: &str, id: &str) {
-    let (st, a) = s.http(
-        "DELETE",
-        &format!("/api/v1/entities/{c}/{id}"),
-        None,
-        Some(&key()),
-    );
-    assert_eq!(st, 200, "{a}");
-}
-
 /// A client's view of a live query, built from the messages as the contract says.
 #[derive(Default, Debug)]
 struct View {
@@ -96,7 +71,7 @@ fn list_ids(s: &Server, c: &str, filter: &str) -> BTreeMap<String, Value> {
                 .replace('=', "%3D")
         ),
         None,
-        Some(&key()),
+        Some(&apikey()),
     );
     assert_eq!(st, 200, "{p}");
     p["data"]
@@ -111,19 +86,13 @@ fn list_ids(s: &Server, c: &str, filter: &str) -> BTreeMap<String, Value> {
 fn initial_pages_then_added_updated_removed() {
     let s = Server::start("[delivery]\nbatch_ms = 0\n[live_query]\npage = 2");
     for i in 0..5 {
-        put(
-            &s,
+        s.put_entity(
             "orders",
             &format!("o{i}"),
             json!({"status": "processing", "createdAt": i}),
         );
     }
-    put(
-        &s,
-        "orders",
-        "x",
-        json!({"status": "done", "createdAt": 100}),
-    );
+    s.put_entity("orders", "x", json!({"status": "done", "createdAt": 100}));
     let mut c = Client::authed(&s, &token("u", "user", &["orders"]), "");
     c.send(&json!({"type": "createLiveQuery", "id": "lq", "query": {
         "edge": "orders", "filter": "status == 'processing'", "orderBy": "createdAt desc", "limit": 500}}));
@@ -147,8 +116,7 @@ fn initial_pages_then_added_updated_removed() {
     }
     assert_eq!(pages, 3, "pages of live_query.page");
     assert_eq!(order, [4, 3, 2, 1, 0], "orderBy createdAt desc");
-    put(
-        &s,
+    s.put_entity(
         "orders",
         "o9",
         json!({"status": "processing", "createdAt": 9}),
@@ -162,8 +130,7 @@ fn initial_pages_then_added_updated_removed() {
         m["data"],
         json!({"status": "processing", "createdAt": 9, "id": "o9"})
     );
-    put(
-        &s,
+    s.put_entity(
         "orders",
         "o1",
         json!({"status": "processing", "createdAt": 1, "note": "x"}),
@@ -174,35 +141,24 @@ fn initial_pages_then_added_updated_removed() {
         (Some("liveQueryUpdatedNode"), Some("o1"))
     );
     assert_eq!(m["data"]["note"], "x");
-    put(
-        &s,
-        "orders",
-        "o2",
-        json!({"status": "done", "createdAt": 2}),
-    );
+    s.put_entity("orders", "o2", json!({"status": "done", "createdAt": 2}));
     assert_eq!(
         c.recv(),
         json!({"type": "liveQueryRemovedNode", "id": "lq", "nodeId": "o2"})
     );
-    delete(&s, "orders", "o3");
+    s.delete_entity("orders", "o3");
     assert_eq!(
         c.recv(),
         json!({"type": "liveQueryRemovedNode", "id": "lq", "nodeId": "o3"})
     );
     // A write outside the query is nothing; destroy ends it.
-    put(
-        &s,
-        "orders",
-        "x",
-        json!({"status": "done", "createdAt": 101}),
-    );
+    s.put_entity("orders", "x", json!({"status": "done", "createdAt": 101}));
     c.send(&json!({"type": "destroyLiveQuery", "id": "lq", "requestId": "d"}));
     assert_eq!(
         c.recv(),
         json!({"type": "liveQueryDestroyed", "id": "lq", "requestId": "d"})
     );
-    put(
-        &s,
+    s.put_entity(
         "orders",
         "o4",
         json!({"status": "processing", "createdAt": 4, "after": true}),
@@ -215,7 +171,7 @@ fn initial_pages_then_added_updated_removed() {
 fn cap_limits_the_tracked_set() {
     let s = Server::start("[delivery]\nbatch_ms = 0\n[live_query]\ncap = 3");
     for i in 0..5 {
-        put(&s, "c", &format!("e{i}"), json!({"n": i}));
+        s.put_entity("c", &format!("e{i}"), json!({"n": i}));
     }
     let mut c = Client::authed(&s, &token("u", "user", &["*"]), "");
     c.send(&json!({"type": "createLiveQuery", "id": "lq", "query": {"edge": "c", "orderBy": "n", "limit": 10}}));
@@ -233,10 +189,10 @@ fn cap_limits_the_tracked_set() {
         .collect();
     assert_eq!(ids, ["e0", "e1", "e2"]);
     // At the cap, a new match is not added; after a removal, it is.
-    put(&s, "c", "e9", json!({"n": 9}));
-    delete(&s, "c", "e1");
+    s.put_entity("c", "e9", json!({"n": 9}));
+    s.delete_entity("c", "e1");
     assert_eq!(c.recv()["type"], "liveQueryRemovedNode");
-    put(&s, "c", "e8", json!({"n": 8}));
+    s.put_entity("c", "e8", json!({"n": 8}));
     let m = c.recv();
     assert_eq!(
         (m["type"].as_str(), m["nodeId"].as_str()),
@@ -342,26 +298,16 @@ fn bad_live_queries() {
 fn writes_racing_creation_end_in_the_right_view() {
     let s = Server::start("[delivery]\nbatch_ms = 0");
     for i in 0..200 {
-        put(
-            &s,
-            "race",
-            &format!("e{i}"),
-            json!({"hot": i % 2 == 0, "v": 0}),
-        );
+        s.put_entity("race", &format!("e{i}"), json!({"hot": i % 2 == 0, "v": 0}));
     }
     let tok = token("u", "user", &["race"]);
     std::thread::scope(|sc| {
         let writer = sc.spawn(|| {
             for k in 0..600u64 {
                 let i = (k * 37) % 250;
-                put(
-                    &s,
-                    "race",
-                    &format!("e{i}"),
-                    json!({"hot": k % 3 != 0, "v": k}),
-                );
+                s.put_entity("race", &format!("e{i}"), json!({"hot": k % 3 != 0, "v": k}));
                 if k % 50 == 0 {
-                    delete(&s, "race", &format!("e{}", (k * 11) % 250));
+                    s.delete_entity("race", &format!("e{}", (k * 11) % 250));
                 }
             }
         });
@@ -374,7 +320,7 @@ fn writes_racing_creation_end_in_the_right_view() {
         }
         writer.join().unwrap();
         // A marker write the query sees: once it arrives, everything before it has.
-        put(&s, "race", "marker", json!({"hot": true}));
+        s.put_entity("race", "marker", json!({"hot": true}));
         let want = list_ids(&s, "race", "hot");
         for (q, mut c) in clients {
             let mut v = View::default();
@@ -396,7 +342,7 @@ fn writes_racing_creation_end_in_the_right_view() {
 fn overflow_reloads_the_view() {
     let s = Server::start("shards = 1\n[delivery]\nqueue_capacity = 16\nbatch_ms = 0");
     for i in 0..20 {
-        put(&s, "big", &format!("e{i}"), json!({"v": 0}));
+        s.put_entity("big", &format!("e{i}"), json!({"v": 0}));
     }
     let tok = token("u", "user", &["*"]);
     let mut c = Client::slow_reader(&s, &tok);
@@ -410,9 +356,9 @@ fn overflow_reloads_the_view() {
     let pad = "x".repeat(16 * 1024);
     for k in 1..=300u64 {
         let i = k % 20;
-        put(&s, "big", &format!("e{i}"), json!({"v": k, "pad": pad}));
+        s.put_entity("big", &format!("e{i}"), json!({"v": k, "pad": pad}));
     }
-    put(&s, "big", "marker", json!({"v": 0}));
+    s.put_entity("big", "marker", json!({"v": 0}));
     loop {
         let m = c.recv_within(Duration::from_secs(10)).expect("message");
         v.apply(&m);

@@ -8,21 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn key() -> String {
-    format!("apikey {API_KEY}")
-}
-
-fn put(s: &Server, c: &str, id: &str, body: Value) -> u64 {
-    let (st, a) = s.http(
-        "PUT",
-        &format!("/api/v1/entities/{c}/{id}"),
-        Some(&body),
-        Some(&key()),
-    );
-    assert_eq!(st, 200, "{a}");
-    a["seq"].as_u64().unwrap()
-}
-
 #[test]
 fn filter_on_publication_data() {
     let s = Server::start("[delivery]\nbatch_ms = 0");
@@ -86,40 +71,22 @@ fn malformed_filters_are_rejected_with_the_offset() {
 #[test]
 fn refresh_when_an_entity_leaves_event_when_it_enters() {
     let s = Server::start("[delivery]\nbatch_ms = 0");
-    put(
-        &s,
+    s.put_entity(
         "accounts",
         "acc_7",
         json!({"workstream": "DenialManagement", "v": 1}),
     );
-    put(
-        &s,
-        "accounts",
-        "acc_8",
-        json!({"workstream": "None", "v": 1}),
-    );
+    s.put_entity("accounts", "acc_8", json!({"workstream": "None", "v": 1}));
     let mut c = Client::authed(&s, &token("u", "user", &["accounts"]), "");
     c.subscribe(json!([{"id": "denials", "path": "accounts", "filter": "workstream == 'DenialManagement'"}]));
-    let still = put(
-        &s,
+    let still = s.put_entity(
         "accounts",
         "acc_7",
         json!({"workstream": "DenialManagement", "v": 2}),
     );
-    let leaves = put(
-        &s,
-        "accounts",
-        "acc_7",
-        json!({"workstream": "None", "v": 3}),
-    );
-    let elsewhere = put(
-        &s,
-        "accounts",
-        "acc_7",
-        json!({"workstream": "None", "v": 4}),
-    );
-    let enters = put(
-        &s,
+    let leaves = s.put_entity("accounts", "acc_7", json!({"workstream": "None", "v": 3}));
+    let elsewhere = s.put_entity("accounts", "acc_7", json!({"workstream": "None", "v": 4}));
+    let enters = s.put_entity(
         "accounts",
         "acc_8",
         json!({"workstream": "DenialManagement", "v": 2}),
@@ -150,7 +117,7 @@ fn refresh_when_an_entity_leaves_event_when_it_enters() {
         "PATCH",
         "/api/v1/entities/accounts/acc_8",
         Some(&json!({"workstream": "Billing"})),
-        Some(&key()),
+        Some(&apikey()),
     );
     let r = c.recv_type("subscriptionRefresh");
     assert_eq!(r["seq"], p["seq"]);
@@ -174,8 +141,7 @@ fn equality_filters_are_indexed() {
         .metric("shardcast_filter_evaluations_total")
         .unwrap_or(0.0);
     for i in [5, 150, 299] {
-        put(
-            &s,
+        s.put_entity(
             "tasks",
             &format!("t{i}"),
             json!({"assigneeId": format!("user-{i}")}),

@@ -212,6 +212,30 @@ impl Server {
         )
     }
 
+    /// `PUT /api/v1/entities/{collection}/{id}` with the api key; asserts 200 and
+    /// returns the write's seq.
+    pub fn put_entity(&self, collection: &str, id: &str, body: Value) -> u64 {
+        let (st, a) = self.http(
+            "PUT",
+            &format!("/api/v1/entities/{collection}/{id}"),
+            Some(&body),
+            Some(&apikey()),
+        );
+        assert_eq!(st, 200, "PUT {collection}/{id}: {a}");
+        a["seq"].as_u64().expect("seq")
+    }
+
+    /// `DELETE /api/v1/entities/{collection}/{id}` with the api key; asserts 200.
+    pub fn delete_entity(&self, collection: &str, id: &str) {
+        let (st, a) = self.http(
+            "DELETE",
+            &format!("/api/v1/entities/{collection}/{id}"),
+            None,
+            Some(&apikey()),
+        );
+        assert_eq!(st, 200, "DELETE {collection}/{id}: {a}");
+    }
+
     /// The value of a metric series whose line starts with `prefix` (name and labels).
     pub fn metric(&self, prefix: &str) -> Option<f64> {
         let (_, text) = self.try_http("GET", "/metrics", None, &[])?;
@@ -276,6 +300,11 @@ impl Drop for Server {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The `Authorization` value of the test api key.
+pub fn apikey() -> String {
+    format!("apikey {API_KEY}")
 }
 
 /// A signed HS256 token.
