@@ -216,9 +216,11 @@ impl Ingest {
         // Encoding happens before the lock: a shard publishing at the same moment waits
         // only for the sequencing and the queue pushes, not for this request's encoding
         // (measured in benches/hot_path.rs, "ingest").
+        // One clock read for the request (`sequence` sets the real instant under the lock).
+        let encoded_at = std::time::Instant::now();
         let publications: Vec<Publication> = items
             .iter()
-            .map(|i| Publication::unsequenced(&i.path, &i.event_type, i.data.get()))
+            .map(|i| Publication::unsequenced(&i.path, &i.event_type, i.data.get(), encoded_at))
             .collect();
         let (first_seq, last_seq) = {
             let mut st = self.lock_for(items.len() as u64, false);
@@ -278,17 +280,14 @@ impl Ingest {
                 &encoded
             }
         };
-        let mut p = Publication::unsequenced(&path, event_type, data_json);
+        let at = std::time::Instant::now();
+        let mut p = Publication::unsequenced(&path, event_type, data_json, at);
         p.set_data(shown);
         let mut st = self.lock_for(1, true);
         st.last += 1;
         let seq = st.last;
         let now = crate::time::unix_ms();
-        p.sequence(
-            seq,
-            &crate::protocol::timestamp_text(now),
-            std::time::Instant::now(),
-        );
+        p.sequence(seq, &crate::protocol::timestamp_text(now), at);
         self.replica.apply(&change, seq);
         p.entity = Some(Box::new(change));
         let p = Arc::new(p);

@@ -54,7 +54,7 @@ pub struct EntityChange {
 
 impl Publication {
     pub fn new(seq: u64, path: &str, event_type: &str, data_json: &str, ts_ms: u64) -> Self {
-        let mut p = Self::unsequenced(path, event_type, data_json);
+        let mut p = Self::unsequenced(path, event_type, data_json, Instant::now());
         p.seq = seq;
         p.tail = encode_event_tail(event_type, path, data_json, ts_ms, seq);
         p
@@ -62,7 +62,7 @@ impl Publication {
 
     /// Everything but `seq` and `timestamp`, which [`Publication::sequence`] adds: the
     /// encoding happens outside the sequencer lock.
-    pub(crate) fn unsequenced(path: &str, event_type: &str, data_json: &str) -> Self {
+    pub(crate) fn unsequenced(path: &str, event_type: &str, data_json: &str, at: Instant) -> Self {
         let tail = encode_event_body(event_type, path, data_json);
         let end = tail.len() as u32;
         Publication {
@@ -73,7 +73,7 @@ impl Publication {
             tail,
             data: OnceLock::new(),
             entity: None,
-            ingested_at: Instant::now(),
+            ingested_at: at,
         }
     }
 

@@ -378,3 +378,36 @@ fn overflow_reloads_the_view() {
     );
     assert_eq!(v.nodes, want);
 }
+
+/// Two live queries of one connection on a collection, made with another connection's in
+/// between: one write gives each query exactly one message (the connection is visited
+/// once per write, not once per registration).
+#[test]
+fn one_message_per_query_whatever_the_creation_order() {
+    let s = Server::start("[delivery]\nbatch_ms = 0");
+    s.put_entity("c", "e1", json!({"n": 1}));
+    let tok = token("u", "user", &["*"]);
+    let mut a = Client::authed(&s, &tok, "");
+    let mut b = Client::authed(&s, &tok, "");
+    let create = |c: &mut Client, id: &str| {
+        c.send(&json!({"type": "createLiveQuery", "id": id, "query": {"edge": "c"}}));
+        c.recv_type("liveQueryCreated");
+        c.recv_type("liveQueryData");
+    };
+    create(&mut a, "one");
+    create(&mut b, "other");
+    create(&mut a, "two");
+    s.put_entity("c", "e1", json!({"n": 2}));
+    let mut got: Vec<String> = (0..2)
+        .map(|_| {
+            let m = a.recv_type("liveQueryUpdatedNode");
+            m["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["one", "two"]);
+    // Nothing more for this write: the next message is the answer to a ping.
+    a.send(&json!({"type": "ping"}));
+    assert_eq!(a.recv()["type"], "pong");
+    assert_eq!(b.recv_type("liveQueryUpdatedNode")["id"], "other");
+}

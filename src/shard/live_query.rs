@@ -97,10 +97,17 @@ impl Shard {
             base_seq: 0,
             tracked: HashSet::new(),
         });
-        self.lq_by_collection
+        // Each connection once per collection, with how many of its queries are there:
+        // an entity write then visits a connection once, whatever order its queries
+        // were made in.
+        let holders = self
+            .lq_by_collection
             .entry_ref(req.edge.as_str())
-            .or_default()
-            .push(key as u32);
+            .or_default();
+        match holders.iter_mut().find(|(k, _)| *k as usize == key) {
+            Some((_, n)) => *n += 1,
+            None => holders.push((key as u32, 1)),
+        }
         metrics::live_query_created();
         self.load_live_query(key, tag);
     }
@@ -179,8 +186,11 @@ impl Shard {
     pub(super) fn forget_live_query(&mut self, key: usize, collection: &str) {
         metrics::live_query_destroyed();
         if let Some(v) = self.lq_by_collection.get_mut(collection) {
-            if let Some(i) = v.iter().position(|&k| k as usize == key) {
-                v.swap_remove(i);
+            if let Some(i) = v.iter().position(|&(k, _)| k as usize == key) {
+                v[i].1 -= 1;
+                if v[i].1 == 0 {
+                    v.swap_remove(i);
+                }
             }
             if v.is_empty() {
                 self.lq_by_collection.remove(collection);
@@ -192,18 +202,17 @@ impl Shard {
     /// its message queued in the connection's ring.
     pub(super) fn live_query_publication(&mut self, p: &Publication) {
         let Some(change) = &p.entity else { return };
-        let Some(keys) = self.lq_by_collection.get(&*change.collection) else {
+        // Taken out for the walk (no copy per write) and put back after: queuing
+        // messages needs the shard mutably, and nothing in the walk registers queries.
+        let Some(holders) = self
+            .lq_by_collection
+            .get_mut(&*change.collection)
+            .map(std::mem::take)
+        else {
             return;
         };
-        let keys = keys.clone();
         let now32 = self.now as u32;
-        let mut last_key = u32::MAX;
-        for k in keys {
-            // A connection with two queries on the collection is listed twice.
-            if k == last_key {
-                continue;
-            }
-            last_key = k;
+        for &(k, _) in &holders {
             let Some(conn) = self.conns.get_mut(k as usize) else {
                 continue;
             };
@@ -231,6 +240,9 @@ impl Shard {
             if queued {
                 self.schedule_flush(k as usize, gen, was_empty);
             }
+        }
+        if let Some(slot) = self.lq_by_collection.get_mut(&*change.collection) {
+            *slot = holders;
         }
     }
 

@@ -125,8 +125,9 @@ pub struct Shard {
     index: Index,
     /// Subscriptions with a filter (not in `index`).
     filtered: FilteredIndex,
-    /// Connections holding live queries, by collection (a connection once per query).
-    lq_by_collection: HashMap<Box<str>, Vec<u32>>,
+    /// Connections holding live queries, by collection: (connection key, how many of its
+    /// queries are on that collection), each connection once.
+    lq_by_collection: HashMap<Box<str>, Vec<(u32, u32)>>,
     interner: Interner,
     timers: BinaryHeap<Reverse<Timer>>,
     mailbox: Arc<Mailbox>,
