@@ -53,6 +53,31 @@ pub struct PublishOutcome {
     pub last_seq: u64,
 }
 
+/// A publication that matched a service group's durable subscriptions: the group's
+/// task, to be made durable before the publisher is answered (PROTOCOL.md §10).
+#[derive(Debug)]
+pub struct NewTask {
+    pub group: Arc<str>,
+    pub seq: u64,
+    /// The task's stored record (`services::record`).
+    pub value: Vec<u8>,
+}
+
+/// What runs once a request's tasks are durable (`Ok`) or could not be made so.
+pub type Durably = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Where publications become durable service tasks (the services of the backend).
+/// Called under the sequencer lock, so tasks reach the store in `seq` order; neither
+/// method may block or take that lock.
+pub trait TaskSink: Send + Sync {
+    /// Whether any durable subscription exists (one atomic load when none does).
+    fn active(&self) -> bool;
+    /// Appends the tasks `p` makes.
+    fn collect(&self, p: &Arc<Publication>, out: &mut Vec<NewTask>);
+    /// Makes `tasks` durable, then calls `done`.
+    fn enqueue(&self, tasks: Vec<NewTask>, done: Durably);
+}
+
 /// `seq`s are reserved durably in blocks of this many; a new block is asked for when
 /// half of the current one is used, so publishers never wait for it in practice (a block
 /// lasts about a second at the fastest measured ingest; a commit takes milliseconds).
@@ -84,6 +109,7 @@ pub struct Ingest {
     last_seq: AtomicU64,
     history: History,
     replica: Arc<Replica>,
+    tasks: Option<Arc<dyn TaskSink>>,
     publications: metrics::PublicationCounters,
 }
 
@@ -96,6 +122,8 @@ pub struct IngestSetup {
     pub replica: Arc<Replica>,
     /// `None`: `seq` is not kept across restarts (benches, unit tests).
     pub marks: Option<Box<dyn SeqMarks>>,
+    /// `None`: no service queues (benches, unit tests).
+    pub tasks: Option<Arc<dyn TaskSink>>,
 }
 
 impl Ingest {
@@ -109,6 +137,7 @@ impl Ingest {
                 history_ttl_ms: 0,
                 replica: Arc::new(Replica::default()),
                 marks: None,
+                tasks: None,
             },
         )
     }
@@ -130,8 +159,18 @@ impl Ingest {
             last_seq: AtomicU64::new(s.start_seq),
             history: History::new(s.history_size, s.history_ttl_ms, s.start_seq),
             replica: s.replica,
+            tasks: s.tasks,
             publications: metrics::PublicationCounters::new(),
         }
+    }
+
+    /// Runs `f` under the sequencer lock and returns with it the newest `seq` at that
+    /// instant: whatever `f` changes is seen by exactly the publications after it (a
+    /// durable subscription's first `seq`).
+    pub fn at_boundary<R>(&self, f: impl FnOnce() -> R) -> (R, u64) {
+        let st = self.lock();
+        let r = f();
+        (r, st.last)
     }
 
     /// The newest `seq` handed to the shards.
@@ -211,8 +250,31 @@ impl Ingest {
     }
 
     /// Sequences validated items in order and hands each to every shard; returns the
-    /// answer for the publisher.
+    /// answer for the publisher (benches and tests: tasks, if any, are not waited for).
     pub fn publish(&self, items: &[PublishItem], source: metrics::Source) -> PublishOutcome {
+        let mut out = None;
+        match self.publish_with(items, source, &mut |o| {
+            out = Some(o);
+            Box::new(|_| {})
+        }) {
+            Some(o) => o,
+            None => out.unwrap_or(PublishOutcome {
+                accepted: 0,
+                first_seq: 0,
+                last_seq: 0,
+            }),
+        }
+    }
+
+    /// Sequences validated items in order and hands each to every shard. `Some`: the
+    /// answer for the publisher, now. `None`: some became service tasks; `later` was
+    /// given the answer and made what runs once those tasks are durable.
+    pub fn publish_with(
+        &self,
+        items: &[PublishItem],
+        source: metrics::Source,
+        later: &mut dyn FnMut(PublishOutcome) -> Durably,
+    ) -> Option<PublishOutcome> {
         // Encoding happens before the lock: a shard publishing at the same moment waits
         // only for the sequencing and the queue pushes, not for this request's encoding
         // (measured in benches/hot_path.rs, "ingest").
@@ -222,7 +284,9 @@ impl Ingest {
             .iter()
             .map(|i| Publication::unsequenced(&i.path, &i.event_type, i.data.get(), encoded_at))
             .collect();
-        let (first_seq, last_seq) = {
+        let sink = self.tasks.as_ref().filter(|t| t.active());
+        let mut tasks = Vec::new();
+        let (outcome, deferred) = {
             let mut st = self.lock_for(items.len() as u64, false);
             let first_seq = st.last + 1;
             // Taken under the lock, so timestamps never go back as `seq` goes up.
@@ -238,33 +302,48 @@ impl Ingest {
                 p.sequence(st.last, &ts, at);
                 let p = Arc::new(p);
                 history.push(&p);
+                if let Some(sink) = sink {
+                    sink.collect(&p, &mut tasks);
+                }
                 self.router.broadcast(&p);
             }
             drop(history);
             self.last_seq.store(st.last, Ordering::Release);
-            (first_seq, st.last)
+            let outcome = PublishOutcome {
+                accepted: items.len(),
+                first_seq,
+                last_seq: st.last,
+            };
+            // Under the lock: a group's tasks reach the store in `seq` order.
+            let deferred = match sink {
+                Some(sink) if !tasks.is_empty() => {
+                    sink.enqueue(std::mem::take(&mut tasks), later(outcome));
+                    true
+                }
+                _ => false,
+            };
+            (outcome, deferred)
         };
         // Wake-ups are system calls: outside the lock.
         self.router.wake_all();
         self.publications.add(source, items.len() as u64);
-        PublishOutcome {
-            accepted: items.len(),
-            first_seq,
-            last_seq,
-        }
+        (!deferred).then_some(outcome)
     }
 
     /// Sequences one durable entity write (the store's writer thread, after its commit,
     /// in commit order): applies it to the replica and hands it to every shard. The
     /// caller wakes the shards once per group ([`Router::wake_all`]).
     /// `data_json`: the shown state's JSON text when the caller has it (the stored
-    /// bytes of the new state); else it is encoded here.
+    /// bytes of the new state); else it is encoded here. Returns the `seq` and whether
+    /// the write became service tasks, in which case `later` made what answers the
+    /// writer once they are durable (else the caller answers now).
     pub fn publish_entity(
         &self,
         event_type: &str,
         data_json: Option<&[u8]>,
         change: EntityChange,
-    ) -> u64 {
+        later: impl FnOnce(u64) -> Durably,
+    ) -> (u64, bool) {
         let shown = change
             .after
             .as_ref()
@@ -292,10 +371,19 @@ impl Ingest {
         p.entity = Some(Box::new(change));
         let p = Arc::new(p);
         self.history.append(std::slice::from_ref(&p), now);
+        let mut deferred = false;
+        if let Some(sink) = self.tasks.as_ref().filter(|t| t.active()) {
+            let mut tasks = Vec::new();
+            sink.collect(&p, &mut tasks);
+            if !tasks.is_empty() {
+                sink.enqueue(tasks, later(seq));
+                deferred = true;
+            }
+        }
         self.router.broadcast(&p);
         self.last_seq.store(seq, Ordering::Release);
         drop(st);
         self.publications.add(metrics::Source::Http, 1);
-        seq
+        (seq, deferred)
     }
 }

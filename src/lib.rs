@@ -62,6 +62,7 @@ pub mod protocol;
 pub mod publication;
 pub mod router;
 pub mod server;
+pub mod services;
 pub mod shard;
 pub mod store;
 pub mod time;

@@ -37,6 +37,18 @@ pub const REFRESHES: &str = "shardcast_subscription_refreshes_total";
 pub const REPLAYED: &str = "shardcast_replayed_total";
 pub const HISTORY_PUBLICATIONS: &str = "shardcast_history_publications";
 pub const HISTORY_BYTES: &str = "shardcast_history_bytes";
+pub const SERVICE_PENDING: &str = "shardcast_service_tasks_pending";
+pub const SERVICE_IN_FLIGHT: &str = "shardcast_service_tasks_in_flight";
+pub const SERVICE_DEAD: &str = "shardcast_service_dead_letters";
+pub const SERVICE_INSTANCES: &str = "shardcast_service_instances";
+pub const SERVICE_ENQUEUED: &str = "shardcast_service_tasks_enqueued_total";
+pub const SERVICE_COMPLETED: &str = "shardcast_service_tasks_completed_total";
+pub const SERVICE_REDELIVERIES: &str = "shardcast_service_redeliveries_total";
+pub const SERVICE_DEAD_LETTERED: &str = "shardcast_service_dead_lettered_total";
+pub const SERVICE_ACK_SECONDS: &str = "shardcast_service_ack_seconds";
+pub const SERVICE_LOCKS_HELD: &str = "shardcast_service_locks_held";
+pub const SERVICE_LOCK_WAITERS: &str = "shardcast_service_lock_waiters";
+pub const SERVICE_LOCK_GRANTS: &str = "shardcast_service_lock_grants_total";
 // The store's own metrics (recorded in `src/store.rs`, which names them after these;
 // a unit test below keeps the two in step).
 pub const STORE_COMMITS: &str = "shardcast_store_commits_total";
@@ -153,6 +165,40 @@ fn describe() {
         "Time in one group commit (the fsync)."
     );
     describe_counter!(STORE_COMMIT_FAILURES, "Group commits that failed.");
+    describe_gauge!(
+        SERVICE_PENDING,
+        "Service tasks stored and not in flight (waiting for an instance or a retry), by group."
+    );
+    describe_gauge!(
+        SERVICE_IN_FLIGHT,
+        "Service tasks sent to an instance and not yet acknowledged, by group."
+    );
+    describe_gauge!(SERVICE_DEAD, "Dead letters kept, by group.");
+    describe_gauge!(
+        SERVICE_INSTANCES,
+        "Service connections attached to a group, by group."
+    );
+    describe_counter!(SERVICE_ENQUEUED, "Service tasks made durable.");
+    describe_counter!(SERVICE_COMPLETED, "Service tasks completed (taskComplete).");
+    describe_counter!(
+        SERVICE_REDELIVERIES,
+        "Service tasks queued again, by cause (timeout, failed, disconnect)."
+    );
+    describe_counter!(
+        SERVICE_DEAD_LETTERED,
+        "Service tasks moved to the dead letters after max_attempts."
+    );
+    describe_histogram!(
+        SERVICE_ACK_SECONDS,
+        Unit::Seconds,
+        "From a task's delivery to its taskComplete."
+    );
+    describe_gauge!(SERVICE_LOCKS_HELD, "Locks held by services.");
+    describe_gauge!(SERVICE_LOCK_WAITERS, "lock requests waiting (waitMs).");
+    describe_counter!(
+        SERVICE_LOCK_GRANTS,
+        "Locks granted (each with a new fencing token)."
+    );
 }
 
 /// Buckets (seconds) of the latency histograms: 100 µs to a minute.
@@ -176,6 +222,9 @@ pub fn install() -> PrometheusHandle {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FLUSH_DELAY.into()), LATENCY_BUCKETS))
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(STORE_COMMIT_SECONDS.into()), LATENCY_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(SERVICE_ACK_SECONDS.into()), LATENCY_BUCKETS)
         })
         .and_then(|b| {
             b.set_buckets_for_metric(
@@ -221,6 +270,15 @@ fn preregister() {
     metrics::counter!(STORE_COMMIT_FAILURES).increment(0);
     metrics::gauge!(LIVE_QUERIES).set(0.0);
     history_size(0, 0);
+    for c in ["timeout", "failed", "disconnect"] {
+        metrics::counter!(SERVICE_REDELIVERIES, "cause" => c).increment(0);
+    }
+    metrics::counter!(SERVICE_ENQUEUED).increment(0);
+    metrics::counter!(SERVICE_COMPLETED).increment(0);
+    metrics::counter!(SERVICE_DEAD_LETTERED).increment(0);
+    metrics::counter!(SERVICE_LOCK_GRANTS).increment(0);
+    metrics::gauge!(SERVICE_LOCKS_HELD).set(0.0);
+    metrics::gauge!(SERVICE_LOCK_WAITERS).set(0.0);
 }
 
 /// `reason` values of `shardcast_auth_failures_total`.
@@ -399,6 +457,44 @@ pub fn live_query_destroyed() {
 pub fn history_size(publications: usize, bytes: usize) {
     metrics::gauge!(HISTORY_PUBLICATIONS).set(publications as f64);
     metrics::gauge!(HISTORY_BYTES).set(bytes as f64);
+}
+
+/// A service group's gauges (the services thread, once a second and when a group goes).
+pub fn service_group(group: &str, pending: u64, in_flight: usize, dead: u64, instances: usize) {
+    let g = group.to_string();
+    metrics::gauge!(SERVICE_PENDING, "group" => g.clone()).set(pending as f64);
+    metrics::gauge!(SERVICE_IN_FLIGHT, "group" => g.clone()).set(in_flight as f64);
+    metrics::gauge!(SERVICE_DEAD, "group" => g.clone()).set(dead as f64);
+    metrics::gauge!(SERVICE_INSTANCES, "group" => g).set(instances as f64);
+}
+
+/// Counters of the service queues (the services thread, per loop iteration).
+pub fn service_counts(enqueued: u64, completed: &[f64], redelivered: &[&'static str], dead: u64) {
+    if enqueued > 0 {
+        metrics::counter!(SERVICE_ENQUEUED).increment(enqueued);
+    }
+    if !completed.is_empty() {
+        metrics::counter!(SERVICE_COMPLETED).increment(completed.len() as u64);
+        let h = metrics::histogram!(SERVICE_ACK_SECONDS);
+        for s in completed {
+            h.record(*s);
+        }
+    }
+    for cause in redelivered {
+        metrics::counter!(SERVICE_REDELIVERIES, "cause" => *cause).increment(1);
+    }
+    if dead > 0 {
+        metrics::counter!(SERVICE_DEAD_LETTERED).increment(dead);
+    }
+}
+
+/// The locks' gauges and grants.
+pub fn service_locks(held: usize, waiting: usize, granted: u64) {
+    metrics::gauge!(SERVICE_LOCKS_HELD).set(held as f64);
+    metrics::gauge!(SERVICE_LOCK_WAITERS).set(waiting as f64);
+    if granted > 0 {
+        metrics::counter!(SERVICE_LOCK_GRANTS).increment(granted);
+    }
 }
 
 /// Counts a refused credential.

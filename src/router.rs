@@ -46,6 +46,14 @@ pub enum ShardMsg {
         req: u32,
         answer: Answer,
     },
+    /// Service tasks for one instance (a service connection), as `event` messages in
+    /// the order they go out; dropped with the connection if `gen` no longer matches
+    /// (the services thread puts them back when it hears the instance left).
+    Tasks {
+        conn: u32,
+        gen: u32,
+        messages: Vec<Vec<u8>>,
+    },
 }
 
 /// Where an answer goes: a connection of a shard.
@@ -66,6 +74,8 @@ pub enum Answer {
         status: u16,
         body: serde_json::Value,
     },
+    /// A WebSocket message (complete JSON text) for the connection.
+    Ws(Vec<u8>),
 }
 
 /// What piled up while a shard's queue was full.

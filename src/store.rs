@@ -485,6 +485,39 @@ impl Store {
         Ok(())
     }
 
+    /// Reads up to `limit` (key, value) pairs whose key starts with `prefix` and is at or
+    /// after `start`, in key order; returns how many it read. For paging through a large
+    /// table (a service queue's tasks, dead letters) without reading all of it.
+    pub fn scan_from(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+        f: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> Result<usize, StoreError> {
+        let handles = self.handles()?;
+        if prefix.len() > MAX_KEY_BYTES || start.len() > MAX_KEY_BYTES || limit == 0 {
+            return Ok(0);
+        }
+        let from = if start > prefix { start } else { prefix };
+        let stored_prefix = stored_key(prefix);
+        let snapshot = handles.db.snapshot();
+        let mut n = 0;
+        for entry in snapshot.range(handles.keyspace(table), stored_key(from)..) {
+            let (k, v) = entry.into_inner().map_err(|e| storage(table, e))?;
+            if !k.starts_with(&stored_prefix) {
+                break;
+            }
+            f(user_key(&k), &v);
+            n += 1;
+            if n >= limit {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
     /// The committed value of `key`, if any.
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let handles = self.handles()?;

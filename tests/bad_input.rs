@@ -511,27 +511,3 @@ fn garbage_flood_does_not_disturb_other_connections() {
     let seq = s.publish("jobs/after", "tick", json!(null));
     assert_eq!(sub.recv_type("event")["seq"], seq);
 }
-
-/// Durable service subscriptions are not in this version: a service's subscription is
-/// refused, never silently made non-durable.
-#[test]
-fn service_subscriptions_are_refused_not_silently_non_durable() {
-    let s = Server::start("");
-    let mut c = Client::authed(&s, &token("billing-1", "service", &[]), "");
-    let r = c.subscribe(json!([{"id": "inv", "path": "invoices"}]));
-    assert_eq!(r["subscriptions"], json!([]), "{r}");
-    let rej = &r["rejected"][0];
-    assert_eq!(rej["id"], "inv");
-    assert!(
-        rej["message"].as_str().unwrap().contains("durable"),
-        "{rej}"
-    );
-    // Its other commands name the missing feature.
-    c.send(&json!({"type": "taskComplete", "taskIds": ["x"]}));
-    let e = c.error();
-    assert_eq!(e["code"], "UNKNOWN_TYPE");
-    assert!(
-        e["message"].as_str().unwrap().contains("not supported"),
-        "{e}"
-    );
-}

@@ -1790,6 +1790,50 @@ fn gen_command(rng: &mut Rng) -> (Value, CmdExpect) {
                 CmdExpect::Unsubscribe(ids)
             }
         },
+        // Service commands: well-formed ones parse into their command, and one broken
+        // field of each is named.
+        Some(t @ ("taskComplete" | "taskFailed")) => {
+            if rng.chance(1, 2) {
+                let ids: Vec<String> = (0..rng.range(0, 4))
+                    .map(|_| format!("g:{}", rng.range(0, 99)))
+                    .collect();
+                o.insert("taskIds".into(), json!(ids));
+                if t == "taskFailed" && rng.chance(1, 2) {
+                    o.insert("retryInMs".into(), json!(rng.range(0, 5000)));
+                }
+                CmdExpect::ServiceOnly(t.into())
+            } else {
+                o.insert("taskIds".into(), non_array_non_null(rng));
+                bad(&rid)
+            }
+        }
+        Some(t @ ("lock" | "unlock")) => {
+            o.insert("name".into(), json!(token(rng, 1, 8)));
+            if t == "unlock" || rng.chance(1, 2) {
+                o.insert("ttlMs".into(), json!(rng.range(1, 100_000)));
+                CmdExpect::ServiceOnly(t.into())
+            } else {
+                // No ttlMs (a lock needs one), or one out of range.
+                if rng.chance(1, 2) {
+                    o.insert("ttlMs".into(), json!(0));
+                }
+                bad(&rid)
+            }
+        }
+        Some("log") => {
+            o.insert("message".into(), json!(token(rng, 0, 8)));
+            if rng.chance(1, 2) {
+                let levels = protocol::LOG_LEVELS;
+                o.insert(
+                    "level".into(),
+                    json!(levels[rng.range(0, levels.len() - 1)]),
+                );
+                CmdExpect::ServiceOnly("log".into())
+            } else {
+                o.insert("level".into(), json!("loud"));
+                bad(&rid)
+            }
+        }
         Some(t) if SERVICE_ONLY.contains(&t) => CmdExpect::ServiceOnly(t.into()),
         Some("createLiveQuery") => {
             let id = token(rng, 1, 8);
@@ -1906,7 +1950,9 @@ fn check_command(case: usize, text: &[u8], expect: &CmdExpect) {
             (CmdExpect::Unsubscribe(ids), Command::UnsubscribeEvents { ids: got }) => {
                 assert_eq!(ids, got, "{}", ctx())
             }
-            (CmdExpect::ServiceOnly(t), Command::ServiceOnly(g)) => assert_eq!(t, g, "{}", ctx()),
+            (CmdExpect::ServiceOnly(t), cmd) if cmd.service_only().is_some() => {
+                assert_eq!(Some(t.as_str()), cmd.service_only(), "{}", ctx())
+            }
             (CmdExpect::DestroyLiveQuery(t), Command::DestroyLiveQuery { id: g }) => {
                 assert_eq!(t, g, "{}", ctx())
             }

@@ -538,8 +538,25 @@ pub fn client_command(data: &[u8]) {
                 Command::Ping
                 | Command::Pong
                 | Command::UnsubscribeEvents { .. }
-                | Command::ServiceOnly(_)
+                | Command::Publish { .. }
                 | Command::DestroyLiveQuery { .. } => {}
+                Command::TaskComplete { ids } | Command::TaskFailed { ids, .. } => {
+                    assert!(ids.len() <= shardcast::protocol::MAX_TASK_IDS);
+                    assert!(ids.iter().all(|i| !i.is_empty() && i.len() <= 1024));
+                }
+                Command::Lock {
+                    name,
+                    ttl_ms,
+                    wait_ms,
+                } => {
+                    assert!(!name.is_empty() && name.len() <= 256);
+                    assert!((1..=shardcast::protocol::MAX_LOCK_MS).contains(&ttl_ms));
+                    assert!(wait_ms <= shardcast::protocol::MAX_LOCK_MS);
+                }
+                Command::Unlock { name } => assert!(!name.is_empty() && name.len() <= 256),
+                Command::Log { level, .. } => {
+                    assert!(shardcast::protocol::LOG_LEVELS.contains(&level))
+                }
                 Command::CreateLiveQuery(q) => {
                     assert!(!q.id.is_empty() && !q.edge.is_empty());
                     assert!(q.limit.is_none_or(|l| l >= 1));
@@ -550,7 +567,10 @@ pub fn client_command(data: &[u8]) {
             rid_ok(&e.request_id);
             assert!(matches!(
                 e.refusal.code,
-                ErrorCode::BadMessage | ErrorCode::UnknownType | ErrorCode::InvalidFilter
+                ErrorCode::BadMessage
+                    | ErrorCode::UnknownType
+                    | ErrorCode::InvalidFilter
+                    | ErrorCode::LimitExceeded
             ));
             assert!(!e.refusal.message.is_empty());
             if e.refusal.code == ErrorCode::UnknownType {

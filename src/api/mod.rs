@@ -8,6 +8,7 @@
 //! and the item's `index`.
 
 mod entities;
+mod services;
 
 use std::borrow::Cow;
 
@@ -31,6 +32,8 @@ pub enum Route {
     Publish(Vec<PublishItem>),
     /// Hand this checked entity write to the backend; answer when it is durable.
     EntityWrite(crate::entities::EntityWrite),
+    /// Ask the services thread (operator REST); it answers.
+    Services(crate::services::OpsRequest),
 }
 
 fn error(status: u16, code: &str, message: &str, close: bool) -> Route {
@@ -89,17 +92,17 @@ pub fn route(req: &Request, node: &Node, close: bool) -> Route {
         (_, p) if p.starts_with("/api/v1/entities/") => {
             entities::route(req, node, &p["/api/v1/entities/".len()..], close)
         }
+        (_, "/api/v1/services") => services::route(req, node, "", close),
+        (_, p) if p.starts_with("/api/v1/services/") => {
+            services::route(req, node, &p["/api/v1/services/".len()..], close)
+        }
         (_, p)
-            if p.starts_with("/channels/")
-                || p.starts_with("/api/v1/realtime-subscriptions")
-                || p.starts_with("/api/v1/services") =>
+            if p.starts_with("/channels/") || p.starts_with("/api/v1/realtime-subscriptions") =>
         {
             error(
                 501,
                 "NOT_FOUND",
-                &format!(
-                    "{path}: channels and services are not implemented in this server version"
-                ),
+                &format!("{path}: channels are not implemented in this server version"),
                 close,
             )
         }

@@ -14,20 +14,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::Backend;
+use super::{Backend, PublishReply};
 use crate::config::Config;
 use crate::entities::{entity_key, merge_patch, EntityWrite, Replica, WriteOp};
 use crate::ingest::{Ingest, IngestSetup, PublishItem, PublishOutcome, SeqMarks};
-use crate::metrics::Source;
 use crate::protocol::{ErrorCode, Refusal};
 use crate::publication::{EntityChange, Publication};
 use crate::router::{Answer, ReplyTo, Router};
+use crate::services::{ServiceCmd, Services};
 use crate::store::{Job, JobOutcome, Store, StoreError, StoreOptions, Table, WriteTx};
 
 /// The single-node backend: see the module docs.
 pub struct LocalBackend {
     ingest: Arc<Ingest>,
     store: Store,
+    services: Services,
 }
 
 /// Meta key of the durable `seq` reservation (8 bytes, big-endian).
@@ -127,8 +128,9 @@ impl LocalBackend {
             .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
         tracing::info!(entities = replica.len(), start_seq, "store recovered");
+        let (intake, pending) = crate::services::prepare(store.clone());
         let ingest = Arc::new(Ingest::with(
-            router,
+            router.clone(),
             IngestSetup {
                 start_seq,
                 history_size: config.history.size,
@@ -137,6 +139,7 @@ impl LocalBackend {
                 marks: Some(Box::new(StoreMarks {
                     store: store.clone(),
                 })),
+                tasks: Some(intake),
             },
         ));
         ingest.reserve_initial();
@@ -149,7 +152,12 @@ impl LocalBackend {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        Ok(LocalBackend { ingest, store })
+        let services = pending.start(config, store.clone(), ingest.clone(), router)?;
+        Ok(LocalBackend {
+            ingest,
+            store,
+            services,
+        })
     }
 
     pub fn ingest(&self) -> &Arc<Ingest> {
@@ -158,13 +166,18 @@ impl LocalBackend {
 }
 
 impl Backend for LocalBackend {
-    fn publish(
-        &self,
-        items: &[PublishItem],
-        source: Source,
-        _reply: ReplyTo,
-    ) -> Option<PublishOutcome> {
-        Some(self.ingest.publish(items, source))
+    fn publish(&self, items: &[PublishItem], reply: PublishReply) -> Option<PublishOutcome> {
+        let router = self.ingest.router().clone();
+        let source = reply.source();
+        self.ingest.publish_with(items, source, &mut |outcome| {
+            let router = router.clone();
+            let reply = reply.clone();
+            Box::new(move |result| publish_answered(&router, reply, outcome, result))
+        })
+    }
+
+    fn services(&self, cmd: ServiceCmd) {
+        self.services.send(cmd);
     }
 
     fn write_entity(&self, write: EntityWrite, reply: ReplyTo) {
@@ -203,7 +216,39 @@ impl Backend for LocalBackend {
     }
 
     fn close(&self) {
+        // The services thread's last writes (completions) go into the store first.
+        self.services.close();
         self.store.close();
+    }
+}
+
+/// Answers a publish whose service tasks are now durable (or could not be made so).
+fn publish_answered(
+    router: &Router,
+    reply: PublishReply,
+    outcome: PublishOutcome,
+    result: Result<(), String>,
+) {
+    match (reply, result) {
+        (PublishReply::Rest(to), Ok(())) => router.answer(
+            to,
+            Answer::Http {
+                status: 202,
+                body: json!({"accepted": outcome.accepted, "firstSeq": outcome.first_seq, "lastSeq": outcome.last_seq}),
+            },
+        ),
+        (PublishReply::Rest(to), Err(e)) => router.answer(
+            to,
+            refusal_answer(500, &Refusal::new(ErrorCode::Internal, e)),
+        ),
+        (PublishReply::Socket(to, request_id), Ok(())) => router.answer(
+            to,
+            Answer::Ws(crate::protocol::published_message(request_id.as_ref(), outcome.last_seq)),
+        ),
+        (PublishReply::Socket(to, request_id), Err(e)) => router.answer(
+            to,
+            Answer::Ws(crate::protocol::error_message(ErrorCode::Internal, &e, request_id.as_ref())),
+        ),
     }
 }
 
@@ -321,6 +366,13 @@ fn internal(m: String) -> (u16, Refusal) {
     )
 }
 
+fn entity_answer(seq: u64, op: &str) -> Answer {
+    Answer::Http {
+        status: 200,
+        body: json!({"seq": seq, "op": op}),
+    }
+}
+
 fn refusal_answer(status: u16, r: &Refusal) -> Answer {
     Answer::Http {
         status,
@@ -343,7 +395,9 @@ impl Job for EntityJob {
         let this = *self;
         let answer = match (outcome, this.decided) {
             (JobOutcome::Durable, Some(Ok(a))) => {
-                let seq = this.ingest.publish_entity(
+                let router = this.ingest.router().clone();
+                let (reply, op) = (this.reply, a.event_type);
+                let (seq, deferred) = this.ingest.publish_entity(
                     a.event_type,
                     a.json.as_deref(),
                     EntityChange {
@@ -352,12 +406,26 @@ impl Job for EntityJob {
                         before: a.before,
                         after: a.after,
                     },
+                    // Service tasks of the write: answered once they are durable too.
+                    move |seq| {
+                        Box::new(move |result: Result<(), String>| {
+                            router.answer(
+                                reply,
+                                match result {
+                                    Ok(()) => entity_answer(seq, op),
+                                    Err(e) => {
+                                        refusal_answer(500, &Refusal::new(ErrorCode::Internal, e))
+                                    }
+                                },
+                            )
+                        })
+                    },
                 );
                 crate::metrics::entity_write(a.event_type);
-                Answer::Http {
-                    status: 200,
-                    body: json!({"seq": seq, "op": a.event_type}),
+                if deferred {
+                    return;
                 }
+                entity_answer(seq, op)
             }
             (JobOutcome::Refused(_), Some(Err((status, r)))) => refusal_answer(status, &r),
             (JobOutcome::Failed(e), _) => {

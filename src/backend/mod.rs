@@ -22,17 +22,36 @@ use crate::ingest::{PublishItem, PublishOutcome};
 use crate::metrics::Source;
 use crate::publication::Publication;
 use crate::router::{ReplyTo, Router};
+use crate::services::ServiceCmd;
+
+/// Who published, and so how a deferred answer is shaped.
+#[derive(Clone, Debug)]
+pub enum PublishReply {
+    /// `POST /api/v1/publish`: `202 {"accepted","firstSeq","lastSeq"}`.
+    Rest(ReplyTo),
+    /// A service's `publish` over its socket: `{"type":"published","requestId","seq"}`.
+    Socket(ReplyTo, Option<serde_json::Value>),
+}
+
+impl PublishReply {
+    pub fn source(&self) -> Source {
+        match self {
+            PublishReply::Rest(_) => Source::Http,
+            PublishReply::Socket(..) => Source::Websocket,
+        }
+    }
+}
 
 /// What a node asks of the state it shares (see the module docs).
 pub trait Backend: Send + Sync {
-    /// Sequences plain publications. `Some` when they were handed to every shard at once
-    /// (the publisher is answered now); `None` when the answer comes later to `reply`.
-    fn publish(
-        &self,
-        items: &[PublishItem],
-        source: Source,
-        reply: ReplyTo,
-    ) -> Option<PublishOutcome>;
+    /// Sequences plain publications. `Some` when they were handed to every shard and
+    /// nothing else is owed (the publisher is answered now); `None` when some became
+    /// service tasks: the answer comes once they are durable, to `reply`.
+    fn publish(&self, items: &[PublishItem], reply: PublishReply) -> Option<PublishOutcome>;
+
+    /// A command for the service queues and locks (PROTOCOL.md §10); answers come
+    /// through the shards' mailboxes.
+    fn services(&self, cmd: ServiceCmd);
 
     /// A durable entity write; the answer always comes later, to `reply`, once durable.
     fn write_entity(&self, write: EntityWrite, reply: ReplyTo);

@@ -159,8 +159,119 @@ pub enum Command {
     DestroyLiveQuery {
         id: String,
     },
-    /// Service-only commands (PROTOCOL.md §10): users get `FORBIDDEN`.
-    ServiceOnly(&'static str),
+    /// Service commands (PROTOCOL.md §10): users get `FORBIDDEN`.
+    TaskComplete {
+        ids: Vec<String>,
+    },
+    TaskFailed {
+        ids: Vec<String>,
+        retry_in_ms: u64,
+    },
+    Lock {
+        name: String,
+        ttl_ms: u64,
+        wait_ms: u64,
+    },
+    Unlock {
+        name: String,
+    },
+    Log {
+        level: &'static str,
+        message: String,
+        fields: Option<Map<String, Value>>,
+    },
+    /// `publish`: the publication's fields re-encoded as a REST publish body (checked
+    /// by the same rules as `POST /api/v1/publish`).
+    Publish {
+        body: Vec<u8>,
+    },
+}
+
+impl Command {
+    /// The service commands' `type`, for their `FORBIDDEN` answer to other roles.
+    pub fn service_only(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::TaskComplete { .. } => "taskComplete",
+            Command::TaskFailed { .. } => "taskFailed",
+            Command::Lock { .. } => "lock",
+            Command::Unlock { .. } => "unlock",
+            Command::Log { .. } => "log",
+            Command::Publish { .. } => "publish",
+            _ => return None,
+        })
+    }
+}
+
+/// Most task ids one `taskComplete` or `taskFailed` may carry.
+pub const MAX_TASK_IDS: usize = 10_000;
+/// Longest `ttlMs`, `waitMs` and `retryInMs`: a day.
+pub const MAX_LOCK_MS: u64 = 86_400_000;
+/// Log levels a service may use (the eventType of its `$logs/{group}` events).
+pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+fn task_ids(
+    obj: &Map<String, Value>,
+    rid: &Option<Value>,
+    typ: &str,
+) -> Result<Vec<String>, ParseError> {
+    let Some(Value::Array(items)) = obj.get("taskIds") else {
+        return Err(bad(
+            rid,
+            format!("{typ} needs an array of strings 'taskIds'"),
+        ));
+    };
+    if items.len() > MAX_TASK_IDS {
+        return Err(ParseError {
+            request_id: rid.clone(),
+            refusal: Refusal::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{typ} carries at most {MAX_TASK_IDS} taskIds, got {}",
+                    items.len()
+                ),
+            ),
+        });
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::String(s) if !s.is_empty() && s.len() <= 1024 => Ok(s.clone()),
+            _ => Err(bad(
+                rid,
+                format!("taskIds[{i}] must be a string of 1 to 1024 bytes"),
+            )),
+        })
+        .collect()
+}
+
+/// An optional millisecond count in `0..=max` (`default` when absent).
+fn millis(
+    obj: &Map<String, Value>,
+    rid: &Option<Value>,
+    field: &str,
+    default: Option<u64>,
+    min: u64,
+) -> Result<u64, ParseError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => {
+            default.ok_or_else(|| bad(rid, format!("'{field}' is required (milliseconds)")))
+        }
+        Some(v) => match v.as_u64() {
+            Some(n) if (min..=MAX_LOCK_MS).contains(&n) => Ok(n),
+            _ => Err(bad(
+                rid,
+                format!("'{field}' must be an integer from {min} to {MAX_LOCK_MS} (milliseconds)"),
+            )),
+        },
+    }
+}
+
+fn lock_name(obj: &Map<String, Value>, rid: &Option<Value>) -> Result<String, ParseError> {
+    match obj.get("name") {
+        Some(Value::String(n)) if !n.is_empty() && n.len() <= 256 => Ok(n.clone()),
+        _ => Err(bad(rid, "'name' must be a string of 1 to 256 bytes")),
+    }
 }
 
 /// A command with the `requestId` to echo in its answer.
@@ -248,12 +359,54 @@ pub fn parse_command(text: &[u8]) -> Result<Envelope, ParseError> {
             }
             Command::UnsubscribeEvents { ids }
         }
-        "taskComplete" => Command::ServiceOnly("taskComplete"),
-        "taskFailed" => Command::ServiceOnly("taskFailed"),
-        "lock" => Command::ServiceOnly("lock"),
-        "unlock" => Command::ServiceOnly("unlock"),
-        "log" => Command::ServiceOnly("log"),
-        "publish" => Command::ServiceOnly("publish"),
+        "taskComplete" => Command::TaskComplete {
+            ids: task_ids(&obj, &request_id, "taskComplete")?,
+        },
+        "taskFailed" => Command::TaskFailed {
+            ids: task_ids(&obj, &request_id, "taskFailed")?,
+            retry_in_ms: millis(&obj, &request_id, "retryInMs", Some(0), 0)?,
+        },
+        "lock" => Command::Lock {
+            name: lock_name(&obj, &request_id)?,
+            ttl_ms: millis(&obj, &request_id, "ttlMs", None, 1)?,
+            wait_ms: millis(&obj, &request_id, "waitMs", Some(0), 0)?,
+        },
+        "unlock" => Command::Unlock {
+            name: lock_name(&obj, &request_id)?,
+        },
+        "log" => {
+            let level = match obj.get("level") {
+                Some(Value::String(l)) => LOG_LEVELS.iter().find(|x| **x == l.as_str()).copied(),
+                None => Some("info"),
+                _ => None,
+            };
+            let Some(level) = level else {
+                return Err(bad(
+                    &request_id,
+                    format!("'level' must be one of {}", LOG_LEVELS.join(", ")),
+                ));
+            };
+            let message = match obj.get("message") {
+                Some(Value::String(m)) => m.clone(),
+                _ => return Err(bad(&request_id, "log needs a string 'message'")),
+            };
+            let fields = match obj.remove("fields") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(m)) => Some(m),
+                Some(_) => return Err(bad(&request_id, "'fields' must be an object")),
+            };
+            Command::Log {
+                level,
+                message,
+                fields,
+            }
+        }
+        "publish" => {
+            obj.remove("type");
+            Command::Publish {
+                body: to_bytes(&Value::Object(obj)),
+            }
+        }
         "createLiveQuery" => {
             Command::CreateLiveQuery(parse_live_query(&obj).map_err(|r| ParseError {
                 request_id: request_id.clone(),
@@ -578,6 +731,16 @@ pub fn write_event_head(out: &mut Vec<u8>, head: EventHead<'_>) {
             out.push(b',');
         }
     }
+}
+
+/// `{"type":"published","requestId":…,"seq":N}` (a service's `publish`, §8).
+pub fn published_message(request_id: Option<&Value>, seq: u64) -> Vec<u8> {
+    let mut m = serde_json::json!({"type": "published"});
+    if let Some(r) = request_id {
+        m["requestId"] = r.clone();
+    }
+    m["seq"] = seq.into();
+    to_bytes(&m)
 }
 
 /// The per-connection head of an `event`: `{"type":"event","subscriptionIds":[…],`.

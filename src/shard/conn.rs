@@ -251,6 +251,8 @@ pub struct WsState {
     pub tokens_at: u64,
     /// When the unanswered server `ping` was sent (shard ms).
     pub ping_sent: Option<u64>,
+    /// A service connection's group (PROTOCOL.md §10), set once authenticated.
+    pub group: Option<std::sync::Arc<str>>,
 }
 
 impl WsState {
@@ -275,6 +277,7 @@ impl WsState {
             tokens: burst,
             tokens_at: now,
             ping_sent: None,
+            group: None,
             close_sent: false,
             flush_at: None,
             dirty: false,

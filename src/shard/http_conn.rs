@@ -10,8 +10,8 @@ use std::io::{self, Read};
 use serde_json::json;
 
 use crate::api::{self, Route};
+use crate::backend::PublishReply;
 use crate::http::{self, Parsed};
-use crate::metrics::Source;
 use crate::router::{Answer, ReplyTo};
 
 use super::conn::{AnswerSlot, Ending, Kind};
@@ -167,7 +167,11 @@ impl Shard {
                 let Some(reply) = self.await_answer(key, close) else {
                     return;
                 };
-                if let Some(outcome) = self.node.backend().publish(&items, Source::Http, reply) {
+                if let Some(outcome) = self
+                    .node
+                    .backend()
+                    .publish(&items, PublishReply::Rest(reply))
+                {
                     let body = json!({
                         "accepted": outcome.accepted,
                         "firstSeq": outcome.first_seq,
@@ -179,6 +183,13 @@ impl Shard {
             Route::EntityWrite(write) => {
                 if let Some(reply) = self.await_answer(key, close) {
                     self.node.backend().write_entity(write, reply);
+                }
+            }
+            Route::Services(req) => {
+                if let Some(reply) = self.await_answer(key, close) {
+                    self.node
+                        .backend()
+                        .services(crate::services::ServiceCmd::Ops { req, reply });
                 }
             }
         }
@@ -256,6 +267,18 @@ impl Shard {
     /// An answer worked out off the shard, for connection `key` if it is still the
     /// one that asked (`gen`).
     pub(super) fn on_answer(&mut self, key: usize, gen: u32, req: u32, answer: Answer) {
+        let answer = match answer {
+            Answer::Ws(bytes) => {
+                match self.conns.get(key) {
+                    Some(c) if c.gen == gen && c.ws().is_some_and(|w| !w.close_sent) => {
+                        self.send_text(key, &bytes)
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            other => other,
+        };
         match self.conns.get(key) {
             Some(c) if c.gen == gen && matches!(c.kind, Kind::Http(_)) => {}
             _ => return,
@@ -269,6 +292,7 @@ impl Shard {
         } || self.node.is_draining();
         let bytes = match answer {
             Answer::Http { status, body } => http::json_response(status, &body, close),
+            Answer::Ws(_) => return,
         };
         if close {
             if let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) {

@@ -25,6 +25,7 @@ pub mod interner;
 mod live_query;
 pub mod replay;
 pub mod ring;
+mod service;
 mod uring;
 mod ws_conn;
 
@@ -468,6 +469,11 @@ impl Shard {
                 req,
                 answer,
             } => self.on_answer(conn as usize, gen, req, answer),
+            ShardMsg::Tasks {
+                conn,
+                gen,
+                messages,
+            } => self.on_tasks(conn as usize, gen, messages),
         }
     }
 
@@ -562,6 +568,9 @@ impl Shard {
         }
         self.detach_feed(key, feed::Leave::Discard);
         let mut conn = self.conns.remove(key);
+        if conn.ws().is_some_and(|w| w.group.is_some()) {
+            self.detach_service(key, conn.gen);
+        }
         let _ = self.poll.registry().deregister(&mut conn.sock);
         if let Kind::Ws(ws) = conn.kind {
             for s in &ws.subscriptions {

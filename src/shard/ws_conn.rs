@@ -132,6 +132,19 @@ impl Shard {
 
     fn authenticate(&mut self, key: usize, claims: Claims, opts: ConnOptions) {
         let heartbeat = self.node.config().delivery.heartbeat_ms;
+        // A service's group names its tasks (`group:seq`) and its logs' path
+        // (`$logs/{group}`): it must be a path segment.
+        let group = (claims.role == Role::Service).then(|| {
+            opts.group
+                .clone()
+                .unwrap_or_else(|| claims.group().to_string())
+        });
+        if let Some(g) = &group {
+            if let Err(r) = crate::entities::validate_segment("service group", g) {
+                self.refuse_auth(key, "malformed", &r.message);
+                return;
+            }
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -151,6 +164,9 @@ impl Shard {
         let msg = json!({"type": "authenticated", "connectionId": id, "heartbeatMs": heartbeat});
         self.send_text(key, &protocol::to_bytes(&msg));
         self.arm(self.now + heartbeat, key, gen, TimerKind::Ping);
+        if let Some(g) = group {
+            self.attach_service(key, g.into());
+        }
     }
 
     pub(super) fn ws_readable(&mut self, key: usize) {
@@ -556,26 +572,31 @@ impl Shard {
             return;
         };
         match command {
-            Command::Auth { .. } => self.send_error(key, ErrorCode::BadMessage, "already authenticated", request_id),
+            Command::Auth { .. } => self.send_error(
+                key,
+                ErrorCode::BadMessage,
+                "already authenticated",
+                request_id,
+            ),
             Command::Ping => self.send_text(key, br#"{"type":"pong"}"#),
             Command::Pong => {
                 if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) {
                     ws.ping_sent = None;
                 }
             }
-            Command::SubscribeEvents { subscriptions } => self.subscribe(key, role, subscriptions, request_id),
-            Command::UnsubscribeEvents { ids } => self.unsubscribe(key, ids, request_id),
-            Command::ServiceOnly(t) if role != Role::Service => {
-                self.send_error(key, ErrorCode::Forbidden, &format!("'{t}' is only for service connections"), request_id)
+            Command::SubscribeEvents { subscriptions } if role == Role::Service => {
+                self.service_subscribe(key, subscriptions, request_id)
             }
-            Command::ServiceOnly(t) => self.send_error(
-                key,
-                ErrorCode::UnknownType,
-                &format!("'{t}' (service tasks, locks, logs and publishing over WebSocket) is not supported by this server version"),
-                request_id,
-            ),
+            Command::SubscribeEvents { subscriptions } => {
+                self.subscribe(key, role, subscriptions, request_id)
+            }
+            Command::UnsubscribeEvents { ids } if role == Role::Service => {
+                self.service_unsubscribe(key, ids, request_id)
+            }
+            Command::UnsubscribeEvents { ids } => self.unsubscribe(key, ids, request_id),
             Command::CreateLiveQuery(req) => self.create_live_query(key, req, request_id),
             Command::DestroyLiveQuery { id } => self.destroy_live_query(key, &id, request_id),
+            other => self.service_command(key, role, other, request_id),
         }
     }
 
@@ -643,11 +664,6 @@ impl Shard {
             let claims = ws.claims.clone();
             let refusal = if let Some(p) = req.problem.clone() {
                 Some(p)
-            } else if role == Role::Service {
-                Some(Refusal::new(
-                    ErrorCode::BadMessage,
-                    "durable service subscriptions are not supported by this server version",
-                ))
             } else if protocol::is_system_path(&req.path) && role != Role::Admin {
                 Some(Refusal::new(
                     ErrorCode::Forbidden,

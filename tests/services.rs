@@ -1,0 +1,655 @@
+//! Services (PROTOCOL.md §10): durable group queues, acknowledgements, redelivery, dead
+//! letters, locks with fencing tokens, logs and publishing over the socket, against the
+//! real binary (restarts and `kill -9` included).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn service_token(sub: &str, group: &str) -> String {
+    token_with(
+        json!({"sub": sub, "role": "service", "group": group, "exp": now() + 3600}),
+        SECRET,
+    )
+}
+
+/// A service instance of `group`, with immediate flushes.
+fn instance(s: &Server, sub: &str, group: &str) -> Client {
+    Client::authed(s, &service_token(sub, group), "&batchMs=0")
+}
+
+fn subscribe(c: &mut Client, id: &str, path: &str) -> Value {
+    let m = c.subscribe(json!([{"id": id, "path": path}]));
+    assert_eq!(m["subscriptions"][0]["id"], id, "{m}");
+    m
+}
+
+/// The next `n` task events (skipping pings).
+fn tasks(c: &mut Client, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = c
+            .recv_within(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("task {} of {n} did not come: {e:?}", out.len() + 1));
+        match m["type"].as_str() {
+            Some("ping") => continue,
+            Some("event") => {
+                assert!(m["taskId"].is_string() && m["attempt"].is_u64(), "{m}");
+                out.push(m);
+            }
+            _ => panic!("expected a task, got {m}"),
+        }
+    }
+    out
+}
+
+fn complete(c: &mut Client, ts: &[Value]) {
+    let ids: Vec<&Value> = ts.iter().map(|t| &t["taskId"]).collect();
+    c.send(&json!({"type": "taskComplete", "taskIds": ids}));
+}
+
+/// The group's line of `GET /api/v1/services`.
+fn group(s: &Server, name: &str) -> Value {
+    let (status, body) = s.http("GET", "/api/v1/services", None, Some(&apikey()));
+    assert_eq!(status, 200, "{body}");
+    body["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn wait_group(s: &Server, name: &str, what: &str, want: u64) {
+    let ok = wait_until(Duration::from_secs(10), || group(s, name)[what] == want);
+    assert!(
+        ok,
+        "{what} of {name} never reached {want}: {}",
+        group(s, name)
+    );
+}
+
+#[test]
+fn tasks_are_shared_round_robin_acknowledged_and_counted() {
+    let s = Server::start("");
+    let mut a = instance(&s, "a", "billing");
+    let mut b = instance(&s, "b", "billing");
+    let sub = subscribe(&mut a, "work", "jobs");
+    let first = sub["subscriptions"][0]["seq"].as_u64().unwrap();
+    let (lo, hi) = s.publish_batch(
+        (0..10)
+            .map(|i| json!({"path": format!("jobs/{i}"), "eventType": "e", "data": {"i": i}}))
+            .collect(),
+    );
+    assert!(lo > first);
+    let ta = tasks(&mut a, 5);
+    let tb = tasks(&mut b, 5);
+    let mut seqs = BTreeSet::new();
+    for t in ta.iter().chain(&tb) {
+        let seq = t["seq"].as_u64().unwrap();
+        assert_eq!(t["taskId"], format!("billing:{seq}"));
+        assert_eq!(t["attempt"], 1);
+        assert_eq!(t["subscriptionIds"], json!(["work"]));
+        assert_eq!(t["path"], format!("jobs/{}", t["data"]["i"]));
+        assert!(seqs.insert(seq), "task {seq} went to two instances");
+    }
+    assert_eq!(seqs, (lo..=hi).collect::<BTreeSet<_>>());
+    // Oldest first on each instance.
+    for ts in [&ta, &tb] {
+        let s: Vec<u64> = ts.iter().map(|t| t["seq"].as_u64().unwrap()).collect();
+        assert!(s.windows(2).all(|w| w[0] < w[1]), "{s:?}");
+    }
+    let g = group(&s, "billing");
+    assert_eq!(
+        (
+            g["pending"].as_u64(),
+            g["inFlight"].as_u64(),
+            g["instances"].as_u64()
+        ),
+        (Some(0), Some(10), Some(2)),
+        "{g}"
+    );
+    complete(&mut a, &ta);
+    complete(&mut b, &tb);
+    // Idempotent: completing again, and unknown ids, change nothing.
+    complete(&mut a, &ta);
+    a.send(&json!({"type": "taskComplete", "taskIds": ["billing:999999", "nope", "other:1"]}));
+    wait_group(&s, "billing", "inFlight", 0);
+    assert_eq!(group(&s, "billing")["pending"], 0);
+    a.send(&json!({"type": "ping"}));
+    assert_eq!(
+        a.recv_type("pong")["type"],
+        "pong",
+        "no error for unknown ids"
+    );
+    let completed = s.metric("shardcast_service_tasks_completed_total").unwrap();
+    assert!(completed >= 10.0, "{completed}");
+}
+
+#[test]
+fn tasks_wait_for_an_instance_and_batch_with_framing_array() {
+    let s = Server::start("");
+    let mut a = instance(&s, "a", "g");
+    subscribe(&mut a, "w", "jobs");
+    a.close();
+    wait_group(&s, "g", "instances", 0);
+    let (lo, hi) = s.publish_batch(
+        (0..6)
+            .map(|i| json!({"path": "jobs/x", "eventType": "e", "data": i}))
+            .collect(),
+    );
+    // Answered: durable, counted as pending although no instance is there.
+    assert_eq!(group(&s, "g")["pending"], 6);
+    let mut b = Client::authed(&s, &service_token("b", "g"), "&batchMs=50&framing=array");
+    let ts = tasks(&mut b, 6);
+    let seqs: Vec<u64> = ts.iter().map(|t| t["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (lo..=hi).collect::<Vec<_>>());
+    assert!(
+        b.frames < 6,
+        "tasks came batched: {} frames for 6 tasks",
+        b.frames
+    );
+}
+
+#[test]
+fn entity_writes_become_tasks_and_filters_apply() {
+    let s = Server::start("");
+    let mut a = instance(&s, "a", "g");
+    a.subscribe(json!([{"id": "big", "path": "orders", "filter": "total > 100", "events": ["created", "updated"]}]));
+    s.put_entity("orders", "o1", json!({"total": 5}));
+    let seq = s.put_entity("orders", "o2", json!({"total": 500}));
+    let t = &tasks(&mut a, 1)[0];
+    assert_eq!(t["seq"], seq);
+    assert_eq!(t["eventType"], "created");
+    assert_eq!(t["data"], json!({"id": "o2", "total": 500}));
+    assert_eq!(t["subscriptionIds"], json!(["big"]));
+}
+
+#[test]
+fn kill_9_keeps_every_answered_task_with_an_honest_attempt() {
+    // prefetch 4: exactly four tasks are ever sent before the crash.
+    let mut s = Server::start("[services]\nack_timeout_ms = 60000\nprefetch = 4\n");
+    let mut a = instance(&s, "a", "g");
+    subscribe(&mut a, "w", "jobs");
+    let mut answered = Vec::new();
+    for i in 0..20 {
+        answered.push(s.publish("jobs/k", "e", json!(i)));
+    }
+    // Four were sent to the instance (unacknowledged) before the crash.
+    let seen: BTreeSet<u64> = tasks(&mut a, 4)
+        .iter()
+        .map(|t| t["seq"].as_u64().unwrap())
+        .collect();
+    wait_group(&s, "g", "inFlight", 4);
+    s.kill();
+    s.spawn(&[]);
+    let mut b = instance(&s, "b", "g");
+    let mut got = BTreeMap::new();
+    while got.len() < 20 {
+        let ts = tasks(&mut b, 4);
+        complete(&mut b, &ts);
+        for t in ts {
+            got.insert(t["seq"].as_u64().unwrap(), t["attempt"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(got.keys().copied().collect::<Vec<_>>(), answered);
+    for (seq, attempt) in &got {
+        let want = if seen.contains(seq) { 2 } else { 1 };
+        assert_eq!(
+            *attempt,
+            want,
+            "task {seq} (sent before the crash: {})",
+            seen.contains(seq)
+        );
+    }
+}
+
+#[test]
+fn graceful_restart_never_redelivers_a_completed_task() {
+    let mut s = Server::start("");
+    let mut a = instance(&s, "a", "g");
+    subscribe(&mut a, "w", "jobs");
+    let (lo, hi) = s.publish_batch(
+        (0..20)
+            .map(|i| json!({"path": "jobs/x", "eventType": "e", "data": i}))
+            .collect(),
+    );
+    let ts = tasks(&mut a, 20);
+    complete(&mut a, &ts[..10]);
+    wait_group(&s, "g", "inFlight", 10);
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
+    s.spawn(&[]);
+    let mut b = instance(&s, "b", "g");
+    let marker = s.publish("jobs/marker", "e", json!("last"));
+    let again = tasks(&mut b, 11);
+    let seqs: Vec<u64> = again.iter().map(|t| t["seq"].as_u64().unwrap()).collect();
+    let mut want: Vec<u64> = (lo + 10..=hi).collect();
+    want.push(marker);
+    assert_eq!(seqs, want, "exactly the uncompleted ones, then the marker");
+    assert!(again[..10].iter().all(|t| t["attempt"] == 2));
+    assert_eq!(again[10]["attempt"], 1);
+}
+
+#[test]
+fn failed_timed_out_and_disconnected_tasks_come_back_then_die() {
+    let s = Server::start("[services]\nack_timeout_ms = 400\nmax_attempts = 3\n");
+    let mut a = instance(&s, "a", "g");
+    subscribe(&mut a, "w", "jobs");
+    let seq = s.publish("jobs/1", "e", json!({"n": 1}));
+    let t1 = &tasks(&mut a, 1)[0];
+    assert_eq!(
+        (t1["seq"].as_u64(), t1["attempt"].as_u64()),
+        (Some(seq), Some(1))
+    );
+    // Failed with a retry delay: back after it, attempt 2.
+    let failed_at = Instant::now();
+    a.send(&json!({"type": "taskFailed", "taskIds": [t1["taskId"]], "retryInMs": 300}));
+    let t2 = &tasks(&mut a, 1)[0];
+    assert!(
+        failed_at.elapsed() >= Duration::from_millis(290),
+        "{:?}",
+        failed_at.elapsed()
+    );
+    assert_eq!(t2["attempt"], 2);
+    // Not acknowledged: back after ack_timeout, attempt 3.
+    let t3 = &tasks(&mut a, 1)[0];
+    assert_eq!(t3["attempt"], 3);
+    // Out of attempts: dead.
+    a.send(&json!({"type": "taskFailed", "taskIds": [t3["taskId"]]}));
+    wait_group(&s, "g", "dead", 1);
+    let g = group(&s, "g");
+    assert_eq!(
+        (g["pending"].as_u64(), g["inFlight"].as_u64()),
+        (Some(0), Some(0)),
+        "{g}"
+    );
+    let (st, dl) = s.http(
+        "GET",
+        "/api/v1/services/g/dead-letters",
+        None,
+        Some(&apikey()),
+    );
+    assert_eq!(st, 200, "{dl}");
+    assert_eq!(dl["totalCount"], 1);
+    assert_eq!(dl["data"][0]["taskId"], format!("g:{seq}"));
+    assert_eq!(dl["data"][0]["attempt"], 3);
+    assert_eq!(dl["data"][0]["event"]["data"], json!({"n": 1}));
+    assert_eq!(dl["data"][0]["event"]["seq"], seq);
+    // Replayed: back with attempt 1.
+    let (st, r) = s.http(
+        "POST",
+        "/api/v1/services/g/dead-letters/replay",
+        None,
+        Some(&apikey()),
+    );
+    assert_eq!((st, r["replayed"].as_u64()), (200, Some(1)), "{r}");
+    let t = &tasks(&mut a, 1)[0];
+    assert_eq!(
+        (t["seq"].as_u64(), t["attempt"].as_u64()),
+        (Some(seq), Some(1))
+    );
+    assert_eq!(group(&s, "g")["dead"], 0);
+    // A disconnect hands it to another instance with the attempt counted.
+    let mut b = instance(&s, "b", "g");
+    a.close();
+    let t = &tasks(&mut b, 1)[0];
+    assert_eq!(
+        (t["seq"].as_u64(), t["attempt"].as_u64()),
+        (Some(seq), Some(2))
+    );
+    let disconnects = s
+        .metric_where(
+            "shardcast_service_redeliveries_total",
+            "cause=\"disconnect\"",
+        )
+        .unwrap();
+    assert!(disconnects >= 1.0);
+    // Dies again (attempt 3 is the last), then is purged.
+    b.send(&json!({"type": "taskFailed", "taskIds": [t["taskId"]]}));
+    let t = &tasks(&mut b, 1)[0];
+    b.send(&json!({"type": "taskFailed", "taskIds": [t["taskId"]]}));
+    wait_group(&s, "g", "dead", 1);
+    let (st, p) = s.http(
+        "DELETE",
+        "/api/v1/services/g/dead-letters",
+        None,
+        Some(&apikey()),
+    );
+    assert_eq!((st, p["purged"].as_u64()), (200, Some(1)), "{p}");
+    let (_, dl) = s.http(
+        "GET",
+        "/api/v1/services/g/dead-letters",
+        None,
+        Some(&apikey()),
+    );
+    assert_eq!(
+        (
+            dl["totalCount"].as_u64(),
+            dl["data"].as_array().map(|d| d.len())
+        ),
+        (Some(0), Some(0)),
+        "{dl}"
+    );
+}
+
+#[test]
+fn an_instance_holds_at_most_prefetch_and_two_never_hold_one_task() {
+    let s = Server::start("[services]\nprefetch = 2\nack_timeout_ms = 1500\n");
+    let mut a = instance(&s, "a", "g");
+    subscribe(&mut a, "w", "jobs");
+    s.publish_batch(
+        (0..5)
+            .map(|i| json!({"path": "jobs/x", "eventType": "e", "data": i}))
+            .collect(),
+    );
+    let first = tasks(&mut a, 2);
+    let got_at = Instant::now();
+    let g = group(&s, "g");
+    assert_eq!(
+        (g["inFlight"].as_u64(), g["pending"].as_u64()),
+        (Some(2), Some(3)),
+        "{g}"
+    );
+    complete(&mut a, &first[..1]);
+    let third = &tasks(&mut a, 1)[0];
+    assert!(third["seq"].as_u64() > first[1]["seq"].as_u64());
+    // A second instance gets what `a` holds only once its deadline passed.
+    let mut b = instance(&s, "b", "g");
+    let tb = tasks(&mut b, 2);
+    let mut taken: Vec<u64> = tb.iter().map(|t| t["seq"].as_u64().unwrap()).collect();
+    taken.sort();
+    // b first gets the two still pending (attempt 1), never a held one before its deadline.
+    assert!(tb.iter().all(|t| t["attempt"] == 1), "{tb:?}");
+    let held = [
+        first[1]["seq"].as_u64().unwrap(),
+        third["seq"].as_u64().unwrap(),
+    ];
+    assert!(!taken.iter().any(|t| held.contains(t)));
+    complete(&mut b, &tb);
+    let again = tasks(&mut b, 1);
+    assert!(
+        held.contains(&again[0]["seq"].as_u64().unwrap()),
+        "{again:?}"
+    );
+    assert!(again[0]["attempt"].as_u64().unwrap() >= 2, "{again:?}");
+    // `a` received it no later than `got_at`, so its deadline is at least 1.5 s after.
+    assert!(
+        got_at.elapsed() >= Duration::from_millis(1450),
+        "redelivered after {:?}",
+        got_at.elapsed()
+    );
+}
+
+#[test]
+fn unsubscribe_ends_the_durable_subscription_and_keeps_its_tasks() {
+    let s = Server::start("");
+    let mut a = instance(&s, "a", "g");
+    subscribe(&mut a, "w", "jobs");
+    a.close();
+    s.publish("jobs/1", "e", json!(1));
+    let mut b = instance(&s, "b", "g");
+    b.send(&json!({"type": "unsubscribeEvents", "requestId": "u", "ids": ["w", "zz"]}));
+    // The pending task still comes (it may come before or after the answer).
+    let mut got_task = false;
+    let mut answered = false;
+    while !(got_task && answered) {
+        let m = b.recv();
+        match m["type"].as_str() {
+            Some("event") => got_task = true,
+            Some("unsubscribedEvents") => {
+                assert_eq!(
+                    (
+                        m["ids"].clone(),
+                        m["notFound"].clone(),
+                        m["requestId"].clone()
+                    ),
+                    (json!(["w"]), json!(["zz"]), json!("u"))
+                );
+                answered = true;
+            }
+            _ => panic!("{m}"),
+        }
+    }
+    s.publish("jobs/2", "e", json!(2));
+    let mut c = instance(&s, "c", "other");
+    subscribe(&mut c, "w", "jobs");
+    let marker = s.publish("jobs/3", "e", json!(3));
+    assert_eq!(tasks(&mut c, 1)[0]["seq"], marker);
+    wait_group(&s, "g", "inFlight", 1);
+    assert_eq!(
+        group(&s, "g")["pending"],
+        0,
+        "no task for jobs/2 or jobs/3 after the unsubscribe"
+    );
+}
+
+#[test]
+fn locks_grant_wait_in_order_expire_and_fence_across_restarts() {
+    let mut s = Server::start("");
+    let mut a = instance(&s, "a", "g");
+    let mut b = instance(&s, "b", "g");
+    let mut c = instance(&s, "c", "g");
+    a.send(&json!({"type": "lock", "requestId": "1", "name": "inv", "ttlMs": 10000, "waitMs": 0}));
+    let la = a.recv_type("lockResult");
+    assert_eq!(
+        (
+            la["requestId"].clone(),
+            la["acquired"].clone(),
+            la["name"].clone()
+        ),
+        (json!("1"), json!(true), json!("inv"))
+    );
+    let t1 = la["fencingToken"].as_u64().unwrap();
+    assert!(la["expiresAt"].as_str().unwrap().ends_with('Z'));
+    b.send(&json!({"type": "lock", "requestId": "2", "name": "inv", "ttlMs": 10000, "waitMs": 0}));
+    let lb = b.recv_type("lockResult");
+    assert_eq!(lb["acquired"], false, "{lb}");
+    // Extension by the holder: same token.
+    a.send(&json!({"type": "lock", "requestId": "3", "name": "inv", "ttlMs": 10000}));
+    assert_eq!(a.recv_type("lockResult")["fencingToken"], t1);
+    // Two waiters, served in arrival order.
+    b.send(
+        &json!({"type": "lock", "requestId": "4", "name": "inv", "ttlMs": 300, "waitMs": 10000}),
+    );
+    std::thread::sleep(Duration::from_millis(50)); // b's request first (arrival order)
+    c.send(
+        &json!({"type": "lock", "requestId": "5", "name": "inv", "ttlMs": 10000, "waitMs": 10000}),
+    );
+    a.send(&json!({"type": "unlock", "requestId": "6", "name": "inv"}));
+    let u = a.recv_type("unlockResult");
+    assert_eq!(
+        (u["released"].clone(), u["requestId"].clone()),
+        (json!(true), json!("6"))
+    );
+    let lb = b.recv_type("lockResult");
+    assert_eq!(
+        (lb["acquired"].clone(), lb["requestId"].clone()),
+        (json!(true), json!("4"))
+    );
+    let t2 = lb["fencingToken"].as_u64().unwrap();
+    assert!(t2 > t1);
+    // b's 300 ms hold expires: c gets it.
+    let lc = c.recv_type("lockResult");
+    assert_eq!(lc["acquired"], true);
+    let t3 = lc["fencingToken"].as_u64().unwrap();
+    assert!(t3 > t2);
+    b.send(&json!({"type": "unlock", "requestId": "7", "name": "inv"}));
+    assert_eq!(
+        b.recv_type("unlockResult")["released"],
+        false,
+        "b's hold had expired"
+    );
+    // The holder disconnects: the lock is free again.
+    c.close();
+    let free = wait_until(Duration::from_secs(5), || {
+        b.send(&json!({"type": "lock", "requestId": "8", "name": "inv", "ttlMs": 10000}));
+        b.recv_type("lockResult")["acquired"] == true
+    });
+    assert!(free);
+    // Waits run out.
+    a.send(&json!({"type": "lock", "requestId": "9", "name": "inv", "ttlMs": 1000, "waitMs": 200}));
+    let t0 = Instant::now();
+    assert_eq!(a.recv_type("lockResult")["acquired"], false);
+    assert!(t0.elapsed() >= Duration::from_millis(190));
+    // Across a restart (even kill -9) tokens keep growing.
+    s.kill();
+    s.spawn(&[]);
+    let mut d = instance(&s, "d", "g");
+    d.send(&json!({"type": "lock", "requestId": "10", "name": "inv", "ttlMs": 1000}));
+    let ld = d.recv_type("lockResult");
+    assert!(ld["fencingToken"].as_u64().unwrap() > t3, "{ld} after {t3}");
+}
+
+#[test]
+fn logs_reach_admins_and_services_publish_over_the_socket() {
+    let s = Server::start("");
+    let mut admin = Client::authed(&s, &token("ops", "admin", &["*"]), "&batchMs=0");
+    let r = admin.subscribe(json!([{"id": "logs", "path": "$logs"}]));
+    assert_eq!(r["subscriptions"][0]["id"], "logs", "{r}");
+    let mut user = Client::authed(&s, &token("u", "user", &["jobs"]), "&batchMs=0");
+    user.subscribe(json!([{"id": "j", "path": "jobs"}]));
+    let mut a = instance(&s, "a", "billing");
+    a.send(&json!({"type": "log", "level": "warn", "message": "disk low", "fields": {"free": 3}}));
+    let e = admin.recv_type("event");
+    assert_eq!(
+        (e["path"].clone(), e["eventType"].clone()),
+        (json!("$logs/billing"), json!("warn"))
+    );
+    assert_eq!(e["data"]["message"], "disk low");
+    assert_eq!(e["data"]["fields"], json!({"free": 3}));
+    assert_eq!(e["data"]["instance"], "a");
+    a.send(&json!({"type": "publish", "requestId": "p1", "path": "jobs/7", "eventType": "done", "data": {"ok": true}}));
+    let p = a.recv_type("published");
+    assert_eq!(p["requestId"], "p1");
+    let ev = user.recv_type("event");
+    assert_eq!(
+        (ev["seq"].clone(), ev["data"].clone()),
+        (p["seq"].clone(), json!({"ok": true}))
+    );
+    a.send(&json!({"type": "publish", "requestId": "p2", "path": "bad path", "eventType": "e"}));
+    assert_error(&a.error(), "INVALID_PATH");
+    a.send(&json!({"type": "log", "level": "loud", "message": "x"}));
+    assert!(assert_error(&a.error(), "BAD_MESSAGE").contains("level"));
+    // A service's own publish becomes a task for its group, answered once durable.
+    subscribe(&mut a, "w", "jobs");
+    a.send(&json!({"type": "publish", "requestId": "p3", "path": "jobs/8", "eventType": "e"}));
+    let mut got = (false, false);
+    while got != (true, true) {
+        let m = a.recv();
+        match m["type"].as_str() {
+            Some("published") => got.0 = true,
+            Some("event") => got.1 = true,
+            _ => panic!("{m}"),
+        }
+    }
+}
+
+#[test]
+fn users_are_forbidden_and_bad_commands_are_named() {
+    let s = Server::start("");
+    let mut u = Client::authed(&s, &token("u", "user", &["*"]), "");
+    for m in [
+        json!({"type": "taskComplete", "taskIds": ["g:1"]}),
+        json!({"type": "taskFailed", "taskIds": ["g:1"]}),
+        json!({"type": "lock", "name": "n", "ttlMs": 10}),
+        json!({"type": "unlock", "name": "n"}),
+        json!({"type": "log", "level": "info", "message": "m"}),
+        json!({"type": "publish", "path": "a", "eventType": "e"}),
+    ] {
+        u.send(&m);
+        let e = u.error();
+        assert!(
+            assert_error(&e, "FORBIDDEN").contains(m["type"].as_str().unwrap()),
+            "{e}"
+        );
+    }
+    let mut a = instance(&s, "a", "g");
+    for (m, word) in [
+        (json!({"type": "lock", "name": "n"}), "ttlMs"),
+        (json!({"type": "lock", "name": "", "ttlMs": 5}), "name"),
+        (json!({"type": "lock", "name": "n", "ttlMs": 0}), "ttlMs"),
+        (
+            json!({"type": "lock", "name": "n", "ttlMs": 5, "waitMs": -1}),
+            "waitMs",
+        ),
+        (json!({"type": "taskComplete"}), "taskIds"),
+        (
+            json!({"type": "taskComplete", "taskIds": [1]}),
+            "taskIds[0]",
+        ),
+        (
+            json!({"type": "taskFailed", "taskIds": [], "retryInMs": "soon"}),
+            "retryInMs",
+        ),
+        (json!({"type": "log", "level": "info"}), "message"),
+    ] {
+        a.send(&m);
+        let msg = assert_error(&a.error(), "BAD_MESSAGE");
+        assert!(msg.contains(word), "{m}: {msg}");
+    }
+    a.send(
+        &json!({"type": "subscribeEvents", "requestId": "s", "subscriptions": [
+        {"id": "sys", "path": "$logs"}, {"id": "f", "path": "a", "filter": "x =="}]}),
+    );
+    let r = a.recv_type("subscribedEvents");
+    assert_eq!(r["subscriptions"], json!([]));
+    assert_eq!(r["rejected"][0]["code"], "FORBIDDEN");
+    assert_eq!(r["rejected"][1]["code"], "INVALID_FILTER");
+    // A group that is not a path segment is refused at authentication.
+    let mut bad = Client::connect(&s, &format!("/ws?token={}", service_token("x", "a b")));
+    assert_error(&bad.error(), "UNAUTHORIZED");
+    assert_eq!(bad.expect_close(Duration::from_secs(5)).0, 4001);
+}
+
+#[test]
+fn the_operator_api_checks_callers_and_shapes() {
+    let s = Server::start("");
+    let user = format!("Bearer {}", token("u", "user", &["*"]));
+    let svc = format!("Bearer {}", service_token("a", "g"));
+    let admin = format!("Bearer {}", token("ops", "admin", &[]));
+    assert_eq!(s.http("GET", "/api/v1/services", None, None).0, 401);
+    assert_eq!(s.http("GET", "/api/v1/services", None, Some(&user)).0, 403);
+    assert_eq!(s.http("GET", "/api/v1/services", None, Some(&svc)).0, 403);
+    let (st, body) = s.http("GET", "/api/v1/services", None, Some(&admin));
+    assert_eq!((st, body), (200, json!({"groups": []})));
+    let (st, e) = s.http(
+        "GET",
+        "/api/v1/services/nope/dead-letters",
+        None,
+        Some(&apikey()),
+    );
+    assert_eq!(
+        (st, e["error"]["code"].clone()),
+        (404, json!("NOT_FOUND")),
+        "{e}"
+    );
+    let (st, e) = s.http(
+        "GET",
+        "/api/v1/services/g/dead-letters?limit=0",
+        None,
+        Some(&apikey()),
+    );
+    assert_eq!(st, 400, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("limit"));
+    assert_eq!(
+        s.http(
+            "PUT",
+            "/api/v1/services/g/dead-letters",
+            None,
+            Some(&apikey())
+        )
+        .0,
+        405
+    );
+    assert_eq!(
+        s.http("GET", "/api/v1/services/g/other", None, Some(&apikey()))
+            .0,
+        404
+    );
+}
