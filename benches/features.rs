@@ -18,9 +18,12 @@ use shardcast::entities::Replica;
 use shardcast::filter::{Filter, OrderBy};
 use shardcast::history::History;
 use shardcast::publication::{EntityChange, Publication};
+use shardcast::services::queue::{Addr, Changes, Group};
+use shardcast::services::record;
 use shardcast::shard::conn::{LiveQuery, LQ_BIT};
 use shardcast::shard::filtered::{FilteredEntry, FilteredIndex};
 use shardcast::shard::replay::encode_replay;
+use shardcast::store::{Job, JobOutcome, Store, StoreOptions, Table, WriteTx};
 
 mod common;
 use common::bench;
@@ -43,8 +46,108 @@ fn entity_pub(seq: u64, collection: &str, id: &str, before: Value, after: Value)
     p
 }
 
+/// Puts `(key, value)`s into the tasks table; reports when durable.
+struct Fill(Vec<(Vec<u8>, Vec<u8>)>, crossbeam_channel::Sender<()>);
+
+impl Job for Fill {
+    fn apply(&mut self, tx: &mut WriteTx<'_>) -> Result<(), String> {
+        for (k, v) in &self.0 {
+            tx.put(Table::Tasks, k, v).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+    fn committed(self: Box<Self>, _: JobOutcome) {
+        let _ = self.1.send(());
+    }
+}
+
+fn task_value(seq: u64) -> Vec<u8> {
+    let tail = format!(
+        r#""eventType":"job","path":"load/x","data":{{"n":{seq},"pad":"0123456789012345678901234567890123456789"}},"timestamp":"2026-12-01T00:00:00.000Z","seq":{seq}}}"#
+    );
+    record::encode(0, 0, br#""work""#, tail.as_bytes())
+}
+
+/// The cost of one acknowledgement (and its share of dispatch, the ack-deadline timer
+/// and paging the backlog in) with `pending` tasks waiting in the group: a steady state
+/// where one task is sent, one completed and one enqueued per operation.
+fn service_ack(filter: &Option<String>, pending: u64) {
+    let name = format!("service ack ({pending} pending, 1 instance, prefetch 1000)");
+    if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "shardcast-bench-ack-{}-{pending}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    let window = 4096;
+    let mut g = Group::new("bench".into());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut seq = 0u64;
+    let mut jobs = 0;
+    // `pending` waiting behind the 1000 the instance holds.
+    let total = pending + 1000;
+    while seq < total {
+        let chunk: Vec<(Vec<u8>, Vec<u8>)> = (seq + 1..=(seq + 10_000).min(total))
+            .map(|s| (record::task_key("bench", s), task_value(s)))
+            .collect();
+        for (k, v) in &chunk {
+            let s = record::parse_key(k).unwrap().1;
+            g.enqueued(s, v.clone().into(), window);
+        }
+        seq += chunk.len() as u64;
+        store
+            .submit(Box::new(Fill(chunk, tx.clone())))
+            .ok()
+            .unwrap();
+        jobs += 1;
+    }
+    for _ in 0..jobs {
+        rx.recv().unwrap();
+    }
+    let inst = Addr {
+        shard: 0,
+        conn: 1,
+        gen: 1,
+    };
+    g.attach(inst);
+    let mut out = Vec::new();
+    let mut c = Changes::default();
+    let mut held = std::collections::VecDeque::new();
+    let mut now = 0u64;
+    g.dispatch(&store, now, 1000, 2000, window, &mut out);
+    held.extend(out.drain(..).map(|d| d.seq));
+    bench(filter, &name, 1, 50_000, || {
+        now += 1;
+        let done = held.pop_front().unwrap();
+        g.complete(inst, done, &mut c);
+        c.steps.clear();
+        c.outcomes.completed.clear();
+        seq += 1;
+        // Above the window the new task stays on disk (only counted), as in the server.
+        g.enqueued(seq, task_value(seq).into(), window);
+        g.tick(&store, now, 10, &mut c);
+        g.dispatch(&store, now, 1000, 2000, window, &mut out);
+        held.extend(out.drain(..).map(|d| d.seq));
+    });
+    println!(
+        "    ({} pending: {} of them held in memory, {} in flight)",
+        g.pending(),
+        g.in_memory(),
+        g.in_flight()
+    );
+    store.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+
+    for pending in [1_000, 100_000, 1_000_000] {
+        service_ack(&filter, pending);
+    }
 
     // Filter evaluation on a small object.
     let f = Filter::parse("status == 'failed' && attempts >= 2").unwrap();

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{token, wait_until, Client, Server, API_KEY};
+use common::{now, token, token_with, wait_until, Client, Server, API_KEY, SECRET};
 use serde_json::{json, Value};
 
 /// What `$__rate_interval` becomes: a few 1 s scrapes.
@@ -411,11 +411,40 @@ fn dashboards_and_alerts_work_against_real_prometheus() {
         }
         while watcher.recv()["type"] != "subscriptionRefresh" {}
         clients.pop().expect("a client").close();
+        // A service group: tasks from the trickle, completed (ack latency), one failed
+        // (a redelivery), a lock taken: the services row's series.
+        let svc_token = token_with(
+            json!({"sub": "svc-1", "role": "service", "group": "svc", "exp": now() + 3600}),
+            SECRET,
+        );
+        let mut svc = Client::authed(&s, &svc_token, "&batchMs=0");
+        svc.subscribe(json!([{"id": "w", "path": "jobs"}]));
+        let mut failed_one = false;
+        let mut completed = 0;
+        while completed < 3 {
+            let t = svc.recv_type("event");
+            if !failed_one {
+                svc.send(&json!({"type": "taskFailed", "taskIds": [t["taskId"]]}));
+                failed_one = true;
+            } else {
+                svc.send(&json!({"type": "taskComplete", "taskIds": [t["taskId"]]}));
+                completed += 1;
+            }
+        }
+        svc.send(&json!({"type": "lock", "requestId": "l", "name": "n", "ttlMs": 60000}));
+        let granted = loop {
+            let m = svc.recv();
+            if m["type"] == "lockResult" {
+                break m;
+            }
+        };
+        assert_eq!(granted["acquired"], true, "{granted}");
 
         // Wait (with a deadline) until Prometheus holds several scrapes that include
         // the traffic above.
         let scraped = wait_until(Duration::from_secs(20), || {
             prom.max_value("count_over_time(shardcast_auth_failures_total[1m])") >= 4.0
+                && prom.max_value("count_over_time(shardcast_service_ack_seconds_count[1m])") >= 2.0
                 && prom.max_value(r#"shardcast_dropped_total{reason="queue_overflow"}"#) > 0.0
                 && prom.max_value(r#"up{job="shardcast"}"#) == 1.0
         });

@@ -37,9 +37,13 @@ SCENARIOS:
                answer read), failures with sample bodies, the server's CPU per write.
                No WebSocket connections: --url, --secret, --token and the connection
                options do not apply; --api-key is required
+    services   service groups (PROTOCOL.md section 10), one of three --mode's (see
+               SERVICES below): enqueue (durable enqueues per second), e2e (publish ->
+               task -> taskComplete: tasks/s, latency, fairness, duplicates, lost),
+               locks (lock/unlock pairs per second, fencing tokens, exclusion)
 
 OPTIONS:
-    --url URL              WebSocket endpoint [default: ws://127.0.0.1:8080/ws]
+    --url URL, --ws URL    WebSocket endpoint [default: ws://127.0.0.1:8080/ws]
     --http URL             REST base for publishing [default: http://<host:port of --url>]
     --secret S             sign an HS256 token per connection (sub load-<i>, role user, scopes *)
     --token T              use this token for every connection (one of --secret/--token)
@@ -78,12 +82,56 @@ OPTIONS:
                            slow readers read normally so that nothing stays queued
     --rcvbuf BYTES         overflow: SO_RCVBUF of the slow readers' sockets (0: the
                            kernel's default) [default: 4096]
-    --pipeline P           entities: requests in flight per connection at most (HTTP/1.1
-                           pipelining; the server answers in order) [default: 1]
+    --pipeline P           entities, services: requests in flight per connection at most
+                           (HTTP/1.1 pipelining; the server answers in order) [default: 1]
     --entities K           entities: ids cycle over e0..e{K-1} (creates first, then
                            updates) [default: 100000]
     --json FILE            write the JSON report there (\"-\" for stdout)
     -h, --help             this text
+
+SERVICES (loadtest services --mode enqueue|e2e|locks --secret S [--api-key K] ...):
+    Service connections authenticate with an HS256 token signed with --secret whose claims
+    are {\"sub\":\"svc-<i>\",\"role\":\"service\",\"group\":<--group>}, with the connection
+    options (--batch-ms, --batch-max, --framing) in the URL. Instances subscribe to \"load\"
+    (subscription \"work\", the group's durable subscription). Publishers (enqueue, e2e)
+    are --connections keep-alive HTTP/1.1 connections, each with up to --pipeline
+    requests in flight, POST /api/v1/publish with --batch events on \"load/job\" each
+    (data {\"t\":<queued, unix us>,\"i\":n,\"pad\":\"xx..\"} of about --payload bytes), at
+    --rate events per second over all (0: as fast as they allow); an answer counts when
+    it is 202 with \"accepted\". One process, one event loop per side.
+    --mode enqueue         durable enqueues/s: publish for --duration; --instances hold
+                           the tasks they get without completing them (with 0, one
+                           instance subscribes and leaves first). Then pending + inFlight
+                           of GET /api/v1/services must have grown by the accepted events
+                           (waits up to --drain); reports both
+    --mode e2e             --instances complete every task they receive (one taskComplete
+                           per read burst); reports tasks completed/s, publish -> task
+                           latency (data.t), tasks per instance (fairness), duplicates
+                           (a task received twice), then waits up to --drain for pending
+                           + inFlight to reach 0: lost = accepted - distinct tasks of the
+                           run completed
+    --mode locks           --connections service connections doing lock/unlock pairs on
+                           their own names (or --shared-names), up to --pipeline requests
+                           in flight each, for --duration; checks that fencing tokens grow
+                           per name and that no grant is seen while another connection
+                           holds the name. No publishing: --http, --api-key, --rate,
+                           --batch, --payload, --instances and --drain do not apply
+    --group G              the service group [default: loadtest]; a fresh one per run
+                           gives clean queue numbers
+    --instances N          service instances [default: enqueue 0, e2e 4]
+    --connections N        publishers [default: 4]; locks: service connections [default: 16]
+    --pipeline P           requests in flight per publisher / service connection [default: 1]
+    --batch N              events per publish request, at most 10000 [default: 100]
+    --rate R               events per second over all publishers [default: 0: as fast as
+                           they allow]
+    --payload BYTES        size of each event's data object [default: 128]
+    --drain D              after the window: how long to wait for the queue [default: 30s]
+    --names K              locks: distinct names per connection [default: 1]
+    --shared-names K       locks: all connections compete for K names (with --wait-ms)
+    --wait-ms MS           locks: waitMs of each lock [default: 0; 5000 with --shared-names]
+    --ttl-ms MS            locks: ttlMs of each lock [default: 10000]
+    Not with --token, --paths, --source-ips, --threads, --fd-budget, --max-inflight or
+    --target nats.
 
 ADVANCED:
     --fd-budget N          connections one process may hold before more worker processes
@@ -94,9 +142,11 @@ The run: connect and subscribe everything (bounded), publish for --duration at -
 wait a grace period of max(2s, 2 x batch-ms) for deliveries in flight (shorter when all
 arrived; longer, up to 10 x, while deliveries still arrive: what is still coming is not
 lost), print a table, write --json (entities: connect, write for --duration, wait for
-the answers in flight). Exit codes: 0 run completed and healthy, 1 run completed with
-failed connections, publish errors, lost deliveries or failed writes, 2 usage error,
-3 the run could not start.
+the answers in flight; services: subscribe, publish or lock for --duration, wait for the
+answers and the queue). Exit codes: 0 run completed and healthy, 1 run completed with
+failed connections, publish errors, lost deliveries or failed writes (services: also
+duplicates, a queue that did not settle or count right, lock violations or errors),
+2 usage error, 3 the run could not start.
 ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +157,7 @@ pub enum ScenarioName {
     Churn,
     Overflow,
     Entities,
+    Services,
 }
 
 impl ScenarioName {
@@ -118,6 +169,7 @@ impl ScenarioName {
             ScenarioName::Churn => "churn",
             ScenarioName::Overflow => "overflow",
             ScenarioName::Entities => "entities",
+            ScenarioName::Services => "services",
         }
     }
 
@@ -129,6 +181,7 @@ impl ScenarioName {
             "churn" => ScenarioName::Churn,
             "overflow" => ScenarioName::Overflow,
             "entities" => ScenarioName::Entities,
+            "services" => ScenarioName::Services,
             _ => return None,
         })
     }
@@ -171,6 +224,65 @@ impl Framing {
     }
 }
 
+/// Scenario services: what is measured (PROTOCOL.md §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServicesMode {
+    /// Durable enqueues per second: publishers only; instances (if any) hold their tasks.
+    Enqueue,
+    /// Publish → task → taskComplete: instances complete every task they receive.
+    E2e,
+    /// lock / unlock pairs over service connections; no publishing.
+    Locks,
+}
+
+impl ServicesMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServicesMode::Enqueue => "enqueue",
+            ServicesMode::E2e => "e2e",
+            ServicesMode::Locks => "locks",
+        }
+    }
+}
+
+/// Scenario services' own settings (defaults elsewhere; only read by scenario services).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicesOpts {
+    pub mode: ServicesMode,
+    /// Service instances subscribed to the group (enqueue: 0 means one instance creates
+    /// the durable subscription and leaves before the window).
+    pub instances: u64,
+    /// Events per publish request.
+    pub batch: usize,
+    /// The service group (the tokens' `group` claim).
+    pub group: String,
+    /// locks: distinct names per connection, or (`Some(K)`) K names all connections share.
+    pub names: u64,
+    pub shared_names: Option<u64>,
+    /// locks: `waitMs` and `ttlMs` of each lock request.
+    pub wait_ms: u64,
+    pub ttl_ms: u64,
+    /// e2e: how long to wait after the window for the group's queue to empty (enqueue:
+    /// for `pending` to count every accepted event).
+    pub drain: Duration,
+}
+
+impl Default for ServicesOpts {
+    fn default() -> Self {
+        ServicesOpts {
+            mode: ServicesMode::E2e,
+            instances: 4,
+            batch: 100,
+            group: "loadtest".to_string(),
+            names: 1,
+            shared_names: None,
+            wait_ms: 0,
+            ttl_ms: 10_000,
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Auth {
     Secret(String),
@@ -209,6 +321,8 @@ pub struct Config {
     /// distinct entity ids (`e0..e{K-1}`).
     pub pipeline: usize,
     pub entities: u64,
+    /// scenario services: mode, instances, batch, group, lock names (defaults otherwise).
+    pub services: ServicesOpts,
     /// Empty: let the kernel pick.
     pub source_ips: Vec<Ipv4Addr>,
     pub source_ips_raw: Option<String>,
@@ -363,13 +477,73 @@ const VALUE_FLAGS: &[&str] = &[
     "--rcvbuf",
     "--pipeline",
     "--entities",
+    "--ws",
+    "--mode",
+    "--instances",
+    "--batch",
+    "--group",
+    "--names",
+    "--shared-names",
+    "--wait-ms",
+    "--ttl-ms",
+    "--drain",
 ];
+
+/// Flags only scenario services takes.
+const SERVICES_ONLY: &[&str] = &[
+    "--mode",
+    "--instances",
+    "--batch",
+    "--group",
+    "--names",
+    "--shared-names",
+    "--wait-ms",
+    "--ttl-ms",
+    "--drain",
+];
+
+/// Flags scenario services refuses (its instances sign their own service tokens, and it
+/// runs in one process), with the reason given.
+const SERVICES_REFUSED: &[(&[&str], &str)] = &[
+    (
+        &["--token"],
+        "each service instance signs its own token (role service, --group) with --secret",
+    ),
+    (
+        &["--paths"],
+        "its instances subscribe to \"load\" and it publishes to \"load/job\"",
+    ),
+    (
+        &[
+            "--source-ips",
+            "--threads",
+            "--fd-budget",
+            "--max-inflight",
+            "--worker",
+            "--worker-offset",
+        ],
+        "it runs in one process on one event loop per side",
+    ),
+];
+
+/// Flags scenario services refuses in mode locks (no publishing), and in modes enqueue
+/// and e2e (no locks).
+const LOCKS_REFUSED: &[&str] = &[
+    "--http",
+    "--api-key",
+    "--rate",
+    "--batch",
+    "--payload",
+    "--instances",
+    "--drain",
+];
+const QUEUE_REFUSED: &[&str] = &["--names", "--shared-names", "--wait-ms", "--ttl-ms"];
 
 /// Flags scenario entities refuses (it opens no WebSocket connections and runs in one
 /// process, on one event loop), with the reason given.
 const ENTITIES_REFUSED: &[(&[&str], &str)] = &[
     (
-        &["--url", "--secret", "--token"],
+        &["--url", "--ws", "--secret", "--token"],
         "it opens no WebSocket connections; it writes over --http with --api-key",
     ),
     (
@@ -438,7 +612,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         } else if scenario.is_none() {
             scenario = Some(ScenarioName::parse(a).ok_or_else(|| {
                 CliError(format!(
-                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow, entities)"
+                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow, entities, services)"
                 ))
             })?);
         } else {
@@ -447,7 +621,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     }
     let Some(scenario) = scenario else {
         return err(
-            "missing scenario (fanout, spread, idle, churn, overflow, entities); see --help",
+            "missing scenario (fanout, spread, idle, churn, overflow, entities, services); see --help",
         );
     };
     let get = |flag: &str| -> Option<&str> {
@@ -481,9 +655,32 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             return err("--api-key is required for scenario entities (it writes entities)");
         }
     } else {
-        for flag in ["--pipeline", "--entities"] {
+        if get("--entities").is_some() {
+            return err("--entities only applies to scenario entities");
+        }
+        if get("--pipeline").is_some() && scenario != ScenarioName::Services {
+            return err("--pipeline only applies to scenario entities and services");
+        }
+    }
+    if scenario == ScenarioName::Services {
+        if target == Target::Nats {
+            return err(
+                "--target nats: scenario services drives shardcast's service groups (PROTOCOL.md §10)",
+            );
+        }
+        for (flags, why) in SERVICES_REFUSED {
+            for flag in *flags {
+                if get(flag).is_some() {
+                    return err(format!(
+                        "{flag} does not apply to scenario services ({why})"
+                    ));
+                }
+            }
+        }
+    } else {
+        for flag in SERVICES_ONLY {
             if get(flag).is_some() {
-                return err(format!("{flag} only applies to scenario entities"));
+                return err(format!("{flag} only applies to scenario services"));
             }
         }
     }
@@ -521,8 +718,14 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         Target::Shardcast => "ws://127.0.0.1:8080/ws",
         Target::Nats => "ws://127.0.0.1:8080/",
     };
-    let url_raw = get("--url").unwrap_or(url_default).to_string();
-    let url = parse_url(&url_raw, "ws").map_err(|e| CliError(format!("--url: {e}")))?;
+    // --ws is another name for --url
+    let (url_flag, url_given) = match (get("--url"), get("--ws")) {
+        (Some(_), Some(_)) => return err("--url and --ws name the same endpoint: give one"),
+        (None, Some(v)) => ("--ws", Some(v)),
+        (u, None) => ("--url", u),
+    };
+    let url_raw = url_given.unwrap_or(url_default).to_string();
+    let url = parse_url(&url_raw, "ws").map_err(|e| CliError(format!("{url_flag}: {e}")))?;
     let http_raw = match get("--http") {
         Some(v) => v.to_string(),
         None => format!("http://{}", url.host_header),
@@ -538,6 +741,11 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         None
     };
 
+    if scenario == ScenarioName::Services && get("--secret").is_none() {
+        return err(
+            "--secret is required for scenario services (each instance signs a service token)",
+        );
+    }
     let auth = match (get("--secret"), get("--token")) {
         _ if target == Target::Nats || scenario == ScenarioName::Entities => Auth::None,
         (Some(_), Some(_)) => return err("--secret and --token exclude each other"),
@@ -560,7 +768,23 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         None => None,
     };
 
-    let connections = if scenario == ScenarioName::Entities {
+    let services = if scenario == ScenarioName::Services {
+        parse_services(&get)?
+    } else {
+        ServicesOpts::default()
+    };
+    let connections = if scenario == ScenarioName::Services {
+        let default = match services.mode {
+            ServicesMode::Locks => "16",
+            ServicesMode::Enqueue | ServicesMode::E2e => "4",
+        };
+        parse_int(
+            "--connections",
+            get("--connections").unwrap_or(default),
+            1,
+            10_000,
+        )?
+    } else if scenario == ScenarioName::Entities {
         // one process, one event loop: no worker processes to spread more over
         parse_int(
             "--connections",
@@ -577,7 +801,12 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         )?
     };
     let paths = parse_int("--paths", get("--paths").unwrap_or("100"), 1, 10_000_000)?;
-    let rate = parse_rate(get("--rate").unwrap_or("100"))?;
+    let rate_default = if scenario == ScenarioName::Services {
+        "0"
+    } else {
+        "100"
+    };
+    let rate = parse_rate(get("--rate").unwrap_or(rate_default))?;
     let duration = match get("--duration") {
         Some(v) => parse_duration(v).map_err(|e| CliError(format!("--duration: {e}")))?,
         None => Duration::from_secs(30),
@@ -663,6 +892,15 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         return err("--rate: churn needs a cycle rate above 0");
     }
 
+    if scenario == ScenarioName::Services
+        && services.mode != ServicesMode::Locks
+        && api_key.is_none()
+    {
+        return err(format!(
+            "--api-key is required for scenario services --mode {} (it publishes)",
+            services.mode.as_str()
+        ));
+    }
     if target == Target::Shardcast
         && scenario.publishes()
         && api_key.is_none()
@@ -698,6 +936,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         rcvbuf,
         pipeline,
         entities,
+        services,
         source_ips,
         source_ips_raw,
         threads,
@@ -707,6 +946,90 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         max_inflight,
         worker_offset,
     })))
+}
+
+/// Scenario services' flags (the scenario is services; the flags of other scenarios and
+/// those it refuses are checked already).
+fn parse_services<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<ServicesOpts, CliError> {
+    let mode = match get("--mode") {
+        Some("enqueue") => ServicesMode::Enqueue,
+        Some("e2e") => ServicesMode::E2e,
+        Some("locks") => ServicesMode::Locks,
+        Some(v) => return err(format!("--mode: {v:?} is not enqueue, e2e or locks")),
+        None => return err("--mode is required for scenario services (enqueue, e2e or locks)"),
+    };
+    let refused: &[&str] = if mode == ServicesMode::Locks {
+        LOCKS_REFUSED
+    } else {
+        QUEUE_REFUSED
+    };
+    for flag in refused {
+        if get(flag).is_some() {
+            return err(format!(
+                "{flag} does not apply to scenario services --mode {}",
+                mode.as_str()
+            ));
+        }
+    }
+    let d = ServicesOpts::default();
+    let instances = match mode {
+        ServicesMode::Enqueue => {
+            parse_int("--instances", get("--instances").unwrap_or("0"), 0, 10_000)?
+        }
+        ServicesMode::E2e => {
+            parse_int("--instances", get("--instances").unwrap_or("4"), 1, 10_000)?
+        }
+        ServicesMode::Locks => 0,
+    };
+    let batch = parse_int("--batch", get("--batch").unwrap_or("100"), 1, 10_000)? as usize;
+    let group = get("--group").unwrap_or(&d.group).to_string();
+    if group.is_empty()
+        || group.len() > 128
+        || !group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return err(format!(
+            "--group: {group:?} is not 1 to 128 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    if get("--names").is_some() && get("--shared-names").is_some() {
+        return err("--names and --shared-names exclude each other");
+    }
+    let names = parse_int("--names", get("--names").unwrap_or("1"), 1, 10_000)?;
+    let shared_names = match get("--shared-names") {
+        Some(v) => Some(parse_int("--shared-names", v, 1, 10_000)?),
+        None => None,
+    };
+    let wait_default = if shared_names.is_some() { "5000" } else { "0" };
+    let wait_ms = parse_int(
+        "--wait-ms",
+        get("--wait-ms").unwrap_or(wait_default),
+        0,
+        600_000,
+    )?;
+    if shared_names.is_some() && wait_ms == 0 {
+        return err("--wait-ms: --shared-names needs a wait above 0 (the connections compete)");
+    }
+    let ttl_ms = parse_int("--ttl-ms", get("--ttl-ms").unwrap_or("10000"), 1, 3_600_000)?;
+    let drain = match get("--drain") {
+        Some(v) => parse_duration(v).map_err(|e| CliError(format!("--drain: {e}")))?,
+        None => d.drain,
+    };
+    if drain > Duration::from_secs(3600) {
+        return err("--drain: at most 1h");
+    }
+    Ok(ServicesOpts {
+        mode,
+        instances,
+        batch,
+        group,
+        names,
+        shared_names,
+        wait_ms,
+        ttl_ms,
+        drain,
+    })
 }
 
 /// The host part of `host:port` (brackets of an IPv6 literal kept).
@@ -1037,6 +1360,136 @@ mod tests {
                 "--entities only applies to scenario entities",
             );
         }
+    }
+
+    #[test]
+    fn services_scenario() {
+        let c = run("services --mode e2e --secret s --api-key k").unwrap();
+        assert_eq!(c.scenario, ScenarioName::Services);
+        assert_eq!(c.auth, Auth::Secret("s".into()));
+        let o = &c.services;
+        assert_eq!((o.mode, o.instances, o.batch), (ServicesMode::E2e, 4, 100));
+        assert_eq!(o.group, "loadtest");
+        assert_eq!((c.connections, c.pipeline, c.rate), (4, 1, 0.0));
+        assert_eq!(o.drain, Duration::from_secs(30));
+        let c = run(
+            "services --mode enqueue --ws ws://127.0.0.1:18091/ws --http http://127.0.0.1:18091 \
+             --secret s --api-key k --connections 8 --pipeline 4 --batch 500 --rate 20000 \
+             --duration 8s --group g-1.x --drain 5s --framing array --server-pid 9 --json -",
+        )
+        .unwrap();
+        let o = &c.services;
+        assert_eq!(
+            (o.mode, o.instances, o.batch),
+            (ServicesMode::Enqueue, 0, 500)
+        );
+        assert_eq!(c.url.addr, "127.0.0.1:18091".parse().unwrap());
+        assert_eq!((c.connections, c.pipeline, c.rate), (8, 4, 20000.0));
+        assert_eq!(
+            (o.group.as_str(), o.drain),
+            ("g-1.x", Duration::from_secs(5))
+        );
+        assert_eq!(c.framing, Framing::Array);
+        let c = run("services --mode locks --secret s").unwrap();
+        let o = &c.services;
+        assert_eq!((c.connections, o.names, o.shared_names), (16, 1, None));
+        assert_eq!((o.wait_ms, o.ttl_ms), (0, 10_000));
+        assert!(c.api_key.is_none());
+        let c = run("services --mode locks --secret s --shared-names 3 --pipeline 2").unwrap();
+        assert_eq!(
+            (c.services.shared_names, c.services.wait_ms),
+            (Some(3), 5000)
+        );
+        let c = run("services --mode locks --secret s --names 7 --ttl-ms 500").unwrap();
+        assert_eq!((c.services.names, c.services.ttl_ms), (7, 500));
+
+        fails("services --secret s --api-key k", "--mode is required");
+        fails("services --mode fast --secret s --api-key k", "--mode");
+        fails("services --mode e2e --api-key k", "--secret is required");
+        fails("services --mode e2e --secret s", "--api-key is required");
+        fails(
+            "services --mode enqueue --secret s",
+            "--api-key is required",
+        );
+        fails(
+            "services --mode e2e --secret s --api-key k --url ws://127.0.0.1:1/ws --ws ws://127.0.0.1:1/ws",
+            "--url and --ws",
+        );
+        fails(
+            "services --mode e2e --secret s --api-key k --ws http://x:1",
+            "--ws",
+        );
+        fails(
+            "services --mode e2e --secret s --api-key k --target nats",
+            "--target nats",
+        );
+        for (extra, flag) in [
+            ("--instances 0", "--instances"),
+            ("--instances x", "--instances"),
+            ("--batch 0", "--batch"),
+            ("--batch 10001", "--batch"),
+            ("--group a/b", "--group"),
+            ("--group=", "--group"),
+            ("--drain 2h", "--drain"),
+            ("--drain x", "--drain"),
+            ("--connections 20000", "--connections"),
+            ("--pipeline 0", "--pipeline"),
+            // flags services refuses, and lock flags in a queue mode
+            ("--token t", "--token"),
+            ("--paths 3", "--paths"),
+            ("--threads 2", "--threads"),
+            ("--source-ips 127.0.0.1", "--source-ips"),
+            ("--entities 3", "--entities"),
+            ("--names 2", "--names"),
+            ("--shared-names 2", "--shared-names"),
+            ("--wait-ms 5", "--wait-ms"),
+            ("--ttl-ms 5", "--ttl-ms"),
+        ] {
+            fails(
+                &format!("services --mode e2e --secret s --api-key k {extra}"),
+                flag,
+            );
+        }
+        assert!(run("services --mode enqueue --secret s --api-key k --instances 0").is_ok());
+        for (extra, flag) in [
+            ("--api-key k", "--api-key"),
+            ("--http http://127.0.0.1:1", "--http"),
+            ("--rate 5", "--rate"),
+            ("--batch 5", "--batch"),
+            ("--payload 5", "--payload"),
+            ("--instances 2", "--instances"),
+            ("--drain 1s", "--drain"),
+            ("--names 2 --shared-names 2", "exclude each other"),
+            ("--names 0", "--names"),
+            ("--shared-names 0", "--shared-names"),
+            ("--shared-names 2 --wait-ms 0", "--wait-ms"),
+            ("--ttl-ms 0", "--ttl-ms"),
+        ] {
+            fails(&format!("services --mode locks --secret s {extra}"), flag);
+        }
+        // services flags belong to services only; --ws is --url everywhere
+        for flag in [
+            "--mode e2e",
+            "--instances 2",
+            "--batch 5",
+            "--group g",
+            "--names 2",
+            "--drain 1s",
+        ] {
+            let name = flag.split_whitespace().next().unwrap();
+            fails(
+                &format!("fanout --secret s --api-key k {flag}"),
+                &format!("{name} only applies to scenario services"),
+            );
+        }
+        let c = run("fanout --secret s --api-key k --ws ws://127.0.0.1:9/ws").unwrap();
+        assert_eq!(c.url.addr, "127.0.0.1:9".parse().unwrap());
+        fails(
+            "entities --api-key k --ws ws://127.0.0.1:9/ws",
+            "--ws does not apply",
+        );
+        assert!(USAGE.contains("SERVICES"));
+        assert!(USAGE.contains("--shared-names"));
     }
 
     #[test]

@@ -39,6 +39,9 @@ use crate::procstat;
 use crate::publish::parse_response_head;
 use crate::report::{new_histogram, ServerStats};
 use crate::scenario::entities::{push_put_request, Entities};
+use crate::scenario::services::{
+    parse_publish_answer, push_publish_request, PublishBatches, SeqRanges,
+};
 use crate::util::{human_bytes, human_count};
 
 /// From the start of a TCP connect to the connection being established.
@@ -67,7 +70,17 @@ pub struct Plan {
     /// Writes per second over all connections; 0: closed loop.
     pub rate: f64,
     pub payload: usize,
-    pub scenario: Entities,
+    pub requests: Requests,
+}
+
+/// What the writer sends.
+pub enum Requests {
+    /// Scenario entities: `PUT /api/v1/entities/load/e{n mod K}`, acknowledged by `200`
+    /// with `"seq"`.
+    Entities(Entities),
+    /// Scenario services: `POST /api/v1/publish` of a batch of events (the request's
+    /// queue time in each event's `data.t`), acknowledged by `202` with `"accepted"`.
+    Publish(PublishBatches),
 }
 
 /// One parse of the start of a connection's input.
@@ -194,6 +207,13 @@ pub struct Counts {
     /// Acknowledged writes' latency, µs.
     pub latency: Histogram<u64>,
     pub last_ack: Option<Instant>,
+    /// The answers are publish answers ([`Requests::Publish`]): events accepted (the sum
+    /// of `accepted`), the seq ranges `firstSeq..=lastSeq` they were given, and answers
+    /// whose range did not have `accepted` seqs (or was missing).
+    pub publish: bool,
+    pub events_accepted: u64,
+    pub seq_ranges: SeqRanges,
+    pub odd_ranges: u64,
 }
 
 impl Default for Counts {
@@ -210,6 +230,10 @@ impl Default for Counts {
             reconnects: 0,
             latency: new_histogram(),
             last_ack: None,
+            publish: false,
+            events_accepted: 0,
+            seq_ranges: SeqRanges::default(),
+            odd_ranges: 0,
         }
     }
 }
@@ -223,22 +247,42 @@ impl Counts {
     /// Counts one answer read at `now` for a request whose last byte was written at
     /// `written`.
     fn answer(&mut self, status: u16, body: &[u8], written: Option<Instant>, now: Instant) {
-        if acknowledges(status, body) {
-            self.acknowledged += 1;
+        let acked = if self.publish {
+            match parse_publish_answer(status, body) {
+                Some(a) => {
+                    self.events_accepted += a.accepted;
+                    match (a.first_seq, a.last_seq) {
+                        (Some(f), Some(l)) if l >= f && l - f + 1 == a.accepted => {
+                            self.seq_ranges.add(f, l)
+                        }
+                        _ if a.accepted == 0 => {}
+                        _ => self.odd_ranges += 1,
+                    }
+                    true
+                }
+                None => false,
+            }
+        } else if acknowledges(status, body) {
             if memchr::memmem::find(body, b"\"created\"").is_some() {
                 self.created += 1;
             } else if memchr::memmem::find(body, b"\"updated\"").is_some() {
                 self.updated += 1;
             }
+            true
+        } else {
+            false
+        };
+        if acked {
+            self.acknowledged += 1;
             let us = written.map_or(0, |t| now.saturating_duration_since(t).as_micros() as u64);
             self.latency.saturating_record(us.max(1));
             self.last_ack = Some(now);
             return;
         }
-        let kind = if status == 200 {
-            "HTTP 200 without \"seq\"".to_string()
-        } else {
-            format!("HTTP {status}")
+        let kind = match status {
+            202 if self.publish => "HTTP 202 without \"accepted\"".to_string(),
+            200 if !self.publish => "HTTP 200 without \"seq\"".to_string(),
+            _ => format!("HTTP {status}"),
         };
         let text = String::from_utf8_lossy(&body[..body.len().min(SAMPLE_BYTES)]);
         let sample = format!("{kind}: {text}");
@@ -255,7 +299,8 @@ impl Counts {
         }
         if !self.failures.contains_key(&kind) {
             let detail = if detail.is_empty() { &kind } else { detail };
-            eprintln!("\nloadtest: write failed: {detail}");
+            let what = if self.publish { "publish" } else { "write" };
+            eprintln!("\nloadtest: {what} failed: {detail}");
         }
         self.failed += n;
         *self.failures.entry(kind).or_default() += n;
@@ -323,6 +368,10 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(plan: Plan) -> io::Result<Writer> {
+        let counts = Counts {
+            publish: matches!(plan.requests, Requests::Publish(_)),
+            ..Counts::default()
+        };
         Ok(Writer {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
@@ -333,7 +382,7 @@ impl Writer {
             next_write: 0,
             dirty: Vec::new(),
             scratch: vec![0; READ_CHUNK],
-            counts: Counts::default(),
+            counts,
             reconnect: false,
             pace: None,
             last_scan: Instant::now(),
@@ -348,6 +397,11 @@ impl Writer {
             .flatten()
             .filter(|c| c.state == State::Connecting)
             .count()
+    }
+
+    /// Connections asked for.
+    pub fn connections(&self) -> usize {
+        self.plan.connections
     }
 
     pub fn open_count(&self) -> usize {
@@ -491,19 +545,28 @@ impl Writer {
             };
             let n = self.next_write;
             self.next_write += 1;
-            let id = self.plan.scenario.id_of(n);
             let c = self.conns[slot]
                 .as_mut()
                 .expect("a slot of an open connection");
             let before = c.out.len();
-            push_put_request(
-                &mut c.out,
-                &self.plan.http,
-                &self.plan.api_key,
-                id,
-                n,
-                self.plan.payload,
-            );
+            match &self.plan.requests {
+                Requests::Entities(e) => push_put_request(
+                    &mut c.out,
+                    &self.plan.http,
+                    &self.plan.api_key,
+                    e.id_of(n),
+                    n,
+                    self.plan.payload,
+                ),
+                Requests::Publish(b) => push_publish_request(
+                    &mut c.out,
+                    &self.plan.http,
+                    &self.plan.api_key,
+                    n,
+                    *b,
+                    crate::util::unix_nanos() / 1000,
+                ),
+            }
             c.queued += (c.out.len() - before) as u64;
             c.inflight.push_back(InFlight {
                 end: c.queued,
@@ -788,9 +851,9 @@ pub fn run(cfg: &Config) -> i32 {
         pipeline: cfg.pipeline,
         rate: cfg.rate,
         payload: cfg.payload,
-        scenario: Entities {
+        requests: Requests::Entities(Entities {
             entities: cfg.entities,
-        },
+        }),
     };
     let requested = plan.connections;
     let mut w = match Writer::new(plan) {
@@ -1153,15 +1216,15 @@ impl EntitiesReport {
     }
 }
 
-fn round2(v: f64) -> f64 {
+pub(crate) fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
-fn round3(v: f64) -> f64 {
+pub(crate) fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-fn row(out: &mut dyn Write, k: &str, v: String) -> io::Result<()> {
+pub(crate) fn row(out: &mut dyn Write, k: &str, v: String) -> io::Result<()> {
     writeln!(out, "  {k:<28} {v}")
 }
 

@@ -7,6 +7,7 @@
 //! `group` (threads and worker processes), `publish` (HTTP and NATS publishers),
 //! `nats` (NATS protocol parser), `floor` (the floor writer's server), `scenario/*`,
 //! `entities` (scenario entities: pipelined HTTP writers of the entity API, its report),
+//! `services` (scenario services: service instances and lockers, its run and report),
 //! `procstat` (server stats), `report` (results), `run` (the coordinator).
 
 pub mod cli;
@@ -23,5 +24,6 @@ pub mod report;
 pub mod run;
 pub mod scan;
 pub mod scenario;
+pub mod services;
 pub mod util;
 pub mod ws;

@@ -172,6 +172,10 @@ pub fn run(cfg: &Config) -> i32 {
         // HTTP writers only: no client groups, no publisher
         return crate::entities::run(cfg);
     }
+    if cfg.scenario == ScenarioName::Services {
+        // service instances or lockers, and pipelined publishers: its own run
+        return crate::services::run(cfg);
+    }
     let scenario: Arc<dyn Scenario> = scenario::build(cfg).into();
     let limit = crate::net::raise_nofile_limit();
     let budget = cfg

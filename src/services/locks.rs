@@ -55,6 +55,8 @@ pub struct Locks<H, R> {
     timers: BinaryHeap<Reverse<(u64, String)>>,
     next_token: u64,
     waiting: usize,
+    /// New grants so far (extensions keep their token and are not counted).
+    grants: u64,
 }
 
 impl<H: Copy + Eq + Hash, R> Locks<H, R> {
@@ -65,6 +67,7 @@ impl<H: Copy + Eq + Hash, R> Locks<H, R> {
             timers: BinaryHeap::new(),
             next_token: first_token.max(1),
             waiting: 0,
+            grants: 0,
         }
     }
 
@@ -79,6 +82,11 @@ impl<H: Copy + Eq + Hash, R> Locks<H, R> {
 
     pub fn waiting(&self) -> usize {
         self.waiting
+    }
+
+    /// New grants so far (each with a new fencing token).
+    pub fn grants(&self) -> u64 {
+        self.grants
     }
 
     /// The earliest instant [`Locks::tick`] has something to do.
@@ -96,6 +104,7 @@ impl<H: Copy + Eq + Hash, R> Locks<H, R> {
     ) -> LockEvent<H, R> {
         let token = self.next_token;
         self.next_token += 1;
+        self.grants += 1;
         let expires_at = now.saturating_add(ttl_ms);
         if let Some(l) = self.locks.get_mut(name) {
             l.held = Some(Held {

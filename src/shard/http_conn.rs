@@ -271,7 +271,7 @@ impl Shard {
             Answer::Ws(bytes) => {
                 match self.conns.get(key) {
                     Some(c) if c.gen == gen && c.ws().is_some_and(|w| !w.close_sent) => {
-                        self.send_text(key, &bytes)
+                        self.send_corked(key, &bytes)
                     }
                     _ => {}
                 }

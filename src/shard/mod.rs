@@ -45,6 +45,7 @@ use slab::Slab;
 
 use crate::metrics::ShardMetrics;
 use crate::node::Node;
+use crate::protocol::ws;
 use crate::router::{Mailbox, ShardMsg};
 use conn::{Conn, Frame, HttpState, Kind};
 use filtered::FilteredIndex;
@@ -142,6 +143,9 @@ pub struct Shard {
     /// Connections to flush, in the order they became due (key, gen); each loop turn
     /// flushes up to `fanout::FLUSH_BUDGET` of them.
     dirty: VecDeque<(u32, u32)>,
+    /// Connections that got off-shard answers (`Answer::Ws`) during this mailbox drain:
+    /// written once each after it, so a burst of answers costs one send, not one each.
+    corked: Vec<(u32, u32)>,
     /// Per-publication scratch: matching (connection, subscription) pairs.
     matches: Vec<(u32, u32)>,
     /// Per-publication scratch: (connection, subscription) pairs to refresh.
@@ -206,6 +210,7 @@ impl Shard {
             now: 0,
             scratch: vec![0u8; 64 * 1024],
             dirty: VecDeque::new(),
+            corked: Vec::new(),
             matches: Vec::new(),
             refreshes: Vec::new(),
             frame_cache: HashMap::new(),
@@ -427,6 +432,17 @@ impl Shard {
         }
     }
 
+    /// Queues a text message for the connection, written after the mailbox drain.
+    fn send_corked(&mut self, key: usize, json: &[u8]) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            self.corked.push((key as u32, conn.gen));
+        }
+        ws::write_frame(&mut conn.out, ws::OpCode::Text, json);
+    }
+
     /// Queues bytes for the connection and tries to write them now.
     fn send_raw(&mut self, key: usize, bytes: &[u8]) {
         let Some(conn) = self.conns.get_mut(key) else {
@@ -455,6 +471,11 @@ impl Shard {
             }
             for m in o.control {
                 self.on_message(m);
+            }
+        }
+        for (key, gen) in std::mem::take(&mut self.corked) {
+            if self.conns.get(key as usize).is_some_and(|c| c.gen == gen) {
+                self.write_out(key as usize);
             }
         }
     }

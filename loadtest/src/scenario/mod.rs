@@ -9,6 +9,7 @@ pub mod entities;
 mod fanout;
 mod idle;
 mod overflow;
+pub mod services;
 mod spread;
 
 pub use churn::Churn;
@@ -16,6 +17,7 @@ pub use entities::Entities;
 pub use fanout::Fanout;
 pub use idle::Idle;
 pub use overflow::{is_slow, Overflow};
+pub use services::Services;
 pub use spread::Spread;
 
 pub trait Scenario: Send + Sync {
@@ -86,6 +88,7 @@ pub fn build(c: &Config) -> Box<dyn Scenario> {
         ScenarioName::Entities => Box::new(Entities {
             entities: c.entities,
         }),
+        ScenarioName::Services => Box::new(Services),
     }
 }
 
