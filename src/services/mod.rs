@@ -436,6 +436,23 @@ fn http_answer(router: &Router, reply: ReplyTo, status: u16, body: Value) {
     router.answer(reply, Answer::Http { status, body });
 }
 
+/// A REST error answer: `{"error":{"code","message"}}`.
+fn http_error(
+    router: &Router,
+    reply: ReplyTo,
+    status: u16,
+    code: &str,
+    message: impl Into<String>,
+) {
+    let message: String = message.into();
+    http_answer(
+        router,
+        reply,
+        status,
+        json!({"error": {"code": code, "message": message}}),
+    );
+}
+
 fn with_request_id(mut msg: Value, request_id: &Option<Value>) -> Value {
     if let Some(r) = request_id {
         msg["requestId"] = r.clone();
@@ -885,11 +902,12 @@ impl Engine {
             return;
         }
         let not_found = |router: &Router, g: &str| {
-            http_answer(
+            http_error(
                 router,
                 reply,
                 404,
-                json!({"error": {"code": "NOT_FOUND", "message": format!("no service group '{g}'")}}),
+                "NOT_FOUND",
+                format!("no service group '{g}'"),
             )
         };
         match req {
@@ -944,11 +962,12 @@ impl Engine {
                         200,
                         json!({"data": data, "totalCount": g.dead, "nextCursor": next}),
                     ),
-                    Err(e) => http_answer(
+                    Err(e) => http_error(
                         &self.router,
                         reply,
                         500,
-                        json!({"error": {"code": "INTERNAL", "message": format!("cannot read dead letters: {e}")}}),
+                        "INTERNAL",
+                        format!("cannot read dead letters: {e}"),
                     ),
                 }
             }
@@ -960,11 +979,12 @@ impl Engine {
     /// Replay (back to the queue with attempt 1) or purge a group's dead letters.
     fn move_dead(&mut self, group: String, reply: ReplyTo, replay: bool) {
         let Some((name, _)) = self.groups.get_key_value(group.as_str()) else {
-            http_answer(
+            http_error(
                 &self.router,
                 reply,
                 404,
-                json!({"error": {"code": "NOT_FOUND", "message": format!("no service group '{group}'")}}),
+                "NOT_FOUND",
+                format!("no service group '{group}'"),
             );
             return;
         };
@@ -979,11 +999,12 @@ impl Engine {
                 }
             })
         {
-            http_answer(
+            http_error(
                 &self.router,
                 reply,
                 500,
-                json!({"error": {"code": "INTERNAL", "message": format!("cannot read dead letters: {e}")}}),
+                "INTERNAL",
+                format!("cannot read dead letters: {e}"),
             );
             return;
         }
@@ -1292,10 +1313,11 @@ impl Engine {
 }
 
 fn store_failed(router: &Router, reply: ReplyTo) {
-    http_answer(
+    http_error(
         router,
         reply,
         500,
-        json!({"error": {"code": "INTERNAL", "message": "the store could not commit the change"}}),
+        "INTERNAL",
+        "the store could not commit the change",
     );
 }

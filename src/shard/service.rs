@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::auth::jwt::Role;
 use crate::backend::PublishReply;
 use crate::ingest::PublishItem;
-use crate::protocol::{self, ws, Command, ErrorCode, Refusal, SubscriptionRequest};
+use crate::protocol::{self, ws, Command, ErrorCode, SubscriptionRequest};
 use crate::router::ReplyTo;
 use crate::services::{Addr, DurableSub, ServiceCmd, SubscribeRequest};
 
@@ -81,26 +81,12 @@ impl Shard {
         let mut subs = Vec::new();
         let mut rejected = Vec::new();
         for req in requests {
-            let refusal = if let Some(p) = req.problem.clone() {
-                Some(p)
-            } else if protocol::is_system_path(&req.path) {
-                Some(Refusal::new(
-                    ErrorCode::Forbidden,
-                    format!("only admins may subscribe to system path '{}'", req.path),
-                ))
-            } else if !claims.as_ref().is_some_and(|c| c.scopes.allows(&req.path)) {
-                Some(Refusal::new(
-                    ErrorCode::Forbidden,
-                    format!("path '{}' is outside the token's scopes", req.path),
-                ))
-            } else {
-                req.since.filter(|&s| s > newest).map(|s| {
-                    Refusal::new(
-                        ErrorCode::BadMessage,
-                        format!("since {s} is in the future: the newest seq is {newest}"),
-                    )
-                })
-            };
+            let refusal = super::ws_conn::subscription_refusal(
+                &req,
+                Role::Service,
+                claims.as_deref(),
+                newest,
+            );
             match refusal {
                 Some(r) => {
                     crate::metrics::command_error(r.code.as_str());

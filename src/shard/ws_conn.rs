@@ -662,38 +662,21 @@ impl Shard {
                 return;
             };
             let claims = ws.claims.clone();
-            let refusal = if let Some(p) = req.problem.clone() {
-                Some(p)
-            } else if protocol::is_system_path(&req.path) && role != Role::Admin {
-                Some(Refusal::new(
-                    ErrorCode::Forbidden,
-                    format!("only admins may subscribe to system path '{}'", req.path),
-                ))
-            } else if !claims.as_ref().is_some_and(|c| c.scopes.allows(&req.path)) {
-                Some(Refusal::new(
-                    ErrorCode::Forbidden,
-                    format!("path '{}' is outside the token's scopes", req.path),
-                ))
-            } else if req.since.is_some_and(|s| s > newest) {
-                Some(Refusal::new(
-                    ErrorCode::BadMessage,
-                    format!(
-                        "since {} is in the future: the newest seq is {newest}",
-                        req.since.unwrap_or(0)
-                    ),
-                ))
-            } else {
-                let replaces = self
-                    .interner
-                    .lookup(&req.id)
-                    .is_some_and(|id| ws.subscriptions.iter().any(|s| s.id == id));
-                (!replaces && ws.subscriptions.len() >= max).then(|| {
-                    Refusal::new(
-                        ErrorCode::LimitExceeded,
-                        format!("a connection may hold at most {max} subscriptions"),
-                    )
-                })
-            };
+            let refusal =
+                if let Some(r) = subscription_refusal(&req, role, claims.as_deref(), newest) {
+                    Some(r)
+                } else {
+                    let replaces = self
+                        .interner
+                        .lookup(&req.id)
+                        .is_some_and(|id| ws.subscriptions.iter().any(|s| s.id == id));
+                    (!replaces && ws.subscriptions.len() >= max).then(|| {
+                        Refusal::new(
+                            ErrorCode::LimitExceeded,
+                            format!("a connection may hold at most {max} subscriptions"),
+                        )
+                    })
+                };
             if let Some(r) = refusal {
                 metrics::command_error(r.code.as_str());
                 rejected.push(json!({"id": req.id, "code": r.code.as_str(), "message": r.message}));
@@ -912,6 +895,38 @@ const UNAUTHENTICATED: &str = "authenticate first: send {\"type\":\"auth\",\"tok
 
 /// Whether a message that failed to parse was meant as `auth` (its errors are worth
 /// telling an unauthenticated client).
+/// Why subscription request `req` of a connection with `role` and `claims` is refused,
+/// if it is, on what every connection's subscriptions must satisfy (shape, system paths,
+/// scopes, a `since` not in the future; `newest`: the newest `seq`).
+pub(super) fn subscription_refusal(
+    req: &SubscriptionRequest,
+    role: Role,
+    claims: Option<&Claims>,
+    newest: u64,
+) -> Option<Refusal> {
+    if let Some(p) = &req.problem {
+        return Some(p.clone());
+    }
+    if protocol::is_system_path(&req.path) && role != Role::Admin {
+        return Some(Refusal::new(
+            ErrorCode::Forbidden,
+            format!("only admins may subscribe to system path '{}'", req.path),
+        ));
+    }
+    if !claims.is_some_and(|c| c.scopes.allows(&req.path)) {
+        return Some(Refusal::new(
+            ErrorCode::Forbidden,
+            format!("path '{}' is outside the token's scopes", req.path),
+        ));
+    }
+    req.since.filter(|&s| s > newest).map(|s| {
+        Refusal::new(
+            ErrorCode::BadMessage,
+            format!("since {s} is in the future: the newest seq is {newest}"),
+        )
+    })
+}
+
 fn is_auth_message(payload: &[u8]) -> bool {
     serde_json::from_slice::<Value>(payload).is_ok_and(|v| v["type"] == "auth")
 }
