@@ -57,7 +57,10 @@ pub struct PublishOutcome {
 /// task, to be made durable before the publisher is answered (PROTOCOL.md §10).
 #[derive(Debug)]
 pub struct NewTask {
+    /// The group, or with `channel` the channel, it is for.
     pub group: Arc<str>,
+    /// For a REST-created channel's backlog (PROTOCOL.md §9), not a group's queue.
+    pub channel: bool,
     pub seq: u64,
     /// The task's stored record (`services::record`).
     pub value: Vec<u8>,

@@ -48,6 +48,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod entities;

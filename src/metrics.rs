@@ -49,6 +49,10 @@ pub const SERVICE_ACK_SECONDS: &str = "shardcast_service_ack_seconds";
 pub const SERVICE_LOCKS_HELD: &str = "shardcast_service_locks_held";
 pub const SERVICE_LOCK_WAITERS: &str = "shardcast_service_lock_waiters";
 pub const SERVICE_LOCK_GRANTS: &str = "shardcast_service_lock_grants_total";
+pub const CHANNELS: &str = "shardcast_channels";
+pub const CHANNEL_BACKLOG: &str = "shardcast_channel_backlog_events";
+pub const CHANNEL_EVENTS: &str = "shardcast_channel_events_total";
+pub const CHANNEL_DROPPED: &str = "shardcast_channel_dropped_total";
 // The store's own metrics (recorded in `src/store.rs`, which names them after these;
 // a unit test below keeps the two in step).
 pub const STORE_COMMITS: &str = "shardcast_store_commits_total";
@@ -194,6 +198,16 @@ fn describe() {
         "From a task's delivery to its taskComplete."
     );
     describe_gauge!(SERVICE_LOCKS_HELD, "Locks held by services.");
+    describe_gauge!(
+        CHANNELS,
+        "REST-created channels, by status (connected, disconnected)."
+    );
+    describe_gauge!(CHANNEL_BACKLOG, "Events waiting in channel backlogs.");
+    describe_counter!(CHANNEL_EVENTS, "Events collected by channels.");
+    describe_counter!(
+        CHANNEL_DROPPED,
+        "Events dropped from full channel backlogs (oldest first)."
+    );
     describe_gauge!(SERVICE_LOCK_WAITERS, "lock requests waiting (waitMs).");
     describe_counter!(
         SERVICE_LOCK_GRANTS,
@@ -486,6 +500,21 @@ pub fn service_counts(enqueued: u64, completed: &[f64], redelivered: &[&'static 
     if dead > 0 {
         metrics::counter!(SERVICE_DEAD_LETTERED).increment(dead);
     }
+}
+
+/// The channels' gauges and totals (the services thread, once a second).
+pub fn channels(
+    connected: usize,
+    disconnected: usize,
+    backlog: usize,
+    collected: u64,
+    dropped: u64,
+) {
+    metrics::gauge!(CHANNELS, "status" => "connected").set(connected as f64);
+    metrics::gauge!(CHANNELS, "status" => "disconnected").set(disconnected as f64);
+    metrics::gauge!(CHANNEL_BACKLOG).set(backlog as f64);
+    metrics::counter!(CHANNEL_EVENTS).absolute(collected);
+    metrics::counter!(CHANNEL_DROPPED).absolute(dropped);
 }
 
 /// The locks' gauges and grants.

@@ -54,6 +54,22 @@ pub enum ShardMsg {
         gen: u32,
         messages: Vec<Vec<u8>>,
     },
+    /// Events of a channel's backlog for its socket, up to `seq` `upto`: the shard says
+    /// when they are written (`ServiceCmd::ChannelWritten`).
+    ChannelEvents {
+        conn: u32,
+        gen: u32,
+        upto: u64,
+        messages: Vec<Vec<u8>>,
+    },
+    /// Close a WebSocket with `code` and `reason`, after `error` (a message) if any.
+    Close {
+        conn: u32,
+        gen: u32,
+        code: u16,
+        reason: String,
+        error: Option<Vec<u8>>,
+    },
 }
 
 /// Where an answer goes: a connection of a shard.

@@ -7,6 +7,7 @@
 //! whole before anything is handed to ingest: one bad item refuses the batch with 400
 //! and the item's `index`.
 
+mod channels;
 mod entities;
 mod services;
 
@@ -26,14 +27,24 @@ use crate::protocol::{validate_path, ws};
 pub enum Route {
     /// Write this response.
     Respond(Vec<u8>),
-    /// Accept the WebSocket upgrade (`echo`: the conformance endpoint).
-    Upgrade { echo: bool, accept: String },
+    /// Accept the WebSocket upgrade (`echo`: the conformance endpoint; `channel`: a
+    /// REST-created channel's socket, `/channels/{id}`).
+    Upgrade {
+        echo: bool,
+        accept: String,
+        channel: Option<String>,
+    },
     /// Hand these validated items to ingest; answer when it has sequenced them.
     Publish(Vec<PublishItem>),
     /// Hand this checked entity write to the backend; answer when it is durable.
     EntityWrite(crate::entities::EntityWrite),
     /// Ask the services thread (operator REST); it answers.
     Services(crate::services::OpsRequest),
+    /// A channels REST request for the services thread, which owns the channels.
+    Channels {
+        caller: crate::channels::Caller,
+        req: crate::channels::ChannelRequest,
+    },
 }
 
 fn error(status: u16, code: &str, message: &str, close: bool) -> Route {
@@ -96,15 +107,25 @@ pub fn route(req: &Request, node: &Node, close: bool) -> Route {
         (_, p) if p.starts_with("/api/v1/services/") => {
             services::route(req, node, &p["/api/v1/services/".len()..], close)
         }
-        (_, p)
-            if p.starts_with("/channels/") || p.starts_with("/api/v1/realtime-subscriptions") =>
-        {
-            error(
-                501,
-                "NOT_FOUND",
-                &format!("{path}: channels are not implemented in this server version"),
-                close,
-            )
+        ("GET", p) if p.starts_with("/channels/") => {
+            let id = crate::http::percent_decode(&p["/channels/".len()..]);
+            match upgrade(req, false, close) {
+                Route::Upgrade { echo, accept, .. } => Route::Upgrade {
+                    echo,
+                    accept,
+                    channel: Some(id),
+                },
+                other => other,
+            }
+        }
+        (_, p) if p.starts_with("/channels/") => error(
+            405,
+            "BAD_MESSAGE",
+            &format!("method {method} is not allowed on {path} (a channel socket: GET with a WebSocket upgrade)"),
+            close,
+        ),
+        (_, p) if p == "/api/v1/realtime-subscriptions" || p.starts_with("/api/v1/realtime-subscriptions/") => {
+            channels::route(req, node, &p["/api/v1/realtime-subscriptions".len()..], close)
         }
         _ => error(
             404,
@@ -154,6 +175,7 @@ fn upgrade(req: &Request, echo: bool, close: bool) -> Route {
     Route::Upgrade {
         echo,
         accept: ws::accept_key(key),
+        channel: None,
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::filter::Filter;
+use crate::filter::{FieldPath, Filter, IndexKey};
 use crate::publication::Publication;
 
 /// One durable subscription as the client defined it.
@@ -57,73 +57,131 @@ impl DurableSub {
     }
 }
 
+/// Who a durable subscription belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// A service group: the publication becomes one of its tasks.
+    Group(Arc<str>),
+    /// A REST-created channel (PROTOCOL.md §9): it joins the channel's backlog.
+    Channel(Arc<str>),
+}
+
+impl Owner {
+    fn same(&self, other: &Owner) -> bool {
+        match (self, other) {
+            (Owner::Group(a), Owner::Group(b)) | (Owner::Channel(a), Owner::Channel(b)) => {
+                Arc::ptr_eq(a, b)
+            }
+            _ => false,
+        }
+    }
+}
+
 struct Entry {
-    group: Arc<str>,
+    owner: Owner,
     /// The id as a JSON string literal.
     id_json: Box<[u8]>,
     sub: DurableSub,
 }
 
+/// The entries of one path: those whose filter has an equality term are filed under its
+/// field and literal (as the shard's filtered index does), so ten thousand channels each
+/// `organisation_id == '<theirs>'` cost one lookup per publication, not ten thousand
+/// evaluations; the rest are evaluated for every publication.
+#[derive(Default)]
+struct PathEntries {
+    scan: Vec<usize>,
+    terms: HashMap<FieldPath, HashMap<IndexKey, Vec<usize>>>,
+}
+
 /// Durable subscriptions by path, for matching (see the module docs).
 #[derive(Default)]
 pub struct GroupIndex {
-    by_path: HashMap<Box<str>, Vec<Entry>>,
+    entries: Vec<Entry>,
+    by_path: HashMap<Box<str>, PathEntries>,
 }
 
 impl GroupIndex {
-    pub fn build(groups: &BTreeMap<Arc<str>, BTreeMap<String, DurableSub>>) -> GroupIndex {
-        let mut by_path: HashMap<Box<str>, Vec<Entry>> = HashMap::new();
+    /// The index of every group's subscriptions and every channel's.
+    pub fn build(
+        groups: &BTreeMap<Arc<str>, BTreeMap<String, DurableSub>>,
+        channels: &[(Arc<str>, DurableSub)],
+    ) -> GroupIndex {
+        let mut ix = GroupIndex::default();
         for (group, subs) in groups {
             for sub in subs.values() {
-                let mut id_json = Vec::new();
-                crate::protocol::write_json_str(&mut id_json, &sub.id);
-                by_path
-                    .entry(sub.path.as_str().into())
-                    .or_default()
-                    .push(Entry {
-                        group: group.clone(),
-                        id_json: id_json.into(),
-                        sub: sub.clone(),
-                    });
+                ix.add(Owner::Group(group.clone()), sub.clone());
             }
         }
-        GroupIndex { by_path }
+        for (id, sub) in channels {
+            ix.add(Owner::Channel(id.clone()), sub.clone());
+        }
+        ix
+    }
+
+    fn add(&mut self, owner: Owner, sub: DurableSub) {
+        let mut id_json = Vec::new();
+        crate::protocol::write_json_str(&mut id_json, &sub.id);
+        let at = self.entries.len();
+        let path = self.by_path.entry(sub.path.as_str().into()).or_default();
+        match sub.filter.as_ref().and_then(|f| f.index_term()) {
+            Some((field, keys)) => {
+                let by_key = path.terms.entry(field.clone()).or_default();
+                for k in keys {
+                    by_key.entry(k).or_default().push(at);
+                }
+            }
+            None => path.scan.push(at),
+        }
+        self.entries.push(Entry {
+            owner,
+            id_json: id_json.into(),
+            sub,
+        });
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_path.is_empty()
+        self.entries.is_empty()
     }
 
-    /// Calls `f(group, ids)` once per group whose subscriptions `p` matches, `ids` being
+    /// Calls `f(owner, ids)` once per owner whose subscriptions `p` matches, `ids` being
     /// the matched ids as JSON string literals joined by commas. A path matches its own
     /// subscriptions and those of every prefix (PROTOCOL.md §4): one lookup per prefix.
-    pub fn matches(&self, p: &Publication, f: &mut dyn FnMut(&Arc<str>, &[u8])) {
-        let mut found: Vec<(&Arc<str>, Vec<u8>)> = Vec::new();
-        let path: &str = &p.path;
-        let ends = path
-            .char_indices()
-            .filter(|&(_, c)| c == '/')
-            .map(|(i, _)| i)
-            .chain(std::iter::once(path.len()));
-        for end in ends {
-            let Some(entries) = self.by_path.get(&path[..end]) else {
+    pub fn matches(&self, p: &Publication, f: &mut dyn FnMut(&Owner, &[u8])) {
+        // Candidates first (one lookup per prefix, and per indexed field), then the
+        // full check of each.
+        let mut candidates: Vec<usize> = Vec::new();
+        for prefix in crate::protocol::path_prefixes(&p.path) {
+            let Some(path) = self.by_path.get(prefix) else {
                 continue;
             };
-            for e in entries {
-                if !e.sub.matches(p) {
-                    continue;
-                }
-                match found.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &e.group)) {
-                    Some((_, ids)) => {
-                        ids.push(b',');
-                        ids.extend_from_slice(&e.id_json);
-                    }
-                    None => found.push((&e.group, e.id_json.to_vec())),
+            candidates.extend_from_slice(&path.scan);
+            if path.terms.is_empty() {
+                continue;
+            }
+            let data = p.data();
+            for (field, by_key) in &path.terms {
+                if let Some(key) = IndexKey::of(field.get(data)) {
+                    candidates.extend(by_key.get(&key).into_iter().flatten());
                 }
             }
         }
-        for (g, ids) in found {
-            f(g, &ids);
+        let mut found: Vec<(&Owner, Vec<u8>)> = Vec::new();
+        for i in candidates {
+            let e = &self.entries[i];
+            if !e.sub.matches(p) {
+                continue;
+            }
+            match found.iter_mut().find(|(o, _)| o.same(&e.owner)) {
+                Some((_, ids)) => {
+                    ids.push(b',');
+                    ids.extend_from_slice(&e.id_json);
+                }
+                None => found.push((&e.owner, e.id_json.to_vec())),
+            }
+        }
+        for (o, ids) in found {
+            f(o, &ids);
         }
     }
 }
@@ -179,12 +237,17 @@ mod tests {
         audit.insert("big".to_string(), sub("big", "jobs", &[], Some("n > 5")));
         groups.insert(Arc::<str>::from("billing"), billing);
         groups.insert(Arc::<str>::from("audit"), audit);
-        let idx = GroupIndex::build(&groups);
+        let chan = sub("c", "jobs", &[], Some("n == 9 && kind == 'x'"));
+        let idx = GroupIndex::build(&groups, &[(Arc::<str>::from("chan_1"), chan)]);
         let run = |path: &str, et: &str, data: &str| {
             let p = Publication::new(1, path, et, data, 0);
             let mut out = Vec::new();
-            idx.matches(&p, &mut |g, ids| {
-                out.push((g.to_string(), String::from_utf8(ids.to_vec()).unwrap()))
+            idx.matches(&p, &mut |o, ids| {
+                let name = match o {
+                    Owner::Group(g) => g.to_string(),
+                    Owner::Channel(c) => format!("channel {c}"),
+                };
+                out.push((name, String::from_utf8(ids.to_vec()).unwrap()))
             });
             out.sort();
             out
@@ -201,6 +264,18 @@ mod tests {
             vec![("billing".to_string(), r#""all""#.to_string())]
         );
         assert!(run("jobsx/1", "done", "{}").is_empty());
+        // The channel's filter is filed under `n == 9`: found by that value alone.
+        assert_eq!(
+            run("jobs/2", "e", r#"{"n":9,"kind":"x"}"#),
+            vec![
+                ("audit".into(), r#""big""#.into()),
+                ("billing".into(), r#""all""#.into()),
+                ("channel chan_1".into(), r#""c""#.into())
+            ]
+        );
+        assert!(!run("jobs/2", "e", r#"{"n":9,"kind":"y"}"#)
+            .iter()
+            .any(|(o, _)| o.starts_with("channel")));
         let round =
             DurableSub::from_json("big", &sub("big", "jobs", &["e"], Some("n > 5")).to_json());
         assert_eq!(round, Some(sub("big", "jobs", &["e"], Some("n > 5"))));

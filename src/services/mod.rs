@@ -12,6 +12,7 @@
 //! completions come back as messages), it only reads (paging a backlog in, a retry's
 //! payload, dead-letter listings).
 
+mod channels;
 mod index;
 mod locks;
 // Public for the benchmarks (benches/features.rs, "service ack"); nothing outside this
@@ -35,7 +36,7 @@ use crate::ingest::{Durably, Ingest, NewTask, TaskSink};
 use crate::publication::Publication;
 use crate::router::{Answer, ReplyTo, Router, ShardMsg};
 use crate::store::{Job, JobOutcome, Store, Table, WriteTx};
-use index::GroupIndex;
+use index::{GroupIndex, Owner};
 use locks::{LockEvent, Locks};
 use queue::{Changes, Delivery, Group, Outcomes, Step};
 
@@ -139,6 +140,23 @@ pub enum ServiceCmd {
         req: OpsRequest,
         reply: ReplyTo,
     },
+    /// A socket authenticated on `/channels/{channel}`.
+    ChannelAttach {
+        at: Addr,
+        channel: String,
+        caller: crate::channels::Caller,
+    },
+    /// A channel socket's shard wrote its events up to `upto`.
+    ChannelWritten {
+        at: Addr,
+        upto: u64,
+    },
+    /// A request of the channels REST API (PROTOCOL.md §9).
+    Channels {
+        caller: crate::channels::Caller,
+        req: crate::channels::ChannelRequest,
+        reply: ReplyTo,
+    },
 }
 
 /// The services thread's inbox.
@@ -164,6 +182,11 @@ enum Msg {
         reply: ReplyTo,
     },
     Fenced(u64),
+    /// A new channel's definition is durable.
+    ChannelCreated {
+        spec: crate::channels::ChannelSpec,
+        reply: ReplyTo,
+    },
     /// A job of completions and dead letters committed.
     StepsDone,
     Stop,
@@ -193,11 +216,20 @@ impl TaskSink for Intake {
 
     fn collect(&self, p: &Arc<Publication>, out: &mut Vec<NewTask>) {
         let index = self.durable.current();
-        index.matches(p, &mut |group, ids| {
-            out.push(NewTask {
-                group: group.clone(),
-                seq: p.seq,
-                value: record::encode(0, 0, ids, &p.tail),
+        index.matches(p, &mut |owner, ids| {
+            out.push(match owner {
+                Owner::Group(g) => NewTask {
+                    group: g.clone(),
+                    channel: false,
+                    seq: p.seq,
+                    value: record::encode(0, 0, ids, &p.tail),
+                },
+                Owner::Channel(c) => NewTask {
+                    group: c.clone(),
+                    channel: true,
+                    seq: p.seq,
+                    value: record::encode(0, 0, b"", &p.tail),
+                },
             })
         });
     }
@@ -227,7 +259,12 @@ struct TaskJob {
 impl Job for TaskJob {
     fn apply(&mut self, tx: &mut WriteTx<'_>) -> Result<(), String> {
         for t in &self.tasks {
-            tx.put(Table::Tasks, &record::task_key(&t.group, t.seq), &t.value)
+            let table = if t.channel {
+                Table::Backlog
+            } else {
+                Table::Tasks
+            };
+            tx.put(table, &record::task_key(&t.group, t.seq), &t.value)
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -372,6 +409,11 @@ impl Pending {
             outcomes: Outcomes::default(),
             lock_events: Vec::new(),
             enqueued: 0,
+            channels: channels::Channels::new(
+                config.channels.backlog.max(1),
+                config.public_url.clone(),
+            ),
+            channel_fx: channels::Effects::default(),
             grants: 0,
             metrics_at: 0,
         };
@@ -415,6 +457,8 @@ struct Engine {
     outcomes: Outcomes,
     lock_events: Vec<LockEvent<Addr, Option<Value>>>,
     enqueued: u64,
+    channels: channels::Channels,
+    channel_fx: channels::Effects,
     /// The locks' grant count already added to the metric.
     grants: u64,
     metrics_at: u64,
@@ -547,6 +591,7 @@ impl Engine {
         for (g, n) in dead {
             self.group(&g.as_str().into()).dead += n;
         }
+        self.channels.recover(&self.store)?;
         self.install_index();
         // Fencing tokens continue past every block ever reserved.
         let reserved = self
@@ -593,7 +638,8 @@ impl Engine {
             .filter(|(_, g)| !g.subs.is_empty())
             .map(|(n, g)| (n.clone(), g.subs.clone()))
             .collect();
-        let index = GroupIndex::build(&all);
+        let channels = self.channels.subscriptions();
+        let index = GroupIndex::build(&all, &channels);
         let durable = self.durable.clone();
         self.ingest.at_boundary(move || durable.install(index)).1
     }
@@ -643,12 +689,25 @@ impl Engine {
             Msg::Stop => return true,
             Msg::Enqueued(tasks) => {
                 let window = self.settings.window;
-                self.enqueued += tasks.len() as u64;
                 for t in tasks {
+                    if t.channel {
+                        self.channels
+                            .enqueued(&t.group, t.seq, now, &mut self.channel_fx);
+                        continue;
+                    }
+                    self.enqueued += 1;
                     let g = t.group.clone();
                     self.group(&g).enqueued(t.seq, t.value.into(), window);
                 }
             }
+            Msg::ChannelCreated { spec, reply } => match self.channels.created(spec) {
+                Ok(answer) => {
+                    // Collecting from here on, then answered.
+                    self.install_index();
+                    http_answer(&self.router, reply, 201, answer);
+                }
+                Err(e) => http_error(&self.router, reply, 500, "INTERNAL", e),
+            },
             Msg::Delivered { watermarks, sent } => {
                 self.outstanding = self.outstanding.saturating_sub(1);
                 for (g, m) in watermarks {
@@ -701,6 +760,43 @@ impl Engine {
                     self.absorb(&g, c);
                 }
                 self.locks.release_holder(now, at, &mut self.lock_events);
+                self.channels.detach(at);
+            }
+            ServiceCmd::ChannelAttach {
+                at,
+                channel,
+                caller,
+            } => self.channels.attach(&self.router, at, &channel, &caller),
+            ServiceCmd::ChannelWritten { at, upto } => {
+                self.channels.written(at, upto, &mut self.channel_fx)
+            }
+            ServiceCmd::Channels { caller, req, reply } => {
+                let created = self.channels.request(
+                    &self.router,
+                    &caller,
+                    req,
+                    reply,
+                    now,
+                    &mut self.channel_fx,
+                );
+                if let Some((spec, reply)) = created {
+                    let record = channels::Channels::initial_record(&spec);
+                    let key = spec.channel_id.as_bytes().to_vec();
+                    let tx = self.tx.clone();
+                    let router = self.router.clone();
+                    let job = StoreJob {
+                        puts: vec![(Table::Channels, key, record)],
+                        deletes: Vec::new(),
+                        then: Some(Box::new(move |ok| {
+                            if ok {
+                                let _ = tx.send(Msg::ChannelCreated { spec, reply });
+                            } else {
+                                store_failed(&router, reply);
+                            }
+                        })),
+                    };
+                    let _ = self.store.submit(Box::new(job));
+                }
             }
             ServiceCmd::Complete { at, group, ids } => {
                 let mut c = Changes::default();
@@ -1095,6 +1191,7 @@ impl Engine {
         self.flush_deliveries();
         self.flush_steps();
         self.flush_locks();
+        self.flush_channels();
         if self.steps_outstanding == 0 && !self.deferred_ops.is_empty() {
             for (req, reply) in std::mem::take(&mut self.deferred_ops) {
                 self.ops(req, reply);
@@ -1110,6 +1207,14 @@ impl Engine {
         );
         if now >= self.metrics_at {
             self.metrics_at = now + 1000;
+            let (connected, disconnected, backlog) = self.channels.gauges();
+            crate::metrics::channels(
+                connected,
+                disconnected,
+                backlog,
+                self.channels.collected_total,
+                self.channels.dropped_total,
+            );
             for g in self.groups.values() {
                 crate::metrics::service_group(
                     &g.name,
@@ -1202,6 +1307,22 @@ impl Engine {
         };
         if self.store.submit(Box::new(job)).is_err() {
             self.outstanding -= 1;
+        }
+    }
+
+    /// Sends what channel sockets may take and writes what channels changed.
+    fn flush_channels(&mut self) {
+        let mut fx = std::mem::take(&mut self.channel_fx);
+        self.channels.step(&self.store, &self.router, &mut fx);
+        if fx.reindex {
+            self.install_index();
+        }
+        if !fx.puts.is_empty() || !fx.deletes.is_empty() {
+            let _ = self.store.submit(Box::new(StoreJob {
+                puts: fx.puts,
+                deletes: fx.deletes,
+                then: None,
+            }));
         }
     }
 

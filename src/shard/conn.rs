@@ -253,6 +253,10 @@ pub struct WsState {
     pub ping_sent: Option<u64>,
     /// A service connection's group (PROTOCOL.md §10), set once authenticated.
     pub group: Option<std::sync::Arc<str>>,
+    /// A channel socket's channel (`/channels/{id}`, PROTOCOL.md §9), and the newest
+    /// `seq` of its events queued here and not yet reported written.
+    pub channel: Option<std::sync::Arc<str>>,
+    pub channel_upto: u64,
 }
 
 impl WsState {
@@ -278,6 +282,8 @@ impl WsState {
             tokens_at: now,
             ping_sent: None,
             group: None,
+            channel: None,
+            channel_upto: 0,
             close_sent: false,
             flush_at: None,
             dirty: false,

@@ -523,6 +523,15 @@ impl Shard {
             return;
         };
         ws.ring.consume(f.messages);
+        if ws.channel_upto > 0 && ws.ring.is_empty() {
+            self.channel_written(key);
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Kind::Ws(ws) = &mut conn.kind else {
+            return;
+        };
         // What is left flushes when batchMax wait again or batchMs after its oldest.
         let next = match ws.ring.oldest().map(|f| f.arrived_ms) {
             None => None,

@@ -137,7 +137,11 @@ impl Shard {
         let close = req.close || self.node.is_draining();
         match api::route(&req, &self.node, close) {
             Route::Respond(bytes) => self.answer_now(key, bytes, close),
-            Route::Upgrade { echo, accept } => {
+            Route::Upgrade {
+                echo,
+                accept,
+                channel,
+            } => {
                 let waiting = matches!(
                     self.conns.get(key).map(|c| &c.kind),
                     Some(Kind::Http(h)) if !h.pending.is_empty()
@@ -150,7 +154,7 @@ impl Shard {
                     return;
                 }
                 self.send_raw(key, &http::upgrade_response(&accept));
-                self.start_ws(key, echo, &req.query);
+                self.start_ws(key, echo, &req.query, channel);
                 // Frames the client sent right behind its request are already here.
                 let leftover = self.conns.get_mut(key).map(|c| std::mem::take(&mut c.rbuf));
                 if let Some(mut buf) = leftover.filter(|b| !b.is_empty()) {
@@ -183,6 +187,13 @@ impl Shard {
             Route::EntityWrite(write) => {
                 if let Some(reply) = self.await_answer(key, close) {
                     self.node.backend().write_entity(write, reply);
+                }
+            }
+            Route::Channels { caller, req } => {
+                if let Some(reply) = self.await_answer(key, close) {
+                    self.node
+                        .backend()
+                        .services(crate::services::ServiceCmd::Channels { caller, req, reply });
                 }
             }
             Route::Services(req) => {

@@ -412,6 +412,12 @@ impl Shard {
         if conn.has_pending() {
             return;
         }
+        if conn.ws().is_some_and(|w| w.channel_upto > 0) {
+            self.channel_written(key);
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.ending == conn::Ending::AfterWrite {
             let _ = conn.sock.shutdown(std::net::Shutdown::Write);
             conn.ending = conn::Ending::HalfClosed;
@@ -495,6 +501,19 @@ impl Shard {
                 gen,
                 messages,
             } => self.on_tasks(conn as usize, gen, messages),
+            ShardMsg::ChannelEvents {
+                conn,
+                gen,
+                upto,
+                messages,
+            } => self.on_channel_events(conn as usize, gen, upto, messages),
+            ShardMsg::Close {
+                conn,
+                gen,
+                code,
+                reason,
+                error,
+            } => self.on_close_request(conn as usize, gen, code, &reason, error),
         }
     }
 
@@ -589,7 +608,10 @@ impl Shard {
         }
         self.detach_feed(key, feed::Leave::Discard);
         let mut conn = self.conns.remove(key);
-        if conn.ws().is_some_and(|w| w.group.is_some()) {
+        if conn
+            .ws()
+            .is_some_and(|w| w.group.is_some() || w.channel.is_some())
+        {
             self.detach_service(key, conn.gen);
         }
         let _ = self.poll.registry().deregister(&mut conn.sock);

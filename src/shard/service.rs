@@ -21,6 +21,10 @@ use crate::services::{Addr, DurableSub, ServiceCmd, SubscribeRequest};
 use super::conn::{Frame, Kind};
 use super::Shard;
 
+/// Events a channel's socket may have queued and not yet written (the services
+/// thread's credit, `services::channels`).
+const CHANNEL_CREDIT: usize = 1024;
+
 impl Shard {
     fn addr(&self, key: usize) -> Option<Addr> {
         let c = self.conns.get(key)?;
@@ -48,6 +52,90 @@ impl Shard {
         self.node
             .backend()
             .services(ServiceCmd::Attach { at, group });
+    }
+
+    /// A channel socket authenticated: the services thread checks the channel and its
+    /// owner, then sends its backlog (or closes the socket with 4001).
+    pub(super) fn attach_channel(&mut self, key: usize, channel: Arc<str>) {
+        let cap = self.node.config().delivery.queue_capacity + CHANNEL_CREDIT;
+        let Some(at) = self.addr(key) else { return };
+        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+            return;
+        };
+        ws.ring = super::ring::Ring::new(cap);
+        let Some(claims) = ws.claims.clone() else {
+            return;
+        };
+        let caller = crate::channels::Caller {
+            sub: claims.sub.clone(),
+            admin: claims.role == Role::Admin,
+        };
+        self.node.backend().services(ServiceCmd::ChannelAttach {
+            at,
+            channel: channel.to_string(),
+            caller,
+        });
+    }
+
+    /// A channel's events for its socket.
+    pub(super) fn on_channel_events(
+        &mut self,
+        key: usize,
+        gen: u32,
+        upto: u64,
+        messages: Vec<Vec<u8>>,
+    ) {
+        if let Some(ws) = self
+            .conns
+            .get_mut(key)
+            .filter(|c| c.gen == gen)
+            .and_then(|c| c.ws_mut())
+        {
+            ws.channel_upto = ws.channel_upto.max(upto);
+        }
+        self.on_tasks(key, gen, messages);
+    }
+
+    /// Everything queued for a channel socket is written: its events leave the backlog.
+    pub(super) fn channel_written(&mut self, key: usize) {
+        let Some(at) = self.addr(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.has_pending() {
+            return;
+        }
+        let Some(ws) = conn.ws_mut() else { return };
+        if ws.channel_upto == 0 || !ws.ring.is_empty() {
+            return;
+        }
+        let upto = std::mem::take(&mut ws.channel_upto);
+        self.node
+            .backend()
+            .services(ServiceCmd::ChannelWritten { at, upto });
+    }
+
+    /// The services thread closes a socket (a deleted channel, a refused attach, a newer
+    /// socket taking over).
+    pub(super) fn on_close_request(
+        &mut self,
+        key: usize,
+        gen: u32,
+        code: u16,
+        reason: &str,
+        error: Option<Vec<u8>>,
+    ) {
+        if !self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.gen == gen && c.ws().is_some())
+        {
+            return;
+        }
+        if let Some(e) = error {
+            self.send_text(key, &e);
+        }
+        self.close_ws(key, code, reason, "closed_by_server");
     }
 
     /// The connection is going: what it held goes back to its group.

@@ -37,7 +37,13 @@ pub(super) enum Flow {
 impl Shard {
     /// Turns an upgraded HTTP connection into a WebSocket session and authenticates it
     /// from the URL when it carries a `token` or `uuid`.
-    pub(super) fn start_ws(&mut self, key: usize, echo: bool, query: &str) {
+    pub(super) fn start_ws(
+        &mut self,
+        key: usize,
+        echo: bool,
+        query: &str,
+        channel: Option<String>,
+    ) {
         let cfg = self.node.config();
         self.next_number += 1;
         let mut state = WsState::new(
@@ -64,6 +70,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        state.channel = channel.map(|c| c.as_str().into());
         conn.kind = Kind::Ws(state);
         let gen = conn.gen;
         if echo {
@@ -166,6 +173,13 @@ impl Shard {
         self.arm(self.now + heartbeat, key, gen, TimerKind::Ping);
         if let Some(g) = group {
             self.attach_service(key, g.into());
+        } else if let Some(c) = self
+            .conns
+            .get(key)
+            .and_then(|c| c.ws())
+            .and_then(|w| w.channel.clone())
+        {
+            self.attach_channel(key, c);
         }
     }
 
