@@ -18,6 +18,7 @@ use shardcast::entities::Replica;
 use shardcast::filter::{Filter, OrderBy};
 use shardcast::history::History;
 use shardcast::publication::{EntityChange, Publication};
+use shardcast::services::index::{DurableSub, GroupIndex};
 use shardcast::services::queue::{Addr, Changes, Group};
 use shardcast::services::record;
 use shardcast::shard::conn::{LiveQuery, LQ_BIT};
@@ -147,6 +148,47 @@ fn main() {
 
     for pending in [1_000, 100_000, 1_000_000] {
         service_ack(&filter, pending);
+    }
+
+    // Channels: N organisation channels on `claims` (`organisation_id == 'org-i'`), one
+    // publication for one of them. Indexed by the equality term like the shard's filtered
+    // subscriptions, so flat in N (compare "filtered match" below).
+    for n in [1_000usize, 10_000, 100_000] {
+        let channels: Vec<(Arc<str>, DurableSub)> = (0..n)
+            .map(|i| {
+                (
+                    Arc::<str>::from(format!("chan_{i:016x}")),
+                    DurableSub {
+                        id: format!("chan_{i:016x}"),
+                        path: "claims".into(),
+                        events: vec![],
+                        filter: Some(
+                            Filter::parse(&format!("organisation_id == 'org-{i}'")).unwrap(),
+                        ),
+                    },
+                )
+            })
+            .collect();
+        let ix = GroupIndex::build(&Default::default(), &channels);
+        let p = Publication::new(
+            1,
+            "claims/c1",
+            "status_changed",
+            &json!({"organisation_id": format!("org-{}", n / 2), "user_id": "u"}).to_string(),
+            0,
+        );
+        let _ = p.data(); // parsed once per publication, as in ingest
+        bench(
+            &filter,
+            &format!("channel match ({n} organisation channels, 1 matching)"),
+            1,
+            100_000,
+            || {
+                let mut hits = 0;
+                ix.matches(black_box(&p), &mut |_, _| hits += 1);
+                black_box(hits);
+            },
+        );
     }
 
     // Filter evaluation on a small object.

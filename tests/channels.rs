@@ -515,3 +515,88 @@ fn a_collected_backlog_survives_restarts() {
     let marker = claim(&s, "org_1", "u1", "e", 7);
     assert_eq!(c.recv_type("event")["seq"], marker);
 }
+
+/// Not a timed test (it asserts no speed): the figures for docs/PERFORMANCE.md. Run with
+/// `cargo test --release --test channels -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_backlog_replay_and_idle_channel_memory() {
+    let s = Server::start("[channels]\nbacklog = 10000\n");
+    let t = user("u1", "org_1");
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    let (_, ch) = call(
+        &s,
+        "POST",
+        &format!("{BASE}/user"),
+        Some(json!({"user_id": "u1", "event_types": []})),
+        &t,
+    );
+    let id = ch["channel_id"].as_str().unwrap().to_string();
+    for b in 0..10 {
+        s.publish_batch(
+            (0..1000)
+                .map(|i| json!({"path": "claims/c", "eventType": "e", "data": {"user_id": "u1", "n": b * 1000 + i, "pad": "0123456789abcdef0123456789abcdef"}}))
+                .collect(),
+        );
+    }
+    assert!(wait_until(Duration::from_secs(10), || call(
+        &s,
+        "GET",
+        &format!("{BASE}/{id}"),
+        None,
+        &t
+    )
+    .1["event_count"]
+        == 10_000));
+    let mut c = Client::connect(
+        &s,
+        &format!("/channels/{id}?token={t}&batchMs=0&framing=array&batchMax=1000"),
+    );
+    c.recv_type("authenticated");
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    // Counted without parsing, so the figure is the server's, not this client's JSON.
+    while n < 10_000 {
+        match c.ws.read().expect("read") {
+            tungstenite::Message::Text(t) => n += t.matches("\"channelId\"").count(),
+            _ => continue,
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "replayed a 10k backlog in {:.1} ms: {:.0} events/s",
+        secs * 1e3,
+        10_000.0 / secs
+    );
+    c.close();
+    if std::env::var("SKIP_IDLE").is_ok() {
+        return;
+    }
+    // Idle channels: RSS per channel over 10k of them.
+    let before = rss();
+    for i in 0..10_000 {
+        let (st, _) = call(
+            &s,
+            "POST",
+            &format!("{BASE}/user"),
+            Some(json!({"user_id": "u1", "event_types": [format!("e{i}")]})),
+            &t,
+        );
+        assert_eq!(st, 201);
+    }
+    let after = rss();
+    println!(
+        "10k idle channels: RSS {} -> {} KiB, {:.0} bytes per channel",
+        before,
+        after,
+        (after - before) as f64 * 1024.0 / 10_000.0
+    );
+}

@@ -346,9 +346,10 @@ fn dashboards_and_alerts_work_against_real_prometheus() {
     let queries = panel_queries(&dashboard);
     assert!(queries.len() >= 20, "only {} panel queries", queries.len());
 
-    // The engine, with small rings so that a burst overflows one, and a Prometheus
-    // scraping it every second with the alert rules loaded.
-    let s = Server::start("shards = 2\n[delivery]\nqueue_capacity = 16");
+    // The engine, with small rings so that a burst overflows one (and small channel
+    // backlogs, so that a channel drops), and a Prometheus scraping it every second with
+    // the alert rules loaded.
+    let s = Server::start("shards = 2\n[delivery]\nqueue_capacity = 16\n[channels]\nbacklog = 2");
     let prom = Prometheus::start(&prometheus, s.port, &rules_path);
 
     let stop = AtomicBool::new(false);
@@ -439,6 +440,37 @@ fn dashboards_and_alerts_work_against_real_prometheus() {
             }
         };
         assert_eq!(granted["acquired"], true, "{granted}");
+        // A channel with no socket: 5 matching events into its 2-event backlog, so 3 are
+        // dropped (oldest first) and 2 wait: the channels row's series. Prometheus first
+        // scrapes the channel metrics at 0, so that the drops show as a rise (the rates,
+        // the alert) rather than as the series' first value.
+        let scraped_once = wait_until(Duration::from_secs(20), || {
+            prom.max_value("count_over_time(shardcast_channel_dropped_total[1m])") >= 1.0
+        });
+        assert!(
+            scraped_once,
+            "no scrape of the channel metrics:\n{}",
+            prom.log()
+        );
+        let chan_token = token_with(
+            json!({"sub": "chan-user", "role": "user", "org": "org_1", "scopes": ["claims"], "exp": now() + 3600}),
+            SECRET,
+        );
+        let (st, ch) = s.http(
+            "POST",
+            "/api/v1/realtime-subscriptions/user",
+            Some(&json!({"user_id": "chan-user", "event_types": []})),
+            Some(&format!("Bearer {chan_token}")),
+        );
+        assert_eq!(st, 201, "{ch}");
+        assert!(ch["channel_id"].is_string(), "{ch}");
+        for n in 0..5 {
+            s.publish(
+                &format!("claims/c{n}"),
+                "status_changed",
+                json!({"user_id": "chan-user", "n": n}),
+            );
+        }
 
         // Wait (with a deadline) until Prometheus holds several scrapes that include
         // the traffic above.
@@ -446,6 +478,7 @@ fn dashboards_and_alerts_work_against_real_prometheus() {
             prom.max_value("count_over_time(shardcast_auth_failures_total[1m])") >= 4.0
                 && prom.max_value("count_over_time(shardcast_service_ack_seconds_count[1m])") >= 2.0
                 && prom.max_value(r#"shardcast_dropped_total{reason="queue_overflow"}"#) > 0.0
+                && prom.max_value("shardcast_channel_events_total") >= 1.0
                 && prom.max_value(r#"up{job="shardcast"}"#) == 1.0
         });
         assert!(

@@ -390,10 +390,7 @@ fn an_instance_holds_at_most_prefetch_and_two_never_hold_one_task() {
             break m;
         }
     };
-    assert!(
-        held.contains(&again["seq"].as_u64().unwrap()),
-        "{again}"
-    );
+    assert!(held.contains(&again["seq"].as_u64().unwrap()), "{again}");
     assert!(again["attempt"].as_u64().unwrap() >= 2, "{again}");
     // `a` received it no later than `got_at`, so its deadline is at least 1.5 s after.
     assert!(

@@ -25,7 +25,7 @@ use crate::router::{Answer, ReplyTo, Router, ShardMsg};
 use crate::store::{Store, Table};
 
 /// Events sent to a socket and not yet reported written, at most.
-const CREDIT: usize = 1024;
+const CREDIT: usize = 8192;
 
 struct Channel {
     spec: ChannelSpec,
@@ -74,8 +74,8 @@ impl Channel {
 pub struct Effects {
     pub puts: Vec<(Table, Vec<u8>, Vec<u8>)>,
     pub deletes: Vec<(Table, Vec<u8>)>,
-    /// The durable index must be rebuilt (a channel came or went).
-    pub reindex: bool,
+    /// Channels deleted: their subscriptions leave the durable index.
+    pub removed: Vec<Arc<str>>,
 }
 
 /// Every channel (see the module docs).
@@ -468,7 +468,7 @@ impl Channels {
                 for s in &c.seqs {
                     fx.deletes.push((Table::Backlog, record::task_key(&id, *s)));
                 }
-                fx.reindex = true;
+                fx.removed.push(id.as_str().into());
                 http(
                     router,
                     reply,
@@ -491,7 +491,7 @@ impl Channels {
     }
 
     /// A created channel is durable: it collects from the next index on.
-    pub fn created(&mut self, spec: ChannelSpec) -> Result<Value, String> {
+    pub fn created(&mut self, spec: ChannelSpec) -> Result<(Value, Arc<str>, DurableSub), String> {
         let (path, filter) = spec.kind.subscription()?;
         let id: Arc<str> = spec.channel_id.as_str().into();
         let sub = DurableSub {
@@ -514,8 +514,9 @@ impl Channels {
             dirty: false,
         };
         let answer = c.view().created(&self.public_url);
-        self.map.insert(id, c);
-        Ok(answer)
+        let sub = c.sub.clone();
+        self.map.insert(id.clone(), c);
+        Ok((answer, id, sub))
     }
 
     /// The initial record of a channel about to be created.

@@ -94,11 +94,22 @@ struct PathEntries {
     terms: HashMap<FieldPath, HashMap<IndexKey, Vec<usize>>>,
 }
 
-/// Durable subscriptions by path, for matching (see the module docs).
+/// Durable subscriptions by path, for matching (see the module docs). Changed in place,
+/// one subscription at a time, so creating the 10,000th channel costs what the first did.
 #[derive(Default)]
 pub struct GroupIndex {
-    entries: Vec<Entry>,
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    /// (is a channel, owner, subscription id) → slot.
+    slots: HashMap<(bool, Arc<str>, String), usize>,
     by_path: HashMap<Box<str>, PathEntries>,
+}
+
+fn owner_key(owner: &Owner) -> (bool, Arc<str>) {
+    match owner {
+        Owner::Group(g) => (false, g.clone()),
+        Owner::Channel(c) => (true, c.clone()),
+    }
 }
 
 impl GroupIndex {
@@ -119,10 +130,12 @@ impl GroupIndex {
         ix
     }
 
-    fn add(&mut self, owner: Owner, sub: DurableSub) {
+    /// Adds `owner`'s subscription `sub` (replacing one with its id).
+    pub fn add(&mut self, owner: Owner, sub: DurableSub) {
+        self.remove(&owner, &sub.id);
         let mut id_json = Vec::new();
         crate::protocol::write_json_str(&mut id_json, &sub.id);
-        let at = self.entries.len();
+        let at = self.free.pop().unwrap_or(self.entries.len());
         let path = self.by_path.entry(sub.path.as_str().into()).or_default();
         match sub.filter.as_ref().and_then(|f| f.index_term()) {
             Some((field, keys)) => {
@@ -133,15 +146,58 @@ impl GroupIndex {
             }
             None => path.scan.push(at),
         }
-        self.entries.push(Entry {
+        let (channel, name) = owner_key(&owner);
+        self.slots.insert((channel, name, sub.id.clone()), at);
+        let entry = Entry {
             owner,
             id_json: id_json.into(),
             sub,
-        });
+        };
+        if at == self.entries.len() {
+            self.entries.push(Some(entry));
+        } else {
+            self.entries[at] = Some(entry);
+        }
+    }
+
+    /// Removes `owner`'s subscription `id`; true if there was one.
+    pub fn remove(&mut self, owner: &Owner, id: &str) -> bool {
+        let (channel, name) = owner_key(owner);
+        let Some(at) = self.slots.remove(&(channel, name, id.to_string())) else {
+            return false;
+        };
+        let Some(e) = self.entries.get_mut(at).and_then(Option::take) else {
+            return false;
+        };
+        self.free.push(at);
+        if let Some(path) = self.by_path.get_mut(e.sub.path.as_str()) {
+            match e.sub.filter.as_ref().and_then(|f| f.index_term()) {
+                Some((field, keys)) => {
+                    if let Some(by_key) = path.terms.get_mut(field) {
+                        for k in keys {
+                            if let Some(v) = by_key.get_mut(&k) {
+                                v.retain(|&i| i != at);
+                                if v.is_empty() {
+                                    by_key.remove(&k);
+                                }
+                            }
+                        }
+                        if by_key.is_empty() {
+                            path.terms.remove(field);
+                        }
+                    }
+                }
+                None => path.scan.retain(|&i| i != at),
+            }
+            if path.scan.is_empty() && path.terms.is_empty() {
+                self.by_path.remove(e.sub.path.as_str());
+            }
+        }
+        true
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slots.is_empty()
     }
 
     /// Calls `f(owner, ids)` once per owner whose subscriptions `p` matches, `ids` being
@@ -168,7 +224,9 @@ impl GroupIndex {
         }
         let mut found: Vec<(&Owner, Vec<u8>)> = Vec::new();
         for i in candidates {
-            let e = &self.entries[i];
+            let Some(e) = self.entries.get(i).and_then(Option::as_ref) else {
+                continue;
+            };
             if !e.sub.matches(p) {
                 continue;
             }
@@ -186,12 +244,14 @@ impl GroupIndex {
     }
 }
 
-/// The index ingest reads: swapped whole, with a flag so that a node without durable
-/// subscriptions pays one atomic load per publish request.
+/// The index ingest reads, with a flag so that a node without durable subscriptions
+/// pays one atomic load per publish request. Ingest reads it under the sequencer lock;
+/// the services thread changes it under that lock too ([`crate::ingest::Ingest::at_boundary`]),
+/// so the read lock is never contended by a writer while a publication is matched.
 #[derive(Default)]
 pub struct DurableSubs {
     active: AtomicBool,
-    current: RwLock<Arc<GroupIndex>>,
+    index: RwLock<GroupIndex>,
 }
 
 impl DurableSubs {
@@ -199,18 +259,15 @@ impl DurableSubs {
         self.active.load(Ordering::Acquire)
     }
 
-    pub fn current(&self) -> Arc<GroupIndex> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, GroupIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Installs a new index (the services thread, under the sequencer lock).
-    pub fn install(&self, index: GroupIndex) {
-        let empty = index.is_empty();
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
-        self.active.store(!empty, Ordering::Release);
+    /// Changes the index (the services thread, under the sequencer lock).
+    pub fn change(&self, f: impl FnOnce(&mut GroupIndex)) {
+        let mut ix = self.index.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut ix);
+        self.active.store(!ix.is_empty(), Ordering::Release);
     }
 }
 

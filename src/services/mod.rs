@@ -13,7 +13,7 @@
 //! payload, dead-letter listings).
 
 mod channels;
-mod index;
+pub mod index;
 mod locks;
 // Public for the benchmarks (benches/features.rs, "service ack"); nothing outside this
 // module changes a queue.
@@ -215,7 +215,7 @@ impl TaskSink for Intake {
     }
 
     fn collect(&self, p: &Arc<Publication>, out: &mut Vec<NewTask>) {
-        let index = self.durable.current();
+        let index = self.durable.read();
         index.matches(p, &mut |owner, ids| {
             out.push(match owner {
                 Owner::Group(g) => NewTask {
@@ -629,8 +629,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Rebuilds the durable subscription index and swaps it in at a `seq` boundary;
-    /// returns that boundary (the newest `seq` it does not cover).
+    /// Changes the durable subscription index at a `seq` boundary; returns that boundary
+    /// (the newest `seq` the change does not cover).
+    fn change_index(&self, f: impl FnOnce(&mut GroupIndex)) -> u64 {
+        let durable = self.durable.clone();
+        self.ingest.at_boundary(move || durable.change(f)).1
+    }
+
+    /// Builds the whole durable subscription index (start-up).
     fn install_index(&self) -> u64 {
         let all: BTreeMap<Arc<str>, BTreeMap<String, DurableSub>> = self
             .groups
@@ -640,8 +646,7 @@ impl Engine {
             .collect();
         let channels = self.channels.subscriptions();
         let index = GroupIndex::build(&all, &channels);
-        let durable = self.durable.clone();
-        self.ingest.at_boundary(move || durable.install(index)).1
+        self.change_index(move |ix| *ix = index)
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
@@ -701,9 +706,9 @@ impl Engine {
                 }
             }
             Msg::ChannelCreated { spec, reply } => match self.channels.created(spec) {
-                Ok(answer) => {
+                Ok((answer, id, sub)) => {
                     // Collecting from here on, then answered.
-                    self.install_index();
+                    self.change_index(|ix| ix.add(Owner::Channel(id), sub));
                     http_answer(&self.router, reply, 201, answer);
                 }
                 Err(e) => http_error(&self.router, reply, 500, "INTERNAL", e),
@@ -952,8 +957,11 @@ impl Engine {
         let mut answers = Vec::new();
         let mut removed = Vec::new();
         let mut not_found = Vec::new();
+        let owner = Owner::Group(c.group.clone());
+        let mut added = Vec::new();
         for r in c.added {
             let existed = group.subs.get(&r.sub.id) == Some(&r.sub);
+            added.push(r.sub.clone());
             let mut a = json!({"id": r.sub.id, "path": r.sub.path, "events": r.sub.events});
             if r.since.is_some() {
                 // The group's queue kept everything since the subscription began; a new
@@ -970,7 +978,15 @@ impl Engine {
                 not_found.push(id);
             }
         }
-        let boundary = self.install_index();
+        let gone = removed.clone();
+        let boundary = self.change_index(|ix| {
+            for sub in added {
+                ix.add(owner.clone(), sub);
+            }
+            for id in &gone {
+                ix.remove(&owner, id);
+            }
+        });
         let msg = if c.subscribe {
             for a in &mut answers {
                 a["seq"] = json!(boundary);
@@ -1314,8 +1330,14 @@ impl Engine {
     fn flush_channels(&mut self) {
         let mut fx = std::mem::take(&mut self.channel_fx);
         self.channels.step(&self.store, &self.router, &mut fx);
-        if fx.reindex {
-            self.install_index();
+        if !fx.removed.is_empty() {
+            let removed = std::mem::take(&mut fx.removed);
+            self.change_index(|ix| {
+                for id in removed {
+                    let sub_id = id.to_string();
+                    ix.remove(&Owner::Channel(id), &sub_id);
+                }
+            });
         }
         if !fx.puts.is_empty() || !fx.deletes.is_empty() {
             let _ = self.store.submit(Box::new(StoreJob {

@@ -23,7 +23,7 @@ use super::Shard;
 
 /// Events a channel's socket may have queued and not yet written (the services
 /// thread's credit, `services::channels`).
-const CHANNEL_CREDIT: usize = 1024;
+const CHANNEL_CREDIT: usize = 8192;
 
 impl Shard {
     fn addr(&self, key: usize) -> Option<Addr> {

@@ -141,7 +141,13 @@ impl Shard {
         let heartbeat = self.node.config().delivery.heartbeat_ms;
         // A service's group names its tasks (`group:seq`) and its logs' path
         // (`$logs/{group}`): it must be a path segment.
-        let group = (claims.role == Role::Service).then(|| {
+        // (A channel socket is its channel's, whatever the token's role.)
+        let on_channel = self
+            .conns
+            .get(key)
+            .and_then(|c| c.ws())
+            .is_some_and(|w| w.channel.is_some());
+        let group = (claims.role == Role::Service && !on_channel).then(|| {
             opts.group
                 .clone()
                 .unwrap_or_else(|| claims.group().to_string())
