@@ -215,6 +215,9 @@ pub struct AuthConfig {
     pub api_keys: Vec<String>,
     pub auth_timeout_ms: u64,
     pub ticket_ttl_ms: u64,
+    /// Browser origins allowed on upgrades and (with CORS) on `/api/v1/*`; empty:
+    /// loopback origins only (`crate::origin`).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -224,6 +227,7 @@ impl Default for AuthConfig {
             api_keys: vec!["dev-key".to_string()],
             auth_timeout_ms: 10_000,
             ticket_ttl_ms: 30_000,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -436,6 +440,7 @@ const KEYS: &[KeySpec] = &[
     secret("auth", "api_keys", Kind::StrList),
     spec("auth", "auth_timeout_ms", U64),
     spec("auth", "ticket_ttl_ms", U64),
+    spec("auth", "allowed_origins", Kind::StrList),
     spec("delivery", "batch_ms", U64),
     spec("delivery", "batch_max", USIZE),
     spec("delivery", "max_batch_ms", U64),
@@ -886,6 +891,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "auth.jwt_secret",
                 reason: "must not be empty".to_string(),
+            });
+        }
+        if let Err(reason) = crate::origin::Origins::from_config(&self.auth.allowed_origins) {
+            return Err(ConfigError::Invalid {
+                key: "auth.allowed_origins",
+                reason,
             });
         }
         // An empty key would let `Authorization: apikey ` (nothing after it) in.

@@ -194,6 +194,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -219,6 +220,32 @@ pub fn response(status: u16, content_type: &str, body: &[u8], close: bool) -> Ve
         if close { "Connection: close\r\n" } else { "" }
     )
     .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A response with extra headers; an empty `content_type` sends none (a 204).
+pub fn response_with(
+    status: u16,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &[u8],
+    close: bool,
+) -> Vec<u8> {
+    metrics_http(status);
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !content_type.is_empty() {
+        out.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    if close {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
     out.extend_from_slice(body);
     out
 }

@@ -59,6 +59,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod node;
 pub mod options;
+pub mod origin;
 pub mod protocol;
 pub mod publication;
 pub mod router;

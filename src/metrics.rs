@@ -297,6 +297,7 @@ fn preregister() {
 
 /// `reason` values of `shardcast_auth_failures_total`.
 pub const AUTH_FAILURE_REASONS: &[&str] = &[
+    "origin",
     "missing",
     "malformed",
     "bad_api_key",

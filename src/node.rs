@@ -38,6 +38,8 @@ pub struct Node {
     ws_connections: AtomicUsize,
     /// A short random tag, so `connectionId`s differ across restarts.
     id: String,
+    /// `auth.allowed_origins`, checked.
+    origins: crate::origin::Origins,
 }
 
 impl Node {
@@ -46,7 +48,11 @@ impl Node {
             "{:06x}",
             crate::time::unix_ms() & 0xFF_FFFF ^ std::process::id() as u64
         );
+        // Validated with the configuration; the loopback default should that be skipped.
+        let origins = crate::origin::Origins::from_config(&config.auth.allowed_origins)
+            .unwrap_or(crate::origin::Origins::Loopback);
         Node {
+            origins,
             cursors: Cursors::new(config.auth.jwt_secret.as_bytes()),
             config,
             backend,
@@ -56,6 +62,11 @@ impl Node {
             ws_connections: AtomicUsize::new(0),
             id,
         }
+    }
+
+    /// Which browser origins may use the node (PROTOCOL.md §11).
+    pub fn origins(&self) -> &crate::origin::Origins {
+        &self.origins
     }
 
     pub fn config(&self) -> &Config {

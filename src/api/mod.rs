@@ -136,6 +136,111 @@ pub fn route(req: &Request, node: &Node, close: bool) -> Route {
     }
 }
 
+/// The methods a path under `/api/v1/` takes (a CORS preflight's answer), or `None`
+/// for a path that is not a resource.
+pub fn api_methods(path: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix("/api/v1/")?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    Some(match segs.as_slice() {
+        ["publish"] | ["ws-tickets"] => "POST",
+        ["entities", _] => "GET",
+        ["entities", _, _] => "GET, PUT, PATCH, DELETE",
+        ["services"] => "GET",
+        ["services", _, "dead-letters"] => "GET, DELETE",
+        ["services", _, "dead-letters", "replay"] => "POST",
+        ["realtime-subscriptions"] | ["realtime-subscriptions", ""] => "GET, POST",
+        ["realtime-subscriptions", "organisation" | "user"] => "POST",
+        ["realtime-subscriptions", _] => "GET, DELETE",
+        ["realtime-subscriptions", _, "reconnect"] => "PUT",
+        _ => return None,
+    })
+}
+
+/// What the `Origin` of a request means (PROTOCOL.md §11): `Err` is the answer (403 for
+/// a disallowed origin; a preflight's 204), `Ok(Some(origin))` the origin to name in the
+/// answer's CORS headers.
+pub fn check_origin(req: &Request, node: &Node, close: bool) -> Result<Option<String>, Vec<u8>> {
+    let path = req.path.as_str();
+    let api = path.starts_with("/api/v1/");
+    let preflight = api && req.method == "OPTIONS";
+    let Some(origin) = req.header("origin").map(str::trim) else {
+        if preflight {
+            // Not a browser's preflight: say what the path takes.
+            let methods = api_methods(path).unwrap_or("");
+            return Err(http::response_with(
+                204,
+                &[("Allow", methods)],
+                "",
+                b"",
+                close,
+            ));
+        }
+        return Ok(None);
+    };
+    let allowed = node.origins().allows(origin);
+    let upgrade_path = path == "/ws"
+        || path.starts_with("/channels/")
+        || (!node.config().testing.echo_path.is_empty() && path == node.config().testing.echo_path);
+    if !allowed {
+        if upgrade_path || api {
+            if upgrade_path {
+                crate::metrics::auth_failure("origin");
+            }
+            let m = format!(
+                "origin '{}' is not allowed (auth.allowed_origins)",
+                crate::protocol::truncate(origin, 200)
+            );
+            // No CORS headers: the page cannot read the answer, and no preflight passes.
+            return Err(http::error_response(403, "FORBIDDEN", &m, None, close));
+        }
+        return Ok(None);
+    }
+    if !api {
+        return Ok(None);
+    }
+    if preflight {
+        let Some(methods) = api_methods(path) else {
+            return Err(with_cors(
+                http::error_response(
+                    404,
+                    "NOT_FOUND",
+                    &format!("no resource at {path}"),
+                    None,
+                    close,
+                ),
+                origin,
+            ));
+        };
+        return Err(http::response_with(
+            204,
+            &[
+                ("Access-Control-Allow-Origin", origin),
+                ("Vary", "Origin"),
+                ("Access-Control-Allow-Methods", methods),
+                (
+                    "Access-Control-Allow-Headers",
+                    "Authorization, Content-Type",
+                ),
+                ("Access-Control-Max-Age", "600"),
+            ],
+            "",
+            b"",
+            close,
+        ));
+    }
+    Ok(Some(origin.to_string()))
+}
+
+/// Adds `Access-Control-Allow-Origin: origin` and `Vary: Origin` to a response.
+pub fn with_cors(mut response: Vec<u8>, origin: &str) -> Vec<u8> {
+    let Some(end) = response.windows(2).position(|w| w == b"\r\n") else {
+        return response;
+    };
+    let headers = format!("\r\nAccess-Control-Allow-Origin: {origin}\r\nVary: Origin");
+    response.splice(end..end, headers.into_bytes());
+    response
+}
+
 /// Checks an upgrade request (RFC 6455 §4.2.1).
 fn upgrade(req: &Request, echo: bool, close: bool) -> Route {
     if !req.header_has("upgrade", "websocket") || !req.header_has("connection", "upgrade") {

@@ -102,6 +102,8 @@ pub struct HttpState {
     pub closing: bool,
     /// The peer half-closed while answers were awaited: finish once they are written.
     pub eof: bool,
+    /// The CORS origin of the request being routed, for its answer's slot.
+    pub cors: Option<Box<str>>,
     /// `http_process` is running for this connection: a write that completes inside it
     /// (and would read the next request) leaves that to the running loop instead of
     /// recursing once per pipelined request.
@@ -115,6 +117,8 @@ pub struct AnswerSlot {
     pub response: Option<Vec<u8>>,
     /// Close the connection after writing it.
     pub close: bool,
+    /// The allowed browser origin the answer names in its CORS headers.
+    pub cors: Option<Box<str>>,
 }
 
 /// A subscription held by a WebSocket connection.

@@ -135,6 +135,19 @@ impl Shard {
         // The shared flag, not this shard's drain state: readiness fails (and answers
         // say `Connection: close`) from the moment of the signal.
         let close = req.close || self.node.is_draining();
+        // Browsers (PROTOCOL.md §11): a disallowed `Origin` is refused before anything
+        // else, a preflight is answered here, and an allowed origin is named on the answer.
+        match api::check_origin(&req, &self.node, close) {
+            Err(answer) => {
+                self.answer_now(key, answer, close);
+                return;
+            }
+            Ok(cors) => {
+                if let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) {
+                    h.cors = cors.map(String::into_boxed_str);
+                }
+            }
+        }
         match api::route(&req, &self.node, close) {
             Route::Respond(bytes) => self.answer_now(key, bytes, close),
             Route::Upgrade {
@@ -215,9 +228,11 @@ impl Shard {
         let Kind::Http(h) = &mut c.kind else {
             return None;
         };
+        let cors = h.cors.take();
         h.pending.push_back(AnswerSlot {
             response: None,
             close,
+            cors,
         });
         h.closing |= close;
         Some(ReplyTo {
@@ -250,7 +265,10 @@ impl Shard {
         let Some(slot) = h.pending.get_mut(at) else {
             return;
         };
-        slot.response = Some(bytes);
+        slot.response = Some(match &slot.cors {
+            Some(origin) => api::with_cors(bytes, origin),
+            None => bytes,
+        });
         let mut out: Vec<u8> = Vec::new();
         let mut close = false;
         while h.pending.front().is_some_and(|s| s.response.is_some()) {
