@@ -1,7 +1,8 @@
 //! Browsers (PROTOCOL.md §11): the `Origin` allow-list on every upgrade and CORS on the
 //! REST API (`auth.allowed_origins`), against the real binary; and one page in headless
-//! Chromium (Debian's `chromium`, driven by playwright-core) that fetches a ticket from
-//! another origin and opens a socket with it.
+//! Chromium (Debian's `chromium`, driven by playwright-core) that, from another origin,
+//! fetches a ticket and opens a socket with it, then creates, reads, attaches to and
+//! deletes a channel.
 
 mod common;
 
@@ -391,7 +392,9 @@ fn a_page_on_another_origin_fetches_a_ticket_and_opens_a_socket() {
         move || {
             // Publishes until the page has seen one (the page reports it).
             for i in 0..200 {
-                let body = format!(r#"{{"path":"jobs/1","eventType":"done","data":{{"i":{i}}}}}"#);
+                let body = format!(
+                    r#"{{"events":[{{"path":"jobs/1","eventType":"done","data":{{"i":{i}}}}},{{"path":"claims/c1","eventType":"status_changed","data":{{"user_id":"browser-user","i":{i}}}}}]}}"#
+                );
                 let mut c = match TcpStream::connect(("127.0.0.1", port)) {
                     Ok(c) => c,
                     Err(_) => return,
@@ -426,4 +429,16 @@ fn a_page_on_another_origin_fetches_a_ticket_and_opens_a_socket() {
     assert_eq!(report["authenticated"], true, "{report}");
     assert_eq!(report["subscribed"], true, "{report}");
     assert_eq!(report["event"]["path"], "jobs/1", "{report}");
+    // The channels REST API and a channel socket from the same page.
+    assert_eq!(report["channel"]["status"], 200, "{report}");
+    assert_eq!(
+        report["channel"]["subscription_type"], "user_claims",
+        "{report}"
+    );
+    assert_eq!(report["channelEvent"]["channelId"], true, "{report}");
+    assert_eq!(report["channelEvent"]["path"], "claims/c1", "{report}");
+    assert_eq!(
+        report["channelClosed"], 1000,
+        "deleting the channel closed its socket: {report}"
+    );
 }

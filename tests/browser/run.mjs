@@ -1,6 +1,6 @@
 // Opens the page given as argv[2] in Debian's headless Chromium (playwright-core, no
-// downloaded browser) and prints its window.report as one JSON line once it has seen an
-// event, or failed, or 20 s passed.
+// downloaded browser) and prints its window.report as one JSON line once it is done, or
+// failed, or 20 s passed.
 import { chromium } from "playwright-core";
 
 const url = process.argv[2];
@@ -19,7 +19,7 @@ try {
   let report = null;
   while (Date.now() < deadline) {
     report = await page.evaluate(() => window.report);
-    if (report && (report.event || report.error)) break;
+    if (report && (report.done || report.error)) break;
     await new Promise((r) => setTimeout(r, 100));
   }
   console.log(JSON.stringify(report));
