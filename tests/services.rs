@@ -480,7 +480,14 @@ fn locks_grant_wait_in_order_expire_and_fence_across_restarts() {
     b.send(
         &json!({"type": "lock", "requestId": "4", "name": "inv", "ttlMs": 300, "waitMs": 10000}),
     );
-    std::thread::sleep(Duration::from_millis(50)); // b's request first (arrival order)
+    // b's wait is queued before c asks: an answer to b's next request (which the services
+    // thread handles after b's lock) proves it.
+    b.send(&json!({"type": "unlock", "requestId": "probe", "name": "other"}));
+    let probe = b.recv_type("unlockResult");
+    assert_eq!(
+        (probe["requestId"].clone(), probe["released"].clone()),
+        (json!("probe"), json!(false))
+    );
     c.send(
         &json!({"type": "lock", "requestId": "5", "name": "inv", "ttlMs": 10000, "waitMs": 10000}),
     );
