@@ -1,16 +1,19 @@
-//! Services (PROTOCOL.md §10) on one node: durable group queues shared by a group's
-//! instances, acknowledgements and redelivery, dead letters, locks with fencing tokens.
+//! Services (PROTOCOL.md §10) and REST-created channels (§9) on one node: durable group
+//! queues shared by a group's instances, acknowledgements and redelivery, dead letters,
+//! locks with fencing tokens, and channels' durable backlogs and sockets.
 //!
-//! One thread, the services thread, owns every group's queue ([`queue::Group`]) and the
-//! lock table ([`locks::Locks`]); shards and the REST API talk to it only through
-//! [`ServiceCmd`]s (via [`crate::backend::Backend::services`]) and hear back through
-//! their mailboxes (`ShardMsg::Tasks` for deliveries, `Answer` for everything else).
-//! Ingest reaches it through [`Intake`], its [`TaskSink`]: under the sequencer lock it
-//! matches each publication against the durable subscriptions ([`index`]) and hands the
-//! tasks to the store, and the publisher is answered once they are durable. Every write
-//! goes through the store's group commit; the thread never waits for one (the jobs'
-//! completions come back as messages), it only reads (paging a backlog in, a retry's
-//! payload, dead-letter listings).
+//! One thread, the services thread, owns every group's queue ([`queue::Group`]), every
+//! channel (`channels::Channels`) and the lock table (`locks::Locks`); shards and the
+//! REST API talk to it only through [`ServiceCmd`]s (via
+//! [`crate::backend::Backend::services`]) and hear back through their mailboxes
+//! (`ShardMsg::Tasks` and `ShardMsg::ChannelEvents` for deliveries, `ShardMsg::Close` to
+//! close a socket, `Answer` for everything else). Ingest reaches it through [`Intake`],
+//! its [`TaskSink`]: under the sequencer lock it matches each publication against the
+//! durable subscriptions of groups and channels ([`index`]) and hands the tasks and
+//! backlog events to the store, and the publisher is answered once they are durable.
+//! Every write goes through the store's group commit; the thread never waits for one
+//! (the jobs' completions come back as messages), it only reads (paging a backlog in, a
+//! retry's payload, dead-letter listings, a channel's events for its socket).
 
 mod channels;
 pub mod index;
