@@ -741,8 +741,11 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         None
     };
 
+    // A flag that is missing is reported only after every given value was checked, so
+    // `--connections many` is named before a missing `--secret`.
+    let mut missing: Option<&'static str> = None;
     if scenario == ScenarioName::Services && get("--secret").is_none() {
-        return err(
+        missing = Some(
             "--secret is required for scenario services (each instance signs a service token)",
         );
     }
@@ -753,7 +756,10 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         (None, Some("")) => return err("--token: empty"),
         (Some(s), None) => Auth::Secret(s.to_string()),
         (None, Some(t)) => Auth::Token(t.to_string()),
-        (None, None) => return err("one of --secret or --token is required"),
+        (None, None) => {
+            missing = missing.or(Some("one of --secret or --token is required"));
+            Auth::None
+        }
     };
     let worker_offset = match get("--worker-offset") {
         Some(v) => Some(parse_int("--worker-offset", v, 0, u64::MAX / 2)?),
@@ -913,6 +919,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         ));
     }
 
+    if let Some(m) = missing {
+        return err(m);
+    }
     Ok(Command::Run(Box::new(Config {
         scenario,
         target,
@@ -1193,6 +1202,19 @@ mod tests {
         );
         fails(&format!("{BASE} --worker=1"), "--worker takes no value");
         fails(&format!("{BASE} --worker"), "--worker");
+    }
+
+    #[test]
+    fn a_bad_value_is_named_before_a_missing_flag() {
+        fails("fanout --connections many", "--connections");
+        fails("services --mode e2e --connections many", "--connections");
+        fails("fanout --rate fast", "--rate");
+        // With every value good, the missing flag is named.
+        fails(
+            "fanout --connections 5 --api-key k",
+            "one of --secret or --token is required",
+        );
+        fails("services --mode e2e --api-key k", "--secret is required");
     }
 
     #[test]
