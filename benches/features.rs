@@ -123,7 +123,7 @@ fn service_ack(filter: &Option<String>, pending: u64) {
     bench(filter, &name, 1, 50_000, || {
         now += 1;
         let done = held.pop_front().unwrap();
-        g.complete(inst, done, &mut c);
+        g.complete(done, &mut c);
         c.steps.clear();
         c.outcomes.completed.clear();
         seq += 1;

@@ -518,10 +518,14 @@ pub fn channels(
     metrics::counter!(CHANNEL_DROPPED).absolute(dropped);
 }
 
-/// The locks' gauges and grants.
-pub fn service_locks(held: usize, waiting: usize, granted: u64) {
+/// The locks' gauges (the services thread, once a second).
+pub fn service_locks(held: usize, waiting: usize) {
     metrics::gauge!(SERVICE_LOCKS_HELD).set(held as f64);
     metrics::gauge!(SERVICE_LOCK_WAITERS).set(waiting as f64);
+}
+
+/// Counts new lock grants.
+pub fn service_lock_grants(granted: u64) {
     if granted > 0 {
         metrics::counter!(SERVICE_LOCK_GRANTS).increment(granted);
     }

@@ -709,3 +709,19 @@ fn a_slow_instance_never_loses_tasks_to_oldest_drop() {
         0.0
     );
 }
+
+#[test]
+fn since_on_a_durable_subscription_says_whether_the_queue_reaches_back() {
+    let s = Server::start("");
+    let mut a = instance(&s, "a", "g");
+    let sub = json!([{"id": "w", "path": "jobs", "since": 0}]);
+    // A new subscription cannot reach back before it began.
+    let m = a.subscribe(sub.clone());
+    assert_eq!(m["subscriptions"][0]["recovered"], false, "{m}");
+    // The same one again: the group's queue kept everything since.
+    let m = a.subscribe(sub);
+    assert_eq!(m["subscriptions"][0]["recovered"], true, "{m}");
+    // Without `since`, no `recovered`.
+    let m = a.subscribe(json!([{"id": "w", "path": "jobs"}]));
+    assert!(m["subscriptions"][0].get("recovered").is_none(), "{m}");
+}

@@ -116,8 +116,9 @@ pub enum ServiceCmd {
         request_id: Option<Value>,
         ids: Vec<String>,
     },
+    /// `taskComplete`: any instance of the group may complete a task (ids are
+    /// idempotent), so who sent it does not matter.
     Complete {
-        at: Addr,
         group: Arc<str>,
         ids: Vec<String>,
     },
@@ -806,12 +807,12 @@ impl Engine {
                     let _ = self.store.submit(Box::new(job));
                 }
             }
-            ServiceCmd::Complete { at, group, ids } => {
+            ServiceCmd::Complete { group, ids } => {
                 let mut c = Changes::default();
                 if let Some(g) = self.groups.get_mut(&group) {
                     for id in &ids {
                         match record::parse_task_id(id) {
-                            Some((name, seq)) if *name == *group => g.complete(at, seq, &mut c),
+                            Some((name, seq)) if *name == *group => g.complete(seq, &mut c),
                             _ => {} // unknown ids are ignored (§10)
                         }
                     }
@@ -1226,6 +1227,7 @@ impl Engine {
         );
         if now >= self.metrics_at {
             self.metrics_at = now + 1000;
+            crate::metrics::service_locks(self.locks.held(), self.locks.waiting());
             let (connected, disconnected, backlog) = self.channels.gauges();
             crate::metrics::channels(
                 connected,
@@ -1392,7 +1394,6 @@ impl Engine {
 
     fn flush_locks(&mut self) {
         if self.lock_events.is_empty() {
-            crate::metrics::service_locks(self.locks.held(), self.locks.waiting(), 0);
             return;
         }
         for e in self.lock_events.drain(..) {
@@ -1425,12 +1426,10 @@ impl Engine {
             };
             ws_answer(&self.router, at, &msg);
         }
+        // Grants are counted as they happen; the gauges (which walk the lock table) once
+        // a second with the others.
         let grants = self.locks.grants();
-        crate::metrics::service_locks(
-            self.locks.held(),
-            self.locks.waiting(),
-            grants - self.grants,
-        );
+        crate::metrics::service_lock_grants(grants - self.grants);
         self.grants = grants;
         // The next block is asked for at half of this one.
         let next = self.locks.next_token();

@@ -410,12 +410,11 @@ impl Group {
 
     /// `taskComplete` of one task by `by`: in flight, waiting or queued again after a
     /// timeout, it is done (acknowledgements are idempotent: a second one finds nothing).
-    pub fn complete(&mut self, by: Addr, seq: u64, c: &mut Changes) {
+    pub fn complete(&mut self, seq: u64, c: &mut Changes) {
         if let Some(f) = self.in_flight.remove(&seq) {
             if let Some(i) = self.instance_mut(f.instance) {
                 i.unacked = i.unacked.saturating_sub(1);
             }
-            let _ = by;
             c.outcomes.completed.push(f.sent.elapsed().as_secs_f64());
         } else if self.redeliver.remove(&seq).is_some()
             || self.waiting_attempt.remove(&seq).is_some()
@@ -663,7 +662,7 @@ mod tests {
                 assert_eq!(d.attempt, 1);
                 assert!(!d.record);
                 got.push(d.seq);
-                g.complete(A, d.seq, &mut c);
+                g.complete(d.seq, &mut c);
             }
             apply(&store, &g, &mut c);
         }
@@ -708,8 +707,8 @@ mod tests {
                     }
                 }
                 4 => {
-                    if let Some((&seq, &by)) = held.iter().next() {
-                        g.complete(by, seq, &mut c);
+                    if let Some(&seq) = held.keys().next() {
+                        g.complete(seq, &mut c);
                         held.remove(&seq);
                         done.insert(seq);
                     }
@@ -766,8 +765,7 @@ mod tests {
             g.tick(&store, now, max_attempts, &mut c);
             g.dispatch(&store, now, 4, 50, window, &mut out);
             for d in out.drain(..) {
-                let by = d.to;
-                g.complete(by, d.seq, &mut c);
+                g.complete(d.seq, &mut c);
                 done.insert(d.seq);
             }
             for s in &c.steps {

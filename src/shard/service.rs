@@ -253,7 +253,7 @@ impl Shard {
                 if let Some(group) = group {
                     self.node
                         .backend()
-                        .services(ServiceCmd::Complete { at, group, ids });
+                        .services(ServiceCmd::Complete { group, ids });
                 }
             }
             Command::TaskFailed { ids, retry_in_ms } => {
