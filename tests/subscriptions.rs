@@ -283,7 +283,7 @@ fn since_seam_under_concurrent_publishing() {
 
 #[test]
 fn since_survives_a_restart_without_reused_seqs() {
-    let mut s = Server::start("");
+    let mut s = Server::start("[delivery]\nbatch_ms = 0");
     let before = s.publish("r", "e", json!(1));
     s.kill();
     s.spawn(&[]);
