@@ -81,7 +81,24 @@ pub enum ConfigError {
     ClusterUnsupported,
     #[error("environment variable {name} is not valid UTF-8")]
     NonUnicodeEnv { name: String },
+    /// A shipped example secret on an address other machines can reach (PROTOCOL.md
+    /// section 13): anyone who read the README could mint tokens or publish.
+    #[error(
+        "refusing to start: 'listen' = {listen} is not a loopback address and '{key}' {what}, \
+         the shipped example that anyone can read; {fix}"
+    )]
+    ShippedSecret {
+        key: &'static str,
+        listen: SocketAddr,
+        what: &'static str,
+        fix: &'static str,
+    },
 }
+
+/// The example secrets the defaults and the README ship with: fine on loopback, where only
+/// this machine can reach the node, refused anywhere else ([`Config::validate`]).
+pub const SHIPPED_JWT_SECRET: &str = "change-me";
+pub const SHIPPED_API_KEY: &str = "dev-key";
 
 fn suggestion_text(suggestion: &Option<String>) -> String {
     match suggestion {
@@ -223,8 +240,8 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            jwt_secret: "change-me".to_string(),
-            api_keys: vec!["dev-key".to_string()],
+            jwt_secret: SHIPPED_JWT_SECRET.to_string(),
+            api_keys: vec![SHIPPED_API_KEY.to_string()],
             auth_timeout_ms: 10_000,
             ticket_ttl_ms: 30_000,
             allowed_origins: Vec::new(),
@@ -347,6 +364,15 @@ pub struct LimitsConfig {
     /// Project extension (not in PROTOCOL.md): most events in one `POST /api/v1/publish`
     /// (the contract's "at most 10000").
     pub max_publish_batch: usize,
+    /// A request (head and body, a WebSocket handshake included) must arrive within this
+    /// many ms of the connection's previous request being answered (or of its accept), and
+    /// an idle keep-alive connection closes after it.
+    pub request_timeout_ms: u64,
+    /// Project extension (not in PROTOCOL.md): most connections open at once that are not
+    /// WebSockets (REST clients, handshakes in progress). Counted apart from
+    /// `max_connections` so that slow or idle ones cannot use up the process's open files
+    /// and lock out WebSocket clients; beyond it a new connection gets 503.
+    pub max_http_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -360,6 +386,8 @@ impl Default for LimitsConfig {
             max_connections: 1_000_000,
             max_http_body_bytes: 33_554_432,
             max_publish_batch: 10_000,
+            request_timeout_ms: 10_000,
+            max_http_connections: 4_096,
         }
     }
 }
@@ -465,6 +493,8 @@ const KEYS: &[KeySpec] = &[
     spec("limits", "max_connections", USIZE),
     spec("limits", "max_http_body_bytes", USIZE),
     spec("limits", "max_publish_batch", USIZE),
+    spec("limits", "request_timeout_ms", U64),
+    spec("limits", "max_http_connections", USIZE),
     spec("cluster", "redis_url", Kind::Str),
     spec("testing", "echo_path", Kind::Str),
 ];
@@ -942,12 +972,43 @@ impl Config {
         at_least_one("limits.max_connections", l.max_connections as u64)?;
         at_least_one("limits.max_http_body_bytes", l.max_http_body_bytes as u64)?;
         at_least_one("limits.max_publish_batch", l.max_publish_batch as u64)?;
+        at_least_one("limits.request_timeout_ms", l.request_timeout_ms)?;
+        at_least_one("limits.max_http_connections", l.max_http_connections as u64)?;
         check_echo_path(&self.testing.echo_path).map_err(|reason| ConfigError::Invalid {
             key: "testing.echo_path",
             reason,
         })?;
         if !self.cluster.redis_url.is_empty() {
             return Err(ConfigError::ClusterUnsupported);
+        }
+        self.check_shipped_secrets()
+    }
+
+    /// PROTOCOL.md section 13: off loopback, the shipped example secret and api key stop
+    /// start-up (this runs before anything binds). A list that merely also holds
+    /// `dev-key` is refused too: that one key would still let anyone publish.
+    fn check_shipped_secrets(&self) -> Result<(), ConfigError> {
+        if self.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        if self.auth.jwt_secret == SHIPPED_JWT_SECRET {
+            return Err(ConfigError::ShippedSecret {
+                key: "auth.jwt_secret",
+                listen: self.listen,
+                what: "is \"change-me\"",
+                fix: "set a secret of your own as jwt_secret under [auth] in the config file, \
+                      or in the environment variable SHARDCAST_AUTH__JWT_SECRET",
+            });
+        }
+        if self.auth.api_keys.iter().any(|k| k == SHIPPED_API_KEY) {
+            return Err(ConfigError::ShippedSecret {
+                key: "auth.api_keys",
+                listen: self.listen,
+                what: "holds \"dev-key\"",
+                fix: "set keys of your own as api_keys under [auth] in the config file, \
+                      or in the environment variable SHARDCAST_AUTH__API_KEYS \
+                      (e.g. '[\"k1\",\"k2\"]')",
+            });
         }
         Ok(())
     }
@@ -1055,6 +1116,9 @@ mod tests {
     commands_per_sec = 100
     commands_burst = 200
     max_connections = 1000000
+    request_timeout_ms = 10000      # HTTP: a request head (and a WebSocket handshake) must
+                                    # arrive within this; idle keep-alive connections close
+                                    # after it
 
     [cluster]
     redis_url = ""                  # empty: single node; "redis://127.0.0.1:6379": cluster mode
@@ -1108,6 +1172,8 @@ mod tests {
         assert_eq!(c.limits.max_connections, 1_000_000);
         assert_eq!(c.limits.max_http_body_bytes, 33_554_432);
         assert_eq!(c.limits.max_publish_batch, 10_000);
+        assert_eq!(c.limits.request_timeout_ms, 10_000);
+        assert_eq!(c.limits.max_http_connections, 4_096);
         assert_eq!(c.cluster.redis_url, "");
         assert_eq!(c.testing.echo_path, "");
         assert!(c.ignored_env.is_empty());
@@ -1155,9 +1221,69 @@ mod tests {
     }
 
     #[test]
+    fn shipped_secrets_are_refused_off_loopback_only() {
+        let own = "[auth]\njwt_secret = \"s3cret\"\napi_keys = [\"k1\"]";
+        // Loopback (v4 and v6) keeps the shipped examples working out of the box.
+        for listen in ["127.0.0.1:8080", "127.0.0.2:1", "[::1]:8080"] {
+            let c = Config::from_toml_str(&format!("listen = \"{listen}\""), no_env());
+            assert!(c.is_ok(), "{listen}: {c:?}");
+        }
+        for listen in ["0.0.0.0:8080", "10.1.2.3:80", "[::]:8080"] {
+            let err = load_err(&format!("listen = \"{listen}\""), &[]);
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::ShippedSecret {
+                        key: "auth.jwt_secret",
+                        ..
+                    }
+                ),
+                "{listen}: {err:?}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(listen) && msg.contains("'auth.jwt_secret' is \"change-me\""));
+            assert!(msg.contains("SHARDCAST_AUTH__JWT_SECRET"), "{msg}");
+            // With an own secret, the shipped api key is the next refusal, even in a list.
+            let err = load_err(
+                &format!("listen = \"{listen}\"\n[auth]\njwt_secret = \"x\"\napi_keys = [\"k\", \"dev-key\"]"),
+                &[],
+            );
+            let msg = err.to_string();
+            assert!(msg.contains("'auth.api_keys' holds \"dev-key\""), "{msg}");
+            assert!(msg.contains("SHARDCAST_AUTH__API_KEYS"), "{msg}");
+            let c = Config::from_toml_str(&format!("listen = \"{listen}\"\n{own}"), no_env());
+            assert!(c.is_ok(), "{listen}: {c:?}");
+        }
+        // The environment's values count, both ways.
+        let err = load_err(
+            own,
+            &[
+                ("SHARDCAST_LISTEN", "0.0.0.0:1"),
+                ("SHARDCAST_AUTH__JWT_SECRET", "change-me"),
+            ],
+        );
+        assert!(matches!(
+            err,
+            ConfigError::ShippedSecret {
+                key: "auth.jwt_secret",
+                ..
+            }
+        ));
+        let c = Config::from_toml_str(
+            "listen = \"0.0.0.0:1\"",
+            env(&[
+                ("SHARDCAST_AUTH__JWT_SECRET", "mine"),
+                ("SHARDCAST_AUTH__API_KEYS", "[\"a\"]"),
+            ]),
+        );
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
     fn file_values_and_partial_sections() {
         let c = Config::from_toml_str(
-            "listen = \"0.0.0.0:9000\"\nlog_format = \"json\"\n[delivery]\nbatch_ms = 0\n",
+            "listen = \"0.0.0.0:9000\"\nlog_format = \"json\"\n[delivery]\nbatch_ms = 0\n\
+             [auth]\njwt_secret = \"s\"\napi_keys = [\"k\"]\n",
             no_env(),
         )
         .unwrap();
@@ -1412,6 +1538,14 @@ mod tests {
             (
                 "[limits]\nmax_publish_batch = 0",
                 "limits.max_publish_batch",
+            ),
+            (
+                "[limits]\nrequest_timeout_ms = 0",
+                "limits.request_timeout_ms",
+            ),
+            (
+                "[limits]\nmax_http_connections = 0",
+                "limits.max_http_connections",
             ),
             ("[live_query]\npage = 0", "live_query.page"),
             ("[services]\nack_timeout_ms = 0", "services.ack_timeout_ms"),

@@ -11,6 +11,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const CONNECTIONS: &str = "shardcast_connections";
 pub const CONNECTIONS_ACCEPTED: &str = "shardcast_connections_accepted_total";
 pub const CONNECTIONS_CLOSED: &str = "shardcast_connections_closed_total";
+pub const HTTP_CLOSED: &str = "shardcast_http_connections_closed_total";
+pub const HTTP_CONNECTIONS: &str = "shardcast_http_connections";
 pub const SUBSCRIPTIONS: &str = "shardcast_subscriptions";
 pub const FEEDS: &str = "shardcast_feeds";
 pub const PUBLICATIONS: &str = "shardcast_publications_total";
@@ -89,6 +91,14 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_CLOSED,
         "WebSocket connections closed, by reason."
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS,
+        "Open connections that are not WebSockets (REST clients, handshakes in progress)."
+    );
+    describe_counter!(
+        HTTP_CLOSED,
+        "Connections closed before becoming WebSockets by a limit (limits.request_timeout_ms, limits.max_http_connections), by reason."
     );
     describe_gauge!(SUBSCRIPTIONS, "Active subscriptions, by shard.");
     describe_gauge!(
@@ -277,6 +287,9 @@ fn preregister() {
     for r in CLOSE_REASONS {
         metrics::counter!(CONNECTIONS_CLOSED, "reason" => *r).increment(0);
     }
+    for r in HTTP_CLOSE_REASONS {
+        metrics::counter!(HTTP_CLOSED, "reason" => *r).increment(0);
+    }
     for op in ["created", "updated", "deleted"] {
         metrics::counter!(ENTITY_WRITES, "op" => op).increment(0);
     }
@@ -343,8 +356,10 @@ pub const CLOSE_REASONS: &[&str] = &[
     "linger",
 ];
 
-/// Renders `/metrics`, refreshing the process gauges first.
-pub fn render(handle: &PrometheusHandle) -> String {
+/// Renders `/metrics`, refreshing the process gauges and the node-wide count of
+/// non-WebSocket connections (`http_connections`) first.
+pub fn render(handle: &PrometheusHandle, http_connections: usize) -> String {
+    metrics::gauge!(HTTP_CONNECTIONS).set(http_connections as f64);
     if let Some((cpu, rss)) = process_stats() {
         metrics::gauge!(PROCESS_CPU).set(cpu);
         metrics::gauge!(PROCESS_RSS).set(rss as f64);
@@ -539,6 +554,16 @@ pub fn auth_failure(reason: &'static str) {
 /// Counts an error message sent to a client.
 pub fn command_error(code: &'static str) {
     metrics::counter!(COMMAND_ERRORS, "code" => code).increment(1);
+}
+
+/// `reason` values of `shardcast_http_connections_closed_total`: a request not complete
+/// in time, a keep-alive connection idle too long, a connection refused because
+/// `limits.max_http_connections` were open.
+pub const HTTP_CLOSE_REASONS: &[&str] = &["request_timeout", "idle_timeout", "http_full"];
+
+/// Counts a non-WebSocket connection closed by a limit (one of [`HTTP_CLOSE_REASONS`]).
+pub fn http_closed(reason: &'static str) {
+    metrics::counter!(HTTP_CLOSED, "reason" => reason).increment(1);
 }
 
 /// Counts a closed WebSocket connection.

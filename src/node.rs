@@ -36,6 +36,9 @@ pub struct Node {
     draining: AtomicBool,
     /// Open WebSocket connections on all shards.
     ws_connections: AtomicUsize,
+    /// Open connections that are not (yet) WebSockets, on all shards: REST clients and
+    /// handshakes in progress, capped by `limits.max_http_connections`.
+    http_connections: AtomicUsize,
     /// A short random tag, so `connectionId`s differ across restarts.
     id: String,
     /// `auth.allowed_origins`, checked.
@@ -60,6 +63,7 @@ impl Node {
             prometheus,
             draining: AtomicBool::new(false),
             ws_connections: AtomicUsize::new(0),
+            http_connections: AtomicUsize::new(0),
             id,
         }
     }
@@ -111,5 +115,21 @@ impl Node {
     /// A shard closed one of its WebSocket connections.
     pub fn connection_closed(&self) {
         self.ws_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A shard accepted a connection (it starts as HTTP); returns how many non-WebSocket
+    /// connections are open now.
+    pub fn http_opened(&self) -> usize {
+        self.http_connections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Open non-WebSocket connections on all shards.
+    pub fn http_connections(&self) -> usize {
+        self.http_connections.load(Ordering::Relaxed)
+    }
+
+    /// A non-WebSocket connection closed or became a WebSocket.
+    pub fn http_closed(&self) {
+        self.http_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

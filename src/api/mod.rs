@@ -79,7 +79,7 @@ pub fn route(req: &Request, node: &Node, close: bool) -> Route {
             }
         }
         ("GET", "/metrics") => {
-            let text = crate::metrics::render(node.prometheus());
+            let text = crate::metrics::render(node.prometheus(), node.http_connections());
             Route::Respond(http::response(
                 200,
                 "text/plain; version=0.0.4",

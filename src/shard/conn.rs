@@ -108,6 +108,10 @@ pub struct HttpState {
     /// (and would read the next request) leaves that to the running loop instead of
     /// recursing once per pipelined request.
     pub processing: bool,
+    /// Shard time (ms) since which the connection owes the server its next request: its
+    /// accept, or the moment its last request was read or answered. The next request
+    /// must be in by `since + limits.request_timeout_ms`.
+    pub since: u64,
 }
 
 /// One answer in request order.

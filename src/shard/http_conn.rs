@@ -15,7 +15,7 @@ use crate::http::{self, Parsed};
 use crate::router::{Answer, ReplyTo};
 
 use super::conn::{AnswerSlot, Ending, Kind};
-use super::Shard;
+use super::{Shard, TimerKind};
 
 impl Shard {
     pub(super) fn http_readable(&mut self, key: usize) {
@@ -84,6 +84,7 @@ impl Shard {
 
     fn http_process_loop(&mut self, key: usize) {
         let max_body = self.node.config().limits.max_http_body_bytes;
+        let now = self.now;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
@@ -121,6 +122,7 @@ impl Shard {
                 }
                 Parsed::Complete(req, used) => {
                     h.continue_sent = false;
+                    h.since = now;
                     conn.rbuf.drain(..used);
                     if conn.rbuf.is_empty() {
                         conn.rbuf = Vec::new();
@@ -288,9 +290,55 @@ impl Shard {
             c.ending = Ending::AfterWrite;
             c.rbuf = Vec::new();
         }
+        if h.pending.is_empty() {
+            // Answered: the next request's time starts now.
+            h.since = self.now;
+        }
         if !out.is_empty() {
             self.send_raw(key, &out);
         }
+    }
+
+    /// `limits.request_timeout_ms` ran out, perhaps: a connection that has not sent its
+    /// whole next request in time (a slow head or body, a handshake that never finishes,
+    /// an answer it does not read) or that sat idle since its last answer is closed. One
+    /// timer per connection, moved forward here, so requests cost no timer of their own.
+    pub(super) fn request_timeout(&mut self, key: usize) {
+        let timeout = self.node.config().limits.request_timeout_ms;
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = c.gen;
+        // A WebSocket now: `auth_timeout_ms` and the heartbeat govern it.
+        let Kind::Http(h) = &c.kind else {
+            return;
+        };
+        if !h.pending.is_empty() || h.stashed.is_some() {
+            // The server owes the answer: the client is not the one late.
+            self.arm(self.now + timeout, key, gen, TimerKind::RequestTimeout);
+            return;
+        }
+        let due = h.since + timeout;
+        if self.now < due {
+            self.arm(due, key, gen, TimerKind::RequestTimeout);
+            return;
+        }
+        let mid_request = !c.rbuf.is_empty() || c.has_pending();
+        if !c.rbuf.is_empty() {
+            // Tell a slow but honest client why (best effort; it is closed either way).
+            let message = format!(
+                "the request did not arrive within limits.request_timeout_ms ({timeout} ms)"
+            );
+            let r = http::error_response(408, "BAD_MESSAGE", &message, None, true);
+            let _ = io::Write::write(&mut c.sock, &r);
+        }
+        let reason = if mid_request {
+            "request_timeout"
+        } else {
+            "idle_timeout"
+        };
+        crate::metrics::http_closed(reason);
+        self.drop_conn(key, reason);
     }
 
     /// An answer worked out off the shard, for connection `key` if it is still the

@@ -81,6 +81,8 @@ enum TimerKind {
     DrainClose,
     /// Shard housekeeping.
     Upkeep,
+    /// An HTTP connection may have run out of `limits.request_timeout_ms`.
+    RequestTimeout,
 }
 
 /// One armed timer. Timers are never cancelled: a fired timer whose owner is gone (`gen`
@@ -336,8 +338,23 @@ impl Shard {
                 return;
             };
             match listener.accept() {
-                Ok((sock, _addr)) => {
+                Ok((mut sock, _addr)) => {
                     self.metrics.accepted.increment(1);
+                    let limits = &self.node.config().limits;
+                    let (cap, timeout) = (limits.max_http_connections, limits.request_timeout_ms);
+                    if self.node.http_opened() > cap {
+                        self.node.http_closed();
+                        crate::metrics::http_closed("http_full");
+                        // Best effort: a fresh socket's send buffer takes this at once.
+                        let body = format!(
+                            "{cap} connections that are not WebSockets are open \
+                             (limits.max_http_connections); try again later"
+                        );
+                        let r =
+                            crate::http::error_response(503, "LIMIT_EXCEEDED", &body, None, true);
+                        let _ = io::Write::write(&mut sock, &r);
+                        continue;
+                    }
                     let _ = sock.set_nodelay(true);
                     self.next_gen = self.next_gen.wrapping_add(1);
                     let gen = self.next_gen;
@@ -350,7 +367,10 @@ impl Shard {
                         out: Vec::new(),
                         out_pos: 0,
                         ending: conn::Ending::Open,
-                        kind: Kind::Http(HttpState::default()),
+                        kind: Kind::Http(HttpState {
+                            since: self.now,
+                            ..HttpState::default()
+                        }),
                     };
                     if let Err(e) = self.poll.registry().register(
                         &mut conn.sock,
@@ -358,9 +378,11 @@ impl Shard {
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
                         tracing::warn!(shard = self.id, "cannot register connection: {e}");
+                        self.node.http_closed();
                         continue;
                     }
                     entry.insert(conn);
+                    self.arm(self.now + timeout, key, gen, TimerKind::RequestTimeout);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -543,6 +565,7 @@ impl Shard {
                 TimerKind::Flush => self.flush_timer(key, t.at),
                 TimerKind::Linger => self.drop_conn(key, "linger"),
                 TimerKind::DrainClose => self.drain_close(key),
+                TimerKind::RequestTimeout => self.request_timeout(key),
                 TimerKind::Upkeep | TimerKind::FeedFlush => {}
             }
         }
@@ -615,6 +638,9 @@ impl Shard {
             self.detach_service(key, conn.gen);
         }
         let _ = self.poll.registry().deregister(&mut conn.sock);
+        if matches!(conn.kind, Kind::Http(_)) {
+            self.node.http_closed();
+        }
         if let Kind::Ws(ws) = conn.kind {
             for s in &ws.subscriptions {
                 match &s.filter {

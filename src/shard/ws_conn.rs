@@ -72,6 +72,9 @@ impl Shard {
         };
         state.channel = channel.map(|c| c.as_str().into());
         conn.kind = Kind::Ws(state);
+        // No longer an HTTP connection: `limits.max_connections` and the auth timeout
+        // govern it from here.
+        self.node.http_closed();
         let gen = conn.gen;
         if echo {
             return;
