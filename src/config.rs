@@ -235,6 +235,9 @@ pub struct AuthConfig {
     /// Browser origins allowed on upgrades and (with CORS) on `/api/v1/*`; empty:
     /// loopback origins only (`crate::origin`).
     pub allowed_origins: Vec<String>,
+    /// PEM file of a public key for RS256 (RSA) or ES256 (P-256) tokens; empty: none.
+    /// Read and checked at start-up ([`Config::load_keys`]).
+    pub jwt_public_key: PathBuf,
 }
 
 impl Default for AuthConfig {
@@ -245,6 +248,7 @@ impl Default for AuthConfig {
             auth_timeout_ms: 10_000,
             ticket_ttl_ms: 30_000,
             allowed_origins: Vec::new(),
+            jwt_public_key: PathBuf::new(),
         }
     }
 }
@@ -469,6 +473,7 @@ const KEYS: &[KeySpec] = &[
     spec("auth", "auth_timeout_ms", U64),
     spec("auth", "ticket_ttl_ms", U64),
     spec("auth", "allowed_origins", Kind::StrList),
+    spec("auth", "jwt_public_key", Kind::Str),
     spec("delivery", "batch_ms", U64),
     spec("delivery", "batch_max", USIZE),
     spec("delivery", "max_batch_ms", U64),
@@ -923,6 +928,7 @@ impl Config {
                 reason: "must not be empty".to_string(),
             });
         }
+        self.load_keys()?;
         if let Err(reason) = crate::origin::Origins::from_config(&self.auth.allowed_origins) {
             return Err(ConfigError::Invalid {
                 key: "auth.allowed_origins",
@@ -982,6 +988,23 @@ impl Config {
             return Err(ConfigError::ClusterUnsupported);
         }
         self.check_shipped_secrets()
+    }
+
+    /// The token keys: `auth.jwt_secret` for HS256 and the public key in the file
+    /// `auth.jwt_public_key`, if set, read and checked now so that a missing or unusable
+    /// key stops start-up naming the key and the file.
+    pub fn load_keys(&self) -> Result<crate::auth::jwt::Keys, ConfigError> {
+        let secret = self.auth.jwt_secret.as_bytes();
+        let path = &self.auth.jwt_public_key;
+        if path.as_os_str().is_empty() {
+            return Ok(crate::auth::jwt::Keys::hs256(secret));
+        }
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "auth.jwt_public_key",
+            reason: format!("{}: {reason}", path.display()),
+        };
+        let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot be read ({e})")))?;
+        crate::auth::jwt::Keys::new(secret, Some(&pem)).map_err(invalid)
     }
 
     /// PROTOCOL.md section 13: off loopback, the shipped example secret and api key stop

@@ -43,10 +43,17 @@ pub struct Node {
     id: String,
     /// `auth.allowed_origins`, checked.
     origins: crate::origin::Origins,
+    /// The token keys (`auth.jwt_secret`, `auth.jwt_public_key`), loaded at start-up.
+    keys: crate::auth::jwt::Keys,
 }
 
 impl Node {
-    pub fn new(config: Config, backend: Arc<dyn Backend>, prometheus: PrometheusHandle) -> Node {
+    pub fn new(
+        config: Config,
+        keys: crate::auth::jwt::Keys,
+        backend: Arc<dyn Backend>,
+        prometheus: PrometheusHandle,
+    ) -> Node {
         let id = format!(
             "{:06x}",
             crate::time::unix_ms() & 0xFF_FFFF ^ std::process::id() as u64
@@ -56,6 +63,7 @@ impl Node {
             .unwrap_or(crate::origin::Origins::Loopback);
         Node {
             origins,
+            keys,
             cursors: Cursors::new(config.auth.jwt_secret.as_bytes()),
             config,
             backend,
@@ -66,6 +74,11 @@ impl Node {
             http_connections: AtomicUsize::new(0),
             id,
         }
+    }
+
+    /// What tokens are checked with (PROTOCOL.md §1).
+    pub fn keys(&self) -> &crate::auth::jwt::Keys {
+        &self.keys
     }
 
     /// Which browser origins may use the node (PROTOCOL.md §11).

@@ -88,7 +88,12 @@ impl Server {
         }
         let router = Arc::new(Router::new(mailboxes.clone()));
         let backend = crate::backend::open(&config, router.clone()).map_err(anyhow_lite::msg)?;
-        let node = Arc::new(Node::new(config, backend, prometheus));
+        // Validated with the configuration already; read again here so that the node
+        // holds exactly what was checked, or does not start.
+        let keys = config
+            .load_keys()
+            .map_err(|e| anyhow_lite::msg(e.to_string()))?;
+        let node = Arc::new(Node::new(config, keys, backend, prometheus));
         let mut handles = Vec::with_capacity(shards);
         for (id, ((poll, l), mailbox)) in
             polls.into_iter().zip(listeners).zip(mailboxes).enumerate()

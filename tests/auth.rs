@@ -545,3 +545,108 @@ fn auth_failures_are_counted() {
         metric()
     );
 }
+
+/// RS256 / ES256 (PROTOCOL.md §1): `auth.jwt_public_key` names a PEM public key whose type
+/// picks the algorithm; HS256 with `jwt_secret` keeps working beside it.
+mod asymmetric {
+    use super::*;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    fn key_path(name: &str) -> String {
+        format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn server(public: &str) -> Server {
+        Server::start(&format!(
+            "[delivery]\nbatch_ms = 0\n{}",
+            auth_section(&format!("jwt_public_key = \"{}\"", key_path(public)))
+        ))
+    }
+
+    fn signed(alg: Algorithm, private: &str, claims: Value) -> String {
+        let pem = std::fs::read(key_path(private)).unwrap();
+        let key = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        };
+        jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap()
+    }
+
+    fn claims(role: &str) -> Value {
+        json!({"sub": "k1", "role": role, "scopes": ["*"], "exp": now() + 3600})
+    }
+
+    /// A token the node accepts: on a socket (URL and first message) and as a Bearer.
+    fn accepted(s: &Server, tok: &str) {
+        let mut c = Client::authed(s, tok, "");
+        let seq = s.publish("keys/1", "e", json!(1));
+        c.subscribe(json!([{"id": "a", "path": "keys", "since": seq - 1}]));
+        assert_eq!(c.recv_type("event")["seq"], seq);
+        let mut m = Client::connect(s, "/ws");
+        m.send(&json!({"type": "auth", "token": tok}));
+        assert_eq!(m.recv_type("authenticated")["type"], "authenticated");
+        let (st, body) = s.http("POST", "/api/v1/ws-tickets", None, Some(&bearer(tok)));
+        assert_eq!(st, 201, "{body}");
+    }
+
+    #[test]
+    fn rs256_tokens_from_the_configured_key_are_accepted_others_refused() {
+        let s = server("rsa-public.pem");
+        accepted(
+            &s,
+            &signed(Algorithm::RS256, "rsa-private.pem", claims("admin")),
+        );
+        accepted(&s, &token("k2", "admin", &["*"]));
+        let foreign = signed(Algorithm::RS256, "other-rsa-private.pem", claims("admin"));
+        refused_both_ways(&s, &foreign, "signature");
+        let (st, body) = s.http("POST", "/api/v1/ws-tickets", None, Some(&bearer(&foreign)));
+        assert_eq!(st, 401, "{body}");
+        // Key confusion: HS256 with the public key's bytes as the secret.
+        let pem = std::fs::read_to_string(key_path("rsa-public.pem")).unwrap();
+        refused_both_ways(&s, &token_with(claims("admin"), &pem), "signature");
+        // ES256 has no key on this node.
+        refused_both_ways(
+            &s,
+            &signed(Algorithm::ES256, "ec-private.pem", claims("user")),
+            "es256",
+        );
+    }
+
+    #[test]
+    fn es256_tokens_from_the_configured_key_are_accepted_others_refused() {
+        let s = server("ec-public.pem");
+        accepted(
+            &s,
+            &signed(Algorithm::ES256, "ec-private.pem", claims("admin")),
+        );
+        let pem = std::fs::read_to_string(key_path("ec-public.pem")).unwrap();
+        refused_both_ways(&s, &token_with(claims("admin"), &pem), "signature");
+        refused_both_ways(
+            &s,
+            &signed(Algorithm::RS256, "rsa-private.pem", claims("admin")),
+            "rs256",
+        );
+    }
+
+    #[test]
+    fn an_unusable_public_key_stops_start_up_naming_the_key() {
+        for (file, says) in [
+            ("p384-public.pem", "P-256"),
+            ("rsa-private.pem", "private key"),
+            ("missing.pem", "cannot be read"),
+        ] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
+                .arg("serve")
+                .env("SHARDCAST_LISTEN", "127.0.0.1:1")
+                .env("SHARDCAST_AUTH__JWT_PUBLIC_KEY", key_path(file))
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{file}: {out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("auth.jwt_public_key") && err.contains(file) && err.contains(says),
+                "{file}: {err}"
+            );
+        }
+    }
+}

@@ -20,7 +20,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use serde_json::{json, Value};
 use shardcast::api::parse_publish;
-use shardcast::auth::jwt::{self, Role, Scopes};
+use shardcast::auth::jwt::{self, Role, Scopes, NBF_LEEWAY_SECS};
 use shardcast::config::{Config, ConfigError};
 use shardcast::http::{self, Parsed};
 use shardcast::protocol::ws::{self, OpCode, Utf8Check, WsError};
@@ -2471,11 +2471,13 @@ fn gen_token(rng: &mut Rng) -> GenToken {
             );
         }
         2 => {
-            c.insert("nbf".into(), json!(now + rng.range(1, 100) as u64));
+            // Beyond the leeway a clock running ahead is given.
+            let ahead = NBF_LEEWAY_SECS + rng.range(1, 100) as u64;
+            c.insert("nbf".into(), json!(now + ahead));
             claim_errs.push("not_yet_valid");
         }
         3 => {
-            c.insert("nbf".into(), json!(now as f64 + 0.5));
+            c.insert("nbf".into(), json!((now + NBF_LEEWAY_SECS) as f64 + 0.5));
             claim_errs.push("not_yet_valid");
         }
         4 => {
@@ -2818,6 +2820,18 @@ const CONFIG_KEYS: &[(&str, &str, KeyKind, bool)] = &[
     ("limits", "max_connections", KeyKind::UInt(u64::MAX), true),
     (
         "limits",
+        "request_timeout_ms",
+        KeyKind::UInt(u64::MAX),
+        true,
+    ),
+    (
+        "limits",
+        "max_http_connections",
+        KeyKind::UInt(u64::MAX),
+        true,
+    ),
+    (
+        "limits",
         "max_http_body_bytes",
         KeyKind::UInt(u64::MAX),
         true,
@@ -2855,6 +2869,8 @@ fn config_uint(c: &Config, section: &str, key: &str) -> u64 {
         ("limits", "commands_per_sec") => c.limits.commands_per_sec as u64,
         ("limits", "commands_burst") => c.limits.commands_burst as u64,
         ("limits", "max_connections") => c.limits.max_connections as u64,
+        ("limits", "request_timeout_ms") => c.limits.request_timeout_ms,
+        ("limits", "max_http_connections") => c.limits.max_http_connections as u64,
         ("limits", "max_http_body_bytes") => c.limits.max_http_body_bytes as u64,
         ("limits", "max_publish_batch") => c.limits.max_publish_batch as u64,
         other => panic!("no uint key {other:?}"),
@@ -3022,6 +3038,20 @@ fn gen_config(rng: &mut Rng) -> GenConfig {
     if rng.chance(1, 4) {
         env.push(("SHARDCAST_LOG".to_string(), "debug".to_string()));
         env.push(("PATH".to_string(), "/usr/bin".to_string()));
+    }
+    // Off loopback the shipped example secrets stop start-up (PROTOCOL.md §13), after
+    // every other check: the secret first, then the api keys. Generated values are never
+    // the shipped ones, so only keys left at their defaults are.
+    let off_loopback = values
+        .iter()
+        .any(|(k, v)| k == "listen" && v.contains("0.0.0.0"));
+    if err_key.is_none() && off_loopback {
+        for key in ["auth.jwt_secret", "auth.api_keys"] {
+            if !values.iter().any(|(k, _)| k == key) {
+                err_key = Some(key.to_string());
+                break;
+            }
+        }
     }
     if err_key.is_none() && rng.chance(1, 3) {
         let n = rng.range(1, 1000) as u64;

@@ -289,7 +289,7 @@ fn authorize(req: &Request, node: &Node) -> Result<Principal, auth::AuthError> {
     let r = auth::authorize(
         req.header("authorization"),
         &cfg.api_keys,
-        cfg.jwt_secret.as_bytes(),
+        node.keys(),
         crate::time::unix_secs(),
     );
     if let Err(e) = &r {

@@ -1,23 +1,111 @@
-//! HS256 JSON Web Tokens (PROTOCOL.md section 1): verification into typed [`Claims`],
-//! and signing for the `shardcast token` command and tests.
+//! JSON Web Tokens (PROTOCOL.md section 1): verification into typed [`Claims`] with the
+//! node's [`Keys`], and HS256 signing for the `shardcast token` command and tests.
 //!
-//! Pure functions with no clock and no I/O: the caller passes the current time, so any
-//! thread (connection handshakes on the shards, REST handlers, the CLI) may use them.
-//! Guarantees of [`verify`]: only `alg` "HS256" is accepted, checked before the signature;
-//! the signature is compared in constant time; the claims are only looked at once the
-//! signature holds; a returned [`Claims`] has a non-empty `sub` and `exp > now`. Errors
-//! are sentences fit to send to the client, and [`TokenError::reason`] gives a short
-//! metric label.
+//! The cryptography is `jsonwebtoken`'s (on its RustCrypto backend); this module is the
+//! thin layer around it that pins algorithms to keys, reads our claims and scopes, and
+//! words the errors. Pure functions with no clock and no I/O: the caller passes the current
+//! time, so any thread (connection handshakes on the shards, REST handlers, the CLI) may
+//! use them. Guarantees of [`verify_with`]: a token's `alg` must be one the node has a key
+//! for (HS256 with `auth.jwt_secret`; RS256 or ES256, whichever the key in
+//! `auth.jwt_public_key` is), checked before the signature, so `none`, a swapped algorithm
+//! or a public key used as an HMAC secret never reach it; the claims are only looked at
+//! once the signature holds; a returned [`Claims`] has a non-empty `sub` and `exp > now`.
+//! Errors are sentences fit to send to the client, and [`TokenError::reason`] gives a
+//! short metric label.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-type HmacSha256 = Hmac<Sha256>;
+/// `nbf` may be this many seconds in the future: a token minted on a machine whose clock
+/// runs a little ahead is usable at once. `exp` has no leeway: an expired token is refused
+/// from its second of expiry on (the contract says so, and clients refresh on reconnect).
+pub const NBF_LEEWAY_SECS: u64 = 5;
+
+/// The verification keys of a node: the HS256 secret always, and at most one public key
+/// whose type fixed its algorithm when it was loaded.
+pub struct Keys {
+    hmac: DecodingKey,
+    public: Option<(Algorithm, DecodingKey)>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Key material stays out of debug output.
+        f.debug_struct("Keys")
+            .field("public", &self.public.as_ref().map(|(alg, _)| alg))
+            .finish_non_exhaustive()
+    }
+}
+
+/// DER of the P-256 curve's OID (1.2.840.10045.3.1.7), as it appears in a P-256 key's
+/// SubjectPublicKeyInfo.
+const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+impl Keys {
+    /// HS256 with `secret` only.
+    pub fn hs256(secret: &[u8]) -> Keys {
+        Keys {
+            hmac: DecodingKey::from_secret(secret),
+            public: None,
+        }
+    }
+
+    /// HS256 with `secret`, plus the PEM public key `pem` if given: an RSA key means
+    /// RS256, a P-256 key ES256; anything else is refused with a sentence naming why.
+    pub fn new(secret: &[u8], pem: Option<&[u8]>) -> Result<Keys, String> {
+        let mut keys = Keys::hs256(secret);
+        let Some(pem) = pem else {
+            return Ok(keys);
+        };
+        let text = std::str::from_utf8(pem).map_err(|_| "is not a PEM text file".to_string())?;
+        if text.contains("PRIVATE KEY") {
+            return Err("holds a private key; give the public key only".to_string());
+        }
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            keys.public = Some((Algorithm::RS256, key));
+            return Ok(keys);
+        }
+        let block = pem::parse(pem).map_err(|e| format!("is not a PEM public key ({e})"))?;
+        if block.tag() != "PUBLIC KEY" {
+            return Err(format!(
+                "holds a '{}' PEM block; expected 'PUBLIC KEY' (RSA or P-256)",
+                clip(block.tag())
+            ));
+        }
+        if !block
+            .contents()
+            .windows(P256_OID.len())
+            .any(|w| w == P256_OID)
+        {
+            return Err("is neither an RSA nor a P-256 public key (ES256 needs P-256)".to_string());
+        }
+        let key = DecodingKey::from_ec_pem(pem)
+            .map_err(|e| format!("is not a usable P-256 public key ({e})"))?;
+        keys.public = Some((Algorithm::ES256, key));
+        Ok(keys)
+    }
+
+    /// The algorithms tokens may use, for error messages.
+    fn accepted(&self) -> String {
+        match &self.public {
+            None => "HS256 only".to_string(),
+            Some((alg, _)) => format!("HS256 or {alg:?}"),
+        }
+    }
+
+    /// The key for `alg`, if the node has one.
+    fn for_alg(&self, alg: &str) -> Option<(Algorithm, &DecodingKey)> {
+        match (alg, &self.public) {
+            ("HS256", _) => Some((Algorithm::HS256, &self.hmac)),
+            ("RS256", Some((Algorithm::RS256, k))) => Some((Algorithm::RS256, k)),
+            ("ES256", Some((Algorithm::ES256, k))) => Some((Algorithm::ES256, k)),
+            _ => None,
+        }
+    }
+}
 
 /// What a token holder is (claim `role`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,8 +192,8 @@ pub enum TokenError {
     /// Not three base64url parts of JSON, or a header without a usable `alg`.
     #[error("{0}")]
     Malformed(&'static str),
-    #[error("token algorithm '{alg}' is not accepted (HS256 only)")]
-    UnsupportedAlg { alg: String },
+    #[error("token algorithm '{alg}' is not accepted ({accepted})")]
+    UnsupportedAlg { alg: String, accepted: String },
     #[error("token signature does not match")]
     BadSignature,
     #[error("token expired at {}", crate::time::rfc3339_ms(*.exp_ms))]
@@ -131,34 +219,26 @@ impl TokenError {
     }
 }
 
-/// The keyed MAC, built without a fallible constructor: RFC 2104 hashes a key longer than
-/// the 64-byte block and zero-pads a shorter one, which is exactly what happens here, so
-/// every secret works and nothing can fail.
-fn mac_for(secret: &[u8]) -> HmacSha256 {
-    let mut block = [0u8; 64];
-    if secret.len() > block.len() {
-        block[..32].copy_from_slice(&Sha256::digest(secret));
-    } else {
-        block[..secret.len()].copy_from_slice(secret);
-    }
-    <HmacSha256 as KeyInit>::new(&block.into())
-}
-
 /// Signs `claims` (normally a JSON object) as an HS256 JWT with header
-/// `{"alg":"HS256","typ":"JWT"}`. No claim is checked or added.
+/// `{"typ":"JWT","alg":"HS256"}`. No claim is checked or added.
 pub fn sign(secret: &[u8], claims: &Value) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let signing_input = format!("{header}.{payload}");
-    let mut mac = mac_for(secret);
-    mac.update(signing_input.as_bytes());
-    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{signing_input}.{signature}")
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    // HMAC takes any key, and a JSON value always serialises.
+    .expect("HS256 signing of a JSON value cannot fail")
 }
 
-/// Checks `token` against `secret` at `now_unix_secs` and returns its claims. No clock
-/// leeway: `exp <= now` is expired and `nbf > now` not yet valid.
+/// [`verify_with`] a node that has only the HS256 `secret`.
 pub fn verify(secret: &[u8], token: &str, now_unix_secs: u64) -> Result<Claims, TokenError> {
+    verify_with(&Keys::hs256(secret), token, now_unix_secs)
+}
+
+/// Checks `token` against `keys` at `now_unix_secs` and returns its claims. `exp <= now`
+/// is expired; `nbf` may be up to [`NBF_LEEWAY_SECS`] ahead.
+pub fn verify_with(keys: &Keys, token: &str, now_unix_secs: u64) -> Result<Claims, TokenError> {
     let mut parts = token.split('.');
     let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -172,20 +252,25 @@ pub fn verify(secret: &[u8], token: &str, now_unix_secs: u64) -> Result<Claims, 
     let Value::Object(header) = header else {
         return Err(TokenError::Malformed("token header is not a JSON object"));
     };
-    // The algorithm is settled before anything else so that "none" or a swapped algorithm
-    // can never reach the signature check.
-    match header.get("alg") {
-        Some(Value::String(alg)) if alg == "HS256" => {}
+    // The algorithm is settled here, against the keys the node has, before anything else:
+    // "none", a swapped algorithm, or an HS256 token made with the public key's bytes
+    // (checked against the secret, never the public key) cannot get further.
+    let (alg, key) = match header.get("alg") {
         Some(Value::String(alg)) => {
-            return Err(TokenError::UnsupportedAlg { alg: clip(alg) });
+            keys.for_alg(alg)
+                .ok_or_else(|| TokenError::UnsupportedAlg {
+                    alg: clip(alg),
+                    accepted: keys.accepted(),
+                })?
         }
         Some(other) => {
             return Err(TokenError::UnsupportedAlg {
                 alg: clip(&other.to_string()),
+                accepted: keys.accepted(),
             });
         }
         None => return Err(TokenError::Malformed("token header has no 'alg'")),
-    }
+    };
     // RFC 7515: a recipient must refuse extensions it is told are critical; we know none.
     if header.contains_key("crit") {
         return Err(TokenError::Malformed(
@@ -193,16 +278,21 @@ pub fn verify(secret: &[u8], token: &str, now_unix_secs: u64) -> Result<Claims, 
         ));
     }
 
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature_b64)
-        .map_err(|_| TokenError::Malformed("token signature is not valid base64url"))?;
-    let mut mac = mac_for(secret);
-    mac.update(header_b64.as_bytes());
-    mac.update(b".");
-    mac.update(payload_b64.as_bytes());
-    mac.verify_slice(&signature)
-        .map_err(|_| TokenError::BadSignature)?;
-
+    // The signature over `header.payload`, with this one algorithm and key. Everything
+    // else (the payload's JSON, our claims, `exp` and `nbf`) is read here, and only once
+    // the signature holds, so the wording and the rules are ours.
+    if URL_SAFE_NO_PAD.decode(signature_b64).is_err() {
+        return Err(TokenError::Malformed(
+            "token signature is not valid base64url",
+        ));
+    }
+    let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
+    // An error here is a key the crate cannot use for this algorithm or a signature of
+    // the wrong shape for it: either way not a signature by our key.
+    match jsonwebtoken::crypto::verify(signature_b64, signed.as_bytes(), key, alg) {
+        Ok(true) => {}
+        Ok(false) | Err(_) => return Err(TokenError::BadSignature),
+    }
     let payload = decode_json(payload_b64, "token payload is not valid base64url JSON")?;
     let Value::Object(payload) = payload else {
         return Err(TokenError::Malformed("token payload is not a JSON object"));
@@ -297,8 +387,8 @@ fn claims_from(claims: &Map<String, Value>, now: u64) -> Result<Claims, TokenErr
     if let Some(nbf_value) = optional(claims, "nbf") {
         let nbf_secs = time_claim(nbf_value, "nbf")?;
         let too_early = match nbf_value.as_u64() {
-            Some(nbf) => nbf > now,
-            None => nbf_secs > now as f64,
+            Some(nbf) => nbf > now.saturating_add(NBF_LEEWAY_SECS),
+            None => nbf_secs > now.saturating_add(NBF_LEEWAY_SECS) as f64,
         };
         if too_early {
             return Err(TokenError::NotYetValid {
@@ -373,7 +463,14 @@ fn scopes_from(items: &[Value]) -> Result<Scopes, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::{Hmac, Mac};
     use serde_json::json;
+
+    type HmacSha256 = Hmac<sha2::Sha256>;
+
+    fn hs256(secret: &[u8]) -> HmacSha256 {
+        <HmacSha256 as Mac>::new_from_slice(secret).expect("HMAC takes any key length")
+    }
 
     const SECRET: &[u8] = b"test-secret";
     const NOW: u64 = 1_774_512_862;
@@ -455,7 +552,7 @@ mod tests {
         for secret in [b"k".to_vec(), vec![0xaa; 131]] {
             let token = sign(&secret, &json!({"sub":"x","exp":1}));
             let (input, sig) = token.rsplit_once('.').unwrap();
-            let mut mac = <HmacSha256 as Mac>::new_from_slice(&secret).unwrap();
+            let mut mac = hs256(&secret);
             mac.update(input.as_bytes());
             assert_eq!(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()), sig);
         }
@@ -507,7 +604,8 @@ mod tests {
             assert_eq!(
                 e,
                 TokenError::UnsupportedAlg {
-                    alg: alg.to_string()
+                    alg: alg.to_string(),
+                    accepted: "HS256 only".into()
                 }
             );
             assert_eq!(e.reason(), "unsupported_alg");
@@ -529,12 +627,21 @@ mod tests {
             .to_string();
         for alg in ["HS512", "RS256", "hs256"] {
             let token = token_with_header(&format!(r#"{{"alg":"{alg}"}}"#), &claims, &valid_sig);
-            assert_eq!(err(&token), TokenError::UnsupportedAlg { alg: alg.into() });
+            assert_eq!(
+                err(&token),
+                TokenError::UnsupportedAlg {
+                    alg: alg.into(),
+                    accepted: "HS256 only".into()
+                }
+            );
         }
         let token = token_with_header(r#"{"alg":256}"#, &claims, &valid_sig);
         assert_eq!(
             err(&token),
-            TokenError::UnsupportedAlg { alg: "256".into() }
+            TokenError::UnsupportedAlg {
+                alg: "256".into(),
+                accepted: "HS256 only".into()
+            }
         );
         let token = token_with_header(r#"{"typ":"JWT"}"#, &claims, &valid_sig);
         assert_eq!(
@@ -555,7 +662,7 @@ mod tests {
     fn crit_header_is_refused() {
         let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","crit":["exp"]}"#);
         let payload = URL_SAFE_NO_PAD.encode(json!({"sub":"u","exp":NOW + 10}).to_string());
-        let mut mac = mac_for(SECRET);
+        let mut mac = hs256(SECRET);
         mac.update(format!("{header}.{payload}").as_bytes());
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         let e = err(&format!("{header}.{payload}.{sig}"));
@@ -605,24 +712,29 @@ mod tests {
 
     #[test]
     fn not_yet_valid() {
-        let e = claims_err(json!({"sub":"u","exp":NOW + 100,"nbf":NOW + 1}));
+        let early = NOW + NBF_LEEWAY_SECS + 1;
+        let e = claims_err(json!({"sub":"u","exp":NOW + 100,"nbf":early}));
         assert_eq!(
             e,
             TokenError::NotYetValid {
-                nbf_ms: (NOW + 1) * 1000
+                nbf_ms: early * 1000
             }
         );
         assert_eq!(e.reason(), "not_yet_valid");
         assert_eq!(
             e.to_string(),
-            "token is not valid before 2026-03-26T08:14:23.000Z"
+            "token is not valid before 2026-03-26T08:14:28.000Z"
         );
-        assert!(verify(
+        // Within the leeway (a clock a little ahead), and at or before now: valid.
+        for nbf in [NOW + NBF_LEEWAY_SECS, NOW + 1, NOW, NOW - 100] {
+            let t = sign(SECRET, &json!({"sub":"u","exp":NOW + 100,"nbf":nbf}));
+            assert!(verify(SECRET, &t, NOW).is_ok(), "nbf {nbf}");
+        }
+        let t = sign(
             SECRET,
-            &sign(SECRET, &json!({"sub":"u","exp":NOW + 100,"nbf":NOW})),
-            NOW
-        )
-        .is_ok());
+            &json!({"sub":"u","exp":NOW + 100,"nbf":(NOW + NBF_LEEWAY_SECS) as f64 + 0.5}),
+        );
+        assert!(verify(SECRET, &t, NOW).is_err());
         assert_eq!(
             claims_err(json!({"sub":"u","exp":NOW + 100,"nbf":"soon"})).reason(),
             "invalid_claims"
@@ -816,5 +928,116 @@ mod tests {
             assert_eq!(role.to_string(), role.as_str());
         }
         assert_eq!(Role::from_claim("ADMIN"), None);
+    }
+
+    mod asymmetric {
+        use super::*;
+
+        const RSA_PUBLIC: &[u8] = include_bytes!("../../tests/keys/rsa-public.pem");
+        const RSA_PRIVATE: &[u8] = include_bytes!("../../tests/keys/rsa-private.pem");
+        const OTHER_RSA_PRIVATE: &[u8] = include_bytes!("../../tests/keys/other-rsa-private.pem");
+        const EC_PUBLIC: &[u8] = include_bytes!("../../tests/keys/ec-public.pem");
+        const EC_PRIVATE: &[u8] = include_bytes!("../../tests/keys/ec-private.pem");
+        const P384_PUBLIC: &[u8] = include_bytes!("../../tests/keys/p384-public.pem");
+
+        fn signed(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+            jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+        }
+
+        fn rsa(private: &[u8]) -> EncodingKey {
+            EncodingKey::from_rsa_pem(private).unwrap()
+        }
+
+        fn ec() -> EncodingKey {
+            EncodingKey::from_ec_pem(EC_PRIVATE).unwrap()
+        }
+
+        fn claims() -> Value {
+            json!({"sub":"u","exp":NOW + 10,"role":"admin"})
+        }
+
+        #[test]
+        fn the_key_type_picks_the_algorithm() {
+            let rs = Keys::new(SECRET, Some(RSA_PUBLIC)).unwrap();
+            let es = Keys::new(SECRET, Some(EC_PUBLIC)).unwrap();
+            let rs_token = signed(Algorithm::RS256, &rsa(RSA_PRIVATE), &claims());
+            let es_token = signed(Algorithm::ES256, &ec(), &claims());
+            assert_eq!(verify_with(&rs, &rs_token, NOW).unwrap().role, Role::Admin);
+            assert_eq!(verify_with(&es, &es_token, NOW).unwrap().sub, "u");
+            // HS256 keeps working beside either.
+            let hs = sign(SECRET, &claims());
+            assert!(verify_with(&rs, &hs, NOW).is_ok() && verify_with(&es, &hs, NOW).is_ok());
+            // The other asymmetric algorithm has no key: refused before any signature.
+            let e = verify_with(&rs, &es_token, NOW).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "token algorithm 'ES256' is not accepted (HS256 or RS256)"
+            );
+            let e = verify_with(&es, &rs_token, NOW).unwrap_err();
+            assert_eq!(e.reason(), "unsupported_alg");
+            // And without a public key, neither.
+            let e = verify(SECRET, &rs_token, NOW).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "token algorithm 'RS256' is not accepted (HS256 only)"
+            );
+        }
+
+        #[test]
+        fn another_key_and_key_confusion_are_refused() {
+            let rs = Keys::new(SECRET, Some(RSA_PUBLIC)).unwrap();
+            let foreign = signed(Algorithm::RS256, &rsa(OTHER_RSA_PRIVATE), &claims());
+            assert_eq!(
+                verify_with(&rs, &foreign, NOW).unwrap_err(),
+                TokenError::BadSignature
+            );
+            // The classic confusion: HS256 "signed" with the public key's bytes as the
+            // secret. HS256 is checked with jwt_secret only, so it fails.
+            for public in [RSA_PUBLIC, EC_PUBLIC] {
+                let keys = Keys::new(SECRET, Some(public)).unwrap();
+                let forged = sign(public, &claims());
+                assert_eq!(
+                    verify_with(&keys, &forged, NOW).unwrap_err(),
+                    TokenError::BadSignature
+                );
+            }
+            // A tampered payload under a real RS256 signature.
+            let token = signed(Algorithm::RS256, &rsa(RSA_PRIVATE), &claims());
+            let mut parts: Vec<&str> = token.split('.').collect();
+            let forged = URL_SAFE_NO_PAD.encode(json!({"sub":"root","exp":NOW + 10}).to_string());
+            parts[1] = &forged;
+            assert_eq!(
+                verify_with(&rs, &parts.join("."), NOW).unwrap_err(),
+                TokenError::BadSignature
+            );
+            // Claims rules are ours whatever the algorithm.
+            let expired = signed(
+                Algorithm::RS256,
+                &rsa(RSA_PRIVATE),
+                &json!({"sub":"u","exp":NOW}),
+            );
+            assert_eq!(
+                verify_with(&rs, &expired, NOW).unwrap_err().reason(),
+                "expired"
+            );
+        }
+
+        #[test]
+        fn unusable_key_files_are_refused_naming_why() {
+            let e = Keys::new(SECRET, Some(P384_PUBLIC)).unwrap_err();
+            assert!(e.contains("P-256"), "{e}");
+            let e = Keys::new(SECRET, Some(RSA_PRIVATE)).unwrap_err();
+            assert!(e.contains("private key"), "{e}");
+            let e = Keys::new(SECRET, Some(b"not a key")).unwrap_err();
+            assert!(e.contains("PEM"), "{e}");
+            let e = Keys::new(SECRET, Some(&[0xff, 0xfe])).unwrap_err();
+            assert!(e.contains("PEM"), "{e}");
+            let cert = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+            let e = Keys::new(SECRET, Some(cert)).unwrap_err();
+            assert!(e.contains("CERTIFICATE"), "{e}");
+            assert!(
+                format!("{:?}", Keys::new(SECRET, Some(RSA_PUBLIC)).unwrap()).contains("RS256")
+            );
+        }
     }
 }

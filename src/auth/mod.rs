@@ -66,7 +66,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub fn authorize(
     header: Option<&str>,
     api_keys: &[String],
-    secret: &[u8],
+    keys: &jwt::Keys,
     now_secs: u64,
 ) -> Result<Principal, AuthError> {
     let h = header.ok_or(AuthError::Missing)?.trim();
@@ -83,7 +83,7 @@ pub fn authorize(
             Err(AuthError::BadApiKey)
         }
     } else if scheme.eq_ignore_ascii_case("bearer") {
-        Ok(Principal::Token(jwt::verify(secret, value, now_secs)?))
+        Ok(Principal::Token(jwt::verify_with(keys, value, now_secs)?))
     } else {
         Err(AuthError::Malformed)
     }
@@ -96,28 +96,29 @@ mod tests {
     #[test]
     fn api_keys_and_schemes() {
         let keys = vec!["k1".to_string()];
+        let s = &jwt::Keys::hs256(b"s");
         assert!(matches!(
-            authorize(Some("apikey k1"), &keys, b"s", 0),
+            authorize(Some("apikey k1"), &keys, s, 0),
             Ok(Principal::ApiKey)
         ));
         assert!(matches!(
-            authorize(Some("ApiKey  k1 "), &keys, b"s", 0),
+            authorize(Some("ApiKey  k1 "), &keys, s, 0),
             Ok(Principal::ApiKey)
         ));
         assert!(matches!(
-            authorize(Some("apikey k2"), &keys, b"s", 0),
+            authorize(Some("apikey k2"), &keys, s, 0),
             Err(AuthError::BadApiKey)
         ));
         assert!(matches!(
-            authorize(None, &keys, b"s", 0),
+            authorize(None, &keys, s, 0),
             Err(AuthError::Missing)
         ));
         assert!(matches!(
-            authorize(Some("Basic x"), &keys, b"s", 0),
+            authorize(Some("Basic x"), &keys, s, 0),
             Err(AuthError::Malformed)
         ));
         assert!(matches!(
-            authorize(Some("Bearer x.y.z"), &keys, b"s", 0),
+            authorize(Some("Bearer x.y.z"), &keys, s, 0),
             Err(AuthError::Token(_))
         ));
     }

@@ -95,7 +95,7 @@ impl Shard {
         };
         let claims = if let Some(token) = find("token") {
             Some(
-                jwt::verify(self.secret(), &token, crate::time::unix_secs())
+                jwt::verify_with(self.node.keys(), &token, crate::time::unix_secs())
                     .map_err(|e| (e.reason(), e.to_string())),
             )
         } else {
@@ -128,10 +128,6 @@ impl Shard {
                 }
             }
         }
-    }
-
-    fn secret(&self) -> &[u8] {
-        self.node.config().auth.jwt_secret.as_bytes()
     }
 
     fn refuse_auth(&mut self, key: usize, reason: &'static str, message: &str) {
@@ -630,7 +626,7 @@ impl Shard {
         options: Option<serde_json::Map<String, Value>>,
         request_id: Option<&Value>,
     ) {
-        let claims = match jwt::verify(self.secret(), token, crate::time::unix_secs()) {
+        let claims = match jwt::verify_with(self.node.keys(), token, crate::time::unix_secs()) {
             Ok(c) => c,
             Err(e) => {
                 metrics::auth_failure(e.reason());
