@@ -187,8 +187,15 @@ export class Server {
   /** SIGTERM (drain: sockets closed with 1001 `reconnect in <ms>`); resolves with the exit. */
   async drain() {
     this.child.kill("SIGTERM");
-    const timeout = new Promise((_, rej) => setTimeout(() => rej(new Error("server did not exit within 10 s of SIGTERM")), 10000));
-    return Promise.race([this.exited, timeout]);
+    let timer;
+    const timeout = new Promise((_, rej) => {
+      timer = setTimeout(() => rej(new Error("server did not exit within 10 s of SIGTERM")), 10000);
+    });
+    try {
+      return await Promise.race([this.exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Kills the process (if running) and removes its directory. */
