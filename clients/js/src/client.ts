@@ -197,8 +197,12 @@ export class ShardcastClient extends Emitter<ClientEvents> {
   private attempt = 0;
   private reconnectTimer: unknown = null;
   private livenessTimer: unknown = null;
-  /** The `error` the server sent before authentication (it explains a 4001). */
-  private authError: ShardcastError | undefined;
+  /**
+   * The last `error` of this socket that answered no request: it explains a 4001 (bad
+   * credential before `authenticated`; on a channel socket, `FORBIDDEN` or `NOT_FOUND`
+   * right after it).
+   */
+  private closeError: ShardcastError | undefined;
   private nextRequest = 0;
   private readonly pending = new Map<string, Pending>();
   /** What waits for a connected socket, in order (requests and acknowledgements). */
@@ -518,7 +522,7 @@ export class ShardcastClient extends Emitter<ClientEvents> {
   private async openSocket(): Promise<void> {
     const gen = ++this.generation;
     this.reconnectTimer = null;
-    this.authError = undefined;
+    this.closeError = undefined;
     this.setState({ state: "connecting" });
     let url: string;
     let authToken: string | undefined;
@@ -612,7 +616,7 @@ export class ShardcastClient extends Emitter<ClientEvents> {
     const decision = decideOnClose(code, reason, this.attempt, this.opts.backoff, this.random);
     if (!decision.retry || this.opts.reconnect === false) {
       const why = !decision.retry ? decision.why : "reconnect is off";
-      const error = this.authError ?? new ShardcastError(code === CloseCode.unauthorized ? "UNAUTHORIZED" : "CLOSED", `${why}${reason ? `: ${reason}` : ""}`);
+      const error = (code === CloseCode.unauthorized ? this.closeError : undefined) ?? new ShardcastError(code === CloseCode.unauthorized ? "UNAUTHORIZED" : "CLOSED", `${why}${reason ? `: ${reason}` : ""}`);
       this.toClosed({ code, reason }, error);
       return;
     }
@@ -863,7 +867,7 @@ export class ShardcastClient extends Emitter<ClientEvents> {
       p.reject(err);
       return;
     }
-    if (this.currentState !== "connected") this.authError = err;
+    this.closeError = err;
     this.emit("error", err);
   }
 

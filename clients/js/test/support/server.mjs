@@ -164,10 +164,17 @@ export class Server {
     const child = spawn(SERVER_BIN, ["serve", "--config", this.config], { stdio: ["ignore", out, out] });
     children.add(child);
     this.child = child;
-    this.exited = new Promise((res) => child.on("exit", (code, signal) => {
-      children.delete(child);
-      res({ code, signal });
-    }));
+    this.exited = new Promise((res) => {
+      child.on("exit", (code, signal) => {
+        children.delete(child);
+        res({ code, signal });
+      });
+      // Not startable (e.g. the binary vanished mid-rebuild): reported, not thrown later.
+      child.on("error", (err) => {
+        children.delete(child);
+        res({ code: null, signal: null, error: String(err) });
+      });
+    });
     let exitedEarly = null;
     this.exited.then((e) => (exitedEarly = e));
     const deadline = Date.now() + 20000;
