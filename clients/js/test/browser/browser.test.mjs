@@ -24,7 +24,7 @@ if (!ready(["server", "browser"])) {
 
   /** Serves the test page at / and the built package under /dist/. */
   function serveStatic() {
-    const types = { ".html": "text/html", ".js": "text/javascript", ".map": "application/json" };
+    const types = { ".html": "text/html", ".mjs": "text/javascript", ".js": "text/javascript", ".map": "application/json" };
     return new Promise((res) => {
       const srv = createServer(async (req, resp) => {
         const path = new URL(req.url, "http://x").pathname;
@@ -33,7 +33,7 @@ if (!ready(["server", "browser"])) {
           return;
         }
         const file = path === "/" ? join(PACKAGE_DIR, "test/browser/page.html") : join(PACKAGE_DIR, normalize(path));
-        if (path !== "/" && !file.startsWith(join(PACKAGE_DIR, "dist"))) {
+        if (path !== "/" && !file.startsWith(join(PACKAGE_DIR, "dist")) && !file.startsWith(join(PACKAGE_DIR, "examples"))) {
           resp.writeHead(404).end();
           return;
         }
@@ -206,6 +206,20 @@ if (!ready(["server", "browser"])) {
     assert.deepEqual(await inPage(p, () => window.lq.items.map((x) => x.id)), ["t2", "t1"]);
     await s.http("PUT", "/api/v1/entities/tasks/t0", { n: 0 });
     await p.waitForFunction(() => window.lq.items.map((x) => x.id).join() === "t0,t2,t1");
+  });
+
+  test("browser: the example page connects and shows events", async () => {
+    const p = await browser.newPage();
+    pages.push(p);
+    p.setDefaultTimeout(15000);
+    await p.goto(`${pageUrl}examples/index.html`);
+    await p.fill("#url", s.ws());
+    await p.fill("#token", token({ scopes: ["jobs"] }));
+    await p.click("#connect");
+    await p.waitForFunction(() => document.getElementById("events").textContent.includes("subscribed to 'jobs'"));
+    assert.equal(await p.textContent("#state"), "connected");
+    await s.publish({ path: "jobs/ex", eventType: "shown", data: { n: 42 } });
+    await p.waitForFunction(() => document.getElementById("events").textContent.includes('shown jobs/ex {"n":42}'));
   });
 
   // No page is left open past its file (the browser closes in after()).
