@@ -33,3 +33,12 @@ test("close codes: drain delay honoured, 4001 and 1000 stop, the rest back off",
   // An absurd suggestion is cut to 5 minutes.
   assert.equal(decideOnClose(1001, "reconnect in 999999999", 0, o).delayMs, 300000);
 });
+
+test("the package resolves by its own name to the built ES module", async () => {
+  const byName = await import("shardcast-client");
+  const byPath = await import("../../dist/index.js");
+  assert.equal(byName.ShardcastClient, byPath.ShardcastClient);
+  for (const name of ["ShardcastClient", "ShardcastError", "Subscription", "LiveQuery", "fetchTicket", "CloseCode"]) {
+    assert.ok(name in byName, name);
+  }
+});
