@@ -5,7 +5,7 @@
 import test, { after, before } from "node:test";
 import assert from "node:assert/strict";
 import { ShardcastClient, fetchTicket } from "../../dist/index.js";
-import { Server, bearer, countingTimers, next, ready, token } from "../support/server.mjs";
+import { Server, countingTimers, next, ready, token, waitFor } from "../support/server.mjs";
 
 if (!ready()) {
   test("connect (SKIPPED: see the line above)", () => {});
@@ -147,6 +147,47 @@ if (!ready()) {
     assert.equal(timers.live.size, 0);
     assert.equal(sockets, 1);
     assert.equal(c.state, "closed");
+  });
+
+  test("framing=array: batch messages are unwrapped, in order", async () => {
+    let frames = 0;
+    const Counting = class extends WebSocket {
+      constructor(url) {
+        super(url);
+        this.addEventListener("message", () => frames++);
+      }
+    };
+    const c = make({ token: token(), framing: "array", batchMs: 200, WebSocket: Counting });
+    await c.connect();
+    const got = [];
+    await c.subscribe({ id: "arr", path: "arr" }, (e) => got.push(e.data));
+    const last = next(c, "event", (e) => e.data === 4);
+    const before = frames;
+    await s.publish([0, 1, 2, 3, 4].map((n) => ({ path: "arr/x", eventType: "e", data: n })));
+    await last;
+    assert.deepEqual(got, [0, 1, 2, 3, 4]);
+    assert.ok(frames - before < 5, `5 events came in ${frames - before} frame(s)`);
+  });
+
+  test("the server's pings are answered: the socket outlives many heartbeats", async () => {
+    const hb = await Server.start("[delivery]\nbatch_ms = 0\nheartbeat_ms = 100\npong_timeout_ms = 150\n");
+    try {
+      const c = make({ url: hb.ws(), token: token() });
+      const states = [];
+      c.on("state", (st) => states.push(st.state));
+      let pings = 0;
+      c.on("message", (m) => m.type === "ping" && pings++);
+      await c.connect();
+      const id = c.connectionId;
+      assert.equal(c.heartbeatMs, 100);
+      // Unanswered, the server would close with 4003 after one ping and 150 ms.
+      await waitFor(() => pings >= 6, "six pings", 5000);
+      assert.equal(c.connectionId, id);
+      assert.deepEqual(states, ["connecting", "connected"]);
+      c.close();
+    } finally {
+      await hb.stop();
+    }
   });
 
   test("ping resolves on the server's pong", async () => {

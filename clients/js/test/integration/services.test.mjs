@@ -55,6 +55,34 @@ if (!ready()) {
     assert.deepEqual(tasks.map((t) => t.attempt), [1, 2]);
   });
 
+  test("a service that reconnects resumes its durable subscription and gets what waited", async () => {
+    let socket;
+    const Tracking = class extends WebSocket {
+      constructor(url) {
+        super(url);
+        socket = this;
+      }
+    };
+    const c = make(token({ sub: "worker-r", role: "service", group: "resumer" }), { WebSocket: Tracking, backoff: { initialMs: 200, maxMs: 200 } });
+    await c.connect();
+    const sub = await c.subscribe({ id: "r", path: "resume" });
+    const resyncs = [];
+    c.on("resync", (r) => resyncs.push(r));
+    const reconnecting = next(c, "state", (st) => st.state === "reconnecting");
+    socket.close(3000, "test drop");
+    await reconnecting;
+    // No instance is connected: the task waits in the group's queue.
+    const { firstSeq } = await s.publish({ path: "resume/1", eventType: "e", data: { n: 1 } });
+    const t = await next(c, "task", (x) => x.seq === firstSeq, 10000);
+    assert.equal(t.attempt, 1);
+    // The queue delivers as soon as the socket is authenticated, maybe before the
+    // resubscribe's answer: wait for the answer.
+    await waitFor(() => sub.recovered !== undefined, "the resubscribe's answer");
+    assert.equal(sub.recovered, true, "the group already had this subscription");
+    assert.deepEqual(resyncs, []);
+    c.taskComplete(t.taskId);
+  });
+
   test("handleTasks completes what its handler finished and fails what it threw on", async () => {
     const c = service("worker-2", "mailer");
     await c.connect();
