@@ -209,6 +209,8 @@ export class ShardcastClient extends Emitter<ClientEvents> {
   private outbox: { msg: ClientMessage; requestId?: string }[] = [];
   private readonly subscriptions = new Map<string, Subscription>();
   private readonly liveQueries = new Map<string, LiveQuery>();
+  /** Live queries whose `liveQuery()` call waits: their own request creates them. */
+  private readonly creatingLiveQueries = new Set<string>();
   private readonly taskHandlers = new Set<{ handler: TaskHandler; options: TaskHandlerOptions }>();
   private completeQueue: string[] = [];
   private pingWaiters: { resolve(): void; reject(e: ShardcastError): void; timer: unknown }[] = [];
@@ -382,6 +384,7 @@ export class ShardcastClient extends Emitter<ClientEvents> {
     // requestId), or rejected by an error that echoes the requestId.
     const requestId = this.newRequestId();
     const offReady = lq.once("ready", () => this.settle(requestId, { type: "liveQueryCreated", id: spec.id, totalCount: lq.totalCount, capped: lq.capped }));
+    this.creatingLiveQueries.add(spec.id);
     try {
       await this.request({ type: "createLiveQuery", id: spec.id, query }, requestId);
     } catch (err) {
@@ -389,6 +392,8 @@ export class ShardcastClient extends Emitter<ClientEvents> {
       if (this.liveQueries.get(spec.id) === lq) this.liveQueries.delete(spec.id);
       lq.destroyed = true;
       throw err;
+    } finally {
+      this.creatingLiveQueries.delete(spec.id);
     }
     return lq;
   }
@@ -765,6 +770,8 @@ export class ShardcastClient extends Emitter<ClientEvents> {
       void this.resubscribe(specs, true);
     }
     for (const lq of this.liveQueries.values()) {
+      // One still waiting in the outbox is created by its own request, right after.
+      if (this.creatingLiveQueries.has(lq.id)) continue;
       const requestId = this.newRequestId();
       // Errors echo the requestId; nobody waits, so they surface as `error` events.
       this.write({ type: "createLiveQuery", requestId, id: lq.id, query: lq.query });
@@ -869,6 +876,21 @@ export class ShardcastClient extends Emitter<ClientEvents> {
     }
     this.closeError = err;
     this.emit("error", err);
+    if (this.currentState === "connecting" && msg.code === "BAD_MESSAGE") {
+      // The server refused our connection options (out of its configured range): the
+      // socket stays unauthenticated until 4002, and every retry would be refused alike.
+      const ws = this.ws;
+      this.ws = null;
+      if (ws) {
+        detach(ws);
+        try {
+          ws.close(CloseCode.normal);
+        } catch {
+          /* already closing */
+        }
+      }
+      this.toClosed({}, err);
+    }
   }
 
   // -------------------------------------------------------------------------------------

@@ -190,6 +190,16 @@ if (!ready()) {
     }
   });
 
+  test("options out of the server's range end the client with BAD_MESSAGE, in both auth modes", async () => {
+    for (const auth of ["query", "message"]) {
+      const timers = countingTimers();
+      const c = make({ token: token(), auth, batchMs: 99999999, timers });
+      await assert.rejects(c.connect(), (e) => e.code === "BAD_MESSAGE" && /batchMs/.test(e.message), auth);
+      assert.equal(c.state, "closed");
+      assert.equal(timers.live.size, 0, `${auth}: no retry scheduled`);
+    }
+  });
+
   test("ping resolves on the server's pong", async () => {
     const c = make({ token: token() });
     await c.connect();

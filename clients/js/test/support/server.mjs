@@ -138,7 +138,13 @@ export class Server {
     // [delivery] batch_ms = 0 unless the test sets its own [delivery] section.
     const delivery = /^\[delivery\]/m.test(extra) ? "" : "\n[delivery]\nbatch_ms = 0\n";
     writeFileSync(s.config, `${base}\n${delivery}\n${extra}\n`);
-    await s.spawn();
+    try {
+      await s.spawn();
+    } catch (err) {
+      // The caller never gets `s` to stop: clean up here (the log is in the message).
+      await s.stop();
+      throw err;
+    }
     return s;
   }
 

@@ -418,3 +418,15 @@ test("bad input gets a clear error, never a silent drop", async () => {
   const idle = new ShardcastClient({ url: "ws://x/ws", token: "t", WebSocket });
   await assert.rejects(idle.subscribe({ id: "a", path: "p" }), /call connect\(\) first/);
 });
+
+test("connection options the server refuses (BAD_MESSAGE before authenticated) end the client", async () => {
+  const { client, sockets, timers, states } = setup({ batchMs: 999999 });
+  const p = client.connect();
+  const ws = await until(() => sockets[0], "a socket");
+  ws.open();
+  ws.receive({ type: "error", code: "BAD_MESSAGE", message: "batchMs: 999999 is above max_batch_ms 60000" });
+  await assert.rejects(p, (e) => e.code === "BAD_MESSAGE" && /batchMs/.test(e.message));
+  assert.equal(states.at(-1).state, "closed");
+  assert.equal(ws.closedByClient.code, 1000);
+  assert.deepEqual(timers.pending(), [], "no retry with the same options");
+});

@@ -113,3 +113,18 @@ test("a createLiveQuery error rejects with the server's code and frees the id", 
   ws.receive({ type: "liveQueryData", id: "lq", data: [], hasMore: false, capped: false });
   await p2;
 });
+
+test("a live query asked for while reconnecting is created once, by its own request", async () => {
+  const { client, ws, sockets, timers } = await connected();
+  ws.serverClose(1006);
+  const p = client.liveQuery({ id: "late", query: { edge: "orders" } });
+  timers.advance(100);
+  const ws2 = await until(() => sockets[1], "a second socket");
+  ws2.accept();
+  const create = await until(() => ws2.ofType("createLiveQuery")[0], "createLiveQuery");
+  ws2.receive({ type: "liveQueryCreated", id: "late", totalCount: 0, capped: false });
+  ws2.receive({ type: "liveQueryData", id: "late", data: [], hasMore: false, capped: false });
+  await p;
+  assert.equal(ws2.ofType("createLiveQuery").length, 1);
+  assert.equal(typeof create.requestId, "string");
+});
