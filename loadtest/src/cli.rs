@@ -59,9 +59,14 @@ OPTIONS:
                            plain seconds [default: 30s]
     --payload BYTES        size of each publish request body (entities: of each entity
                            body {\"i\":n,\"pad\":\"xx..\"}) [default: 128]
-    --batch-ms MS          connection option batchMs [default: 0]
-    --batch-max N          connection option batchMax [default: 1000]
-    --framing F            connection option framing: frames | array [default: frames]
+    --batch-ms MS          connection option batchMs (0: no batching; give it to measure
+                           latency). The connection options are sent only when given;
+                           otherwise the server's configured default applies (shipped:
+                           batchMs 5000, batchMax 1000, framing frames), and the harness
+                           assumes the shipped one where it needs a value (the grace)
+    --batch-max N          connection option batchMax (the server refuses more than its
+                           delivery.queue_capacity)
+    --framing F            connection option framing: frames | array
     --source-ips RANGE     source addresses, round robin: 127.0.0.1-127.0.0.40, a single
                            address, or a comma-separated list of both [default: kernel's
                            choice; when N > 25000 and --url is loopback IPv4:
@@ -71,11 +76,13 @@ OPTIONS:
                            is summed (several nodes behind one port)
     --target T             shardcast | nats [default: shardcast]. nats: the same scenario
                            against nats-server over its own protocol (WebSocket clients:
-                           INFO, CONNECT, SUB, PING/PONG, MSG; publisher: PUB over plain
-                           TCP to --nats-url). Not with overflow (NATS reports no drops);
-                           --secret, --token, --api-key, --http, --batch-ms, --batch-max and
-                           --framing do not apply to it
-    --nats-url URL         publisher address for --target nats [default: nats://<host of --url>:4222]
+                           INFO, CONNECT, SUB, PING/PONG, MSG; publisher: CONNECT and PUB
+                           over its own WebSocket connection to --url, or over plain TCP to
+                           --nats-url when that is given). Not with overflow (NATS reports
+                           no drops); --secret, --token, --api-key, --http, --batch-ms,
+                           --batch-max and --framing do not apply to it
+    --nats-url URL         --target nats: publish over plain TCP to this nats:// address
+                           instead of over a WebSocket to --url [default: none]
     --slow-readers F       overflow: fraction of connections that read slowly [default: 0.5]
     --pause-ms MS          overflow: a slow reader stops reading this long, then reads what
                            is there, and again [default: 1000]; at the end of the window
@@ -92,7 +99,8 @@ OPTIONS:
 SERVICES (loadtest services --mode enqueue|e2e|locks --secret S [--api-key K] ...):
     Service connections authenticate with an HS256 token signed with --secret whose claims
     are {\"sub\":\"svc-<i>\",\"role\":\"service\",\"group\":<--group>}, with the connection
-    options (--batch-ms, --batch-max, --framing) in the URL. Instances subscribe to \"load\"
+    options given (--batch-ms, --batch-max, --framing) in the URL (none given: the server's
+    defaults, shipped batchMs 5000; give --batch-ms 0 for unbatched tasks). Instances subscribe to \"load\"
     (subscription \"work\", the group's durable subscription). Publishers (enqueue, e2e)
     are --connections keep-alive HTTP/1.1 connections, each with up to --pipeline
     requests in flight, POST /api/v1/publish with --batch events on \"load/job\" each
@@ -139,9 +147,9 @@ ADVANCED:
     --max-inflight N       handshakes in flight at once, over all processes [default: 500]
 
 The run: connect and subscribe everything (bounded), publish for --duration at --rate,
-wait a grace period of max(2s, 2 x batch-ms) for deliveries in flight (shorter when all
-arrived; longer, up to 10 x, while deliveries still arrive: what is still coming is not
-lost), print a table, write --json (entities: connect, write for --duration, wait for
+wait a grace period of max(2s, 2 x batchMs) for deliveries in flight (batchMs: --batch-ms,
+else the shipped server default 5000; --target nats: 0; shorter when all arrived; longer,
+up to 10 x, while deliveries still arrive: what is still coming is not lost), print a table, write --json (entities: connect, write for --duration, wait for
 the answers in flight; services: subscribe, publish or lock for --duration, wait for the
 answers and the queue). Exit codes: 0 run completed and healthy, 1 run completed with
 failed connections, publish errors, lost deliveries or failed writes (services: also
@@ -308,10 +316,15 @@ pub struct Config {
     pub rate: f64,
     pub duration: Duration,
     pub payload: usize,
-    pub batch_ms: u64,
-    pub batch_max: u64,
-    pub framing: Framing,
-    /// `--target nats`: where the publisher sends `PUB`s.
+    /// The connection options the user gave (`--batch-ms`, `--batch-max`, `--framing`).
+    /// Only these are sent: an option the harness made up could be one the server refuses
+    /// (a `batchMax` above its `queue_capacity` fails every connection with `BAD_MESSAGE`).
+    pub batch_ms: Option<u64>,
+    pub batch_max: Option<u64>,
+    pub framing: Option<Framing>,
+    /// `--target nats` with `--nats-url`: the publisher sends its `PUB`s over plain TCP
+    /// there. Without it the publisher uses a WebSocket connection to `--url`, so the run
+    /// needs nothing but the endpoint the subscribers use.
     pub nats: Option<Endpoint>,
     /// overflow: fraction of slow readers, their pause and receive buffer.
     pub slow_readers: f64,
@@ -335,10 +348,41 @@ pub struct Config {
     pub worker_offset: Option<u64>,
 }
 
+/// The shipped server's `delivery.batch_ms` (PROTOCOL.md §2): what a connection that does
+/// not send `batchMs` gets from a server with the shipped configuration. The harness cannot
+/// ask a server for its configured default, so where it needs the flush interval it
+/// assumes this one.
+pub const SERVER_DEFAULT_BATCH_MS: u64 = 5000;
+
 impl Config {
-    /// Grace period after publishing: max(2 s, 2 x batchMs).
+    /// The flush interval the server applies to the harness's connections: `--batch-ms`,
+    /// else the shipped default; 0 for nats-server, which writes as messages come.
+    pub fn applied_batch_ms(&self) -> u64 {
+        match self.target {
+            Target::Nats => 0,
+            Target::Shardcast => self.batch_ms.unwrap_or(SERVER_DEFAULT_BATCH_MS),
+        }
+    }
+
+    /// Grace period after publishing: max(2 s, 2 x the applied batchMs).
     pub fn grace(&self) -> Duration {
-        Duration::from_millis(self.batch_ms.saturating_mul(2).max(2000))
+        Duration::from_millis(self.applied_batch_ms().saturating_mul(2).max(2000))
+    }
+
+    /// The connection options the user gave, as URL query parameters
+    /// (`batchMs=..&batchMax=..&framing=..`, each only when given; empty for none).
+    pub fn options_query(&self) -> String {
+        let mut q = Vec::new();
+        if let Some(v) = self.batch_ms {
+            q.push(format!("batchMs={v}"));
+        }
+        if let Some(v) = self.batch_max {
+            q.push(format!("batchMax={v}"));
+        }
+        if let Some(f) = self.framing {
+            q.push(format!("framing={}", f.as_str()));
+        }
+        q.join("&")
     }
 
     /// How long the grace period may stretch while deliveries still arrive: a server
@@ -371,16 +415,17 @@ impl Config {
             max_inflight.to_string(),
         ];
         if self.target == Target::Shardcast {
-            a.extend([
-                "--http".into(),
-                self.http_raw.clone(),
-                "--batch-ms".into(),
-                self.batch_ms.to_string(),
-                "--batch-max".into(),
-                self.batch_max.to_string(),
-                "--framing".into(),
-                self.framing.as_str().into(),
-            ]);
+            a.extend(["--http".into(), self.http_raw.clone()]);
+            // only what the user gave: a worker must send what the parent would
+            if let Some(v) = self.batch_ms {
+                a.extend(["--batch-ms".into(), v.to_string()]);
+            }
+            if let Some(v) = self.batch_max {
+                a.extend(["--batch-max".into(), v.to_string()]);
+            }
+            if let Some(f) = self.framing {
+                a.extend(["--framing".into(), f.as_str().into()]);
+            }
         }
         if self.scenario == ScenarioName::Churn {
             // this worker's share of the cycle rate
@@ -731,14 +776,14 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         None => format!("http://{}", url.host_header),
     };
     let http = parse_url(&http_raw, "http").map_err(|e| CliError(format!("--http: {e}")))?;
-    let nats = if target == Target::Nats {
-        let raw = match get("--nats-url") {
-            Some(v) => v.to_string(),
-            None => format!("nats://{}:4222", host_of(&url.host_header)),
-        };
-        Some(parse_url(&raw, "nats").map_err(|e| CliError(format!("--nats-url: {e}")))?)
-    } else {
-        None
+    // --target nats without --nats-url publishes over a WebSocket to --url (the TCP port
+    // of a nats-server behind a WebSocket endpoint is often not reachable, and guessing
+    // <host>:4222 published to whatever listens there).
+    let nats = match get("--nats-url") {
+        Some(raw) if target == Target::Nats => {
+            Some(parse_url(raw, "nats").map_err(|e| CliError(format!("--nats-url: {e}")))?)
+        }
+        _ => None,
     };
 
     // A flag that is missing is reported only after every given value was checked, so
@@ -818,16 +863,21 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         None => Duration::from_secs(30),
     };
     let payload = parse_int("--payload", get("--payload").unwrap_or("128"), 0, 16 << 20)? as usize;
-    let batch_ms = parse_int("--batch-ms", get("--batch-ms").unwrap_or("0"), 0, 3_600_000)?;
-    let batch_max = parse_int(
-        "--batch-max",
-        get("--batch-max").unwrap_or("1000"),
-        1,
-        10_000_000,
-    )?;
+    // Not given: not sent, the server's default applies. The bounds are the harness's
+    // (whole numbers, batchMax at least 1); the server's own (max_batch_ms,
+    // queue_capacity) are its to enforce, and its BAD_MESSAGE is reported per connection.
+    let batch_ms = match get("--batch-ms") {
+        Some(v) => Some(parse_int("--batch-ms", v, 0, 3_600_000)?),
+        None => None,
+    };
+    let batch_max = match get("--batch-max") {
+        Some(v) => Some(parse_int("--batch-max", v, 1, 10_000_000)?),
+        None => None,
+    };
     let framing = match get("--framing") {
-        None | Some("frames") => Framing::Frames,
-        Some("array") => Framing::Array,
+        None => None,
+        Some("frames") => Some(Framing::Frames),
+        Some("array") => Some(Framing::Array),
         Some(v) => return err(format!("--framing: {v:?} is not frames or array")),
     };
     let source_ips_raw = get("--source-ips").map(str::to_string);
@@ -1041,18 +1091,6 @@ fn parse_services<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Services
     })
 }
 
-/// The host part of `host:port` (brackets of an IPv6 literal kept).
-fn host_of(host_header: &str) -> &str {
-    if host_header.starts_with('[') {
-        match host_header.find(']') {
-            Some(i) => &host_header[..=i],
-            None => host_header,
-        }
-    } else {
-        host_header.rsplit_once(':').map_or(host_header, |(h, _)| h)
-    }
-}
-
 fn parse_int(flag: &str, v: &str, min: u64, max: u64) -> Result<u64, CliError> {
     let n: u64 = v
         .trim()
@@ -1144,9 +1182,10 @@ mod tests {
         assert_eq!(c.rate, 250.5);
         assert_eq!(c.duration, Duration::from_secs(45));
         assert_eq!(c.payload, 512);
-        assert_eq!(c.batch_ms, 10);
-        assert_eq!(c.batch_max, 50);
-        assert_eq!(c.framing, Framing::Array);
+        assert_eq!(c.batch_ms, Some(10));
+        assert_eq!(c.batch_max, Some(50));
+        assert_eq!(c.framing, Some(Framing::Array));
+        assert_eq!(c.options_query(), "batchMs=10&batchMax=50&framing=array");
         assert_eq!(c.source_ips.len(), 40);
         assert_eq!(c.threads, 2);
         assert_eq!(c.server_pids, vec![1234]);
@@ -1163,14 +1202,56 @@ mod tests {
         assert_eq!(c.auth, Auth::Token("T".into()));
         assert_eq!(c.connections, 1000);
         assert_eq!(c.duration, Duration::from_secs(30));
-        assert_eq!(c.framing, Framing::Frames);
+        assert_eq!((c.batch_ms, c.batch_max, c.framing), (None, None, None));
         assert_eq!(c.threads, 1);
         assert!(c.source_ips.is_empty());
         // many connections on loopback: several source addresses by default
         let c = run("idle --token T --connections 60000").unwrap();
         assert_eq!(c.source_ips.len(), 3);
-        let c = run("idle --token T --batch-ms 5000").unwrap();
+        let c = run("idle --token T --batch-ms 6000").unwrap();
+        assert_eq!(c.grace(), Duration::from_secs(12));
+    }
+
+    #[test]
+    fn only_the_connection_options_given_are_sent() {
+        // none given: none sent; the server's default batchMs (5000 as shipped) is what
+        // the connections get, so the grace covers two of its flushes
+        let c = run("idle --token T").unwrap();
+        assert_eq!(c.options_query(), "");
+        assert_eq!(c.applied_batch_ms(), SERVER_DEFAULT_BATCH_MS);
         assert_eq!(c.grace(), Duration::from_secs(10));
+        // each one alone
+        let c = run("idle --token T --batch-ms 0").unwrap();
+        assert_eq!(c.options_query(), "batchMs=0");
+        assert_eq!(c.grace(), Duration::from_secs(2));
+        let c = run("idle --token T --batch-max 100").unwrap();
+        assert_eq!(c.options_query(), "batchMax=100");
+        assert_eq!(c.grace(), Duration::from_secs(10));
+        let c = run("idle --token T --framing frames").unwrap();
+        assert_eq!(c.options_query(), "framing=frames");
+        // a value the server will refuse is the server's to refuse (BAD_MESSAGE)
+        let c = run("idle --token T --batch-max 5000000").unwrap();
+        assert_eq!(c.options_query(), "batchMax=5000000");
+        // workers send what the parent would: nothing that was not given
+        for (line, want) in [
+            ("fanout --secret s --api-key k", ""),
+            ("fanout --secret s --api-key k --batch-max 7", "batchMax=7"),
+            (
+                "fanout --secret s --api-key k --batch-ms 3 --framing array",
+                "batchMs=3&framing=array",
+            ),
+        ] {
+            let c = run(line).unwrap();
+            let w = match parse(&c.worker_args(0, 5, 10)).unwrap() {
+                Command::Run(c) => *c,
+                Command::Help => unreachable!(),
+            };
+            assert_eq!(w.options_query(), want, "{line}");
+            assert_eq!(w.grace(), c.grace(), "{line}");
+        }
+        // nats-server does not batch: the grace is the minimum
+        let c = run("fanout --target nats").unwrap();
+        assert_eq!(c.grace(), Duration::from_secs(2));
     }
 
     #[test]
@@ -1411,7 +1492,8 @@ mod tests {
             (o.group.as_str(), o.drain),
             ("g-1.x", Duration::from_secs(5))
         );
-        assert_eq!(c.framing, Framing::Array);
+        assert_eq!(c.framing, Some(Framing::Array));
+        assert_eq!(c.options_query(), "framing=array");
         let c = run("services --mode locks --secret s").unwrap();
         let o = &c.services;
         assert_eq!((c.connections, o.names, o.shared_names), (16, 1, None));
@@ -1519,10 +1601,8 @@ mod tests {
         let c = run("fanout --target nats --url ws://127.0.0.1:9222").unwrap();
         assert_eq!(c.target, Target::Nats);
         assert_eq!(c.auth, Auth::None);
-        assert_eq!(
-            c.nats.as_ref().unwrap().addr,
-            "127.0.0.1:4222".parse().unwrap()
-        );
+        // no --nats-url: the publisher goes over the WebSocket endpoint, not a guessed port
+        assert!(c.nats.is_none());
         let c = run("spread --target nats --nats-url nats://127.0.0.1:5222").unwrap();
         assert_eq!(
             c.nats.as_ref().unwrap().addr,
@@ -1602,7 +1682,8 @@ mod tests {
         assert_eq!(w.paths, 9);
         assert_eq!(w.source_ips, c.source_ips);
         assert_eq!(w.duration, c.duration);
-        assert_eq!(w.framing, Framing::Array);
+        assert_eq!(w.framing, Some(Framing::Array));
+        assert_eq!((w.batch_ms, w.batch_max), (None, None));
         assert_eq!(w.threads, 2);
         assert_eq!(w.max_inflight, 125);
         assert_eq!(w.auth, c.auth);

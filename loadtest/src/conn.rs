@@ -45,7 +45,8 @@ pub struct LoopPlan {
     pub host_header: String,
     /// The URL path (and query) of the WebSocket endpoint.
     pub ws_path: String,
-    /// `batchMs=..&batchMax=..&framing=..`
+    /// The connection options given (`batchMs=..&batchMax=..&framing=..`, each only when
+    /// given; empty for none: the server's defaults apply).
     pub options_query: String,
     pub auth: Auth,
     pub token_ttl_secs: u64,
@@ -549,8 +550,7 @@ impl EventLoop {
         let target = if plan.target == Target::Nats {
             plan.ws_path.clone()
         } else {
-            let sep = if plan.ws_path.contains('?') { '&' } else { '?' };
-            format!("{}{sep}token={token}&{}", plan.ws_path, plan.options_query)
+            ws_target(&plan.ws_path, &token, &plan.options_query)
         };
         let request = ws::handshake_request(&plan.host_header, &target, &key);
         self.next_gen = self.next_gen.wrapping_add(1);
@@ -1138,6 +1138,18 @@ pub fn subscribe_message(path: &str) -> String {
     .to_string()
 }
 
+/// The request target of a shardcast upgrade: the URL's path and query, the token (already
+/// URL-encoded) and the connection options that were given.
+pub fn ws_target(path: &str, token: &str, options_query: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut t = format!("{path}{sep}token={token}");
+    if !options_query.is_empty() {
+        t.push('&');
+        t.push_str(options_query);
+    }
+    t
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -1171,6 +1183,16 @@ mod tests {
         assert_eq!(m["requestId"], "s");
         assert_eq!(m["subscriptions"][0]["id"], "load");
         assert_eq!(m["subscriptions"][0]["path"], "load/p3");
+    }
+
+    #[test]
+    fn upgrade_target_carries_only_the_options_given() {
+        assert_eq!(ws_target("/ws", "T", ""), "/ws?token=T");
+        assert_eq!(
+            ws_target("/ws", "T", "batchMax=100"),
+            "/ws?token=T&batchMax=100"
+        );
+        assert_eq!(ws_target("/ws?x=1", "T", ""), "/ws?x=1&token=T");
     }
 
     #[test]

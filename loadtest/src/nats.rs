@@ -212,6 +212,61 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..b.len().min(120)]).into_owned()
 }
 
+/// A control frame that came with the stream (publisher side; subscribers handle frames
+/// in their event loop).
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsControl {
+    /// A WebSocket ping: answer with a pong frame carrying this payload.
+    Ping(Vec<u8>),
+    /// The server closed the WebSocket with this code.
+    Close(u16),
+}
+
+/// Takes the NATS byte stream out of nats-server's WebSocket frames, for a connection that
+/// is not on the hot path (the publisher's, which reads only `PONG`, `PING` and `-ERR`):
+/// raw bytes in, the data frames' payloads out, in order. Keeps only an unfinished frame.
+#[derive(Debug, Default)]
+pub struct WsUnwrap {
+    partial: Vec<u8>,
+}
+
+impl WsUnwrap {
+    /// Feeds bytes read from the socket: appends the payloads of the complete data frames
+    /// to `data` and their control frames to `control`. An error means the server broke
+    /// RFC 6455; the connection should be dropped.
+    pub fn feed(
+        &mut self,
+        raw: &[u8],
+        data: &mut Vec<u8>,
+        control: &mut Vec<WsControl>,
+    ) -> Result<(), ParseError> {
+        self.partial.extend_from_slice(raw);
+        let mut pos = 0;
+        loop {
+            match crate::ws::decode_frame(&mut self.partial[pos..]) {
+                crate::ws::Decode::Frame(f, used) => {
+                    match f.opcode {
+                        // frame boundaries mean nothing to the NATS stream
+                        crate::ws::OP_TEXT | crate::ws::OP_BINARY | crate::ws::OP_CONT => {
+                            data.extend_from_slice(f.payload)
+                        }
+                        crate::ws::OP_PING => control.push(WsControl::Ping(f.payload.to_vec())),
+                        crate::ws::OP_CLOSE => {
+                            control.push(WsControl::Close(crate::ws::close_code(f.payload)))
+                        }
+                        _ => {} // a pong
+                    }
+                    pos += used;
+                }
+                crate::ws::Decode::Incomplete { .. } => break,
+                crate::ws::Decode::Error(e) => return Err(bad(format!("websocket: {e}"))),
+            }
+        }
+        self.partial.drain(..pos);
+        Ok(())
+    }
+}
+
 /// `SUB <subject> <sid>\r\n`
 pub fn sub_line(subject: &str, sid: u64) -> Vec<u8> {
     format!("SUB {subject} {sid}\r\n").into_bytes()
@@ -416,6 +471,37 @@ PONG\r\n\
         assert_eq!(out, b"PUB load.p2 7\r\n{\"t\":1}\r\n");
         assert_eq!(subject_of("load/p2"), "load.p2");
         assert!(CONNECT.starts_with(b"CONNECT {\"verbose\":false"));
+    }
+
+    #[test]
+    fn websocket_frames_unwrap_to_the_stream() {
+        // the stream in three server frames (one MSG split over two), a ping between
+        let mut raw = Vec::new();
+        let (a, rest) = STREAM.split_at(40);
+        let (b, c) = rest.split_at(30);
+        crate::ws::encode_frame(&mut raw, crate::ws::OP_BINARY, a, None);
+        crate::ws::encode_frame(&mut raw, crate::ws::OP_PING, b"p1", None);
+        crate::ws::encode_frame(&mut raw, crate::ws::OP_BINARY, b, None);
+        crate::ws::encode_frame(&mut raw, crate::ws::OP_TEXT, c, None);
+        crate::ws::encode_frame(&mut raw, crate::ws::OP_CLOSE, &1001u16.to_be_bytes(), None);
+        // fed at every split point: the same bytes and controls come out
+        for cut in 0..=raw.len() {
+            let mut w = WsUnwrap::default();
+            let (mut data, mut ctl) = (Vec::new(), Vec::new());
+            w.feed(&raw[..cut], &mut data, &mut ctl).unwrap();
+            w.feed(&raw[cut..], &mut data, &mut ctl).unwrap();
+            assert_eq!(data, STREAM, "cut at {cut}");
+            assert_eq!(
+                ctl,
+                vec![WsControl::Ping(b"p1".to_vec()), WsControl::Close(1001)],
+                "cut at {cut}"
+            );
+            assert!(w.partial.is_empty());
+        }
+        let (mut data, mut ctl) = (Vec::new(), Vec::new());
+        assert!(WsUnwrap::default()
+            .feed(&[0xF2, 0x00], &mut data, &mut ctl)
+            .is_err());
     }
 
     #[test]

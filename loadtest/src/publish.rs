@@ -7,9 +7,11 @@
 //! connections share the schedule (more above 8000/s, at most 8), so a slow response holds
 //! up only its connection's share.
 //!
-//! `--target nats`: one plain TCP connection to nats-server writes `PUB <subject> <len>`
-//! with the same body bytes (all publications due at a moment in one write); a final
-//! `PING`/`PONG` confirms that the server processed every `PUB` before it.
+//! `--target nats`: one connection to nats-server writes `PUB <subject> <len>` with the
+//! same body bytes (all publications due at a moment in one write); a final `PING`/`PONG`
+//! confirms that the server processed every `PUB` before it. The connection is plain TCP
+//! to `--nats-url` when given, else a WebSocket to `--url` (the subscribers' endpoint):
+//! the same protocol bytes, each write one masked binary frame.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -19,9 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::nats::WsControl;
 use crate::net::Endpoint;
 use crate::scenario::Scenario;
-use crate::util::unix_nanos;
+use crate::util::{unix_nanos, Rng};
+use crate::ws;
 
 /// Publications per second one connection is asked to carry before another is added.
 const PER_CONNECTION_RATE: f64 = 2000.0;
@@ -42,7 +46,16 @@ pub struct PublishPlan {
     pub payload: usize,
     pub scenario: Arc<dyn Scenario>,
     /// `--target nats`: publish with `PUB` to this nats-server instead of over REST.
-    pub nats: Option<std::net::SocketAddr>,
+    pub nats: Option<NatsPublish>,
+}
+
+/// Where a `--target nats` publisher connects.
+#[derive(Debug, Clone)]
+pub enum NatsPublish {
+    /// nats-server's client port (`--nats-url`).
+    Tcp(std::net::SocketAddr),
+    /// nats-server's WebSocket endpoint (`--url`): the same protocol inside frames.
+    WebSocket(Endpoint),
 }
 
 #[derive(Debug, Default)]
@@ -85,8 +98,8 @@ impl Publisher {
                     (Arc::clone(&plan), Arc::clone(&published), Arc::clone(&stop));
                 std::thread::Builder::new()
                     .name(format!("publisher-{k}"))
-                    .spawn(move || match plan.nats {
-                        Some(addr) => nats_publish_loop(&plan, addr, start, &published, &stop),
+                    .spawn(move || match &plan.nats {
+                        Some(to) => nats_publish_loop(&plan, to, start, &published, &stop),
                         None => publish_loop(&plan, k, n, start, &published, &stop),
                     })
                     .expect("spawn a publisher thread")
@@ -206,7 +219,7 @@ const NATS_BATCH: usize = 1000;
 
 fn nats_publish_loop(
     plan: &PublishPlan,
-    addr: std::net::SocketAddr,
+    to: &NatsPublish,
     start: Instant,
     published: &AtomicU64,
     stop: &AtomicBool,
@@ -241,7 +254,7 @@ fn nats_publish_loop(
             count_error(&mut res, &mut reported, format!("nats: {why}"), "");
         }
         if conn.is_none() {
-            match NatsConn::connect(addr) {
+            match NatsConn::connect(to) {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     count_error(&mut res, &mut reported, format!("nats connect: {e}"), "");
@@ -301,54 +314,163 @@ fn nats_publish_loop(
 /// A publisher's connection to nats-server: writes under a lock (the reader thread
 /// answers the server's `PING`s on it), the reader counts `PONG`s and notes `-ERR`s.
 struct NatsConn {
-    writer: Arc<Mutex<TcpStream>>,
+    writer: Arc<Mutex<NatsWriter>>,
     pongs: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
     errors: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
 }
 
+/// The writing side: NATS protocol bytes as they are (TCP), or as one masked binary frame
+/// per write (WebSocket; RFC 6455 requires client frames to be masked).
+struct NatsWriter {
+    stream: TcpStream,
+    ws: Option<WsOut>,
+    /// Our close frame is out: the server's close that follows is its echo, not an error.
+    closing: bool,
+}
+
+struct WsOut {
+    rng: Rng,
+    /// The frame being written, kept between writes so that publishing allocates nothing.
+    frame: Vec<u8>,
+}
+
+impl NatsWriter {
+    /// Writes protocol bytes (WebSocket: as one binary frame).
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.ws {
+            None => self.stream.write_all(bytes),
+            Some(w) => {
+                w.frame.clear();
+                let mut mask = [0u8; 4];
+                w.rng.fill(&mut mask);
+                ws::encode_frame(&mut w.frame, ws::OP_BINARY, bytes, Some(mask));
+                self.stream.write_all(&w.frame)
+            }
+        }
+    }
+
+    /// WebSocket only: a control frame (a pong, our close).
+    fn send_control(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        let Some(w) = &mut self.ws else {
+            return Ok(());
+        };
+        let mut mask = [0u8; 4];
+        w.rng.fill(&mut mask);
+        let mut f = Vec::with_capacity(payload.len() + 8);
+        ws::encode_frame(&mut f, opcode, payload, Some(mask));
+        self.stream.write_all(&f)
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// One read into `chunk`; the end of the stream is an error (`what` says where).
+fn read_some(stream: &mut TcpStream, chunk: &mut [u8], what: &str) -> io::Result<usize> {
+    match stream.read(chunk)? {
+        0 => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("closed {what}"),
+        )),
+        n => Ok(n),
+    }
+}
+
 impl NatsConn {
-    fn connect(addr: std::net::SocketAddr) -> io::Result<NatsConn> {
+    fn connect(to: &NatsPublish) -> io::Result<NatsConn> {
+        let addr = match to {
+            NatsPublish::Tcp(a) => *a,
+            NatsPublish::WebSocket(e) => e.addr,
+        };
         let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        // INFO comes first
-        let mut head = Vec::new();
         let mut chunk = [0u8; 4096];
+        // bytes read and not yet unwrapped: after the upgrade, what followed its head
+        let mut raw = Vec::new();
+        let (mut unwrap, ws_out) = match to {
+            NatsPublish::Tcp(_) => (None, None),
+            NatsPublish::WebSocket(e) => {
+                let mut rng = Rng::from_os();
+                let key = ws::random_key(&mut rng);
+                stream.write_all(&ws::handshake_request(&e.host_header, &e.path, &key))?;
+                let head = loop {
+                    match ws::check_handshake_response(&raw, &key) {
+                        Ok(Some(n)) => break n,
+                        Ok(None) => {}
+                        Err(e) => return Err(invalid(format!("websocket {e}"))),
+                    }
+                    let n = read_some(&mut stream, &mut chunk, "during the upgrade")?;
+                    raw.extend_from_slice(&chunk[..n]);
+                };
+                raw.drain(..head);
+                let out = WsOut {
+                    rng,
+                    frame: Vec::new(),
+                };
+                (Some(crate::nats::WsUnwrap::default()), Some(out))
+            }
+        };
+        // the NATS stream so far, and control frames that came with it
+        let mut head = Vec::new();
+        let mut control = Vec::new();
+        let mut take = |bytes: &[u8], head: &mut Vec<u8>, control: &mut Vec<WsControl>| {
+            match &mut unwrap {
+                None => head.extend_from_slice(bytes),
+                Some(u) => u
+                    .feed(bytes, head, control)
+                    .map_err(|e| invalid(e.to_string()))?,
+            }
+            match control.iter().find_map(|c| match c {
+                WsControl::Close(code) => Some(*code),
+                WsControl::Ping(_) => None,
+            }) {
+                Some(code) => Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("websocket closed ({code}) before INFO"),
+                )),
+                None => Ok(()),
+            }
+        };
+        take(&raw, &mut head, &mut control)?;
+        // INFO comes first
         let info_end = loop {
             if let Some(i) = memchr::memchr(b'\n', &head) {
                 break i + 1;
             }
             if head.len() > crate::nats::MAX_LINE {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "no INFO line"));
+                return Err(invalid("no INFO line".into()));
             }
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed before INFO",
-                ));
-            }
-            head.extend_from_slice(&chunk[..n]);
+            let n = read_some(&mut stream, &mut chunk, "before INFO")?;
+            take(&chunk[..n], &mut head, &mut control)?;
         };
         if !head[..4.min(head.len())].eq_ignore_ascii_case(b"INFO") {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "expected INFO, got {:?}",
-                    String::from_utf8_lossy(&head[..info_end.min(80)])
-                ),
-            ));
+            return Err(invalid(format!(
+                "expected INFO, got {:?}",
+                String::from_utf8_lossy(&head[..info_end.min(80)])
+            )));
         }
         let rest = head.split_off(info_end);
+        let read_half = stream.try_clone()?;
+        let mut writer = NatsWriter {
+            stream,
+            ws: ws_out,
+            closing: false,
+        };
+        for c in &control {
+            if let WsControl::Ping(p) = c {
+                writer.send_control(ws::OP_PONG, p)?;
+            }
+        }
         let mut hello = crate::nats::CONNECT.to_vec();
         hello.extend_from_slice(crate::nats::PING);
-        stream.write_all(&hello)?;
-        stream.set_read_timeout(None)?;
-        let read_half = stream.try_clone()?;
-        let writer = Arc::new(Mutex::new(stream));
+        writer.send(&hello)?;
+        read_half.set_read_timeout(None)?;
+        let writer = Arc::new(Mutex::new(writer));
         let pongs = Arc::new(AtomicU64::new(0));
         let closed = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(Vec::new()));
@@ -359,9 +481,13 @@ impl NatsConn {
                 Arc::clone(&closed),
                 Arc::clone(&errors),
             );
+            let input = Input {
+                stream: read_half,
+                unwrap,
+            };
             std::thread::Builder::new()
                 .name("nats-pub-reader".into())
-                .spawn(move || nats_reader(read_half, rest, &writer, &pongs, &closed, &errors))?
+                .spawn(move || nats_reader(input, rest, &writer, &pongs, &closed, &errors))?
         };
         let c = NatsConn {
             writer,
@@ -380,7 +506,7 @@ impl NatsConn {
     }
 
     fn write(&self, buf: &[u8]) -> io::Result<()> {
-        self.writer.lock().expect("not poisoned").write_all(buf)
+        self.writer.lock().expect("not poisoned").send(buf)
     }
 
     fn wait_pongs(&self, n: u64, limit: Duration) -> io::Result<()> {
@@ -425,11 +551,17 @@ impl NatsConn {
     }
 
     fn shutdown(&mut self) {
-        let _ = self
-            .writer
-            .lock()
-            .expect("not poisoned")
-            .shutdown(std::net::Shutdown::Both);
+        if self.reader.is_none() {
+            return; // done already (close, then drop)
+        }
+        {
+            let mut w = self.writer.lock().expect("not poisoned");
+            // WebSocket: say goodbye first, so the server logs a close, not a broken
+            // connection (best effort: the connection may be gone already)
+            w.closing = true;
+            let _ = w.send_control(ws::OP_CLOSE, &1000u16.to_be_bytes());
+            let _ = w.stream.shutdown(std::net::Shutdown::Both);
+        }
         if let Some(h) = self.reader.take() {
             let _ = h.join();
         }
@@ -442,43 +574,71 @@ impl Drop for NatsConn {
     }
 }
 
+/// The reading side of a publisher's connection.
+struct Input {
+    stream: TcpStream,
+    /// WebSocket: takes the NATS stream out of the frames.
+    unwrap: Option<crate::nats::WsUnwrap>,
+}
+
 fn nats_reader(
-    mut stream: TcpStream,
+    mut input: Input,
     first: Vec<u8>,
-    writer: &Mutex<TcpStream>,
+    writer: &Mutex<NatsWriter>,
     pongs: &AtomicU64,
     closed: &AtomicBool,
     errors: &Mutex<Vec<String>>,
 ) {
+    let note = |e: String| errors.lock().expect("not poisoned").push(e);
     let mut parser = crate::nats::Parser::new();
     let mut chunk = vec![0u8; 16 * 1024];
     let mut data = first;
-    loop {
+    let mut control = Vec::new();
+    'read: loop {
         let mut want_pong = 0;
         let r = parser.feed(&data, |item| match item {
             crate::nats::Item::Ping => want_pong += 1,
             crate::nats::Item::Pong => {
                 pongs.fetch_add(1, Relaxed);
             }
-            crate::nats::Item::Err(e) => errors
-                .lock()
-                .expect("not poisoned")
-                .push(String::from_utf8_lossy(e).into_owned()),
+            crate::nats::Item::Err(e) => note(String::from_utf8_lossy(e).into_owned()),
             _ => {}
         });
         if let Err(e) = r {
-            errors.lock().expect("not poisoned").push(e.to_string());
+            note(e.to_string());
             break;
         }
         for _ in 0..want_pong {
-            let _ = writer
-                .lock()
-                .expect("not poisoned")
-                .write_all(crate::nats::PONG);
+            let _ = writer.lock().expect("not poisoned").send(crate::nats::PONG);
         }
-        match stream.read(&mut chunk) {
+        for c in control.drain(..) {
+            match c {
+                WsControl::Ping(p) => {
+                    let _ = writer
+                        .lock()
+                        .expect("not poisoned")
+                        .send_control(ws::OP_PONG, &p);
+                }
+                WsControl::Close(code) => {
+                    if !writer.lock().expect("not poisoned").closing {
+                        note(format!("websocket closed ({code})"));
+                    }
+                    break 'read;
+                }
+            }
+        }
+        data.clear();
+        match input.stream.read(&mut chunk) {
             Ok(0) | Err(_) => break,
-            Ok(n) => data = chunk[..n].to_vec(),
+            Ok(n) => match &mut input.unwrap {
+                None => data.extend_from_slice(&chunk[..n]),
+                Some(u) => {
+                    if let Err(e) = u.feed(&chunk[..n], &mut data, &mut control) {
+                        note(e.to_string());
+                        break;
+                    }
+                }
+            },
         }
     }
     closed.store(true, Relaxed);

@@ -5,11 +5,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::{Config, ScenarioName};
+use crate::cli::{Config, ScenarioName, Target};
 use crate::conn::LoopPlan;
 use crate::group::{worker_main, ClientGroup, LocalGroup, Progress, WorkerGroup};
 use crate::procstat;
-use crate::publish::{PublishPlan, PublishResult, Publisher};
+use crate::publish::{NatsPublish, PublishPlan, PublishResult, Publisher};
 use crate::report::{ClientStats, Report, ServerStats};
 use crate::scenario::{self, Scenario};
 use crate::util::{human_count, unix_nanos};
@@ -37,12 +37,7 @@ pub fn loop_plan(
         ws_addr: cfg.url.addr,
         host_header: cfg.url.host_header.clone(),
         ws_path: cfg.url.path.clone(),
-        options_query: format!(
-            "batchMs={}&batchMax={}&framing={}",
-            cfg.batch_ms,
-            cfg.batch_max,
-            cfg.framing.as_str()
-        ),
+        options_query: cfg.options_query(),
         auth: cfg.auth.clone(),
         token_ttl_secs: 3600 + cfg.duration.as_secs() + connect_cap(count).as_secs(),
         source_ips: cfg.source_ips.clone(),
@@ -288,7 +283,10 @@ pub fn run(cfg: &Config) -> i32 {
             duration: cfg.duration,
             payload: cfg.payload,
             scenario: Arc::clone(&scenario),
-            nats: cfg.nats.as_ref().map(|e| e.addr),
+            nats: (cfg.target == Target::Nats).then(|| match &cfg.nats {
+                Some(e) => NatsPublish::Tcp(e.addr),
+                None => NatsPublish::WebSocket(cfg.url.clone()),
+            }),
         }))
     } else {
         None

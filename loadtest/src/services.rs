@@ -136,7 +136,8 @@ impl LockPlan {
 /// What the service side needs.
 pub struct LoopPlan {
     pub ws: Endpoint,
-    /// `batchMs=..&batchMax=..&framing=..`
+    /// The connection options given (`batchMs=..&batchMax=..&framing=..`, each only when
+    /// given; empty for none).
     pub options_query: String,
     pub secret: String,
     pub group: String,
@@ -511,13 +512,8 @@ impl SvcLoop {
         };
         let claims = service_claims(&sub, &plan.group, unix_secs() + plan.token_ttl_secs);
         let token = crate::jwt::sign_hs256(&claims, plan.secret.as_bytes());
-        let sep = if plan.ws.path.contains('?') { '&' } else { '?' };
-        let target = format!(
-            "{}{sep}token={}&{}",
-            plan.ws.path,
-            url_encode(&token),
-            plan.options_query
-        );
+        let target =
+            crate::conn::ws_target(&plan.ws.path, &url_encode(&token), &plan.options_query);
         let key = ws::random_key(&mut self.rng);
         let request = ws::handshake_request(&plan.ws.host_header, &target, &key);
         let locker = match plan.role {
@@ -1334,12 +1330,7 @@ fn loop_plan(cfg: &Config, role: Role, count: usize, run_start_us: u64) -> LoopP
     };
     LoopPlan {
         ws: cfg.url.clone(),
-        options_query: format!(
-            "batchMs={}&batchMax={}&framing={}",
-            cfg.batch_ms,
-            cfg.batch_max,
-            cfg.framing.as_str()
-        ),
+        options_query: cfg.options_query(),
         secret,
         group: cfg.services.group.clone(),
         token_ttl_secs: 3600 + cfg.duration.as_secs() + cfg.services.drain.as_secs(),
@@ -1791,12 +1782,20 @@ fn run_locks(cfg: &Config) -> i32 {
     finish(cfg, &report)
 }
 
+/// The connection options sent (only those given: for the others the server's defaults
+/// apply, which the harness does not know).
 fn options_json(cfg: &Config) -> Value {
-    json!({
-        "batchMs": cfg.batch_ms,
-        "batchMax": cfg.batch_max,
-        "framing": cfg.framing.as_str(),
-    })
+    let mut o = serde_json::Map::new();
+    if let Some(v) = cfg.batch_ms {
+        o.insert("batchMs".into(), v.into());
+    }
+    if let Some(v) = cfg.batch_max {
+        o.insert("batchMax".into(), v.into());
+    }
+    if let Some(f) = cfg.framing {
+        o.insert("framing".into(), f.as_str().into());
+    }
+    Value::Object(o)
 }
 
 fn finish(cfg: &Config, report: &ServicesReport) -> i32 {
@@ -1819,7 +1818,7 @@ fn finish(cfg: &Config, report: &ServicesReport) -> i32 {
 pub struct ServicesReport {
     pub mode: ServicesMode,
     pub group: String,
-    /// The connection options asked for (`batchMs`, `batchMax`, `framing`).
+    /// The connection options sent (`batchMs`, `batchMax`, `framing`; only those given).
     pub options: Value,
     pub window_secs: f64,
     /// From the window's start to the last task read, at least the window.

@@ -1,8 +1,10 @@
 //! End-to-end runs of the `loadtest` binary against real servers:
 //!
 //! * `--target nats` against nats-server (the Debian package `nats-server`, 2.9) with
-//!   WebSocket on loopback: fanout, spread, idle and churn;
-//! * overflow, churn and entities against the shardcast binary
+//!   WebSocket on loopback: fanout, spread, idle and churn; publishing over TCP
+//!   (`--nats-url`) and over the WebSocket endpoint (no `--nats-url`);
+//! * overflow, churn and entities against the shardcast binary; the connection options
+//!   against a server whose `queue_capacity` is below the shipped `batchMax`
 //!   (`../target/release/shardcast`, else `../target/debug/shardcast`;
 //!   `env!("CARGO_BIN_EXE_…")` does not reach across crates).
 //!
@@ -269,6 +271,90 @@ fn nats_target_reports_a_missing_publisher_endpoint() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn nats_target_publishes_over_the_websocket_without_nats_url() {
+    let dir = tmp_dir("nats-ws-pub");
+    // nats-server's TCP port is a random one the harness is not told: PUBs that reach the
+    // subscribers came over the WebSocket endpoint
+    let Some((nats, _port, ws_port)) = start_nats(&dir) else {
+        return;
+    };
+    let url = format!("ws://127.0.0.1:{ws_port}/");
+    let json = dir.join("r.json");
+    let started = Instant::now();
+    // 500/s with 300-byte bodies: several PUBs per frame
+    let (code, err) = loadtest(&[
+        "fanout",
+        "--target",
+        "nats",
+        "--url",
+        &url,
+        "--connections",
+        "20",
+        "--rate",
+        "500",
+        "--payload",
+        "300",
+        "--duration",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json);
+    let published = r["published"].as_u64().unwrap();
+    assert!(published >= 450, "published {published}: {err}");
+    assert_eq!(r["delivered"].as_u64().unwrap(), published * 20, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    // the payload's t survived the framing: latencies are measured
+    assert!(r["latency_us"]["p50"].as_u64().unwrap() >= 1, "{r}");
+    // spread over the same path: subjects load.p0..p2
+    let (code, err) = loadtest(&[
+        "spread",
+        "--target",
+        "nats",
+        "--url",
+        &url,
+        "--connections",
+        "9",
+        "--paths",
+        "3",
+        "--rate",
+        "60",
+        "--duration",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json);
+    let published = r["published"].as_u64().unwrap();
+    assert!(published >= 55, "published {published}");
+    assert_eq!(r["delivered"].as_u64().unwrap(), published * 3, "{r}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    drop(nats);
+
+    // nothing listening at --url: the publisher's failure is a publish error, bounded
+    let nowhere = format!("ws://127.0.0.1:{}/", free_port());
+    let started = Instant::now();
+    let (code, err) = loadtest(&[
+        "fanout",
+        "--target",
+        "nats",
+        "--url",
+        &nowhere,
+        "--connections",
+        "2",
+        "--rate",
+        "10",
+        "--duration",
+        "1s",
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn start_shardcast(dir: &Path, extra_toml: &str) -> Option<(Server, u16)> {
     let bin = required(
         "the shardcast binary (../target/release/shardcast or ../target/debug/shardcast)",
@@ -332,6 +418,9 @@ fn shardcast_overflow_drops_are_all_reported() {
         "3000",
         "--batch-max",
         "100",
+        // unbatched, as the sizing above assumes (the server's default is 5000)
+        "--batch-ms",
+        "0",
         "--server-pid",
         &pid,
         "--json",
@@ -350,6 +439,71 @@ fn shardcast_overflow_drops_are_all_reported() {
     assert_eq!(delivered + dropped, expected);
     assert_eq!(r["overflow"]["slow_readers"], 3);
     assert_eq!(r["overflow"]["dropped_on_fast_readers"], 0, "{r}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The shipped `batchMax` (1000) is more than this server's queue holds: a harness that
+/// sent it by default failed every connection with `BAD_MESSAGE`.
+#[test]
+fn shardcast_connection_options_are_sent_only_when_given() {
+    let dir = tmp_dir("options");
+    let Some((server, port)) = start_shardcast(&dir, "[delivery]\nqueue_capacity = 100\n") else {
+        return;
+    };
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let json = dir.join("r.json");
+    let fanout = |extra: &[&str]| {
+        let mut args = vec![
+            "fanout",
+            "--url",
+            &url,
+            "--secret",
+            "e2e-secret",
+            "--api-key",
+            "e2e-key",
+            "--connections",
+            "10",
+            "--rate",
+            "20",
+            "--duration",
+            "1s",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        loadtest(&args)
+    };
+
+    // no option flags: the connections get the server's defaults and all of it arrives
+    let (code, err) = fanout(&[]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json);
+    assert_eq!(r["connections"], 10, "{r}");
+    let published = r["published"].as_u64().unwrap();
+    assert!(published >= 18, "published {published}");
+    assert_eq!(r["delivered"].as_u64().unwrap(), published * 10, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    // nothing was sent for batchMs either: the server's 5 s default flush applied (the
+    // first publication waited for it), and the grace period covered it
+    let max = r["latency_us"]["max"].as_u64().unwrap();
+    assert!(
+        max >= 3_000_000,
+        "latency max {max} µs: not the server's batching"
+    );
+
+    // a given option reaches the server: one above its queue is the server's BAD_MESSAGE
+    let (code, err) = fanout(&["--batch-max", "101", "--batch-ms", "0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("BAD_MESSAGE"), "{err}");
+    assert!(err.contains("batchMax"), "{err}");
+    // and one within it is applied: unbatched, well below the 5 s default
+    let (code, err) = fanout(&["--batch-max", "100", "--batch-ms", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json);
+    assert_eq!(r["lost"], 0, "{r}");
+    let p50 = r["latency_us"]["p50"].as_u64().unwrap();
+    assert!(p50 < 1_000_000, "latency p50 {p50} µs with batchMs=0");
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
