@@ -37,6 +37,7 @@ pub const LIVE_QUERIES: &str = "shardcast_live_queries";
 pub const FILTER_EVALUATIONS: &str = "shardcast_filter_evaluations_total";
 pub const REFRESHES: &str = "shardcast_subscription_refreshes_total";
 pub const REPLAYED: &str = "shardcast_replayed_total";
+pub const URING_WRITES: &str = "shardcast_uring_writes_total";
 pub const HISTORY_PUBLICATIONS: &str = "shardcast_history_publications";
 pub const HISTORY_BYTES: &str = "shardcast_history_bytes";
 pub const SERVICE_PENDING: &str = "shardcast_service_tasks_pending";
@@ -156,6 +157,10 @@ fn describe() {
     describe_counter!(
         REPLAYED,
         "Publications replayed to subscriptions with since, by shard."
+    );
+    describe_counter!(
+        URING_WRITES,
+        "Flushes written through io_uring (io = \"uring\"), by shard; 0 on epoll writes."
     );
     describe_gauge!(
         HISTORY_PUBLICATIONS,
@@ -440,6 +445,7 @@ pub struct ShardMetrics {
     pub filter_evaluations: Counter,
     pub refreshes: Counter,
     pub replayed: Counter,
+    pub uring_writes: Counter,
 }
 
 impl ShardMetrics {
@@ -465,7 +471,8 @@ impl ShardMetrics {
             queue_capacity: metrics::gauge!(SHARD_QUEUE_CAPACITY, "shard" => s.clone()),
             filter_evaluations: metrics::counter!(FILTER_EVALUATIONS, "shard" => s.clone()),
             refreshes: metrics::counter!(REFRESHES, "shard" => s.clone()),
-            replayed: metrics::counter!(REPLAYED, "shard" => s),
+            replayed: metrics::counter!(REPLAYED, "shard" => s.clone()),
+            uring_writes: metrics::counter!(URING_WRITES, "shard" => s),
         }
     }
 }

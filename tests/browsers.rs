@@ -366,7 +366,7 @@ fn browser_ready(root: &std::path::Path) -> bool {
     let what = format!(
         "browser test needs /usr/bin/chromium (Debian chromium: {chromium}) and tests/browser/node_modules (npm ci: {driver}); scripts/test installs both"
     );
-    assert!(std::env::var_os("CI").is_none(), "{what}");
+    assert!(!in_ci(), "{what}");
     eprintln!("SKIPPED (not under CI): {what}");
     false
 }

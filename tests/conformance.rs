@@ -10,7 +10,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -21,8 +22,36 @@ fn venv_bin(name: &str) -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+/// Runs `cmd` to its end, or kills it after `deadline` and fails naming `what` (its
+/// output goes to files in `dir`, so a chatty child cannot block on a full pipe).
+fn output_within(mut cmd: Command, deadline: Duration, dir: &Path, what: &str) -> Output {
+    let (out_path, err_path) = (
+        dir.join(format!("{what}.stdout")),
+        dir.join(format!("{what}.stderr")),
+    );
+    cmd.stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let until = Instant::now() + deadline;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not finish within {deadline:?}; its output so far:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    }
 }
 
 fn require(tool: Option<PathBuf>, what: &str) -> Option<PathBuf> {
@@ -31,7 +60,7 @@ fn require(tool: Option<PathBuf>, what: &str) -> Option<PathBuf> {
             !in_ci(),
             "{what} is missing in CI: run scripts/test, which installs it"
         );
-        eprintln!("skipping: {what} not installed (run scripts/test)");
+        eprintln!("SKIPPED (not under CI): {what} not installed (run scripts/test)");
     }
     tool
 }
@@ -43,22 +72,22 @@ fn autobahn_cases_all_pass_on_the_echo_endpoint() {
     };
     let s = Server::start("[testing]\necho_path = \"/echo\"");
     let reports = s.dir.join("autobahn");
-    let out = Command::new(kosoku)
-        .args([
-            "-m",
-            "fuzzingclient",
-            "-x",
-            "12.*",
-            "-x",
-            "13.*",
-            "-p",
-            "4",
-            "-o",
-        ])
-        .arg(&reports)
-        .arg(s.ws_url("/echo"))
-        .output()
-        .expect("run kosoku");
+    let mut cmd = Command::new(kosoku);
+    cmd.args([
+        "-m",
+        "fuzzingclient",
+        "-x",
+        "12.*",
+        "-x",
+        "13.*",
+        "-p",
+        "4",
+        "-o",
+    ])
+    .arg(&reports)
+    .arg(s.ws_url("/echo"));
+    // The whole run takes ~1-2 min here; a hung case must fail the suite, not stall CI.
+    let out = output_within(cmd, Duration::from_secs(900), &s.dir, "kosoku");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(reports.join("index.json")).expect("index.json"))
@@ -91,15 +120,16 @@ fn contract_smoke_passes() {
     let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/contract/smoke.py");
     if !smoke.exists() {
         assert!(!in_ci(), "../shared/contract/smoke.py is missing in CI");
-        eprintln!("skipping: {} not found", smoke.display());
+        eprintln!("SKIPPED (not under CI): {} not found", smoke.display());
         return;
     }
-    let out = Command::new(python)
-        .arg(&smoke)
+    let mut cmd = Command::new(python);
+    cmd.arg(&smoke)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"))
-        .output()
-        .expect("run smoke.py");
+        .env("SHARDCAST_BIN", env!("CARGO_BIN_EXE_shardcast"));
+    let dir = std::env::temp_dir().join(format!("shardcast-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = output_within(cmd, Duration::from_secs(600), &dir, "smoke.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -262,3 +262,31 @@ fn shipped_secrets_stop_start_up_off_loopback_naming_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn max_connections_closes_the_one_over_with_1013_and_frees_the_slot_on_close() {
+    let s = Server::start("[delivery]\nbatch_ms = 0\n[limits]\nmax_connections = 3");
+    let tok = token("u", "user", &["*"]);
+    let mut held: Vec<Client> = (0..3).map(|_| Client::authed(&s, &tok, "")).collect();
+    let mut over = Client::connect(&s, &format!("/ws?token={tok}"));
+    let (code, reason) = over.expect_close(Duration::from_secs(10));
+    assert_eq!((code, reason.as_str()), (1013, "server full"));
+    // The ones within the limit are untouched.
+    held[0].subscribe(json!([{"id": "a", "path": "mc"}]));
+    let seq = s.publish("mc", "e", json!(1));
+    assert_eq!(held[0].recv_type("event")["seq"], seq);
+    // A closed connection gives its slot back.
+    drop(held.pop());
+    assert!(wait_until(Duration::from_secs(10), || {
+        let mut c = Client::connect(&s, &format!("/ws?token={tok}"));
+        matches!(c.recv_within(Duration::from_secs(5)), Ok(m) if m["type"] == "authenticated")
+    }));
+    assert!(
+        s.metric_where(
+            "shardcast_connections_closed_total",
+            "reason=\"server_full\""
+        )
+        .unwrap()
+            >= 1.0
+    );
+}

@@ -35,10 +35,6 @@ fn on_path(bin: &str) -> Option<PathBuf> {
     })
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-}
-
 /// A Prometheus server on loopback with a temporary config and TSDB; killed on drop.
 struct Prometheus {
     port: u16,

@@ -323,6 +323,13 @@ pub fn now() -> u64 {
     shardcast::time::unix_secs()
 }
 
+/// Whether this is a CI run, by the one rule every skip-or-fail check uses (here, in
+/// `loadtest/tests` and in `clients/js/test/support/server.mjs`): `CI` set, non-empty and
+/// not `false`. Under CI a test that cannot run fails; elsewhere it says SKIPPED loudly.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
 /// Waits until `cond` holds or the deadline passes; returns whether it held.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;

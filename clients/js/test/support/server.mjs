@@ -50,7 +50,9 @@ export function ready(needs = ["server", "websocket"]) {
   }
   if (missing.length === 0) return true;
   const what = `integration tests need: ${missing.join("; ")}`;
-  if (process.env.CI) throw new Error(`under CI nothing is skipped: ${what}`);
+  // The one CI rule of every suite (tests/common/mod.rs `in_ci`): set, non-empty, not "false".
+  const ci = process.env.CI;
+  if (ci && ci !== "false") throw new Error(`under CI nothing is skipped: ${what}`);
   console.log(`\n${"!".repeat(78)}\nSKIPPED: ${what}\n${"!".repeat(78)}\n`);
   return false;
 }
