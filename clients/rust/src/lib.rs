@@ -1,0 +1,53 @@
+//! `shardcast-client`: a tokio client for shardcast's WebSocket protocol
+//! (`shared/PROTOCOL.md` v1) and the REST calls a client needs.
+//!
+//! Built on the public message types of this crate only; it does not depend on the
+//! server crate. `ws://` and `http://` only: no TLS (a named gap; put a TLS-terminating
+//! proxy in front, or add `tokio-tungstenite`'s TLS feature when it is needed).
+//!
+//! # Layout
+//!
+//! - [`protocol`]: every client and server message as serde types, the protocol's names.
+//! - `client.rs`: the public handle [`Client`] and its options, [`SubscriptionHandle`],
+//!   [`LiveQuery`], [`ClientEvent`]s.
+//! - `connection.rs`: the one task per client that owns the socket and all connection
+//!   state; connects, authenticates, routes, answers `ping`, reconnects and restores.
+//! - [`backoff`]: jittered exponential backoff, the drain close's delay, close codes.
+//! - [`live_query`]: the sorted local view of a live query ([`LiveView`]).
+//! - [`rest`]: `POST /api/v1/publish` and `/api/v1/ws-tickets` over a small HTTP/1.1
+//!   client.
+//!
+//! Imports go one way: `client` → `connection` → (`backoff`, `live_query`, `protocol`,
+//! `rest`, `error`); the leaves import only `protocol` and `error`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), shardcast_client::Error> {
+//! use shardcast_client::{Auth, Client, ClientOptions, Subscription};
+//! let client = Client::connect(ClientOptions::new("ws://127.0.0.1:8080/ws", Auth::token("JWT"))).await?;
+//! let mut jobs = client.subscribe(Subscription::new("my-jobs", "jobs")).await?;
+//! while let Some(event) = jobs.next_event().await {
+//!     println!("{} {} {}", event.seq, event.event_type, event.data);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod backoff;
+mod client;
+mod connection;
+mod error;
+pub mod live_query;
+pub mod protocol;
+pub mod rest;
+
+pub use backoff::ReconnectPolicy;
+pub use client::{
+    Auth, Client, ClientEvent, ClientOptions, ConnectionState, CredentialFn, CredentialFuture,
+    Delivery, LiveQuery, Lock, SubscriptionHandle,
+};
+pub use error::Error;
+pub use live_query::{LiveChange, LiveView};
+pub use protocol::{
+    ConnectionOptions, Event, Framing, LiveQuerySpec, LogLevel, Subscription, SubscriptionRefresh,
+    Warning,
+};
+pub use rest::Rest;
