@@ -1118,23 +1118,44 @@ mod tests {
             panic!()
         };
         assert_eq!(a.data, serde_json::json!({"ok": true}));
-        assert_eq!((a.url.as_str(), a.api_key.as_str()), (DEFAULT_HTTP_URL, "k"));
+        assert_eq!(
+            (a.url.as_str(), a.api_key.as_str()),
+            (DEFAULT_HTTP_URL, "k")
+        );
         assert!(!format!("{a:?}").contains("\"k\""), "{a:?}");
         let Ok(Command::Pub(a)) = pe(
-            &["pub", "--api-key=flag", "jobs/1", "done", "--url", "http://h:1", "--", "-5"],
+            &[
+                "pub",
+                "--api-key=flag",
+                "jobs/1",
+                "done",
+                "--url",
+                "http://h:1",
+                "--",
+                "-5",
+            ],
             &[(API_KEY_ENV, "k")],
         ) else {
             panic!()
         };
-        assert_eq!((a.data.clone(), a.api_key.as_str()), (serde_json::json!(-5), "flag"));
+        assert_eq!(
+            (a.data.clone(), a.api_key.as_str()),
+            (serde_json::json!(-5), "flag")
+        );
         assert_eq!(a.url, "http://h:1");
     }
 
     #[test]
     fn pub_errors() {
         let e = pe(&["pub", "jobs/1", "done", "{oops"], &[(API_KEY_ENV, "k")]).unwrap_err();
-        assert!(matches!(&e, CliError::BadData { value, .. } if value == "{oops"), "{e:?}");
-        assert!(e.to_string().starts_with("bad DATA `{oops`: not JSON"), "{e}");
+        assert!(
+            matches!(&e, CliError::BadData { value, .. } if value == "{oops"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with("bad DATA `{oops`: not JSON"),
+            "{e}"
+        );
         // A bare word is not JSON either: strings are quoted.
         assert!(matches!(
             pe(&["pub", "jobs/1", "done", "hello"], &[(API_KEY_ENV, "k")]),
@@ -1157,8 +1178,20 @@ mod tests {
             pe(&["pub", "jobs/1", "--api-key", "k"], &[]),
             Err(CliError::MissingArgument {
                 command: "pub",
-                name: "DATA"
+                name: "EVENT_TYPE"
             })
+        );
+        let e = pe(&["pub", "jobs/1", "done", "--api-key", "k"], &[]).unwrap_err();
+        assert_eq!(
+            e,
+            CliError::MissingArgument {
+                command: "pub",
+                name: "DATA"
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "missing DATA for `shardcast pub` (try `shardcast pub --help`)"
         );
         assert_eq!(
             pe(&["pub", "a", "b", "1", "extra", "--api-key", "k"], &[]),
@@ -1172,7 +1205,10 @@ mod tests {
             })
         ));
         assert!(matches!(
-            pe(&["pub", "a", "b", "1", "--api-key", "k", "--url", "ws://x"], &[]),
+            pe(
+                &["pub", "a", "b", "1", "--api-key", "k", "--url", "ws://x"],
+                &[]
+            ),
             Err(CliError::BadValue { flag: "--url", .. })
         ));
     }

@@ -196,7 +196,8 @@ async fn publish(args: cli::PubArgs) -> Result<(), String> {
     let rest = shardcast_client::Rest::new(&args.url)
         .map_err(|e| e.to_string())?
         .api_key(&args.api_key);
-    let body = serde_json::json!({"path": args.path, "eventType": args.event_type, "data": args.data});
+    let body =
+        serde_json::json!({"path": args.path, "eventType": args.event_type, "data": args.data});
     let answer = rest
         .send("POST", "/api/v1/publish", Some(&body))
         .await
@@ -205,7 +206,11 @@ async fn publish(args: cli::PubArgs) -> Result<(), String> {
         println!("{}", answer.body.trim_end());
         Ok(())
     } else {
-        Err(format!("HTTP {}: {}", answer.status, answer.body.trim_end()))
+        Err(format!(
+            "HTTP {}: {}",
+            answer.status,
+            answer.body.trim_end()
+        ))
     }
 }
 

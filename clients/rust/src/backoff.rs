@@ -169,7 +169,10 @@ mod tests {
         for attempt in 0..12 {
             let ceiling = exp_ceiling(&policy, attempt);
             let d = b.next_delay();
-            assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?} vs {ceiling:?}");
+            assert!(
+                d >= ceiling / 2 && d <= ceiling,
+                "{attempt}: {d:?} vs {ceiling:?}"
+            );
         }
         assert_eq!(exp_ceiling(&policy, 3), Duration::from_millis(800));
         assert_eq!(exp_ceiling(&policy, 4), Duration::from_millis(1000));

@@ -151,7 +151,9 @@ impl ClientOptions {
 pub enum ConnectionState {
     Connecting,
     /// Authenticated; subscriptions and live queries are being restored.
-    Connected { connection_id: String },
+    Connected {
+        connection_id: String,
+    },
     /// Lost; the next attempt comes after `retry_in` (the drain close's delay, or the
     /// backoff's).
     Disconnected {
@@ -160,7 +162,10 @@ pub enum ConnectionState {
         retry_in: Duration,
     },
     /// For good: closed by the app, refused (4001, 4002, 1000), or reconnecting is off.
-    Closed { code: Option<u16>, reason: String },
+    Closed {
+        code: Option<u16>,
+        reason: String,
+    },
 }
 
 /// Connection-level events (see [`Client::events`]).
@@ -171,7 +176,10 @@ pub enum ClientEvent {
     Overflow(Warning),
     /// A resubscription after a reconnect was answered `recovered: false`: what happened
     /// after `since` is not all retained, so the app re-syncs that subscription.
-    Resync { subscription_id: String, since: u64 },
+    Resync {
+        subscription_id: String,
+        since: u64,
+    },
     /// An `error` that answers no request of this client (or a refused resubscription).
     Error(ServerError),
 }
@@ -419,7 +427,11 @@ impl Client {
     }
 
     /// Services: `taskFailed`; redelivered with `attempt` + 1 after `retry_in_ms`.
-    pub fn task_failed<S: AsRef<str>>(&self, task_ids: &[S], retry_in_ms: u64) -> Result<(), Error> {
+    pub fn task_failed<S: AsRef<str>>(
+        &self,
+        task_ids: &[S],
+        retry_in_ms: u64,
+    ) -> Result<(), Error> {
         self.send(Command::Send(ClientMessage::TaskFailed {
             task_ids: task_ids.iter().map(|s| s.as_ref().to_string()).collect(),
             retry_in_ms,

@@ -269,7 +269,11 @@ impl Driver {
             pairs.extend(self.options.options.query_pairs());
         }
         for (i, (k, v)) in pairs.iter().enumerate() {
-            let sep = if i == 0 && !url.contains('?') { '?' } else { '&' };
+            let sep = if i == 0 && !url.contains('?') {
+                '?'
+            } else {
+                '&'
+            };
             url.push(sep);
             url.push_str(k);
             url.push('=');
@@ -303,7 +307,9 @@ impl Driver {
                             connection_id,
                             heartbeat_ms,
                         } => return Ok((ws, connection_id, heartbeat_ms)),
-                        ServerMessage::Error(e) => error = Some(format!("{}: {}", e.code, e.message)),
+                        ServerMessage::Error(e) => {
+                            error = Some(format!("{}: {}", e.code, e.message))
+                        }
                         ServerMessage::Ping => send(&mut ws, &ClientMessage::Pong).await?,
                         _ => {}
                     },
@@ -344,7 +350,8 @@ impl Driver {
                 })
                 .collect();
             let request_id = self.request_id();
-            self.pending.insert(request_id.clone(), Pending::Resubscribe);
+            self.pending
+                .insert(request_id.clone(), Pending::Resubscribe);
             send(
                 ws,
                 &ClientMessage::SubscribeEvents {
@@ -434,7 +441,10 @@ impl Driver {
                 query,
                 tx,
                 reply,
-            } => self.create_live_query(ws, id, query, tx, Some(reply)).await?,
+            } => {
+                self.create_live_query(ws, id, query, tx, Some(reply))
+                    .await?
+            }
             Command::Request { mut message, reply } => {
                 let request_id = self.request_id();
                 message.set_request_id(request_id.clone());
@@ -459,7 +469,8 @@ impl Driver {
     async fn serve(&mut self, ws: &mut Socket, heartbeat_ms: u64) -> End {
         // The server pings every heartbeatMs; silence for two of them (plus slack) means
         // the connection is dead even if TCP has not noticed.
-        let silence = Duration::from_millis(heartbeat_ms.saturating_mul(2)) + Duration::from_secs(5);
+        let silence =
+            Duration::from_millis(heartbeat_ms.saturating_mul(2)) + Duration::from_secs(5);
         let mut deadline = Instant::now() + silence;
         loop {
             tokio::select! {
@@ -606,8 +617,7 @@ impl Driver {
                     reply,
                 }) = pending
                 {
-                    self.live_queries
-                        .insert(id, LiveQueryState { query, tx });
+                    self.live_queries.insert(id, LiveQueryState { query, tx });
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(()));
                     }
@@ -618,7 +628,10 @@ impl Driver {
             | ServerMessage::LiveQueryAddedNode { .. }
             | ServerMessage::LiveQueryUpdatedNode { .. }
             | ServerMessage::LiveQueryRemovedNode { .. } => self.forward_live(m),
-            ServerMessage::LiveQueryDestroyed { ref id, ref request_id } => {
+            ServerMessage::LiveQueryDestroyed {
+                ref id,
+                ref request_id,
+            } => {
                 let id = id.clone();
                 let pending = request_id.as_ref().and_then(|r| self.pending.remove(r));
                 self.forward_live(m.clone());

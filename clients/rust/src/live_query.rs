@@ -94,9 +94,14 @@ pub fn compare_nodes(keys: &[OrderKey], a: &Value, b: &Value) -> Ordering {
 #[derive(Clone, Debug, PartialEq)]
 pub enum LiveChange {
     /// `liveQueryCreated`: the view started over (first load or reload).
-    Reset { total_count: u64, capped: bool },
+    Reset {
+        total_count: u64,
+        capped: bool,
+    },
     /// A page of the initial result; `complete` once the last page arrived.
-    Page { complete: bool },
+    Page {
+        complete: bool,
+    },
     Added(String),
     Updated(String),
     Removed(String),
@@ -268,7 +273,10 @@ mod tests {
             }
         }
         assert_eq!(compare_values(None, Some(&json!(null))), Ordering::Equal);
-        assert_eq!(compare_values(Some(&json!(1)), Some(&json!(1.0))), Ordering::Equal);
+        assert_eq!(
+            compare_values(Some(&json!(1)), Some(&json!(1.0))),
+            Ordering::Equal
+        );
     }
 
     #[test]

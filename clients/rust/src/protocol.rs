@@ -140,7 +140,10 @@ pub enum ClientMessage {
         subscriptions: Vec<Subscription>,
     },
     #[serde(rename_all = "camelCase")]
-    UnsubscribeEvents { request_id: String, ids: Vec<String> },
+    UnsubscribeEvents {
+        request_id: String,
+        ids: Vec<String>,
+    },
     Ping,
     Pong,
     #[serde(rename_all = "camelCase")]
@@ -157,7 +160,9 @@ pub enum ClientMessage {
         request_id: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
-    TaskComplete { task_ids: Vec<String> },
+    TaskComplete {
+        task_ids: Vec<String>,
+    },
     #[serde(rename_all = "camelCase")]
     TaskFailed {
         task_ids: Vec<String>,
@@ -171,7 +176,10 @@ pub enum ClientMessage {
         wait_ms: u64,
     },
     #[serde(rename_all = "camelCase")]
-    Unlock { request_id: String, name: String },
+    Unlock {
+        request_id: String,
+        name: String,
+    },
     Log {
         level: LogLevel,
         message: String,
@@ -345,11 +353,22 @@ pub enum ServerMessage {
         capped: bool,
     },
     #[serde(rename_all = "camelCase")]
-    LiveQueryAddedNode { id: String, node_id: String, data: Value },
+    LiveQueryAddedNode {
+        id: String,
+        node_id: String,
+        data: Value,
+    },
     #[serde(rename_all = "camelCase")]
-    LiveQueryUpdatedNode { id: String, node_id: String, data: Value },
+    LiveQueryUpdatedNode {
+        id: String,
+        node_id: String,
+        data: Value,
+    },
     #[serde(rename_all = "camelCase")]
-    LiveQueryRemovedNode { id: String, node_id: String },
+    LiveQueryRemovedNode {
+        id: String,
+        node_id: String,
+    },
     #[serde(rename_all = "camelCase")]
     LiveQueryDestroyed {
         id: String,
@@ -373,7 +392,10 @@ pub enum ServerMessage {
         released: bool,
     },
     #[serde(rename_all = "camelCase")]
-    Published { request_id: Option<String>, seq: u64 },
+    Published {
+        request_id: Option<String>,
+        seq: u64,
+    },
     /// A `type` this version does not know (ignored, so a newer server does not break it).
     #[serde(other)]
     Unknown,
@@ -450,7 +472,10 @@ mod tests {
         let ServerMessage::Event(e) = m else {
             panic!("{m:?}")
         };
-        assert_eq!((e.seq, e.attempt, e.task_id.as_deref()), (7, Some(2), Some("g:7")));
+        assert_eq!(
+            (e.seq, e.attempt, e.task_id.as_deref()),
+            (7, Some(2), Some("g:7"))
+        );
         let m: ServerMessage = serde_json::from_value(json!({"type":"batch","messages":[
             {"type":"ping"},{"type":"warning","code":"QUEUE_OVERFLOW","subscriptionId":"s",
              "dropped":5,"message":"m"}]}))

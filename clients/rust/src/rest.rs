@@ -54,7 +54,10 @@ pub(crate) fn split_url(url: &str, scheme: &str, default_port: u16) -> Result<Ur
         _ => (authority, default_port),
     };
     Ok(Url {
-        host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
         port,
         path: path.to_string(),
     })
@@ -271,7 +274,10 @@ mod tests {
             ("127.0.0.1", 9000, "/ws?x=1")
         );
         let u = split_url("http://example", "http", 80).unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("example", 80, ""));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("example", 80, "")
+        );
         let u = split_url("ws://[::1]:8080/ws", "ws", 80).unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 8080));
         let e = split_url("wss://x/ws", "ws", 80).unwrap_err();
@@ -282,7 +288,8 @@ mod tests {
 
     #[test]
     fn responses_parse() {
-        let r = parse_response(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}extra").unwrap();
+        let r =
+            parse_response(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}extra").unwrap();
         assert_eq!((r.status, r.body.as_str()), (202, "{}"));
         let r = parse_response(
             b"HTTP/1.1 400 Bad Request\r\n\r\n{\"error\":{\"code\":\"BAD_MESSAGE\",\"message\":\"m\"}}",

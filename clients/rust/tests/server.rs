@@ -82,7 +82,10 @@ async fn subscribe_event_unsubscribe_and_error_code() {
     let first = s.rest().publish("jobs/7", "done", json!(1)).await.unwrap();
     let e = within("event", b.next_event()).await.unwrap();
     // `a` is gone: the event lists only `b`.
-    assert_eq!((e.seq, e.subscription_ids.clone()), (first.first_seq, vec!["b".to_string()]));
+    assert_eq!(
+        (e.seq, e.subscription_ids.clone()),
+        (first.first_seq, vec!["b".to_string()])
+    );
 
     let err = c
         .subscribe(Subscription::new("f", "jobs").filter("status =="))
@@ -108,9 +111,15 @@ async fn reconnects_after_drain_and_resubscribes_with_since() {
     let mut s = Server::start("");
     let c = connect(&s, Auth::token(token("u1", "user", &["jobs"]))).await;
     let mut events = c.events();
-    let mut sub = c.subscribe(Subscription::new("jobs", "jobs")).await.unwrap();
+    let mut sub = c
+        .subscribe(Subscription::new("jobs", "jobs"))
+        .await
+        .unwrap();
     let before = s.rest().publish("jobs/1", "a", json!(1)).await.unwrap();
-    assert_eq!(within("event", sub.next_event()).await.unwrap().seq, before.first_seq);
+    assert_eq!(
+        within("event", sub.next_event()).await.unwrap().seq,
+        before.first_seq
+    );
 
     s.drain();
     let (code, retry_in) = wait_event(&mut events, "Disconnected", |e| match e {
@@ -141,7 +150,9 @@ async fn reconnects_after_drain_and_resubscribes_with_since() {
     assert_eq!((id.as_str(), since), ("jobs", before.first_seq));
     let after = s.rest().publish("jobs/2", "b", json!(2)).await.unwrap();
     assert!(after.first_seq > before.first_seq);
-    let e = within("event after restart", sub.next_event()).await.unwrap();
+    let e = within("event after restart", sub.next_event())
+        .await
+        .unwrap();
     assert_eq!((e.seq, e.path.as_str()), (after.first_seq, "jobs/2"));
 }
 
@@ -154,7 +165,11 @@ async fn no_retry_on_4001() {
     // The refresh callback: a good token first, then one the server refuses.
     let auth = Auth::token_with(move || {
         let n = counter.fetch_add(1, Ordering::SeqCst);
-        let t = if n == 0 { good.clone() } else { "expired".to_string() };
+        let t = if n == 0 {
+            good.clone()
+        } else {
+            "expired".to_string()
+        };
         async move { Ok(t) }
     });
     let c = connect(&s, auth).await;
@@ -231,7 +246,9 @@ async fn live_query_keeps_a_sorted_view() {
         order_by: Some("n desc".into()),
         limit: Some(10),
     };
-    let mut q = within("live query", c.live_query("lq", spec)).await.unwrap();
+    let mut q = within("live query", c.live_query("lq", spec))
+        .await
+        .unwrap();
     within("pages", q.loaded()).await.unwrap();
     assert_eq!(q.view().ids(), ["o3", "o2", "o1"]);
     assert_eq!(q.view().total_count(), 3);
@@ -289,41 +306,64 @@ async fn service_tasks_locks_publish_and_log() {
         .await
         .unwrap();
 
-    let p = s.rest().publish("invoices/1", "created", json!({"amount": 5})).await.unwrap();
+    let p = s
+        .rest()
+        .publish("invoices/1", "created", json!({"amount": 5}))
+        .await
+        .unwrap();
     let t1 = within("task", tasks.next_event()).await.unwrap();
     assert_eq!(t1.seq, p.first_seq);
-    assert_eq!(t1.task_id.as_deref(), Some(format!("billing:{}", p.first_seq).as_str()));
+    assert_eq!(
+        t1.task_id.as_deref(),
+        Some(format!("billing:{}", p.first_seq).as_str())
+    );
     assert_eq!(t1.attempt, Some(1));
     // Failed: redelivered with attempt 2.
     svc.task_failed(&[t1.task_id.clone().unwrap()], 0).unwrap();
     let t2 = within("redelivery", tasks.next_event()).await.unwrap();
-    assert_eq!((t2.task_id.clone(), t2.attempt), (t1.task_id.clone(), Some(2)));
+    assert_eq!(
+        (t2.task_id.clone(), t2.attempt),
+        (t1.task_id.clone(), Some(2))
+    );
     svc.task_complete(&[t2.task_id.clone().unwrap()]).unwrap();
 
     // A publish over the socket answers its seq, and becomes the group's next task (the
     // completed one does not come back before it).
-    let seq = within("published", svc.publish("invoices/2", "created", json!({"amount": 7})))
-        .await
-        .unwrap();
+    let seq = within(
+        "published",
+        svc.publish("invoices/2", "created", json!({"amount": 7})),
+    )
+    .await
+    .unwrap();
     assert!(seq > p.first_seq);
     let t3 = within("next task", tasks.next_event()).await.unwrap();
     assert_eq!((t3.seq, t3.attempt), (seq, Some(1)));
     svc.task_complete(&[t3.task_id.unwrap()]).unwrap();
 
-    let l1 = within("lock", svc.lock("invoice-42", 10_000, 0)).await.unwrap();
+    let l1 = within("lock", svc.lock("invoice-42", 10_000, 0))
+        .await
+        .unwrap();
     assert!(l1.acquired);
     let f1 = l1.fencing_token.expect("fencing token");
     assert!(l1.expires_at.is_some());
     assert!(within("unlock", svc.unlock("invoice-42")).await.unwrap());
-    assert!(!within("unlock again", svc.unlock("invoice-42")).await.unwrap());
-    let l2 = within("lock again", svc.lock("invoice-42", 10_000, 0)).await.unwrap();
+    assert!(!within("unlock again", svc.unlock("invoice-42"))
+        .await
+        .unwrap());
+    let l2 = within("lock again", svc.lock("invoice-42", 10_000, 0))
+        .await
+        .unwrap();
     assert!(l2.fencing_token.expect("fencing token") > f1);
 
     let mut fields = serde_json::Map::new();
     fields.insert("invoice".into(), json!(42));
-    svc.log(LogLevel::Warn, "slow invoice", Some(fields)).unwrap();
+    svc.log(LogLevel::Warn, "slow invoice", Some(fields))
+        .unwrap();
     let e = within("log event", logs.next_event()).await.unwrap();
-    assert_eq!((e.path.as_str(), e.event_type.as_str()), ("$logs/billing", "warn"));
+    assert_eq!(
+        (e.path.as_str(), e.event_type.as_str()),
+        ("$logs/billing", "warn")
+    );
     assert_eq!(e.data["message"], "slow invoice");
     assert_eq!(e.data["fields"]["invoice"], 42);
 }
@@ -345,7 +385,11 @@ async fn channel_socket_events_carry_channel_id() {
     assert_eq!(r.status, 201, "{}", r.body);
     let channel_id = r.json()["channel_id"].as_str().unwrap().to_string();
     // Collected before the socket attaches, delivered first.
-    let early = s.rest().publish("claims/1", "filed", json!({"n": 1})).await.unwrap();
+    let early = s
+        .rest()
+        .publish("claims/1", "filed", json!({"n": 1}))
+        .await
+        .unwrap();
     let c = within(
         "channel connect",
         Client::connect(ClientOptions::new(
@@ -361,7 +405,14 @@ async fn channel_socket_events_carry_channel_id() {
     assert_eq!(e.seq, early.first_seq);
     assert_eq!(e.channel_id.as_deref(), Some(channel_id.as_str()));
     assert!(e.subscription_ids.is_empty());
-    let live = s.rest().publish("claims/2", "filed", json!({"n": 2})).await.unwrap();
+    let live = s
+        .rest()
+        .publish("claims/2", "filed", json!({"n": 2}))
+        .await
+        .unwrap();
     let e = within("live event", events.recv()).await.unwrap();
-    assert_eq!((e.seq, e.channel_id.as_deref()), (live.first_seq, Some(channel_id.as_str())));
+    assert_eq!(
+        (e.seq, e.channel_id.as_deref()),
+        (live.first_seq, Some(channel_id.as_str()))
+    );
 }

@@ -99,7 +99,11 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("server exited at start ({st}): {}", self.log());
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
