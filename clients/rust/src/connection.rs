@@ -168,7 +168,7 @@ impl Driver {
                     self.state(ConnectionState::Connected { connection_id });
                     let end = match self.restore(&mut ws).await {
                         Ok(()) => self.serve(&mut ws, heartbeat_ms).await,
-                        Err(e) => End::Lost(e),
+                        Err(end) => end,
                     };
                     self.fail_pending();
                     match end {
@@ -195,6 +195,9 @@ impl Driver {
                             let (code, reason) = (*code, e.to_string());
                             return self.closed(Some(code), &reason);
                         }
+                        // The server refused what this client sends (its options): the
+                        // same attempt would fail again.
+                        Error::Server { .. } => return self.closed(None, &e.to_string()),
                         _ => (None, e.to_string(), self.backoff.next_delay()),
                     }
                 }
@@ -256,36 +259,10 @@ impl Driver {
         }
     }
 
-    fn url(&self, credential: &str) -> Result<String, Error> {
-        split_url(&self.options.url, "ws", 80)?;
-        let mut url = self.options.url.clone();
-        let mut pairs: Vec<(&str, String)> = Vec::new();
-        match &self.options.auth {
-            Auth::Token(_) => pairs.push(("token", credential.to_string())),
-            Auth::Ticket(_) => pairs.push(("uuid", credential.to_string())),
-            Auth::AuthMessage(_) => {}
-        }
-        if !matches!(self.options.auth, Auth::AuthMessage(_)) {
-            pairs.extend(self.options.options.query_pairs());
-        }
-        for (i, (k, v)) in pairs.iter().enumerate() {
-            let sep = if i == 0 && !url.contains('?') {
-                '?'
-            } else {
-                '&'
-            };
-            url.push(sep);
-            url.push_str(k);
-            url.push('=');
-            url.push_str(&encode_query_value(v));
-        }
-        Ok(url)
-    }
-
     /// One attempt: credential, handshake, `authenticated` (within the request timeout).
     async fn connect(&mut self) -> Result<(Socket, String, u64), Error> {
         let credential = (self.options.auth.credential())().await?;
-        let url = self.url(&credential)?;
+        let url = connect_url(&self.options, &credential)?;
         let timeout = self.options.request_timeout;
         let work = async {
             let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
@@ -307,8 +284,17 @@ impl Driver {
                             connection_id,
                             heartbeat_ms,
                         } => return Ok((ws, connection_id, heartbeat_ms)),
-                        ServerMessage::Error(e) => {
+                        // UNAUTHORIZED: the close (4001) follows and is the answer. Any
+                        // other error (bad options) leaves the socket unauthenticated
+                        // until 4002: give up now, with the server's words.
+                        ServerMessage::Error(e) if e.code == "UNAUTHORIZED" => {
                             error = Some(format!("{}: {}", e.code, e.message))
+                        }
+                        ServerMessage::Error(e) => {
+                            return Err(Error::Server {
+                                code: e.code,
+                                message: e.message,
+                            })
                         }
                         ServerMessage::Ping => send(&mut ws, &ClientMessage::Pong).await?,
                         _ => {}
@@ -339,7 +325,8 @@ impl Driver {
 
     /// After (re)connecting: resubscribe with `since`, re-create live queries, then run
     /// what came while disconnected.
-    async fn restore(&mut self, ws: &mut Socket) -> Result<(), String> {
+    async fn restore(&mut self, ws: &mut Socket) -> Result<(), End> {
+        let lost = |e: Error| End::Lost(e.to_string());
         if !self.subscriptions.is_empty() {
             let subscriptions = self
                 .subscriptions
@@ -360,17 +347,20 @@ impl Driver {
                 },
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(lost)?;
         }
         let live: Vec<(String, LiveQueryState)> = self.live_queries.drain().collect();
         for (id, lq) in live {
             self.create_live_query(ws, id, lq.query, lq.tx, None)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(lost)?;
         }
         while let Some(c) = self.deferred.pop_front() {
-            if self.command(ws, c).await.map_err(|e| e.to_string())? {
-                return Err("closed by the client".into());
+            if c.abandoned() {
+                continue;
+            }
+            if self.command(ws, c).await.map_err(lost)? {
+                return Err(End::ClientClosed);
             }
         }
         Ok(())
@@ -718,6 +708,48 @@ impl Driver {
     }
 }
 
+/// The URL of one attempt: the credential (`token` or `uuid`) and, unless they go in the
+/// `auth` message, the connection options as query parameters.
+fn connect_url(options: &ClientOptions, credential: &str) -> Result<String, Error> {
+    split_url(&options.url, "ws", 80)?;
+    let mut url = options.url.clone();
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    match &options.auth {
+        Auth::Token(_) => pairs.push(("token", credential.to_string())),
+        Auth::Ticket(_) => pairs.push(("uuid", credential.to_string())),
+        Auth::AuthMessage(_) => {}
+    }
+    if !matches!(options.auth, Auth::AuthMessage(_)) {
+        pairs.extend(options.options.query_pairs());
+    }
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let sep = if i == 0 && !url.contains('?') {
+            '?'
+        } else {
+            '&'
+        };
+        url.push(sep);
+        url.push_str(k);
+        url.push('=');
+        url.push_str(&encode_query_value(v));
+    }
+    Ok(url)
+}
+
+impl Command {
+    /// Whether the caller stopped waiting (its request timed out while the command was
+    /// deferred): then it must not run late, e.g. a publish the caller counts as failed.
+    fn abandoned(&self) -> bool {
+        match self {
+            Command::Subscribe { reply, .. } => reply.is_closed(),
+            Command::Unsubscribe { reply, .. } => reply.is_closed(),
+            Command::CreateLiveQuery { reply, .. } => reply.is_closed(),
+            Command::Request { reply, .. } => reply.is_closed(),
+            Command::Send(_) | Command::Close => false,
+        }
+    }
+}
+
 fn fail_command(c: Command, e: Error) {
     match c {
         Command::Subscribe { reply, .. } => drop(reply.send(Err(e))),
@@ -742,4 +774,42 @@ async fn send(ws: &mut Socket, m: &ClientMessage) -> Result<(), Error> {
     ws.send(Message::Text(text))
         .await
         .map_err(|e| Error::Connection(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ConnectionOptions, Framing};
+
+    fn options(auth: Auth, url: &str) -> ClientOptions {
+        let mut o = ClientOptions::new(url, auth);
+        o.options = ConnectionOptions {
+            batch_ms: Some(0),
+            framing: Some(Framing::Array),
+            group: Some("a b".into()),
+            ..Default::default()
+        };
+        o
+    }
+
+    #[test]
+    fn urls_carry_the_credential_and_the_options() {
+        let o = options(Auth::token("t"), "ws://h:1/ws");
+        assert_eq!(
+            connect_url(&o, "jwt.x-y").unwrap(),
+            "ws://h:1/ws?token=jwt.x-y&batchMs=0&framing=array&group=a%20b"
+        );
+        let o = options(
+            Auth::ticket_with(|| async { Ok(String::new()) }),
+            "ws://h:1/ws?x=1",
+        );
+        assert_eq!(
+            connect_url(&o, "u-1").unwrap(),
+            "ws://h:1/ws?x=1&uuid=u-1&batchMs=0&framing=array&group=a%20b"
+        );
+        // First-message auth: the options travel in the auth message, not the URL.
+        let o = options(Auth::auth_message("t"), "ws://h:1/channels/c");
+        assert_eq!(connect_url(&o, "t").unwrap(), "ws://h:1/channels/c");
+        assert!(connect_url(&options(Auth::token("t"), "wss://h/ws"), "t").is_err());
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use shardcast_client::{
-    Auth, Client, ClientEvent, ClientOptions, ConnectionOptions, ConnectionState, Error,
+    Auth, Client, ClientEvent, ClientOptions, ConnectionOptions, ConnectionState, Error, Framing,
     LiveChange, LiveQuerySpec, LogLevel, Rest, Subscription,
 };
 
@@ -47,14 +47,41 @@ async fn token_ticket_and_auth_message() {
     let t = token("u1", "user", &["jobs"]);
     let by_token = connect(&s, Auth::token(t.clone())).await;
     roundtrip(&s, &by_token, "by-token").await;
-    let by_ticket = connect(
-        &s,
+    // Connection options in the URL (with the ticket) and in the auth message; with
+    // `framing=array` every flush is a `batch`, which the client unwraps.
+    let array = ConnectionOptions {
+        batch_ms: Some(0),
+        framing: Some(Framing::Array),
+        ..Default::default()
+    };
+    let mut opts = ClientOptions::new(
+        s.ws("/ws"),
         Auth::ticket_from(Rest::new(&s.http()).unwrap().bearer(&t)),
-    )
-    .await;
+    );
+    opts.options = array.clone();
+    let by_ticket = within("connect", Client::connect(opts)).await.unwrap();
     roundtrip(&s, &by_ticket, "by-ticket").await;
-    let by_message = connect(&s, Auth::auth_message(t)).await;
+    let mut opts = ClientOptions::new(s.ws("/ws"), Auth::auth_message(t));
+    opts.options = array;
+    let by_message = within("connect", Client::connect(opts)).await.unwrap();
     roundtrip(&s, &by_message, "by-message").await;
+    // Options out of range are the server's BAD_MESSAGE, returned at once (the socket
+    // would stay unauthenticated until the auth timeout).
+    for auth in [
+        Auth::auth_message(token("u1", "user", &[])),
+        Auth::token(token("u1", "user", &[])),
+    ] {
+        let mut opts = ClientOptions::new(s.ws("/ws"), auth);
+        opts.options.batch_max = Some(0);
+        match within("refusal", Client::connect(opts)).await {
+            Err(Error::Server { code, message }) => {
+                assert_eq!(code, "BAD_MESSAGE");
+                assert!(message.contains("batchMax"), "{message}");
+            }
+            Err(e) => panic!("expected the server's BAD_MESSAGE, got {e}"),
+            Ok(_) => panic!("batchMax = 0 was accepted"),
+        }
+    }
     // A bad credential is refused with 4001 and the server's reason, on the first attempt.
     let bad = Client::connect(ClientOptions::new(s.ws("/ws"), Auth::token("nope"))).await;
     match bad {
