@@ -116,10 +116,13 @@ async fn sub(args: cli::SubArgs) -> Result<(), String> {
         filter: args.filter,
         since: args.since,
     };
-    let mut handle = client
-        .subscribe(subscription)
-        .await
-        .map_err(|e| format!("subscribing to {}: {e}", args.path))?;
+    let mut handle = tokio::select! {
+        h = client.subscribe(subscription) => {
+            h.map_err(|e| format!("subscribing to {}: {e}", args.path))?
+        }
+        _ = interrupt.recv() => return Ok(()),
+        _ = terminate.recv() => return Ok(()),
+    };
     eprintln!(
         "shardcast sub: subscribed to {} (live after seq {})",
         args.path,

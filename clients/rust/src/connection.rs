@@ -254,7 +254,16 @@ impl Driver {
                     reply: Some(reply), ..
                 } => drop(reply.send(Err(Error::Disconnected))),
                 Pending::Request(reply) => drop(reply.send(Err(Error::Disconnected))),
-                Pending::CreateLiveQuery { reply: None, .. } | Pending::Resubscribe => {}
+                // A re-creation still in flight: try again on the next connection.
+                Pending::CreateLiveQuery {
+                    id,
+                    query,
+                    tx,
+                    reply: None,
+                } => {
+                    self.live_queries.insert(id, LiveQueryState { query, tx });
+                }
+                Pending::Resubscribe => {}
             }
         }
     }

@@ -142,6 +142,27 @@ async fn reconnects_after_drain_and_resubscribes_with_since() {
         .subscribe(Subscription::new("jobs", "jobs"))
         .await
         .unwrap();
+    let r = s
+        .rest()
+        .send("PUT", "/api/v1/entities/jobs/j1", Some(&json!({"n": 1})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The entity write is an event too.
+    let e = within("entity event", sub.next_event()).await.unwrap();
+    assert_eq!(
+        (e.path.as_str(), e.event_type.as_str()),
+        ("jobs/j1", "created")
+    );
+    let spec = LiveQuerySpec {
+        edge: "jobs".into(),
+        ..Default::default()
+    };
+    let mut q = within("live query", c.live_query("lq", spec))
+        .await
+        .unwrap();
+    within("pages", q.loaded()).await.unwrap();
+    assert_eq!(q.view().ids(), ["j1"]);
     let before = s.rest().publish("jobs/1", "a", json!(1)).await.unwrap();
     assert_eq!(
         within("event", sub.next_event()).await.unwrap().seq,
@@ -175,6 +196,14 @@ async fn reconnects_after_drain_and_resubscribes_with_since() {
     })
     .await;
     assert_eq!((id.as_str(), since), ("jobs", before.first_seq));
+    // The live query was created again on the new connection: its view starts over and
+    // loads the (durable) entity again.
+    assert!(matches!(
+        within("live query reset", q.changed()).await,
+        Some(LiveChange::Reset { .. })
+    ));
+    within("pages again", q.loaded()).await.unwrap();
+    assert_eq!(q.view().ids(), ["j1"]);
     let after = s.rest().publish("jobs/2", "b", json!(2)).await.unwrap();
     assert!(after.first_seq > before.first_seq);
     let e = within("event after restart", sub.next_event())
