@@ -1,195 +1,25 @@
 //! The public handle: [`Client`] (connect, subscribe, live queries, service calls),
-//! [`SubscriptionHandle`], the options ([`ClientOptions`], [`Auth`]) and the
-//! connection-level [`ClientEvent`]s.
+//! [`SubscriptionHandle`] and [`LiveQuery`].
 //!
 //! A `Client` is a cheap clone around the command channel of one connection driver task
 //! (`connection.rs`), which owns the socket and every table (subscriptions, live queries,
 //! pending requests). Nothing here holds connection state: calls send a command and, where
 //! the protocol answers, await the answer on a oneshot, bounded by the request timeout.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::backoff::ReconnectPolicy;
 use crate::connection::{self, Command};
 use crate::error::Error;
+use crate::events::{ClientEvent, Delivery};
 use crate::live_query::{parse_order_by, LiveChange, LiveView};
+use crate::options::ClientOptions;
 use crate::protocol::{
-    ClientMessage, ConnectionOptions, Event, LiveQuerySpec, LogLevel, ServerError, ServerMessage,
-    Subscribed, Subscription, SubscriptionRefresh, Warning,
+    ClientMessage, Event, LiveQuerySpec, LogLevel, ServerMessage, Subscribed, Subscription,
 };
-use crate::rest::Rest;
-
-/// What a credential callback returns.
-pub type CredentialFuture = Pin<Box<dyn Future<Output = Result<String, Error>> + Send>>;
-/// A credential callback: called before every connection attempt, so a reconnect gets a
-/// fresh token (refresh) or a fresh single-use ticket.
-pub type CredentialFn = Arc<dyn Fn() -> CredentialFuture + Send + Sync>;
-
-/// How the connection authenticates (PROTOCOL.md section 2).
-#[derive(Clone)]
-pub enum Auth {
-    /// `?token=<jwt>` in the URL.
-    Token(CredentialFn),
-    /// `?uuid=<ticket>`: the callback fetches a ticket (see [`Auth::ticket_from`]).
-    Ticket(CredentialFn),
-    /// The first message `{"type":"auth","token":...}`; connection options go in it.
-    AuthMessage(CredentialFn),
-}
-
-fn fixed(token: String) -> CredentialFn {
-    Arc::new(move || {
-        let t = token.clone();
-        Box::pin(async move { Ok(t) })
-    })
-}
-
-fn boxed<F, Fut>(f: F) -> CredentialFn
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<String, Error>> + Send + 'static,
-{
-    Arc::new(move || Box::pin(f()))
-}
-
-impl Auth {
-    /// A fixed token in the URL.
-    pub fn token(token: impl Into<String>) -> Auth {
-        Auth::Token(fixed(token.into()))
-    }
-
-    /// A token in the URL from `refresh`, called before every connection attempt.
-    pub fn token_with<F, Fut>(refresh: F) -> Auth
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<String, Error>> + Send + 'static,
-    {
-        Auth::Token(boxed(refresh))
-    }
-
-    /// A fixed token sent as the first message.
-    pub fn auth_message(token: impl Into<String>) -> Auth {
-        Auth::AuthMessage(fixed(token.into()))
-    }
-
-    /// A token from `refresh`, sent as the first message.
-    pub fn auth_message_with<F, Fut>(refresh: F) -> Auth
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<String, Error>> + Send + 'static,
-    {
-        Auth::AuthMessage(boxed(refresh))
-    }
-
-    /// A ticket from `fetch`, called before every connection attempt.
-    pub fn ticket_with<F, Fut>(fetch: F) -> Auth
-    where
-        F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<String, Error>> + Send + 'static,
-    {
-        Auth::Ticket(boxed(fetch))
-    }
-
-    /// A ticket from `POST /api/v1/ws-tickets` with `rest`'s credential (a Bearer token).
-    pub fn ticket_from(rest: Rest) -> Auth {
-        Auth::ticket_with(move || {
-            let rest = rest.clone();
-            async move { rest.ws_ticket().await.map(|t| t.uuid) }
-        })
-    }
-
-    pub(crate) fn credential(&self) -> &CredentialFn {
-        match self {
-            Auth::Token(f) | Auth::Ticket(f) | Auth::AuthMessage(f) => f,
-        }
-    }
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // No credential in debug output: it may end up in logs.
-        f.write_str(match self {
-            Auth::Token(_) => "Auth::Token",
-            Auth::Ticket(_) => "Auth::Ticket",
-            Auth::AuthMessage(_) => "Auth::AuthMessage",
-        })
-    }
-}
-
-/// Everything [`Client::connect`] needs.
-#[derive(Clone, Debug)]
-pub struct ClientOptions {
-    /// `ws://host:port/ws` or `ws://host:port/channels/{channel_id}`.
-    pub url: String,
-    pub auth: Auth,
-    /// `batchMs`, `batchMax`, `framing`, `group`.
-    pub options: ConnectionOptions,
-    pub reconnect: ReconnectPolicy,
-    /// How long a call waits for its answer (and a connection for `authenticated`).
-    pub request_timeout: Duration,
-}
-
-impl ClientOptions {
-    pub fn new(url: impl Into<String>, auth: Auth) -> ClientOptions {
-        ClientOptions {
-            url: url.into(),
-            auth,
-            options: ConnectionOptions::default(),
-            reconnect: ReconnectPolicy::default(),
-            request_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// The connection's state, as [`ClientEvent::State`] reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConnectionState {
-    Connecting,
-    /// Authenticated; subscriptions and live queries are being restored.
-    Connected {
-        connection_id: String,
-    },
-    /// Lost; the next attempt comes after `retry_in` (the drain close's delay, or the
-    /// backoff's).
-    Disconnected {
-        code: Option<u16>,
-        reason: String,
-        retry_in: Duration,
-    },
-    /// For good: closed by the app, refused (4001, 4002, 1000), or reconnecting is off.
-    Closed {
-        code: Option<u16>,
-        reason: String,
-    },
-}
-
-/// Connection-level events (see [`Client::events`]).
-#[derive(Clone, Debug, PartialEq)]
-pub enum ClientEvent {
-    State(ConnectionState),
-    /// `QUEUE_OVERFLOW`: events (or a live query's messages) were dropped; re-sync.
-    Overflow(Warning),
-    /// A resubscription after a reconnect was answered `recovered: false`: what happened
-    /// after `since` is not all retained, so the app re-syncs that subscription.
-    Resync {
-        subscription_id: String,
-        since: u64,
-    },
-    /// An `error` that answers no request of this client (or a refused resubscription).
-    Error(ServerError),
-}
-
-/// What a subscription's stream yields.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Delivery {
-    Event(Event),
-    Refresh(SubscriptionRefresh),
-}
 
 /// One subscription: its answer and its deliveries.
 pub struct SubscriptionHandle {
@@ -390,6 +220,8 @@ impl Client {
     ) -> Result<LiveQuery, Error> {
         let id = id.into();
         let keys = parse_order_by(query.order_by.as_deref()).map_err(|m| Error::Server {
+            // Checked here because the view sorts by it; the server would refuse it with
+            // the same code.
             code: "INVALID_FILTER".into(),
             message: m,
         })?;

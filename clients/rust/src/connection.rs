@@ -4,7 +4,7 @@
 //! and reconnects (backoff, drain delay, no retry on 4001/4002), restoring subscriptions
 //! with `since` and live queries.
 //!
-//! Only `client.rs` talks to it, through [`Command`]s; it talks back through oneshots
+//! Only `client.rs` talks to it (and only it imports this module), through [`Command`]s; it talks back through oneshots
 //! (answers), per-subscription channels (deliveries) and the broadcast of
 //! [`ClientEvent`]s. Nothing else touches its tables, so they need no lock.
 
@@ -21,8 +21,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::{on_close, Backoff, CloseAction};
-use crate::client::{Auth, ClientEvent, ClientOptions, ConnectionState, Delivery};
 use crate::error::Error;
+use crate::events::{ClientEvent, ConnectionState, Delivery};
+use crate::options::{Auth, ClientOptions};
 use crate::protocol::{
     ClientMessage, Event, LiveQuerySpec, ServerError, ServerMessage, Subscribed, Subscription,
 };

@@ -8,17 +8,19 @@
 //! # Layout
 //!
 //! - [`protocol`]: every client and server message as serde types, the protocol's names.
-//! - `client.rs`: the public handle [`Client`] and its options, [`SubscriptionHandle`],
-//!   [`LiveQuery`], [`ClientEvent`]s.
+//! - `client.rs`: the public handle [`Client`], [`SubscriptionHandle`], [`LiveQuery`].
 //! - `connection.rs`: the one task per client that owns the socket and all connection
 //!   state; connects, authenticates, routes, answers `ping`, reconnects and restores.
+//! - `options.rs`: [`ClientOptions`] and [`Auth`] (credential callbacks).
+//! - `events.rs`: [`ClientEvent`], [`ConnectionState`], [`Delivery`].
 //! - [`backoff`]: jittered exponential backoff, the drain close's delay, close codes.
 //! - [`live_query`]: the sorted local view of a live query ([`LiveView`]).
 //! - [`rest`]: `POST /api/v1/publish` and `/api/v1/ws-tickets` over a small HTTP/1.1
 //!   client.
 //!
-//! Imports go one way: `client` → `connection` → (`backoff`, `live_query`, `protocol`,
-//! `rest`, `error`); the leaves import only `protocol` and `error`.
+//! Imports go one way, no cycles: `client` → `connection` → (`options`, `events`,
+//! `backoff`, `live_query`, `rest`) → (`protocol`, `error`); `options` also imports
+//! `backoff` (the policy) and `rest` (ticket fetching).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shardcast_client::Error> {
@@ -35,17 +37,18 @@ pub mod backoff;
 mod client;
 mod connection;
 mod error;
+mod events;
 pub mod live_query;
+mod options;
 pub mod protocol;
 pub mod rest;
 
 pub use backoff::ReconnectPolicy;
-pub use client::{
-    Auth, Client, ClientEvent, ClientOptions, ConnectionState, CredentialFn, CredentialFuture,
-    Delivery, LiveQuery, Lock, SubscriptionHandle,
-};
+pub use client::{Client, LiveQuery, Lock, SubscriptionHandle};
 pub use error::Error;
+pub use events::{ClientEvent, ConnectionState, Delivery};
 pub use live_query::{LiveChange, LiveView};
+pub use options::{Auth, ClientOptions, CredentialFn, CredentialFuture};
 pub use protocol::{
     ConnectionOptions, Event, Framing, LiveQuerySpec, LogLevel, Subscription, SubscriptionRefresh,
     Warning,
