@@ -1,8 +1,9 @@
 //! Test harness for the client: starts the REAL `shardcast` binary on a free loopback port
 //! with its own temp data dir, signs tokens, and waits on conditions with deadlines.
 //!
-//! The binary is `$SHARDCAST_BIN`, else the workspace's `target/debug/shardcast` (build it
-//! with `cargo build --bin shardcast`). Nothing is mocked.
+//! The binary is `$SHARDCAST_BIN`, else the workspace's `target/debug/shardcast` beside
+//! the test executable (build it with `cargo build --bin shardcast`; `cargo test
+//! --workspace` builds it too). Nothing is mocked.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -25,8 +26,14 @@ pub const API_KEY: &str = "k";
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 fn binary() -> PathBuf {
+    // This test runs as target/debug/deps/<test>-<hash>: the workspace's binaries are in
+    // target/debug, whatever CARGO_TARGET_DIR says.
+    let beside_tests = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("shardcast")));
     let path = std::env::var_os("SHARDCAST_BIN")
         .map(PathBuf::from)
+        .or(beside_tests)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/shardcast")
         });
