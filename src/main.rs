@@ -1,5 +1,9 @@
-//! The `shardcast` binary: parse the command line, load the config, run a node until
-//! SIGTERM or SIGINT, then drain and exit 0.
+//! The `shardcast` binary: parse the command line, then run a node until SIGTERM or
+//! SIGINT (drain, exit 0), print a token, or act as an operator's client: `sub` (events as
+//! JSON lines until ctrl-c) and `pub` (one REST publish), both on `shardcast-client`.
+//!
+//! Exit codes: 0 done, 2 bad arguments or configuration (nothing was sent), 1 anything
+//! that failed after that (refused connection, non-2xx answer, server gone for good).
 
 use std::process::ExitCode;
 
@@ -11,15 +15,17 @@ fn main() -> ExitCode {
     let command = match cli::parse(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("shardcast: {e}\n\n{}", cli::usage());
+            eprintln!("shardcast: {e}\n\n{}", cli::help(e.topic()));
             return ExitCode::from(2);
         }
     };
     match command {
-        Command::Help => {
-            println!("{}", cli::usage());
+        Command::Help(topic) => {
+            println!("{}", cli::help(topic));
             ExitCode::SUCCESS
         }
+        Command::Sub(args) => run_client("sub", sub(args)),
+        Command::Pub(args) => run_client("pub", publish(args)),
         Command::Version => {
             println!("{}", cli::version());
             ExitCode::SUCCESS
@@ -60,6 +66,155 @@ fn serve(file: Option<&std::path::Path>) -> ExitCode {
     tracing::info!(signal = sig, "stop signal received");
     server.drain();
     ExitCode::SUCCESS
+}
+
+/// Runs a client command on a current-thread runtime: one connection needs no more.
+fn run_client(name: &str, work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shardcast {name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardcast {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `shardcast sub`: one subscription, each event (and refresh) one JSON line on stdout;
+/// everything about the connection on stderr, so stdout stays machine-readable.
+async fn sub(args: cli::SubArgs) -> Result<(), String> {
+    use shardcast_client::{
+        Auth, Client, ClientEvent, ClientOptions, ConnectionState, Delivery, Subscription,
+    };
+    use std::io::Write;
+    use tokio::signal::unix::{signal, SignalKind};
+
+    // Registered before connecting, so a ctrl-c at any point ends the command cleanly.
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let url = args.url.clone();
+    let connect = Client::connect(ClientOptions::new(args.url, Auth::token(args.token)));
+    let client = tokio::select! {
+        c = connect => c.map_err(|e| format!("{url}: {e}"))?,
+        _ = interrupt.recv() => return Ok(()),
+        _ = terminate.recv() => return Ok(()),
+    };
+    let mut events = client.events();
+    let subscription = Subscription {
+        id: "sub".into(),
+        path: args.path.clone(),
+        events: Vec::new(),
+        filter: args.filter,
+        since: args.since,
+    };
+    let mut handle = tokio::select! {
+        h = client.subscribe(subscription) => {
+            h.map_err(|e| format!("subscribing to {}: {e}", args.path))?
+        }
+        _ = interrupt.recv() => return Ok(()),
+        _ = terminate.recv() => return Ok(()),
+    };
+    eprintln!(
+        "shardcast sub: subscribed to {} (live after seq {})",
+        args.path,
+        handle.subscribed().seq
+    );
+    if handle.subscribed().recovered == Some(false) {
+        eprintln!("shardcast sub: not every event after --since is retained; some may be missing");
+    }
+    let stdout = std::io::stdout();
+    loop {
+        tokio::select! {
+            d = handle.next() => {
+                let line = match d {
+                    Some(Delivery::Event(e)) => {
+                        serde_json::to_string(&shardcast_client::protocol::ServerMessage::Event(e))
+                    }
+                    Some(Delivery::Refresh(r)) => serde_json::to_string(
+                        &shardcast_client::protocol::ServerMessage::SubscriptionRefresh(r),
+                    ),
+                    None => return Err("the connection ended".into()),
+                };
+                let line = line.map_err(|e| e.to_string())?;
+                let mut out = stdout.lock();
+                // A closed pipe (`| head`) is the reader saying it has enough.
+                if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                    client.close();
+                    return Ok(());
+                }
+            }
+            e = events.recv() => match e {
+                Ok(ClientEvent::State(ConnectionState::Disconnected { code, reason, retry_in })) => {
+                    let code = code.map(|c| format!(" ({c})")).unwrap_or_default();
+                    eprintln!("shardcast sub: disconnected{code}: {reason}; reconnecting in {} ms", retry_in.as_millis());
+                }
+                Ok(ClientEvent::State(ConnectionState::Connected { connection_id })) => {
+                    eprintln!("shardcast sub: connected ({connection_id})");
+                }
+                Ok(ClientEvent::State(ConnectionState::Closed { code, reason })) => {
+                    let code = code.map(|c| format!(" {c}")).unwrap_or_default();
+                    return Err(format!("connection closed for good{code}: {reason}"));
+                }
+                Ok(ClientEvent::Resync { since, .. }) => {
+                    eprintln!("shardcast sub: reconnected, but events after seq {since} may be missing (not all retained)");
+                }
+                Ok(ClientEvent::Overflow(w)) => eprintln!("shardcast sub: {}: {}", w.code, w.message),
+                Ok(ClientEvent::Error(e)) => eprintln!("shardcast sub: {}: {}", e.code, e.message),
+                Ok(ClientEvent::State(ConnectionState::Connecting)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("shardcast sub: {n} connection notices skipped");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return Err("the connection ended".into());
+                }
+            },
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    // Let the driver send its close frame before the runtime goes away.
+    client.close();
+    let closed = async {
+        while let Ok(e) = events.recv().await {
+            if let ClientEvent::State(ConnectionState::Closed { .. }) = e {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), closed).await;
+    Ok(())
+}
+
+/// `shardcast pub`: the REST publish; the server's answer on stdout.
+async fn publish(args: cli::PubArgs) -> Result<(), String> {
+    let rest = shardcast_client::Rest::new(&args.url)
+        .map_err(|e| e.to_string())?
+        .api_key(&args.api_key);
+    let body =
+        serde_json::json!({"path": args.path, "eventType": args.event_type, "data": args.data});
+    let answer = rest
+        .send("POST", "/api/v1/publish", Some(&body))
+        .await
+        .map_err(|e| format!("{}: {e}", args.url))?;
+    if answer.is_success() {
+        println!("{}", answer.body.trim_end());
+        Ok(())
+    } else {
+        Err(format!(
+            "HTTP {}: {}",
+            answer.status,
+            answer.body.trim_end()
+        ))
+    }
 }
 
 fn init_logging(format: LogFormat) {

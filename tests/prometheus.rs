@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{now, token, token_with, wait_until, Client, Server, API_KEY, SECRET};
+use common::{in_ci, now, token, token_with, wait_until, Client, Server, API_KEY, SECRET};
 use serde_json::{json, Value};
 
 /// What `$__rate_interval` becomes: a few 1 s scrapes.
