@@ -69,9 +69,9 @@ fn wait_exit(child: &mut Child) -> i32 {
     }
 }
 
-#[test]
-fn pub_then_sub_prints_the_event_as_a_json_line_and_ctrl_c_exits_0() {
-    let s = Server::start("[delivery]\nbatch_ms = 0");
+/// `shardcast sub jobs` against `s` with a user token from the environment, once it
+/// says it is subscribed: the process and its stdout and stderr lines.
+fn sub_jobs(s: &Server) -> (Running, mpsc::Receiver<String>, mpsc::Receiver<String>) {
     let mut sub = Running(
         shardcast()
             .args(["sub", "jobs", "--url", &s.ws_url("/ws")])
@@ -86,6 +86,13 @@ fn pub_then_sub_prints_the_event_as_a_json_line_and_ctrl_c_exits_0() {
     wait_line(&err, "`subscribed` notice", |l| {
         l.contains("subscribed to jobs")
     });
+    (sub, out, err)
+}
+
+#[test]
+fn pub_then_sub_prints_the_event_as_a_json_line_and_ctrl_c_exits_0() {
+    let s = Server::start("[delivery]\nbatch_ms = 0");
+    let (mut sub, out, _err) = sub_jobs(&s);
 
     // The flag wins over a wrong key in the environment.
     let p = shardcast()
@@ -221,20 +228,7 @@ fn sub_reports_a_rejected_filter_and_exits_1() {
 #[test]
 fn sub_reconnects_after_a_drain_and_keeps_printing() {
     let mut s = Server::start("drain_period_ms = 200\n[delivery]\nbatch_ms = 0");
-    let mut sub = Running(
-        shardcast()
-            .args(["sub", "jobs", "--url", &s.ws_url("/ws")])
-            .env("SHARDCAST_TOKEN", token("op", "user", &["jobs"]))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sub"),
-    );
-    let out = lines(sub.0.stdout.take().unwrap());
-    let err = lines(sub.0.stderr.take().unwrap());
-    wait_line(&err, "`subscribed` notice", |l| {
-        l.contains("subscribed to jobs")
-    });
+    let (mut sub, out, err) = sub_jobs(&s);
     let first = s.publish("jobs/1", "a", json!(1));
     let line: Value = serde_json::from_str(&wait_line(&out, "first event", |_| true)).unwrap();
     assert_eq!(line["seq"], first);
