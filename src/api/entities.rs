@@ -109,7 +109,12 @@ pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
     }
 }
 
-/// A PUT or PATCH body: a JSON object (UTF-8, nested at most [`MAX_DATA_DEPTH`] levels)
+/// Deepest PUT or PATCH body accepted, the object itself counted: the most serde_json
+/// parses into a `Value` (its default recursion limit refuses a 128th level), so a deeper
+/// body is refused as too deep rather than as "not JSON".
+pub const MAX_BODY_DEPTH: usize = MAX_DATA_DEPTH - 1;
+
+/// A PUT or PATCH body: a JSON object (UTF-8, nested at most [`MAX_BODY_DEPTH`] levels)
 /// whose `id`, if any, is the path's `id` (a string). Refusals are 400 `BAD_MESSAGE`.
 pub fn parse_entity_body(
     body: &[u8],
@@ -123,9 +128,9 @@ pub fn parse_entity_body(
     };
     let bad = |m: String| (400, "BAD_MESSAGE", m);
     let text = std::str::from_utf8(body).map_err(|_| bad(format!("{what} must be UTF-8 JSON")))?;
-    if super::json_depth(text) > MAX_DATA_DEPTH {
+    if super::json_depth(text) > MAX_BODY_DEPTH {
         return Err(bad(format!(
-            "{what} nests deeper than {MAX_DATA_DEPTH} levels"
+            "{what} nests deeper than {MAX_BODY_DEPTH} levels"
         )));
     }
     let v: Value = serde_json::from_str(text)
@@ -138,7 +143,8 @@ pub fn parse_entity_body(
         Some(Value::String(s)) if s == id => {}
         Some(other) => {
             return Err(bad(format!(
-                "the body's id ({other}) differs from the path's id '{id}'"
+                "the body's id ({}) differs from the path's id '{id}'",
+                truncate(&other.to_string(), 64)
             )))
         }
     }

@@ -122,7 +122,8 @@ pub fn parse_dead_letters_query(query: &str) -> Result<DeadLettersQuery, Refused
             },
             other => {
                 return Err(bad(format!(
-                    "unknown query parameter '{other}' (limit, cursor)"
+                    "unknown query parameter '{}' (limit, cursor)",
+                    crate::protocol::truncate(other, 64)
                 )))
             }
         }
