@@ -3,7 +3,7 @@
 //! the config file, filters and orderBy, and the REST bodies and query strings of entities,
 //! channels and services. No server is started.
 //!
-//! About 200k inputs from a seeded xorshift generator: pure random bytes, mutations of
+//! About 300k inputs from a seeded xorshift generator: pure random bytes, mutations of
 //! valid inputs (bit flips, truncations, duplicated slices, inserted tokens, length-field
 //! edits) and structured generators whose expected outcome is known. Every input goes
 //! through the invariants the fuzz targets assert (`fuzz/src/lib.rs`, included below),

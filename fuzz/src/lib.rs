@@ -4,7 +4,7 @@
 //! Each `pub fn` takes arbitrary bytes, drives one parser the way the server does, and
 //! panics only if the parser panics or breaks a property that must hold for every input.
 //! The fuzz targets in `fuzz_targets/` call these functions; `tests/robustness.rs` includes
-//! this file as a module (`#[path]`) and calls them on ~200k generated inputs on stable, so
+//! this file as a module (`#[path]`) and calls them on ~300k generated inputs on stable, so
 //! the invariants are compiled and exercised in CI even though cargo-fuzz needs nightly.
 
 use std::str;
