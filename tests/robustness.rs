@@ -1,8 +1,9 @@
 //! Deterministic random-input robustness test for every parser that sees bytes from
-//! outside: WebSocket frames, HTTP requests, client commands, paths, publish bodies, JWTs
-//! and the config file. No server is started.
+//! outside: WebSocket frames, HTTP requests, client commands, paths, publish bodies, JWTs,
+//! the config file, filters and orderBy, and the REST bodies and query strings of entities,
+//! channels and services. No server is started.
 //!
-//! About 200k inputs from a seeded xorshift generator: pure random bytes, mutations of
+//! About 300k inputs from a seeded xorshift generator: pure random bytes, mutations of
 //! valid inputs (bit flips, truncations, duplicated slices, inserted tokens, length-field
 //! edits) and structured generators whose expected outcome is known. Every input goes
 //! through the invariants the fuzz targets assert (`fuzz/src/lib.rs`, included below),
@@ -19,9 +20,15 @@ use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 
 use serde_json::{json, Value};
-use shardcast::api::parse_publish;
+use shardcast::api::{
+    parse_channel_create, parse_channel_list, parse_dead_letters_query, parse_entity_body,
+    parse_entity_list, parse_publish, DeadLettersQuery, Refused, MAX_BODY_DEPTH,
+};
 use shardcast::auth::jwt::{self, Role, Scopes, NBF_LEEWAY_SECS};
+use shardcast::channels::{ChannelKind, ListQuery, NewChannel, Status};
 use shardcast::config::{Config, ConfigError};
+use shardcast::entities::{Cursors, DEFAULT_LIMIT, MAX_LIMIT};
+use shardcast::filter::{Direction, Filter, OrderBy};
 use shardcast::http::{self, Parsed};
 use shardcast::protocol::ws::{self, OpCode, Utf8Check, WsError};
 use shardcast::protocol::{self, validate_path, Command, ErrorCode};
@@ -3142,4 +3149,1013 @@ fn config_random_and_mutated() {
         let text = format!("[{}]", vec!["a"; depth].join("."));
         invariants::config_toml(text.as_bytes());
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// REST bodies and query strings: entities, channels, services
+// ---------------------------------------------------------------------------------------
+
+/// Asserts a refusal's status and code, and that its message starts with `prefix`.
+#[track_caller]
+fn assert_refused<T: std::fmt::Debug>(r: Result<T, Refused>, code: &str, prefix: &str, ctx: &str) {
+    match r {
+        Err((status, c, m)) => {
+            assert_eq!((status, c), (400, code), "{m}: {ctx}");
+            assert!(
+                m.starts_with(prefix),
+                "'{m}' does not start with '{prefix}': {ctx}"
+            );
+        }
+        Ok(v) => panic!("accepted {v:?}, want {code} '{prefix}...': {ctx}"),
+    }
+}
+
+/// `s` as a query-string value: unreserved bytes as they are (sometimes escaped anyway),
+/// spaces as `+` or `%20`, everything else `%XX` in either case.
+fn query_escape(rng: &mut Rng, s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        let plain = b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+        if plain && !rng.chance(1, 10) {
+            out.push(b as char);
+        } else if b == b' ' && rng.chance(1, 2) {
+            out.push('+');
+        } else if rng.chance(1, 2) {
+            let _ = write!(out, "%{b:02X}");
+        } else {
+            let _ = write!(out, "%{b:02x}");
+        }
+    }
+    out
+}
+
+/// A query string of these pairs (already escaped), joined by `&`, with stray `&`s.
+fn query_text(rng: &mut Rng, pairs: &[(String, String)]) -> String {
+    let mut q = String::new();
+    for (k, v) in pairs {
+        if !q.is_empty() || rng.chance(1, 10) {
+            q.push('&');
+        }
+        if rng.chance(1, 20) {
+            q.push('&');
+        }
+        let _ = write!(q, "{k}={v}");
+    }
+    q
+}
+
+/// Entity ids and bodies: `(id, patch, body, Ok(the object) | Err(message prefix))`.
+struct GenEntityBody {
+    id: &'static str,
+    patch: bool,
+    body: Vec<u8>,
+    expect: Result<Value, String>,
+}
+
+/// `depth` nested arrays around `0`.
+fn nested_arrays(depth: usize) -> String {
+    format!("{}0{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+fn gen_entity_body(rng: &mut Rng) -> GenEntityBody {
+    let id = *rng.pick(invariants::ENTITY_IDS);
+    let patch = rng.chance(1, 2);
+    let what = if patch {
+        "a PATCH body (a JSON merge patch)"
+    } else {
+        "a PUT body (the entity's whole state)"
+    };
+    let mut members: Vec<(String, String)> = (0..rng.range(0, 6))
+        .map(|_| {
+            let n = rng.range(1, 8);
+            (utf8_string(rng, n), any_json(rng, 3).to_string())
+        })
+        .filter(|(k, _)| k != "id")
+        .collect();
+    if rng.chance(1, 2) {
+        members.push(("id".into(), Value::String(id.into()).to_string()));
+    }
+    if rng.chance(1, 10) {
+        // The deepest body accepted (the object is one level).
+        members.push(("deep".into(), nested_arrays(MAX_BODY_DEPTH - 1)));
+    }
+    shuffle(rng, &mut members);
+    let good = object_text(&members);
+    let good_value: Value = serde_json::from_str(&good).expect("generated JSON");
+    let (body, expect) = match rng.below(12) {
+        0 => {
+            // Not UTF-8: a stray byte inside a string or between tokens.
+            let mut b = good.into_bytes();
+            let at = rng.range(1, b.len() - 1);
+            b.insert(at, *rng.pick(&[0xFF, 0xC3, 0x80, 0xED]));
+            (b, Err(format!("{what} must be UTF-8 JSON")))
+        }
+        1 => {
+            // Cut before its closing brace (on a char boundary): never JSON.
+            let mut cut = rng.below(good.len());
+            while !good.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            (
+                good.as_bytes()[..cut].to_vec(),
+                Err(format!("{what} is not JSON")),
+            )
+        }
+        2 => (
+            non_object_json(rng).to_string().into_bytes(),
+            Err(format!("{what} must be a JSON object")),
+        ),
+        3 => {
+            let depth = rng.range(MAX_BODY_DEPTH, MAX_BODY_DEPTH + 400);
+            (
+                format!("{{\"a\":{}}}", nested_arrays(depth)).into_bytes(),
+                Err(format!("{what} nests deeper than {MAX_BODY_DEPTH} levels")),
+            )
+        }
+        4 | 5 => {
+            // An id other than the path's: another string, another type, null.
+            let other = match rng.below(3) {
+                0 => Value::String(format!("{id}x")),
+                1 => non_string_json(rng),
+                _ => Value::String(utf8_string(rng, 200)),
+            };
+            members.retain(|(k, _)| k != "id");
+            members.push(("id".into(), other.to_string()));
+            shuffle(rng, &mut members);
+            (
+                object_text(&members).into_bytes(),
+                Err("the body's id (".to_string()),
+            )
+        }
+        _ => {
+            let mut b = good.into_bytes();
+            if rng.chance(1, 4) {
+                b.splice(0..0, *b" \n\t");
+                b.extend_from_slice(b"\r\n ");
+            }
+            (b, Ok(good_value))
+        }
+    };
+    GenEntityBody {
+        id,
+        patch,
+        body,
+        expect,
+    }
+}
+
+#[test]
+fn entity_bodies_generated() {
+    let mut rng = Rng::new(0x656e_7462);
+    for case in 0..count(10_000) {
+        let g = gen_entity_body(&mut rng);
+        let ctx = format!("case {case}, id {}, body b\"{}\"", g.id, show(&g.body));
+        let got = parse_entity_body(&g.body, g.id, g.patch);
+        match &g.expect {
+            Ok(want) => {
+                let got = got.unwrap_or_else(|e| panic!("refused {e:?}: {ctx}"));
+                assert_eq!(&Value::Object(got), want, "{ctx}");
+            }
+            Err(prefix) => assert_refused(got, "BAD_MESSAGE", prefix, &ctx),
+        }
+        let mut input = vec![
+            u8::from(g.patch)
+                | (invariants::ENTITY_IDS
+                    .iter()
+                    .position(|i| *i == g.id)
+                    .unwrap_or(0) as u8)
+                    << 1,
+        ];
+        input.extend_from_slice(&g.body);
+        run_case(
+            "entity_body",
+            &format!("generated case {case}"),
+            &input,
+            &|b: &[u8]| invariants::entity_body(b),
+        );
+    }
+}
+
+#[test]
+fn entity_bodies_random_and_mutated() {
+    let mut rng = Rng::new(0x6d65_6e74);
+    for case in 0..count(15_000) {
+        let mut input = vec![rng.byte()];
+        if rng.chance(1, 10) {
+            input.extend(rng.blob());
+        } else {
+            input.extend(gen_entity_body(&mut rng).body);
+        }
+        mutate(&mut rng, &mut input);
+        run_case(
+            "entity_body",
+            &format!("case {case}"),
+            &input,
+            &|b: &[u8]| invariants::entity_body(b),
+        );
+    }
+}
+
+/// The message of a refused PUT with a mismatched `id` quotes that id clipped: it used to
+/// quote the whole value, so a body with a megabyte `id` got a megabyte error answer.
+#[test]
+fn entity_body_id_mismatch_message_is_clipped() {
+    let body = format!(r#"{{"id":"{}","a":1}}"#, "x".repeat(100_000));
+    let (status, code, m) = parse_entity_body(body.as_bytes(), "e1", false).unwrap_err();
+    assert_eq!((status, code), (400, "BAD_MESSAGE"));
+    assert!(m.starts_with("the body's id (\"xxx"), "{m}");
+    assert!(m.ends_with("differs from the path's id 'e1'"), "{m}");
+    assert!(m.len() < 200, "{} bytes", m.len());
+    let body = format!(r#"{{"id":[{}]}}"#, vec!["1"; 50_000].join(","));
+    let (_, _, m) = parse_entity_body(body.as_bytes(), "e1", true).unwrap_err();
+    assert!(m.len() < 200, "{} bytes", m.len());
+}
+
+const VALID_FILTERS: &[&str] = &[
+    "status == 'failed'",
+    "n > 3 && !done",
+    "a.b in [1, 'x', null, true]",
+    "done",
+    "(a || b) && c != -2.5e3",
+    "status == \"é😀\" || n <= 0",
+    "  tags.x   ==   'a'  ",
+];
+
+const ORDER_FIELDS: &[&str] = &["n", "status", "a.b", "createdAt", "x_1.y2", "in", "desc"];
+
+/// A valid orderBy text and the keys it means.
+fn gen_order_by(rng: &mut Rng) -> (String, Vec<(String, Direction)>) {
+    let n = rng.range(1, 4);
+    let mut text = String::new();
+    let mut keys = Vec::new();
+    let ws = |rng: &mut Rng| *rng.pick(&["", " ", "  ", "\t", " \n "]);
+    for i in 0..n {
+        if i > 0 {
+            text.push_str(ws(rng));
+            text.push(',');
+        }
+        text.push_str(ws(rng));
+        let field = *rng.pick(ORDER_FIELDS);
+        text.push_str(field);
+        let dir = match rng.below(3) {
+            0 => Direction::Asc,
+            1 => {
+                text.push_str(" asc");
+                Direction::Asc
+            }
+            _ => {
+                text.push_str(" desc");
+                Direction::Desc
+            }
+        };
+        keys.push((field.to_string(), dir));
+    }
+    text.push_str(ws(rng));
+    (text, keys)
+}
+
+/// orderBy text: generated valid lists (checked against their keys), then mutated.
+#[test]
+fn order_by_generated_and_mutated() {
+    let mut rng = Rng::new(0x6f72_6462);
+    for case in 0..count(8_000) {
+        let (text, keys) = gen_order_by(&mut rng);
+        let o = OrderBy::parse(&text).unwrap_or_else(|e| panic!("{text:?}: {e} (case {case})"));
+        let got: Vec<(String, Direction)> =
+            o.keys.iter().map(|(f, d)| (f.to_string(), *d)).collect();
+        assert_eq!(got, keys, "{text:?} (case {case})");
+        let mut input = text.into_bytes();
+        run_case(
+            "filter",
+            &format!("orderBy case {case}"),
+            &input,
+            &|b: &[u8]| invariants::filter(b),
+        );
+        mutate(&mut rng, &mut input);
+        run_case(
+            "filter",
+            &format!("mutated orderBy case {case}"),
+            &input,
+            &|b: &[u8]| invariants::filter(b),
+        );
+    }
+}
+
+/// What an accepted list query must give: the filter and orderBy texts, the limit, and
+/// whether a cursor is in force.
+type ListExpect = (Option<String>, Option<String>, usize, bool);
+
+/// A list query string and what it must give, or the refusal's code and message prefix.
+struct GenEntityList {
+    query: String,
+    expect: Result<ListExpect, (&'static str, String)>,
+}
+
+fn gen_entity_list(rng: &mut Rng) -> GenEntityList {
+    let filter = rng
+        .chance(1, 2)
+        .then(|| rng.pick(VALID_FILTERS).to_string());
+    let order = rng.chance(1, 2).then(|| gen_order_by(rng).0);
+    let limit = rng.chance(1, 2).then(|| rng.range(1, MAX_LIMIT));
+    let canonical = format!(
+        "{}|{}|{}",
+        invariants::ENTITY_COLLECTION,
+        filter
+            .as_deref()
+            .map(|f| Filter::parse(f).unwrap().to_string())
+            .unwrap_or_default(),
+        order
+            .as_deref()
+            .map(|o| OrderBy::parse(o).unwrap().to_string())
+            .unwrap_or_default()
+    );
+    let order_value = order
+        .as_deref()
+        .map_or(OrderBy { keys: Vec::new() }, |o| OrderBy::parse(o).unwrap());
+    let with_cursor = rng.chance(1, 2);
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if let Some(f) = &filter {
+        pairs.push(("filter".into(), query_escape(rng, f)));
+    }
+    if let Some(o) = &order {
+        pairs.push(("orderBy".into(), query_escape(rng, o)));
+    }
+    if let Some(l) = limit {
+        pairs.push(("limit".into(), l.to_string()));
+    }
+    if with_cursor {
+        let last = json!({"id": format!("e{}", rng.below(100)), "n": rng.below(10), "status": "x", "a": {"b": 1}});
+        let c = invariants::cursors().encode(&canonical, &order_value, &last);
+        pairs.push(("cursor".into(), c));
+    }
+    if rng.chance(1, 8) {
+        // Blank filter and orderBy mean none.
+        if filter.is_none() {
+            pairs.push(("filter".into(), query_escape(rng, "  ")));
+        } else if order.is_none() {
+            pairs.push(("orderBy".into(), "+".into()));
+        }
+    }
+    shuffle(rng, &mut pairs);
+    if rng.chance(1, 8) {
+        // A repeated parameter: the first counts, so garbage after it is not looked at.
+        let k = *rng.pick(&["filter", "orderBy", "limit", "cursor"]);
+        if pairs.iter().any(|(n, _)| n == k) {
+            pairs.push((k.into(), "%27((".into()));
+        }
+    }
+    let ok = Ok((
+        filter.clone(),
+        order.clone(),
+        limit.unwrap_or(DEFAULT_LIMIT),
+        with_cursor,
+    ));
+    let expect = match rng.below(10) {
+        0 => {
+            let long = "x".repeat(100);
+            let k = rng
+                .pick(&["sort", "Filter", "offset", "limit ", long.as_str()])
+                .to_string();
+            pairs.insert(
+                rng.below(pairs.len() + 1),
+                (query_escape(rng, &k), "1".into()),
+            );
+            let shown: String = k.chars().take(64).collect();
+            Err(("BAD_MESSAGE", format!("unknown query parameter '{shown}'")))
+        }
+        1 => {
+            let bad = *rng.pick(&["status ==", "a &&", "'x", "(a", "a == 1 b", "in [", "!"]);
+            pairs.retain(|(k, _)| k != "filter");
+            pairs.insert(0, ("filter".into(), query_escape(rng, bad)));
+            Err(("INVALID_FILTER", "filter: ".into()))
+        }
+        2 => {
+            let bad = *rng.pick(&["n sideways", "a,,b", ",", "a desc desc", "a.", "'x'"]);
+            pairs.retain(|(k, _)| k != "orderBy");
+            pairs.insert(0, ("orderBy".into(), query_escape(rng, bad)));
+            Err(("INVALID_FILTER", "orderBy: ".into()))
+        }
+        3 => {
+            let bad = *rng.pick(&[
+                "0",
+                "1001",
+                "-1",
+                "1.5",
+                "",
+                "x",
+                "99999999999999999999999",
+                "1e3",
+            ]);
+            pairs.retain(|(k, _)| k != "limit");
+            pairs.push(("limit".into(), bad.into()));
+            Err(("BAD_MESSAGE", "limit must be".into()))
+        }
+        4 => {
+            let bad = match rng.below(4) {
+                0 => "garbage".to_string(),
+                // Issued for another query.
+                1 => invariants::cursors().encode("other|x|", &order_value, &json!({"id": "e1"})),
+                2 => {
+                    // Issued by another node's key.
+                    Cursors::new(b"another secret").encode(
+                        &canonical,
+                        &order_value,
+                        &json!({"id": "e1"}),
+                    )
+                }
+                _ => {
+                    let mut c = invariants::cursors()
+                        .encode(&canonical, &order_value, &json!({"id": "e1"}))
+                        .into_bytes();
+                    let i = rng.below(c.len());
+                    c[i] = if c[i] == b'A' { b'B' } else { b'A' };
+                    String::from_utf8(c).unwrap()
+                }
+            };
+            pairs.retain(|(k, _)| k != "cursor");
+            pairs.push(("cursor".into(), bad));
+            Err(("BAD_MESSAGE", "cursor: ".into()))
+        }
+        _ => ok,
+    };
+    GenEntityList {
+        query: query_text(rng, &pairs),
+        expect,
+    }
+}
+
+#[test]
+fn entity_list_queries_generated() {
+    let mut rng = Rng::new(0x6c69_7374);
+    for case in 0..count(10_000) {
+        let g = gen_entity_list(&mut rng);
+        let ctx = format!("case {case}: {:?}", g.query);
+        let got = parse_entity_list(
+            invariants::ENTITY_COLLECTION,
+            &g.query,
+            invariants::cursors(),
+        );
+        match &g.expect {
+            Ok((filter, order, limit, cursor)) => {
+                let q = got.unwrap_or_else(|e| panic!("refused {e:?}: {ctx}"));
+                assert_eq!(
+                    q.filter,
+                    filter.as_deref().map(|f| Filter::parse(f).unwrap()),
+                    "{ctx}"
+                );
+                let keys = order.as_deref().map(|o| OrderBy::parse(o).unwrap().keys);
+                assert_eq!(q.order.keys, keys.unwrap_or_default(), "{ctx}");
+                assert_eq!((q.limit, q.after.is_some()), (*limit, *cursor), "{ctx}");
+            }
+            Err((code, prefix)) => assert_refused(got, code, prefix, &ctx),
+        }
+        run_case(
+            "entity_list_query",
+            &format!("generated case {case}"),
+            g.query.as_bytes(),
+            &|b: &[u8]| invariants::entity_list_query(b),
+        );
+    }
+}
+
+#[test]
+fn entity_list_queries_random_and_mutated() {
+    let mut rng = Rng::new(0x6d6c_6973);
+    for case in 0..count(12_000) {
+        let mut input = if rng.chance(1, 10) {
+            rng.blob()
+        } else {
+            gen_entity_list(&mut rng).query.into_bytes()
+        };
+        mutate(&mut rng, &mut input);
+        run_case(
+            "entity_list_query",
+            &format!("case {case}"),
+            &input,
+            &|b: &[u8]| invariants::entity_list_query(b),
+        );
+    }
+}
+
+const CHANNEL_KINDS: &[&str] = &["organisation", "user", "custom"];
+
+/// A channel create body: `(kind, body, Ok(the channel) | Err((code, word the message
+/// names)))`.
+struct GenChannel {
+    kind: &'static str,
+    body: Vec<u8>,
+    expect: Result<NewChannel, (&'static str, &'static str)>,
+}
+
+/// An id or event type: 1 to 256 bytes, no control characters.
+fn channel_id(rng: &mut Rng) -> String {
+    if rng.chance(1, 20) {
+        return "u".repeat(256);
+    }
+    let n = rng.range(1, 16);
+    let mut s: String = utf8_string(rng, n)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    while s.len() > 256 {
+        s.pop();
+    }
+    if s.is_empty() {
+        s.push('u');
+    }
+    s
+}
+
+fn gen_channel(rng: &mut Rng) -> GenChannel {
+    let kind = *rng.pick(CHANNEL_KINDS);
+    let types: Vec<String> = if rng.chance(1, 20) {
+        (0..64).map(|i| format!("e{i}")).collect()
+    } else {
+        (0..rng.range(0, 4)).map(|_| channel_id(rng)).collect()
+    };
+    let types_json = Value::from(types.clone()).to_string();
+    let mut members: Vec<(String, String)> = Vec::new();
+    let (ch, fields): (ChannelKind, &[&str]) = match kind {
+        "organisation" => {
+            let (o, u) = (channel_id(rng), channel_id(rng));
+            members.push((
+                "organisation_id".into(),
+                Value::String(o.clone()).to_string(),
+            ));
+            members.push(("user_id".into(), Value::String(u.clone()).to_string()));
+            members.push(("event_types".into(), types_json));
+            (
+                ChannelKind::OrganisationClaims {
+                    organisation_id: o,
+                    user_id: u,
+                },
+                &["organisation_id", "user_id", "event_types"],
+            )
+        }
+        "user" => {
+            let u = channel_id(rng);
+            members.push(("user_id".into(), Value::String(u.clone()).to_string()));
+            members.push(("event_types".into(), types_json));
+            (
+                ChannelKind::UserClaims { user_id: u },
+                &["user_id", "event_types"],
+            )
+        }
+        _ => {
+            let path = valid_path(rng);
+            members.push(("path".into(), Value::String(path.clone()).to_string()));
+            if !types.is_empty() || rng.chance(1, 2) {
+                members.push(("event_types".into(), types_json));
+            } else if rng.chance(1, 2) {
+                members.push(("event_types".into(), "null".into()));
+            }
+            let filter = match rng.below(4) {
+                0 => None,
+                1 => {
+                    members.push((
+                        "filter".into(),
+                        rng.pick(&["null", "\"\"", "\"  \""]).to_string(),
+                    ));
+                    None
+                }
+                _ => {
+                    let f = rng.pick(VALID_FILTERS).to_string();
+                    members.push(("filter".into(), Value::String(f.clone()).to_string()));
+                    Some(f)
+                }
+            };
+            (
+                ChannelKind::Custom { path, filter },
+                &["path", "event_types", "filter"],
+            )
+        }
+    };
+    let good = NewChannel {
+        kind: ch,
+        event_types: types,
+    };
+    let set = |members: &mut Vec<(String, String)>, key: &str, v: String| {
+        members.retain(|(k, _)| k != key);
+        members.push((key.to_string(), v));
+    };
+    // At most one defect, in a field the parser checks after every other one is fine.
+    let expect = match rng.below(10) {
+        0 => {
+            let k = rng.pick(&[
+                "id",
+                "path",
+                "user_id",
+                "Event_types",
+                "filter",
+                "organisation_id",
+                "",
+            ]);
+            if fields.contains(k) {
+                Ok(good)
+            } else {
+                members.push((k.to_string(), any_json(rng, 1).to_string()));
+                Err(("BAD_MESSAGE", "unknown field"))
+            }
+        }
+        1 => {
+            return GenChannel {
+                kind,
+                body: if rng.chance(1, 2) {
+                    non_object_json(rng).to_string().into_bytes()
+                } else {
+                    let t = object_text(&members);
+                    t.as_bytes()[..rng.below(t.len())].to_vec()
+                },
+                expect: Err(("BAD_MESSAGE", "body must be a JSON object")),
+            }
+        }
+        2 => {
+            // event_types: not an array, a bad item, too many.
+            let bad = match rng.below(5) {
+                0 => non_array_non_null(rng).to_string(),
+                1 => "[\"\"]".into(),
+                2 => format!("[\"a\",{}]", non_string_json(rng)),
+                3 => format!("[\"{}\"]", "e".repeat(257)),
+                _ => Value::from((0..65).map(|i| format!("e{i}")).collect::<Vec<_>>()).to_string(),
+            };
+            set(&mut members, "event_types", bad);
+            Err(("BAD_MESSAGE", "event_types"))
+        }
+        3 if kind != "custom" => {
+            if rng.chance(1, 2) {
+                members.retain(|(k, _)| k != "event_types");
+            } else {
+                set(&mut members, "event_types", "null".into());
+            }
+            Err(("BAD_MESSAGE", "event_types"))
+        }
+        4 | 5 if kind != "custom" => {
+            let field = if kind == "user" || rng.chance(1, 2) {
+                "user_id"
+            } else {
+                "organisation_id"
+            };
+            match rng.below(5) {
+                0 => members.retain(|(k, _)| k != field),
+                1 => set(&mut members, field, non_string_json(rng).to_string()),
+                2 => set(&mut members, field, "\"\"".into()),
+                3 => set(
+                    &mut members,
+                    field,
+                    Value::String("u".repeat(257)).to_string(),
+                ),
+                _ => set(
+                    &mut members,
+                    field,
+                    Value::String(format!(
+                        "a{}b",
+                        *rng.pick(&['\0', '\n', '\u{7f}', '\u{85}'])
+                    ))
+                    .to_string(),
+                ),
+            }
+            Err(("BAD_MESSAGE", field))
+        }
+        4 => match rng.below(3) {
+            0 => {
+                members.retain(|(k, _)| k != "path");
+                Err(("BAD_MESSAGE", "path is required"))
+            }
+            1 => {
+                set(&mut members, "path", non_string_json(rng).to_string());
+                Err(("BAD_MESSAGE", "path must be a string"))
+            }
+            _ => {
+                set(
+                    &mut members,
+                    "path",
+                    Value::String(invalid_path(rng)).to_string(),
+                );
+                Err(("INVALID_PATH", "path: "))
+            }
+        },
+        5 => {
+            if rng.chance(1, 2) {
+                let bad = *rng.pick(&["status ==", "a &&", "'x", "(a", "a == 1 b"]);
+                set(
+                    &mut members,
+                    "filter",
+                    Value::String(bad.into()).to_string(),
+                );
+                Err(("INVALID_FILTER", "filter: "))
+            } else {
+                set(&mut members, "filter", non_array_non_null(rng).to_string());
+                match members.last().map(|(_, v)| v.starts_with('"')) {
+                    Some(true) => {
+                        // A string after all: whether it parses is the filter's business.
+                        let f: String = serde_json::from_str(&members.last().unwrap().1).unwrap();
+                        if f.trim().is_empty() || Filter::parse(&f).is_ok() {
+                            let mut n = good.clone();
+                            if let ChannelKind::Custom { filter, .. } = &mut n.kind {
+                                *filter = (!f.trim().is_empty()).then_some(f);
+                            }
+                            Ok(n)
+                        } else {
+                            Err(("INVALID_FILTER", "filter: "))
+                        }
+                    }
+                    _ => Err(("BAD_MESSAGE", "filter must be a string or null")),
+                }
+            }
+        }
+        _ => Ok(good),
+    };
+    shuffle(rng, &mut members);
+    GenChannel {
+        kind,
+        body: object_text(&members).into_bytes(),
+        expect,
+    }
+}
+
+#[test]
+fn channel_bodies_generated() {
+    let mut rng = Rng::new(0x6368_616e);
+    for case in 0..count(12_000) {
+        let g = gen_channel(&mut rng);
+        let ctx = format!("case {case}, {} body b\"{}\"", g.kind, show(&g.body));
+        let got = parse_channel_create(g.kind, &g.body);
+        match (&g.expect, got) {
+            (Ok(want), Ok(got)) => assert_eq!(&got, want, "{ctx}"),
+            (Err((code, word)), Err((status, c, m))) => {
+                assert_eq!((status, c), (400, *code), "{m}: {ctx}");
+                assert!(m.contains(word), "'{m}' does not name '{word}': {ctx}");
+            }
+            (want, got) => panic!("expected {want:?}, got {got:?}: {ctx}"),
+        }
+        let mut input = vec![CHANNEL_KINDS.iter().position(|k| *k == g.kind).unwrap() as u8];
+        input.extend_from_slice(&g.body);
+        run_case(
+            "channel_body",
+            &format!("generated case {case}"),
+            &input,
+            &|b: &[u8]| invariants::channel_body(b),
+        );
+    }
+}
+
+/// A channel list query string and its expected answer (or the message's start).
+fn gen_channel_list(rng: &mut Rng) -> (String, Result<ListQuery, String>) {
+    let mut q = ListQuery {
+        page: 1,
+        limit: 20,
+        status: None,
+        user_id: None,
+        organisation_id: None,
+    };
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if rng.chance(1, 2) {
+        q.page = if rng.chance(1, 10) {
+            1_000_000
+        } else {
+            rng.range(1, 50)
+        };
+        pairs.push(("page".into(), q.page.to_string()));
+    }
+    if rng.chance(1, 2) {
+        q.limit = rng.range(1, 100);
+        pairs.push(("limit".into(), q.limit.to_string()));
+    }
+    if rng.chance(1, 2) {
+        let (s, v) = *rng.pick(&[
+            (Status::Connected, "connected"),
+            (Status::Disconnected, "disconnected"),
+        ]);
+        q.status = Some(s);
+        pairs.push(("status".into(), v.into()));
+    }
+    for name in ["user_id", "organisation_id"] {
+        if rng.chance(1, 2) {
+            let v = channel_id(rng);
+            pairs.push((name.into(), query_escape(rng, &v)));
+            if name == "user_id" {
+                q.user_id = Some(v);
+            } else {
+                q.organisation_id = Some(v);
+            }
+        }
+    }
+    shuffle(rng, &mut pairs);
+    let expect = match rng.below(8) {
+        0 => {
+            let (k, bad) = *rng.pick(&[
+                ("page", "0"),
+                ("page", "1000001"),
+                ("page", "-1"),
+                ("page", "x"),
+                ("page", "99999999999999999999999"),
+                ("limit", "101"),
+                ("limit", ""),
+                ("limit", "0"),
+                ("status", "gone"),
+                ("status", ""),
+                ("user_id", ""),
+                ("organisation_id", ""),
+            ]);
+            pairs.retain(|(n, _)| n != k);
+            pairs.insert(rng.below(pairs.len() + 1), (k.into(), bad.into()));
+            Err(format!("{k} must"))
+        }
+        1 => {
+            let k = *rng.pick(&["Page", "sort", "user", "page ", "id"]);
+            pairs.insert(
+                rng.below(pairs.len() + 1),
+                (query_escape(rng, k), "1".into()),
+            );
+            Err(format!("unknown query parameter '{k}'"))
+        }
+        2 if !pairs.is_empty() => {
+            let (k, v) = pairs[rng.below(pairs.len())].clone();
+            pairs.push((k.clone(), v));
+            Err(format!("query parameter '{k}' is given more than once"))
+        }
+        _ => Ok(q),
+    };
+    (query_text(rng, &pairs), expect)
+}
+
+#[test]
+fn channel_list_queries_generated() {
+    let mut rng = Rng::new(0x636c_7374);
+    for case in 0..count(8_000) {
+        let (query, expect) = gen_channel_list(&mut rng);
+        let ctx = format!("case {case}: {query:?}");
+        match (expect, parse_channel_list(&query)) {
+            (Ok(want), Ok(got)) => assert_eq!(got, want, "{ctx}"),
+            (Err(prefix), r) => assert_refused(r, "BAD_MESSAGE", &prefix, &ctx),
+            (want, got) => panic!("expected {want:?}, got {got:?}: {ctx}"),
+        }
+        let mut input = vec![3u8];
+        input.extend_from_slice(query.as_bytes());
+        run_case(
+            "channel_body",
+            &format!("list case {case}"),
+            &input,
+            &|b: &[u8]| invariants::channel_body(b),
+        );
+    }
+}
+
+#[test]
+fn channel_bodies_and_queries_random_and_mutated() {
+    let mut rng = Rng::new(0x6d63_6861);
+    for case in 0..count(20_000) {
+        let mut input = vec![rng.byte()];
+        match rng.below(10) {
+            0 => input.extend(rng.blob()),
+            1 | 2 => {
+                input[0] = 3;
+                input.extend(gen_channel_list(&mut rng).0.into_bytes());
+            }
+            _ => {
+                let g = gen_channel(&mut rng);
+                input[0] = CHANNEL_KINDS.iter().position(|k| *k == g.kind).unwrap() as u8;
+                input.extend(g.body);
+            }
+        }
+        mutate(&mut rng, &mut input);
+        run_case(
+            "channel_body",
+            &format!("case {case}"),
+            &input,
+            &|b: &[u8]| invariants::channel_body(b),
+        );
+    }
+}
+
+/// A dead-letter page query and its expected answer (or the message's start).
+fn gen_dead_letters_query(rng: &mut Rng) -> (String, Result<DeadLettersQuery, String>) {
+    let mut q = DeadLettersQuery {
+        limit: DEFAULT_LIMIT,
+        cursor: None,
+    };
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if rng.chance(1, 2) {
+        q.limit = if rng.chance(1, 10) {
+            MAX_LIMIT
+        } else {
+            rng.range(1, MAX_LIMIT)
+        };
+        pairs.push(("limit".into(), q.limit.to_string()));
+    }
+    if rng.chance(1, 2) {
+        let c = if rng.chance(1, 10) {
+            u64::MAX
+        } else {
+            rng.next() % 100_000
+        };
+        q.cursor = Some(c);
+        pairs.push(("cursor".into(), c.to_string()));
+    }
+    if rng.chance(1, 6) && !pairs.is_empty() {
+        // Repeated: the last counts.
+        let i = rng.below(pairs.len());
+        let k = pairs[i].0.clone();
+        let v = if k == "limit" {
+            q.limit = rng.range(1, MAX_LIMIT);
+            q.limit.to_string()
+        } else {
+            let c = rng.next() % 1000;
+            q.cursor = Some(c);
+            c.to_string()
+        };
+        pairs.push((k, v));
+    } else {
+        shuffle(rng, &mut pairs);
+    }
+    let expect = match rng.below(6) {
+        0 => {
+            let bad = *rng.pick(&["0", "1001", "-1", "x", "", "1.0", "99999999999999999999999"]);
+            pairs.insert(rng.below(pairs.len() + 1), ("limit".into(), bad.into()));
+            Err("limit must be an integer from 1 to 1000".to_string())
+        }
+        1 => {
+            let bad = *rng.pick(&["-1", "x", "", "18446744073709551616", "1e3", "0x10"]);
+            pairs.insert(rng.below(pairs.len() + 1), ("cursor".into(), bad.into()));
+            Err("cursor must be a nextCursor of an earlier page".to_string())
+        }
+        2 => {
+            let long = "k".repeat(rng.range(65, 5000));
+            let k = rng
+                .pick(&["Limit", "page", "offset", long.as_str()])
+                .to_string();
+            pairs.insert(rng.below(pairs.len() + 1), (k.clone(), "1".into()));
+            let shown: String = k.chars().take(64).collect();
+            Err(format!("unknown query parameter '{shown}'"))
+        }
+        _ => Ok(q),
+    };
+    (query_text(rng, &pairs), expect)
+}
+
+#[test]
+fn dead_letter_queries_generated_random_and_mutated() {
+    let mut rng = Rng::new(0x6465_6164);
+    for case in 0..count(8_000) {
+        let (query, expect) = gen_dead_letters_query(&mut rng);
+        let ctx = format!("case {case}: {}", show(query.as_bytes()));
+        match (expect, parse_dead_letters_query(&query)) {
+            (Ok(want), Ok(got)) => assert_eq!(got, want, "{ctx}"),
+            (Err(prefix), r) => assert_refused(r, "BAD_MESSAGE", &prefix, &ctx),
+            (want, got) => panic!("expected {want:?}, got {got:?}: {ctx}"),
+        }
+        run_case(
+            "services_query",
+            &format!("generated case {case}"),
+            query.as_bytes(),
+            &|b: &[u8]| invariants::services_query(b),
+        );
+        let mut input = if rng.chance(1, 10) {
+            rng.blob()
+        } else {
+            query.into_bytes()
+        };
+        mutate(&mut rng, &mut input);
+        run_case(
+            "services_query",
+            &format!("mutated case {case}"),
+            &input,
+            &|b: &[u8]| invariants::services_query(b),
+        );
+    }
+}
+
+/// A body of 128 levels is valid JSON that serde_json will not parse into a `Value` (its
+/// recursion limit refuses the 128th level): it used to pass the depth check (128 allowed)
+/// and be refused as "is not JSON: recursion limit exceeded". Now the depth check says it.
+#[test]
+fn entity_body_depth_limit_is_the_parsers() {
+    let at = |depth: usize| format!("{{\"a\":{}}}", nested_arrays(depth - 1));
+    let body = at(MAX_BODY_DEPTH);
+    let m = parse_entity_body(body.as_bytes(), "e1", false).expect("deepest body refused");
+    assert_eq!(invariants::json_depth(&Value::Object(m)), MAX_BODY_DEPTH);
+    for depth in [MAX_BODY_DEPTH + 1, MAX_BODY_DEPTH + 2, 10_000] {
+        let (status, code, m) = parse_entity_body(at(depth).as_bytes(), "e1", true).unwrap_err();
+        assert_eq!((status, code), (400, "BAD_MESSAGE"));
+        assert_eq!(
+            m,
+            format!("a PATCH body (a JSON merge patch) nests deeper than {MAX_BODY_DEPTH} levels")
+        );
+    }
+}
+
+/// An unknown dead-letter query parameter is named clipped to 64 bytes: it used to be
+/// quoted whole, so the error answer grew with the query string.
+#[test]
+fn dead_letters_unknown_parameter_is_clipped() {
+    let query = format!("limit=5&{}=1", "k".repeat(10_000));
+    let (status, code, m) = parse_dead_letters_query(&query).unwrap_err();
+    assert_eq!((status, code), (400, "BAD_MESSAGE"));
+    assert_eq!(
+        m,
+        format!(
+            "unknown query parameter '{}' (limit, cursor)",
+            "k".repeat(64)
+        )
+    );
 }

@@ -4,7 +4,7 @@
 //! Each `pub fn` takes arbitrary bytes, drives one parser the way the server does, and
 //! panics only if the parser panics or breaks a property that must hold for every input.
 //! The fuzz targets in `fuzz_targets/` call these functions; `tests/robustness.rs` includes
-//! this file as a module (`#[path]`) and calls them on ~200k generated inputs on stable, so
+//! this file as a module (`#[path]`) and calls them on ~300k generated inputs on stable, so
 //! the invariants are compiled and exercised in CI even though cargo-fuzz needs nightly.
 
 use std::str;
@@ -14,11 +14,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use sha2::Sha256;
-use shardcast::api::parse_publish;
+use shardcast::api::{
+    parse_channel_create, parse_channel_list, parse_dead_letters_query, parse_entity_body,
+    parse_entity_list, parse_publish, DeadLettersQuery, EntityListQuery, Refused, MAX_BODY_DEPTH,
+};
 use shardcast::auth::jwt::{self, TokenError};
+use shardcast::channels::{ChannelKind, ListQuery, NewChannel, Status};
 use shardcast::config::{Config, ConfigError};
+use shardcast::entities::{merge_patch, Cursors, DEFAULT_LIMIT, MAX_LIMIT};
 use shardcast::filter::{Filter, FilterError, IndexKey, OrderBy};
 use shardcast::http::{self, Parsed};
 use shardcast::protocol::ws::{self, close, OpCode, Utf8Check, WsError};
@@ -999,4 +1004,444 @@ fn check_order_by(src: &str) {
             assert_eq!(ab, ba.reverse(), "{text}: {a} vs {b}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// REST bodies and query strings: entities (§8), channels (§9), services (§10)
+// ---------------------------------------------------------------------------------------
+
+/// Longest refusal message for any body or query: text the caller chose is clipped (names
+/// to 64 bytes, values to 32; a path is at most 512 bytes), so an answer or a log line
+/// never grows with the input.
+pub const MAX_REFUSAL_MESSAGE: usize = 1024;
+
+/// The entity ids `entity_body` checks bodies against (its first byte picks one).
+pub const ENTITY_IDS: &[&str] = &["e1", "acc_7:x@y.z-1", "0", "id"];
+
+/// The collection `entity_list_query` lists.
+pub const ENTITY_COLLECTION: &str = "orders";
+
+/// The list query parameters of PROTOCOL-NOTES.md (Entities).
+const ENTITY_LIST_PARAMS: &[&str] = &["filter", "orderBy", "limit", "cursor"];
+
+/// The cursor signer of the list checks (a node derives its own from `auth.jwt_secret`).
+pub fn cursors() -> &'static Cursors {
+    static CURSORS: OnceLock<Cursors> = OnceLock::new();
+    CURSORS.get_or_init(|| Cursors::new(b"fuzz-cursor-secret"))
+}
+
+/// Every refusal of a REST body or query: 400, one of `codes`, a short non-empty message.
+pub fn check_refused(r: &Refused, codes: &[&str]) {
+    let (status, code, m) = r;
+    assert_eq!(*status, 400, "status {status} ({code}: {m})");
+    assert!(codes.contains(code), "code {code} ({m})");
+    assert!(!m.is_empty(), "empty message ({code})");
+    assert!(
+        m.len() <= MAX_REFUSAL_MESSAGE,
+        "message of {} bytes: {}...",
+        m.len(),
+        protocol::truncate(m, 200)
+    );
+}
+
+/// Array/object nesting of a JSON value (a scalar is 0).
+pub fn json_depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Checks one `parse_entity_body` answer against a model: accepted exactly when the body
+/// is a JSON object nested at most `MAX_BODY_DEPTH` levels whose `id` is absent or the
+/// path's; accepted as the object the text is; PUT and PATCH agree; a refusal is
+/// `BAD_MESSAGE` naming the body (or its `id`). An accepted PATCH is a merge patch that
+/// applies idempotently.
+pub fn check_entity_body(
+    body: &[u8],
+    id: &str,
+    patch: bool,
+) -> Result<Map<String, Value>, Refused> {
+    let r = parse_entity_body(body, id, patch);
+    let parsed = str::from_utf8(body)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok());
+    let object = match &parsed {
+        Some(v @ Value::Object(m)) if json_depth(v) <= MAX_BODY_DEPTH => Some(m),
+        _ => None,
+    };
+    let id_ok = |m: &Map<String, Value>| match m.get("id") {
+        None => true,
+        Some(Value::String(s)) => s == id,
+        Some(_) => false,
+    };
+    let want_ok = object.is_some_and(id_ok);
+    assert_eq!(
+        parse_entity_body(body, id, !patch).is_ok(),
+        r.is_ok(),
+        "PUT and PATCH disagree"
+    );
+    match &r {
+        Ok(m) => {
+            assert!(want_ok, "accepted {m:?} for id {id:?}");
+            assert_eq!(object, Some(m), "accepted a different object");
+            if patch {
+                let p = Value::Object(m.clone());
+                for t in filter_values() {
+                    let mut once = t.clone();
+                    merge_patch(&mut once, &p);
+                    let out = once.as_object().expect("a patched state is an object");
+                    for (k, v) in m {
+                        match v {
+                            Value::Null => assert!(!out.contains_key(k), "{k} kept"),
+                            Value::Object(_) => assert!(out[k].is_object()),
+                            v => assert_eq!(&out[k], v),
+                        }
+                    }
+                    let mut twice = once.clone();
+                    merge_patch(&mut twice, &p);
+                    assert_eq!(once, twice, "merge patch is not idempotent");
+                }
+            }
+        }
+        Err(e) => {
+            assert!(!want_ok, "refused a good body for id {id:?}: {}", e.2);
+            check_refused(e, &["BAD_MESSAGE"]);
+            if object.is_some() {
+                assert!(e.2.starts_with("the body's id ("), "{}", e.2);
+            } else {
+                let what = if patch { "a PATCH body" } else { "a PUT body" };
+                assert!(e.2.starts_with(what), "{}", e.2);
+            }
+        }
+    }
+    r
+}
+
+/// The `entity_body` fuzz target. First byte: bit 0 set = PATCH (else PUT), the rest
+/// picks the path's id from [`ENTITY_IDS`]; the rest of the input is the body.
+pub fn entity_body(data: &[u8]) {
+    let Some((&mode, body)) = data.split_first() else {
+        return;
+    };
+    let id = ENTITY_IDS[(mode >> 1) as usize % ENTITY_IDS.len()];
+    let _ = check_entity_body(body, id, mode & 1 == 1);
+}
+
+/// Checks one `parse_entity_list` answer (collection [`ENTITY_COLLECTION`], signer
+/// [`cursors`]) against a model of PROTOCOL-NOTES.md: unknown parameters, then `filter`,
+/// `orderBy` (`INVALID_FILTER` with the parser's own error), `limit` (1..=1000, default
+/// 100), `cursor`; the first value of a repeated parameter counts; a refusal names the
+/// first problem. An accepted query takes a cursor issued for it (at that position), and
+/// the same cursor is refused for another collection.
+pub fn check_entity_list(query: &str) -> Result<EntityListQuery, Refused> {
+    let r = parse_entity_list(ENTITY_COLLECTION, query, cursors());
+    let pairs: Vec<(String, String)> = http::query_pairs(query).collect();
+    let first = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let unknown = pairs
+        .iter()
+        .find(|(k, _)| !ENTITY_LIST_PARAMS.contains(&k.as_str()));
+    let filter_src = first("filter").filter(|f| !f.trim().is_empty());
+    let order_src = first("orderBy").filter(|o| !o.trim().is_empty());
+    let limit = first("limit").map(|l| {
+        l.parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+    });
+    let cursor = first("cursor").filter(|c| !c.is_empty());
+    match &r {
+        Ok(q) => {
+            assert!(unknown.is_none(), "accepted {unknown:?}");
+            assert_eq!(
+                q.filter.as_ref(),
+                filter_src
+                    .map(|f| Filter::parse(f).expect("filter"))
+                    .as_ref()
+            );
+            let want_order = order_src.map(|o| OrderBy::parse(o).expect("orderBy"));
+            assert_eq!(q.order.keys, want_order.map(|o| o.keys).unwrap_or_default());
+            assert_eq!(Some(q.limit), limit.unwrap_or(Some(DEFAULT_LIMIT)), "limit");
+            assert_eq!(q.after.is_some(), cursor.is_some(), "cursor");
+            let want_query = format!(
+                "{ENTITY_COLLECTION}|{}|{}",
+                q.filter.as_ref().map(|f| f.to_string()).unwrap_or_default(),
+                q.order
+            );
+            assert_eq!(q.query, want_query);
+            let last = json!({"id": "e7", "n": 3, "a": {"b": "x"}, "status": "failed"});
+            let cur = cursors().encode(&q.query, &q.order, &last);
+            let with_cursor = format!("cursor={cur}&{query}");
+            let again = parse_entity_list(ENTITY_COLLECTION, &with_cursor, cursors())
+                .unwrap_or_else(|e| panic!("its own cursor refused: {e:?}"));
+            assert_eq!(again.after, cursors().decode(&q.query, &cur).ok());
+            assert_eq!(
+                (&again.filter, &again.order, again.limit),
+                (&q.filter, &q.order, q.limit)
+            );
+            let other = parse_entity_list("other", &with_cursor, cursors())
+                .expect_err("a cursor of another collection accepted");
+            check_refused(&other, &["BAD_MESSAGE"]);
+            assert!(other.2.starts_with("cursor: "), "{}", other.2);
+        }
+        Err(e) => {
+            check_refused(e, &["BAD_MESSAGE", "INVALID_FILTER"]);
+            let (code, m) = (e.1, e.2.as_str());
+            if let Some((k, _)) = unknown {
+                assert_eq!(code, "BAD_MESSAGE");
+                let want = format!("unknown query parameter '{}'", protocol::truncate(k, 64));
+                assert!(m.starts_with(&want), "{m}");
+            } else if let Some(fe) = filter_src.and_then(|f| Filter::parse(f).err()) {
+                assert_eq!((code, m), ("INVALID_FILTER", &*format!("filter: {fe}")));
+            } else if let Some(oe) = order_src.and_then(|o| OrderBy::parse(o).err()) {
+                assert_eq!((code, m), ("INVALID_FILTER", &*format!("orderBy: {oe}")));
+            } else if limit == Some(None) {
+                assert_eq!(code, "BAD_MESSAGE");
+                assert!(m.starts_with("limit must be"), "{m}");
+            } else {
+                assert!(cursor.is_some(), "refused a good query: {m}");
+                assert_eq!(code, "BAD_MESSAGE");
+                assert!(m.starts_with("cursor: "), "{m}");
+            }
+        }
+    }
+    r
+}
+
+/// The `entity_list_query` fuzz target: the input (lossy UTF-8) is a list's query string.
+pub fn entity_list_query(data: &[u8]) {
+    let _ = check_entity_list(&String::from_utf8_lossy(data));
+}
+
+/// Fields of each channel create body (PROTOCOL.md §9).
+fn channel_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "organisation" => &["organisation_id", "user_id", "event_types"],
+        "user" => &["user_id", "event_types"],
+        _ => &["path", "event_types", "filter"],
+    }
+}
+
+/// A model of a channel create body's checks: the channel, or the refusal's code and the
+/// word its message must contain (the field, in the parser's order of checks).
+pub fn channel_model(kind: &str, body: &[u8]) -> Result<NewChannel, (&'static str, &'static str)> {
+    let bad = |what: &'static str| ("BAD_MESSAGE", what);
+    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body) else {
+        return Err(bad("body must be a JSON object"));
+    };
+    let fields = channel_fields(kind);
+    if m.keys().any(|k| !fields.contains(&k.as_str())) {
+        return Err(bad("unknown field"));
+    }
+    let id = |name: &'static str| match m.get(name) {
+        Some(Value::String(s))
+            if (1..=256).contains(&s.len()) && !s.chars().any(char::is_control) =>
+        {
+            Ok(s.clone())
+        }
+        _ => Err(bad(name)),
+    };
+    let types = |required: bool| match m.get("event_types") {
+        None | Some(Value::Null) if !required => Ok(Vec::new()),
+        Some(Value::Array(a)) if a.len() <= 64 => a
+            .iter()
+            .map(|t| match t {
+                Value::String(s) if (1..=256).contains(&s.len()) => Ok(s.clone()),
+                _ => Err(bad("event_types")),
+            })
+            .collect(),
+        _ => Err(bad("event_types")),
+    };
+    Ok(match kind {
+        "organisation" => {
+            let organisation_id = id("organisation_id")?;
+            let user_id = id("user_id")?;
+            NewChannel {
+                kind: ChannelKind::OrganisationClaims {
+                    organisation_id,
+                    user_id,
+                },
+                event_types: types(true)?,
+            }
+        }
+        "user" => NewChannel {
+            kind: ChannelKind::UserClaims {
+                user_id: id("user_id")?,
+            },
+            event_types: types(true)?,
+        },
+        _ => {
+            let Some(Value::String(path)) = m.get("path") else {
+                return Err(bad("path"));
+            };
+            if !path_is_valid_model(path) {
+                return Err(("INVALID_PATH", "path: "));
+            }
+            let event_types = types(false)?;
+            let filter = match m.get("filter") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(f)) if f.trim().is_empty() => None,
+                Some(Value::String(f)) if Filter::parse(f).is_ok() => Some(f.clone()),
+                Some(Value::String(_)) => return Err(("INVALID_FILTER", "filter: ")),
+                Some(_) => return Err(bad("filter must be a string or null")),
+            };
+            NewChannel {
+                kind: ChannelKind::Custom {
+                    path: path.clone(),
+                    filter,
+                },
+                event_types,
+            }
+        }
+    })
+}
+
+/// Checks one `parse_channel_create` answer against [`channel_model`].
+pub fn check_channel_create(kind: &str, body: &[u8]) -> Result<NewChannel, Refused> {
+    let r = parse_channel_create(kind, body);
+    match (&r, channel_model(kind, body)) {
+        (Ok(got), Ok(want)) => assert_eq!(got, &want, "{kind} channel"),
+        (Err(e), Err((code, word))) => {
+            check_refused(e, &[code]);
+            assert!(
+                e.2.contains(word),
+                "{kind}: '{}' does not name '{word}'",
+                e.2
+            );
+        }
+        (got, want) => panic!("{kind}: got {got:?}, the model says {want:?}"),
+    }
+    r
+}
+
+/// Checks one `parse_channel_list` answer against a model: `page` 1..=1000000 (default
+/// 1), `limit` 1..=100 (default 20), `status` connected|disconnected, non-empty `user_id`
+/// and `organisation_id`; each at most once, nothing else; the refusal names the first
+/// bad parameter (its value is checked before its repetition).
+pub fn check_channel_list(query: &str) -> Result<ListQuery, Refused> {
+    let r = parse_channel_list(query);
+    let model = || -> Result<ListQuery, String> {
+        let mut q = ListQuery {
+            page: 1,
+            limit: 20,
+            status: None,
+            user_id: None,
+            organisation_id: None,
+        };
+        let mut seen: Vec<String> = Vec::new();
+        let number =
+            |v: &str, max: usize| v.parse::<usize>().ok().filter(|n| (1..=max).contains(n));
+        for (k, v) in http::query_pairs(query) {
+            let named = |what: &str| format!("{k} {what}");
+            match k.as_str() {
+                "page" => {
+                    q.page = number(&v, 1_000_000).ok_or_else(|| named("must be a whole number"))?
+                }
+                "limit" => {
+                    q.limit = number(&v, 100).ok_or_else(|| named("must be a whole number"))?
+                }
+                "status" => {
+                    q.status = Some(match v.as_str() {
+                        "connected" => Status::Connected,
+                        "disconnected" => Status::Disconnected,
+                        _ => return Err(named("must be 'connected' or 'disconnected'")),
+                    })
+                }
+                "user_id" | "organisation_id" if v.is_empty() => {
+                    return Err(named("must not be empty"))
+                }
+                "user_id" => q.user_id = Some(v),
+                "organisation_id" => q.organisation_id = Some(v),
+                _ => {
+                    return Err(format!(
+                        "unknown query parameter '{}'",
+                        protocol::truncate(&k, 64)
+                    ))
+                }
+            }
+            if seen.contains(&k) {
+                return Err(format!("query parameter '{k}' is given more than once"));
+            }
+            seen.push(k);
+        }
+        Ok(q)
+    };
+    match (&r, model()) {
+        (Ok(got), Ok(want)) => assert_eq!(got, &want),
+        (Err(e), Err(want)) => {
+            check_refused(e, &["BAD_MESSAGE"]);
+            assert!(e.2.starts_with(&want), "'{}' is not '{want}...'", e.2);
+        }
+        (got, want) => panic!("got {got:?}, the model says {want:?}"),
+    }
+    r
+}
+
+/// The `channel_body` fuzz target. First byte mod 4: 0 `POST /organisation`, 1 `POST
+/// /user`, 2 `POST /` (custom), each with the rest as the body; 3 the list's query string
+/// (lossy UTF-8).
+pub fn channel_body(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 4 {
+        3 => {
+            let _ = check_channel_list(&String::from_utf8_lossy(rest));
+        }
+        k => {
+            let _ = check_channel_create(["organisation", "user", "custom"][k as usize], rest);
+        }
+    }
+}
+
+/// Checks one `parse_dead_letters_query` answer against a model: `limit` 1..=1000
+/// (default 100), `cursor` a u64, the last value of a repeated parameter counts, anything
+/// else refused naming it.
+pub fn check_dead_letters_query(query: &str) -> Result<DeadLettersQuery, Refused> {
+    let r = parse_dead_letters_query(query);
+    let model = || -> Result<DeadLettersQuery, String> {
+        let mut q = DeadLettersQuery {
+            limit: DEFAULT_LIMIT,
+            cursor: None,
+        };
+        for (k, v) in http::query_pairs(query) {
+            match k.as_str() {
+                "limit" => {
+                    q.limit = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or("limit must be an integer")?
+                }
+                "cursor" => q.cursor = Some(v.parse::<u64>().map_err(|_| "cursor must be")?),
+                _ => {
+                    return Err(format!(
+                        "unknown query parameter '{}'",
+                        protocol::truncate(&k, 64)
+                    ))
+                }
+            }
+        }
+        Ok(q)
+    };
+    match (&r, model()) {
+        (Ok(got), Ok(want)) => assert_eq!(got, &want),
+        (Err(e), Err(want)) => {
+            check_refused(e, &["BAD_MESSAGE"]);
+            assert!(e.2.starts_with(&want), "'{}' is not '{want}...'", e.2);
+        }
+        (got, want) => panic!("got {got:?}, the model says {want:?}"),
+    }
+    r
+}
+
+/// The `services_query` fuzz target: the input (lossy UTF-8) is the query string of
+/// `GET /api/v1/services/{group}/dead-letters`.
+pub fn services_query(data: &[u8]) {
+    let _ = check_dead_letters_query(&String::from_utf8_lossy(data));
 }

@@ -26,10 +26,7 @@ use crate::http::{self, percent_decode, Request};
 use crate::node::Node;
 use crate::protocol::{truncate, validate_path};
 
-use super::{authorize, error, Route};
-
-/// A refusal: HTTP status, error code, message naming the problem.
-type Refused = (u16, &'static str, String);
+use super::{authorize, error, Refused, Route};
 
 /// Longest `organisation_id` / `user_id`, in bytes.
 const MAX_ID_BYTES: usize = 256;

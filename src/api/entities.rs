@@ -9,13 +9,13 @@
 use serde_json::{Map, Value};
 
 use crate::auth::Principal;
-use crate::entities::{validate_segment, EntityWrite, WriteOp, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::entities::{validate_segment, Cursors, EntityWrite, WriteOp, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::filter::{Filter, OrderBy};
 use crate::http::{self, percent_decode, Request};
 use crate::node::Node;
-use crate::protocol::Refusal;
+use crate::protocol::{truncate, Refusal};
 
-use super::{authorize, error, Route, MAX_DATA_DEPTH};
+use super::{authorize, error, Refused, Route, MAX_DATA_DEPTH};
 
 /// Query parameters a list takes.
 const LIST_PARAMS: &[&str] = &["filter", "orderBy", "limit", "cursor"];
@@ -93,10 +93,10 @@ pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
         (_, Some(id)) => {
             let op = match method {
                 "DELETE" => WriteOp::Delete,
-                _ => match body_object(&req.body, id, method == "PATCH") {
+                _ => match parse_entity_body(&req.body, id, method == "PATCH") {
                     Ok(m) if method == "PUT" => WriteOp::Put(m),
                     Ok(m) => WriteOp::Patch(m),
-                    Err(m) => return error(400, "BAD_MESSAGE", &m, close),
+                    Err((status, code, m)) => return error(status, code, &m, close),
                 },
             };
             Route::EntityWrite(EntityWrite {
@@ -109,99 +109,159 @@ pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
     }
 }
 
-/// A PUT or PATCH body: a JSON object whose `id`, if any, is the path's.
-fn body_object(body: &[u8], id: &str, patch: bool) -> Result<Map<String, Value>, String> {
+/// Deepest PUT or PATCH body accepted, the object itself counted: the most serde_json
+/// parses into a `Value` (its default recursion limit refuses a 128th level), so a deeper
+/// body is refused as too deep rather than as "not JSON".
+pub const MAX_BODY_DEPTH: usize = MAX_DATA_DEPTH - 1;
+
+/// A PUT or PATCH body: a JSON object (UTF-8, nested at most [`MAX_BODY_DEPTH`] levels)
+/// whose `id`, if any, is the path's `id` (a string). Refusals are 400 `BAD_MESSAGE`.
+pub fn parse_entity_body(
+    body: &[u8],
+    id: &str,
+    patch: bool,
+) -> Result<Map<String, Value>, Refused> {
     let what = if patch {
         "a PATCH body (a JSON merge patch)"
     } else {
         "a PUT body (the entity's whole state)"
     };
-    let text = std::str::from_utf8(body).map_err(|_| format!("{what} must be UTF-8 JSON"))?;
-    if super::json_depth(text) > MAX_DATA_DEPTH {
-        return Err(format!("{what} nests deeper than {MAX_DATA_DEPTH} levels"));
+    let bad = |m: String| (400, "BAD_MESSAGE", m);
+    let text = std::str::from_utf8(body).map_err(|_| bad(format!("{what} must be UTF-8 JSON")))?;
+    if super::json_depth(text) > MAX_BODY_DEPTH {
+        return Err(bad(format!(
+            "{what} nests deeper than {MAX_BODY_DEPTH} levels"
+        )));
     }
     let v: Value = serde_json::from_str(text)
-        .map_err(|e| format!("{what} is not JSON: {}", super::serde_message(&e)))?;
+        .map_err(|e| bad(format!("{what} is not JSON: {}", super::serde_message(&e))))?;
     let Value::Object(m) = v else {
-        return Err(format!("{what} must be a JSON object"));
+        return Err(bad(format!("{what} must be a JSON object")));
     };
     match m.get("id") {
         None => {}
         Some(Value::String(s)) if s == id => {}
         Some(other) => {
-            return Err(format!(
-                "the body's id ({other}) differs from the path's id '{id}'"
-            ))
+            return Err(bad(format!(
+                "the body's id ({}) differs from the path's id '{id}'",
+                truncate(&other.to_string(), 64)
+            )))
         }
     }
     Ok(m)
 }
 
-/// `GET /api/v1/entities/{collection}?filter=&orderBy=&limit=&cursor=`.
-fn list(req: &Request, node: &Node, collection: &str, close: bool) -> Route {
-    for (k, _) in http::query_pairs(&req.query) {
+/// A checked list query: `GET /api/v1/entities/{collection}?filter=&orderBy=&limit=&cursor=`.
+#[derive(Debug, PartialEq)]
+pub struct EntityListQuery {
+    /// `None`: absent or blank.
+    pub filter: Option<Filter>,
+    /// No keys: absent or blank (the replica orders by `id`).
+    pub order: OrderBy,
+    pub limit: usize,
+    /// Where the cursor says the previous page ended: this page starts strictly after it.
+    pub after: Option<Value>,
+    /// The query's canonical text (collection, filter, orderBy): what a cursor is bound
+    /// to, so a cursor of another query is refused.
+    pub query: String,
+}
+
+/// The first value of `name` in `query` (as [`Request::query_param`] finds it).
+fn first_param(query: &str, name: &str) -> Option<String> {
+    http::query_pairs(query)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// Parses and checks a list's query string (percent-decoded pairs; the first of a repeated
+/// parameter counts). `cursors` checks the `cursor`: one this node issued for the same
+/// collection, filter and orderBy. Refusals are 400: `INVALID_FILTER` for `filter` and
+/// `orderBy` (with the byte offset), `BAD_MESSAGE` otherwise, each message naming the
+/// parameter.
+pub fn parse_entity_list(
+    collection: &str,
+    query: &str,
+    cursors: &Cursors,
+) -> Result<EntityListQuery, Refused> {
+    for (k, _) in http::query_pairs(query) {
         if !LIST_PARAMS.contains(&k.as_str()) {
-            return error(
+            return Err((
                 400,
                 "BAD_MESSAGE",
-                &format!(
+                format!(
                     "unknown query parameter '{}' (a list takes filter, orderBy, limit, cursor)",
-                    crate::protocol::truncate(&k, 64)
+                    truncate(&k, 64)
                 ),
-                close,
-            );
+            ));
         }
     }
-    let filter = match req.query_param("filter").filter(|f| !f.trim().is_empty()) {
+    let filter = match first_param(query, "filter").filter(|f| !f.trim().is_empty()) {
         None => None,
         Some(f) => match Filter::parse(&f) {
             Ok(f) => Some(f),
-            Err(e) => return error(400, "INVALID_FILTER", &format!("filter: {e}"), close),
+            Err(e) => return Err((400, "INVALID_FILTER", format!("filter: {e}"))),
         },
     };
-    let order = match req.query_param("orderBy").filter(|o| !o.trim().is_empty()) {
+    let order = match first_param(query, "orderBy").filter(|o| !o.trim().is_empty()) {
         None => OrderBy { keys: Vec::new() },
         Some(o) => match OrderBy::parse(&o) {
             Ok(o) => o,
-            Err(e) => return error(400, "INVALID_FILTER", &format!("orderBy: {e}"), close),
+            Err(e) => return Err((400, "INVALID_FILTER", format!("orderBy: {e}"))),
         },
     };
-    let limit = match req.query_param("limit") {
+    let limit = match first_param(query, "limit") {
         None => DEFAULT_LIMIT,
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
             _ => {
-                return error(
+                return Err((
                     400,
                     "BAD_MESSAGE",
-                    &format!(
+                    format!(
                         "limit must be a whole number from 1 to {MAX_LIMIT}, got '{}'",
-                        crate::protocol::truncate(&l, 32)
+                        truncate(&l, 32)
                     ),
-                    close,
-                )
+                ))
             }
         },
     };
-    let query = format!(
+    let query_text = format!(
         "{}|{}|{}",
         collection,
         filter.as_ref().map(|f| f.to_string()).unwrap_or_default(),
         order
     );
-    let after = match req.query_param("cursor").filter(|c| !c.is_empty()) {
+    let after = match first_param(query, "cursor").filter(|c| !c.is_empty()) {
         None => None,
-        Some(c) => match node.cursors().decode(&query, &c) {
+        Some(c) => match cursors.decode(&query_text, &c) {
             Ok(pos) => Some(pos),
-            Err(m) => return error(400, "BAD_MESSAGE", &format!("cursor: {m}"), close),
+            Err(m) => return Err((400, "BAD_MESSAGE", format!("cursor: {m}"))),
         },
     };
-    let (page, _seq) =
-        node.backend()
-            .replica()
-            .query(collection, filter.as_ref(), &order, after.as_ref(), limit);
+    Ok(EntityListQuery {
+        filter,
+        order,
+        limit,
+        after,
+        query: query_text,
+    })
+}
+
+/// `GET /api/v1/entities/{collection}?filter=&orderBy=&limit=&cursor=`.
+fn list(req: &Request, node: &Node, collection: &str, close: bool) -> Route {
+    let q = match parse_entity_list(collection, &req.query, node.cursors()) {
+        Ok(q) => q,
+        Err((status, code, m)) => return error(status, code, &m, close),
+    };
+    let (page, _seq) = node.backend().replica().query(
+        collection,
+        q.filter.as_ref(),
+        &q.order,
+        q.after.as_ref(),
+        q.limit,
+    );
     let next = match (page.more, page.data.last()) {
-        (true, Some(last)) => Value::String(node.cursors().encode(&query, &order, last)),
+        (true, Some(last)) => Value::String(node.cursors().encode(&q.query, &q.order, last)),
         _ => Value::Null,
     };
     // Written straight from the replica's values: no intermediate JSON tree of a page.

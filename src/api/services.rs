@@ -11,7 +11,7 @@ use crate::http::{percent_decode, Request};
 use crate::node::Node;
 use crate::services::OpsRequest;
 
-use super::{authorize, error, Route};
+use super::{authorize, error, Refused, Route};
 
 /// Routes a request under `/api/v1/services` (`rest`: what follows, without the `/`).
 pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
@@ -71,50 +71,62 @@ pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
     }
     let group = group.to_string();
     match method {
-        "GET" => {
-            let mut limit = DEFAULT_LIMIT;
-            let mut cursor = None;
-            for (k, v) in crate::http::query_pairs(&req.query) {
-                match k.as_str() {
-                    "limit" => match v.parse::<usize>() {
-                        Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                        _ => {
-                            return error(
-                                400,
-                                "BAD_MESSAGE",
-                                &format!("limit must be an integer from 1 to {MAX_LIMIT}"),
-                                close,
-                            )
-                        }
-                    },
-                    "cursor" => match v.parse::<u64>() {
-                        Ok(n) => cursor = Some(n),
-                        Err(_) => {
-                            return error(
-                                400,
-                                "BAD_MESSAGE",
-                                "cursor must be a nextCursor of an earlier page",
-                                close,
-                            )
-                        }
-                    },
-                    other => {
-                        return error(
-                            400,
-                            "BAD_MESSAGE",
-                            &format!("unknown query parameter '{other}' (limit, cursor)"),
-                            close,
-                        )
-                    }
-                }
-            }
-            Route::Services(OpsRequest::DeadLetters {
+        "GET" => match parse_dead_letters_query(&req.query) {
+            Ok(DeadLettersQuery { limit, cursor }) => Route::Services(OpsRequest::DeadLetters {
                 group,
                 limit,
                 cursor,
-            })
-        }
+            }),
+            Err((status, code, m)) => error(status, code, &m, close),
+        },
         "POST" => Route::Services(OpsRequest::Replay { group }),
         _ => Route::Services(OpsRequest::Purge { group }),
     }
+}
+
+/// A checked dead-letter page request: `?limit=&cursor=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLettersQuery {
+    /// 1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`].
+    pub limit: usize,
+    /// An earlier page's `nextCursor`: the page starts there.
+    pub cursor: Option<u64>,
+}
+
+/// Parses the query string of `GET /api/v1/services/{group}/dead-letters` (percent-decoded
+/// pairs; a repeated parameter's last value counts). Refusals are 400 `BAD_MESSAGE` naming
+/// the parameter.
+pub fn parse_dead_letters_query(query: &str) -> Result<DeadLettersQuery, Refused> {
+    let mut q = DeadLettersQuery {
+        limit: DEFAULT_LIMIT,
+        cursor: None,
+    };
+    let bad = |m: String| (400, "BAD_MESSAGE", m);
+    for (k, v) in crate::http::query_pairs(query) {
+        match k.as_str() {
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = n,
+                _ => {
+                    return Err(bad(format!(
+                        "limit must be an integer from 1 to {MAX_LIMIT}"
+                    )))
+                }
+            },
+            "cursor" => match v.parse::<u64>() {
+                Ok(n) => q.cursor = Some(n),
+                Err(_) => {
+                    return Err(bad(
+                        "cursor must be a nextCursor of an earlier page".to_string()
+                    ))
+                }
+            },
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter '{}' (limit, cursor)",
+                    crate::protocol::truncate(other, 64)
+                )))
+            }
+        }
+    }
+    Ok(q)
 }
