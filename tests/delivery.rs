@@ -339,3 +339,46 @@ fn the_requested_write_path_is_the_one_used() {
     }
     assert!(used, "io = \"uring\" but no flush went through io_uring");
 }
+
+/// `data` at the deepest accepted nesting reaches an `array`-framed client inside a
+/// `batch` and parses with serde_json's default limits (the client side of
+/// `api::MAX_DATA_DEPTH`); one level more is refused at publish.
+#[test]
+fn the_deepest_data_accepted_parses_on_the_client_in_a_batch() {
+    let s = Server::start("[delivery]\nbatch_ms = 0");
+    let mut c = Client::authed(&s, &token("u", "user", &["*"]), "&framing=array");
+    c.subscribe(json!([{"id": "a", "path": "deep"}]));
+    let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+    let max = shardcast::api::MAX_DATA_DEPTH;
+    let body = |levels: usize| {
+        format!(
+            r#"{{"path":"deep/x","eventType":"e","data":{}}}"#,
+            nested(levels)
+        )
+    };
+    let publish = |levels: usize| {
+        s.try_http(
+            "POST",
+            "/api/v1/publish",
+            Some(body(levels).as_bytes()),
+            &[("Authorization", &format!("apikey {API_KEY}"))],
+        )
+        .expect("answer")
+    };
+    let (st, refused) = publish(max + 1);
+    assert_eq!(st, 400, "{refused}");
+    assert!(refused.contains("nests deeper than"), "{refused}");
+    assert_eq!(publish(max).0, 202);
+    // `recv` parses each frame with serde_json's defaults: the batch must parse.
+    let e = c.recv_type("event");
+    let mut depth = 0;
+    let mut v = &e["data"];
+    while let Some(inner) = v.as_array() {
+        depth += 1;
+        match inner.first() {
+            Some(x) => v = x,
+            None => break,
+        }
+    }
+    assert_eq!(depth, max);
+}

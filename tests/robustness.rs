@@ -4127,7 +4127,8 @@ fn dead_letter_queries_generated_random_and_mutated() {
 
 /// A body of 128 levels is valid JSON that serde_json will not parse into a `Value` (its
 /// recursion limit refuses the 128th level): it used to pass the depth check (128 allowed)
-/// and be refused as "is not JSON: recursion limit exceeded". Now the depth check says it.
+/// and be refused as "is not JSON: recursion limit exceeded". Now the depth check says it
+/// (the limit is 120 since, so that every message carrying the state parses by default).
 #[test]
 fn entity_body_depth_limit_is_the_parsers() {
     let at = |depth: usize| format!("{{\"a\":{}}}", nested_arrays(depth - 1));

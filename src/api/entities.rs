@@ -109,10 +109,11 @@ pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
     }
 }
 
-/// Deepest PUT or PATCH body accepted, the object itself counted: the most serde_json
-/// parses into a `Value` (its default recursion limit refuses a 128th level), so a deeper
-/// body is refused as too deep rather than as "not JSON".
-pub const MAX_BODY_DEPTH: usize = MAX_DATA_DEPTH - 1;
+/// Deepest PUT or PATCH body accepted, the object itself counted: an entity's state is the
+/// `data` of its events and its live-query node, so the limit is publish `data`'s. (It is
+/// also below serde_json's recursion limit, so a deeper body is refused as too deep rather
+/// than as "not JSON".)
+pub const MAX_BODY_DEPTH: usize = MAX_DATA_DEPTH;
 
 /// A PUT or PATCH body: a JSON object (UTF-8, nested at most [`MAX_BODY_DEPTH`] levels)
 /// whose `id`, if any, is the path's `id` (a string). Refusals are 400 `BAD_MESSAGE`.

@@ -487,10 +487,13 @@ fn check_item(item: ItemIn<'_>, index: Option<usize>) -> Result<PublishItem, Pub
     })
 }
 
-/// Deepest `data` accepted: what serde_json and most client parsers handle by default.
-/// Syntax is checked at ingest, but `data` is otherwise forwarded as written, so nesting
-/// that would overflow a client's parser is refused here.
-pub const MAX_DATA_DEPTH: usize = 128;
+/// Deepest `data` accepted (an entity's state too). Syntax is checked at ingest, but `data`
+/// is otherwise forwarded as written, inside the messages that carry it, so what a client
+/// parses is deeper than `data` itself: an `event` adds one level, a `batch` two more, a
+/// `liveQueryData` node in a batch four. serde_json (and most client parsers) refuse a
+/// 128th level by default, so `data` is kept 7 below that: every message that carries it
+/// parses with default limits.
+pub const MAX_DATA_DEPTH: usize = 120;
 
 fn starts_object(json: &[u8]) -> bool {
     json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
