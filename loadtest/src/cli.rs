@@ -147,17 +147,23 @@ SERVICES (loadtest services --mode enqueue|e2e|locks --secret S [--api-key K] ..
 SOAK (loadtest soak --secret S --api-key K [--server-pid PID] [--data-dir DIR] ...):
     One process, paths under soak/ and collection soakent. Every connection sends
     batchMs (--batch-ms, default 100 here) and the --batch-max/--framing given.
-    --connections N        fan-out subscribers of soak/fan [default: 2000 x scale]
-    --rate R               publications/s to soak/fan/tick [default: 2000 x scale]
+    --connections N        fan-out subscribers, connection i of soak/fan/p{i mod K}
+                           [default: 2000 x scale]
+    --paths K              fan-out paths [default: 16]
+    --rate R               publications/s round robin over soak/fan/p{n mod K}/tick
+                           [default: 2000 x scale]
     --payload BYTES        their body size [default: 128]
     --churn-rate R         connection cycles/s (connect, subscribe, close)
                            [default: 50 x scale]
     --slow-conns N         slow readers on soak/slow, beside as many fast readers
-                           [default: 4]; they pause --pause-ms [default: 8000] with
-                           SO_RCVBUF --rcvbuf [default: 4096]
+                           [default: 4]
     --slow-rate R          publications/s to soak/slow/tick [default: 400]
-    --slow-payload BYTES   their body size [default: 4096]; rate x pause must exceed the
-                           server's queue_capacity plus ~4 MiB of socket buffer
+    --slow-payload BYTES   their body size [default: 4096]
+    --slow-read-rate B     bytes/s each slow reader reads (64 KiB SO_RCVBUF)
+                           [default: half the stream, slow-rate x slow-payload / 2]; the
+                           server's queue_capacity must be small enough to fill (e.g.
+                           1000), and (batchMax x payload + 4 MiB) / B well below the
+                           pong timeout (30 s), or the server closes them (4003)
     --filtered N           filtered subscriptions on soak/flt, 20 per connection
                            [default: 200 x scale]
     --filtered-rate R      publications/s to soak/flt/x [default: 200 x scale]
@@ -299,17 +305,21 @@ impl ServicesMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SoakOpts {
     pub scale: f64,
-    /// Fan-out subscribers of `soak/fan` and publications per second to `soak/fan/tick`.
+    /// Fan-out subscribers over `paths` paths `soak/fan/p{i}`, and publications per
+    /// second over those paths (round robin).
     pub connections: u64,
+    pub paths: u64,
     pub rate: f64,
     /// Connection cycles per second (connect, subscribe, close) and the most in flight.
     pub churn_rate: f64,
     pub churn_inflight: u64,
-    /// Slow readers on `soak/slow` (as many fast readers beside them), and the stream
-    /// that fills their queues: publications per second, body bytes.
+    /// Slow readers on `soak/slow` (as many fast readers beside them), the stream that
+    /// fills their queues (publications per second, body bytes), and the bytes per
+    /// second each slow reader reads.
     pub slow_conns: u64,
     pub slow_rate: f64,
     pub slow_payload: usize,
+    pub slow_read_rate: f64,
     /// Filtered subscriptions on `soak/flt` (20 per connection) and the publications per
     /// second that feed them.
     pub filtered: u64,
@@ -335,12 +345,14 @@ impl Default for SoakOpts {
         SoakOpts {
             scale: 1.0,
             connections: 2000,
+            paths: 16,
             rate: 2000.0,
             churn_rate: 50.0,
             churn_inflight: 100,
             slow_conns: 4,
             slow_rate: 400.0,
             slow_payload: 4096,
+            slow_read_rate: 400.0 * 4096.0 / 2.0,
             filtered: 200,
             filtered_rate: 200.0,
             live_queries: 4,
@@ -641,6 +653,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--slow-conns",
     "--slow-rate",
     "--slow-payload",
+    "--slow-read-rate",
     "--filtered",
     "--filtered-rate",
     "--live-queries",
@@ -657,6 +670,7 @@ const SOAK_ONLY: &[&str] = &[
     "--slow-conns",
     "--slow-rate",
     "--slow-payload",
+    "--slow-read-rate",
     "--filtered",
     "--filtered-rate",
     "--live-queries",
@@ -667,9 +681,10 @@ const SOAK_ONLY: &[&str] = &[
 ];
 
 /// Every flag scenario soak takes: its own, the endpoints and credentials, the fan-out's
-/// (`--connections`, `--rate`, `--payload`), the connection options, the slow readers'
-/// `--pause-ms` and `--rcvbuf`, `--entities`, and the services' `--instances` and `--group`.
+/// (`--connections`, `--paths`, `--rate`, `--payload`), the connection options,
+/// `--entities`, and the services' `--instances` and `--group`.
 const SOAK_FLAGS: &[&str] = &[
+    "--paths",
     "--url",
     "--ws",
     "--http",
@@ -684,8 +699,6 @@ const SOAK_FLAGS: &[&str] = &[
     "--batch-ms",
     "--batch-max",
     "--framing",
-    "--pause-ms",
-    "--rcvbuf",
     "--entities",
     "--instances",
     "--group",
@@ -923,7 +936,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     } else if get("--nats-url").is_some() {
         return err("--nats-url only applies to --target nats");
     }
-    if scenario != ScenarioName::Overflow && scenario != ScenarioName::Soak {
+    if scenario != ScenarioName::Overflow {
         for flag in ["--slow-readers", "--pause-ms", "--rcvbuf"] {
             if get(flag).is_some() {
                 return err(format!("{flag} only applies to scenario overflow"));
@@ -1105,14 +1118,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             _ => return err(format!("--slow-readers: {v:?} is not a fraction in 0..=1")),
         },
     };
-    let pause_default = if scenario == ScenarioName::Soak {
-        "8000"
-    } else {
-        "1000"
-    };
     let pause = Duration::from_millis(parse_int(
         "--pause-ms",
-        get("--pause-ms").unwrap_or(pause_default),
+        get("--pause-ms").unwrap_or("1000"),
         1,
         20_000,
     )?);
@@ -1318,6 +1326,17 @@ fn parse_soak<'a>(
         }
     };
     let churn_rate = rate("--churn-rate", d.churn_rate)?;
+    let slow_rate = rate("--slow-rate", d.slow_rate)?;
+    let slow_payload = match get("--slow-payload") {
+        Some(v) => parse_int("--slow-payload", v, 64, 60_000)? as usize,
+        None => d.slow_payload,
+    };
+    // half the stream: behind by half of it, dropped from at once, and yet reading fast
+    // enough that the server's ping gets through its send buffer in time
+    let slow_read_rate = match get("--slow-read-rate") {
+        Some(v) => parse_int("--slow-read-rate", v, 1024, 1 << 30)? as f64,
+        None => slow_rate * slow_payload as f64 / 2.0,
+    };
     let filtered = count("--filtered", d.filtered, 10_000)?;
     let live_queries = match get("--live-queries") {
         // one connection holds them all: the server's default limit is 16 per connection
@@ -1364,6 +1383,10 @@ fn parse_soak<'a>(
     Ok(SoakOpts {
         scale,
         connections: count("--connections", d.connections, 1_000_000)?,
+        paths: match get("--paths") {
+            Some(v) => parse_int("--paths", v, 1, 10_000)?,
+            None => d.paths,
+        },
         rate: rate("--rate", d.rate)?,
         churn_rate,
         // enough for a second of cycles, so the schedule does not slip on a slow server
@@ -1372,11 +1395,9 @@ fn parse_soak<'a>(
             Some(v) => parse_int("--slow-conns", v, 1, 1000)?,
             None => d.slow_conns,
         },
-        slow_rate: rate("--slow-rate", d.slow_rate)?,
-        slow_payload: match get("--slow-payload") {
-            Some(v) => parse_int("--slow-payload", v, 64, 60_000)? as usize,
-            None => d.slow_payload,
-        },
+        slow_rate,
+        slow_payload,
+        slow_read_rate,
         filtered,
         filtered_rate: rate("--filtered-rate", d.filtered_rate)?,
         live_queries,
@@ -1912,7 +1933,7 @@ mod tests {
         );
         assert_eq!((o.live_queries, o.instances, c.entities), (4, 3, 1000));
         assert_eq!((o.batch_ms, o.sample_every), (100, Duration::from_secs(30)));
-        assert_eq!(c.pause, Duration::from_secs(8));
+        assert_eq!(o.slow_read_rate, 819_200.0);
         assert!(o.group.starts_with("soak-"), "{}", o.group);
         assert!(o.data_dir.is_none());
 
@@ -1927,19 +1948,23 @@ mod tests {
         let dir = std::env::temp_dir();
         let c = run(&format!(
             "soak --url ws://127.0.0.1:9/ws --http http://127.0.0.1:9 --secret s --api-key k \
-             --server-pid 7 --data-dir {} --duration 1h --sample-every 2s --connections 50 \
-             --churn-rate 10 --slow-conns 2 --slow-rate 500 --slow-payload 8000 --pause-ms 3000 \
-             --rcvbuf 0 --filtered 40 --filtered-rate 50 --live-queries 2 --entities 40 \
+             --server-pid 7 --data-dir {} --duration 1h --sample-every 2s --connections 50 --paths 3 \
+             --churn-rate 10 --slow-conns 2 --slow-rate 500 --slow-payload 8000 \
+             --filtered 40 --filtered-rate 50 --live-queries 2 --entities 40 \
              --entity-rate 40 --instances 2 --group g1 --task-rate 50 --batch-ms 0 \
              --batch-max 100 --framing array --json -",
             dir.display()
         ))
         .unwrap();
         let o = &c.soak;
-        assert_eq!(o.sample_every, Duration::from_secs(2));
+        assert_eq!((o.sample_every, o.paths), (Duration::from_secs(2), 3));
         assert_eq!(o.data_dir.as_deref(), Some(dir.as_path()));
         assert_eq!((o.connections, o.churn_rate, o.slow_conns), (50, 10.0, 2));
-        assert_eq!((o.slow_rate, o.slow_payload, c.rcvbuf), (500.0, 8000, 0));
+        assert_eq!((o.slow_rate, o.slow_payload), (500.0, 8000));
+        // half the stream unless given
+        assert_eq!(o.slow_read_rate, 2_000_000.0);
+        let given = run("soak --secret s --api-key k --slow-read-rate 5000").unwrap();
+        assert_eq!(given.soak.slow_read_rate, 5000.0);
         assert_eq!((o.filtered, o.live_queries, c.entities), (40, 2, 40));
         assert_eq!(
             (o.instances, o.group.as_str(), o.task_rate),
@@ -1967,6 +1992,9 @@ mod tests {
             ("--slow-rate x", "--slow-rate"),
             ("--slow-conns 0", "--slow-conns"),
             ("--slow-payload 10", "--slow-payload"),
+            ("--slow-read-rate 10", "--slow-read-rate"),
+            ("--pause-ms 10", "--pause-ms does not apply"),
+            ("--rcvbuf 0", "--rcvbuf does not apply"),
             ("--filtered 0", "--filtered"),
             ("--live-queries 17", "--live-queries"),
             ("--instances 0", "--instances"),
@@ -1979,7 +2007,7 @@ mod tests {
             ("--slow-readers 0.5", "--slow-readers does not apply"),
             ("--pipeline 2", "--pipeline does not apply"),
             ("--threads 2", "--threads does not apply"),
-            ("--paths 3", "--paths does not apply"),
+            ("--paths 0", "--paths"),
         ] {
             fails(&format!("soak --secret s --api-key k {extra}"), flag);
         }

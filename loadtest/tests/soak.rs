@@ -119,16 +119,15 @@ fn soak_samples_and_checks_a_short_run() {
             "100",
             "--churn-rate",
             "10",
-            // 8 KB at 500/s: a 3 s pause is ~12 MB per slow reader, beyond the server's
-            // socket buffer (at most 4 MiB) and its 100-message queue
+            // 8 KB at 500/s (4 MB/s) to slow readers that read a few hundred KB/s: the
+            // server's socket buffer (at most 4 MiB) and its 100-message queue fill in
+            // seconds
             "--slow-conns",
             "2",
             "--slow-rate",
             "500",
             "--slow-payload",
             "8000",
-            "--pause-ms",
-            "3000",
             "--filtered",
             "40",
             "--filtered-rate",

@@ -92,7 +92,7 @@ pub fn build(c: &Config) -> Box<dyn Scenario> {
         }),
         ScenarioName::Services => Box::new(Services),
         // soak builds its parts itself (`crate::soak`); this is the fan-out part
-        ScenarioName::Soak => Box::new(SoakPart::Fan),
+        ScenarioName::Soak => Box::new(SoakPart::Fan(c.soak.paths)),
     }
 }
 

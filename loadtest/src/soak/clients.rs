@@ -40,6 +40,8 @@ pub struct Ws {
     /// A fragmented message being put together.
     partial: Option<Vec<u8>>,
     rng: Rng,
+    /// A slow reader: bytes per second it may read, since when, and how many it read.
+    limit: Option<(f64, Instant, u64)>,
 }
 
 impl Ws {
@@ -59,6 +61,7 @@ impl Ws {
             buf: Vec::new(),
             partial: None,
             rng,
+            limit: None,
         };
         w.s.write_all(&ws::handshake_request(&ep.host_header, &target, &key))
             .map_err(|e| format!("upgrade: {e}"))?;
@@ -81,11 +84,42 @@ impl Ws {
         Ok(w)
     }
 
+    /// From now on read at most `bytes_per_sec` (`None`: as fast as data comes), with a
+    /// receive buffer of `rcvbuf` bytes so that the kernel does not read ahead for us.
+    pub fn limit_reads(&mut self, bytes_per_sec: Option<f64>, rcvbuf: usize) {
+        self.limit = bytes_per_sec.map(|r| (r, Instant::now(), 0));
+        if rcvbuf > 0 {
+            let v = rcvbuf as libc::c_int;
+            // SAFETY: a valid socket and a c_int option value of the size given.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.s),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+
     fn fill(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; 65536];
-        match self.s.read(&mut chunk) {
+        let mut want = chunk.len();
+        if let Some((rate, since, read)) = self.limit {
+            let allowed = (since.elapsed().as_secs_f64() * rate) as u64;
+            if allowed <= read {
+                std::thread::sleep(Duration::from_millis(10));
+                return Ok(false);
+            }
+            want = want.min((allowed - read) as usize);
+        }
+        match self.s.read(&mut chunk[..want]) {
             Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
             Ok(n) => {
+                if let Some(l) = &mut self.limit {
+                    l.2 += n as u64;
+                }
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(true)
             }
@@ -222,6 +256,8 @@ pub struct Flags {
 /// The harness's live counters of the blocking parts (cumulative; read by the sampler).
 #[derive(Default)]
 pub struct Counters {
+    pub slow_delivered: AtomicU64,
+    pub slow_dropped: AtomicU64,
     pub filtered_expected: AtomicU64,
     pub filtered_delivered: AtomicU64,
     pub filtered_mismatched: AtomicU64,
@@ -377,6 +413,72 @@ impl Pace {
         self.sent += n;
         n
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Slow readers
+
+/// A slow reader of `soak/slow`: reads at most `bytes_per_sec` during the window (then as
+/// fast as it can, so that what the server holds arrives), counting events and the
+/// `dropped` of `QUEUE_OVERFLOW` warnings. Reading at a fixed byte rate (not overflow's
+/// pauses) keeps it predictably behind its stream and yet reading: the server's
+/// `{"type":"ping"}` waits behind its send buffer and one flush, and must reach the reader
+/// within the pong timeout or the server closes it (4003).
+pub fn slow_reader(ctx: Ctx, i: u64, bytes_per_sec: f64, ready: Arc<AtomicU64>) {
+    let setup = || -> Result<Ws, String> {
+        let mut w = Ws::connect(&ctx.ws, &ctx.user_token(1_000_000 + i), &ctx.options)?;
+        w.send(r#"{"type":"subscribeEvents","requestId":"s","subscriptions":[{"id":"slow","path":"soak/slow"}]}"#)
+            .map_err(|e| e.to_string())?;
+        let m = w.wait_for(
+            |m| m["type"] == "subscribedEvents",
+            Instant::now() + SETUP_TIMEOUT,
+        )?;
+        if let Some(r) = m.get("rejected") {
+            return Err(format!("rejected: {r}"));
+        }
+        w.limit_reads(Some(bytes_per_sec), 64 * 1024);
+        Ok(w)
+    };
+    let mut w = match setup() {
+        Ok(w) => w,
+        Err(e) => {
+            ctx.counters.client_failures.fetch_add(1, Relaxed);
+            count_error(&ctx.errors, format!("slow reader: {e}"));
+            return;
+        }
+    };
+    ready.fetch_add(1, Relaxed);
+    let c = &ctx.counters;
+    let mut limited = true;
+    while !ctx.stopped() {
+        if limited && ctx.flags.window_over.load(Relaxed) {
+            w.limit_reads(None, 0);
+            limited = false;
+        }
+        match w.recv() {
+            Ok(Some(v)) => {
+                for m in unbatch(v) {
+                    match m["type"].as_str() {
+                        Some("event") => {
+                            c.slow_delivered.fetch_add(1, Relaxed);
+                        }
+                        Some("warning") => {
+                            c.slow_dropped
+                                .fetch_add(m["dropped"].as_u64().unwrap_or(0), Relaxed);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                c.client_failures.fetch_add(1, Relaxed);
+                count_error(&ctx.errors, format!("slow reader: {e}"));
+                return;
+            }
+        }
+    }
+    w.close();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -639,6 +741,9 @@ pub fn live_queries(ctx: Ctx, n: u64, ready: Arc<AtomicU64>, sets_out: Arc<Mutex
     };
     ready.fetch_add(1, Relaxed);
     let mut failed = false;
+    // the checker reads a copy; a fresh one a few times a second is enough (it retries)
+    let mut copied = Instant::now();
+    let mut dirty = true;
     while !ctx.stopped() {
         match w.recv() {
             Ok(Some(v)) => {
@@ -648,15 +753,19 @@ pub fn live_queries(ctx: Ctx, n: u64, ready: Arc<AtomicU64>, sets_out: Arc<Mutex
                     }
                     apply_lq(&mut sets, &m, &ctx.counters);
                 }
-                *sets_out.lock().expect("not poisoned") = sets.clone();
+                dirty = true;
             }
-            Ok(None) => *sets_out.lock().expect("not poisoned") = sets.clone(),
+            Ok(None) => {}
             Err(e) => {
                 ctx.counters.client_failures.fetch_add(1, Relaxed);
                 count_error(&ctx.errors, format!("live queries: {e}"));
                 failed = true;
                 break;
             }
+        }
+        if dirty && copied.elapsed() >= Duration::from_millis(250) {
+            *sets_out.lock().expect("not poisoned") = sets.clone();
+            (copied, dirty) = (Instant::now(), false);
         }
     }
     if !failed {

@@ -4,12 +4,14 @@
 //!
 //! The mix, each part on its own paths so that its accounting stays exact:
 //!
-//! * fan-out: `--connections` subscribers of `soak/fan`, a publisher at `--rate`
+//! * fan-out: `--connections` subscribers over `--paths` paths `soak/fan/p{i}`, a
+//!   publisher at `--rate` round robin over them
 //!   (the client loop of `crate::conn`, the publisher of `crate::publish`);
-//! * slow readers: `--slow-conns` connections of `soak/slow` pausing `--pause-ms` with a
-//!   small `SO_RCVBUF`, beside as many fast readers, fed large publications at
-//!   `--slow-rate` (overflow's slow readers): their `QUEUE_OVERFLOW` warnings must account
-//!   for everything they did not get;
+//! * slow readers: `--slow-conns` connections of `soak/slow` reading `--slow-read-rate`
+//!   bytes per second (blocking threads in [`clients`]), beside as many fast readers in
+//!   the client loop, fed large publications at `--slow-rate`: the slow readers'
+//!   `QUEUE_OVERFLOW` warnings must account for everything they did not get, and the fast
+//!   readers must get everything;
 //! * churn: connection cycles at `--churn-rate` (churn's cycles);
 //! * filtered subscriptions, live queries, entity writes, service instances and the task
 //!   publisher: blocking threads in [`clients`].
@@ -37,7 +39,7 @@ use crate::publish::{PublishPlan, PublishResult, Publisher};
 use crate::report::ClientStats;
 use crate::run::{connect_cap, ATTEMPT_TIMEOUT, SPARE_FDS};
 use crate::scenario::services::parse_group_stats;
-use crate::scenario::SoakPart;
+use crate::scenario::{Scenario, SoakPart};
 use crate::util::{human_bytes, human_count};
 use clients::{Counters, Ctx, Errors, Flags, LqSet, TaskBook};
 use series::{Sample, RULES};
@@ -160,11 +162,11 @@ impl Sampler<'_> {
         h.insert("published", published);
         h.insert(
             "delivered",
-            f.delivered + s.delivered + get(&k.filtered_delivered),
+            f.delivered + s.delivered + get(&k.slow_delivered) + get(&k.filtered_delivered),
         );
         h.insert(
             "overflow_dropped",
-            f.dropped + s.dropped + get(&k.filtered_dropped),
+            f.dropped + s.dropped + get(&k.slow_dropped) + get(&k.filtered_dropped),
         );
         h.insert("churn_cycles", c.cycles_completed);
         h.insert("churn_failed", c.failed);
@@ -229,6 +231,14 @@ fn check(checks: &mut Vec<Value>, name: &str, ok: bool, detail: String) {
     checks.push(json!({"name": name, "ok": ok, "detail": detail}));
 }
 
+/// Close codes of the connections the server closed, by code (1006: no close frame).
+fn close_codes(c: &ClientStats) -> BTreeMap<String, u64> {
+    c.close_codes
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect()
+}
+
 fn lost(expected: u64, delivered: u64, dropped: u64) -> i64 {
     expected as i64 - delivered as i64 - dropped as i64
 }
@@ -268,9 +278,9 @@ pub fn run(cfg: &Config) -> i32 {
         errors: Arc::clone(&errors),
     };
     eprintln!(
-        "loadtest: soak for {:.0}s: {} fan-out subscribers at {}/s, {} slow + {} fast readers at {}/s x {} B, churn {}/s, {} filtered subscriptions at {}/s, {} live queries over {} entities at {} writes/s, {} instances of group {:?} at {} tasks/s; options {options}",
+        "loadtest: soak for {:.0}s: {} fan-out subscribers on {} paths at {}/s, {} slow + {} fast readers at {}/s x {} B, churn {}/s, {} filtered subscriptions at {}/s, {} live queries over {} entities at {} writes/s, {} instances of group {:?} at {} tasks/s; options {options}",
         cfg.duration.as_secs_f64(),
-        o.connections, o.rate, o.slow_conns, o.slow_conns, o.slow_rate, o.slow_payload,
+        o.connections, o.paths, o.rate, o.slow_conns, o.slow_conns, o.slow_rate, o.slow_payload,
         o.churn_rate, o.filtered, o.filtered_rate, o.live_queries, cfg.entities,
         o.entity_rate, o.instances, o.group, o.task_rate
     );
@@ -280,7 +290,7 @@ pub fn run(cfg: &Config) -> i32 {
     let mut parts = Parts {
         fan: Box::new(LocalGroup::start(loop_plan(
             cfg,
-            SoakPart::Fan,
+            SoakPart::Fan(o.paths),
             0,
             o.connections,
             &options,
@@ -290,7 +300,7 @@ pub fn run(cfg: &Config) -> i32 {
             cfg,
             SoakPart::Slow,
             1_000_000,
-            2 * o.slow_conns,
+            o.slow_conns,
             &options,
             None,
         ))),
@@ -324,6 +334,13 @@ pub fn run(cfg: &Config) -> i32 {
             Box::new(move || clients::service_instance(c, i, g, r, b)),
         ));
     }
+    for i in 0..o.slow_conns {
+        let (x, r, rate) = (ctx.clone(), Arc::clone(&ready), o.slow_read_rate);
+        client_threads.push(spawn(
+            format!("soak-slow-{i}"),
+            Box::new(move || clients::slow_reader(x, i, rate, r)),
+        ));
+    }
     let filter_conns = o.filtered.div_ceil(clients::FILTERS_PER_CONN);
     for c in 0..filter_conns {
         let first = c * clients::FILTERS_PER_CONN;
@@ -347,7 +364,7 @@ pub fn run(cfg: &Config) -> i32 {
             Box::new(move || clients::live_queries(x, n, r, s)),
         ));
     }
-    let blocking = o.instances + filter_conns + 1;
+    let blocking = o.instances + o.slow_conns + filter_conns + 1;
     let cap = connect_cap(o.connections) + Duration::from_secs(10);
     loop {
         let done = parts.fan.progress().connect_done && parts.slow.progress().connect_done;
@@ -365,12 +382,12 @@ pub fn run(cfg: &Config) -> i32 {
     }
     let (fp, sp) = (parts.fan.progress(), parts.slow.progress());
     eprintln!(
-        "loadtest: soak: connected in {:.1}s: fan-out {}/{} slow {}/{} blocking clients {}/{blocking}",
+        "loadtest: soak: connected in {:.1}s: fan-out {}/{} fast readers of the slow stream {}/{} blocking clients (slow readers, filtered, live queries, instances) {}/{blocking}",
         setup_start.elapsed().as_secs_f64(),
         fp.ready,
         o.connections,
         sp.ready,
-        2 * o.slow_conns,
+        o.slow_conns,
         ready.load(Relaxed)
     );
     let fan_subs = parts.fan.subs_per_path();
@@ -399,7 +416,7 @@ pub fn run(cfg: &Config) -> i32 {
             nats: None,
         }))
     };
-    let fan_pub = publisher(SoakPart::Fan, o.rate, cfg.payload);
+    let fan_pub = publisher(SoakPart::Fan(o.paths), o.rate, cfg.payload);
     let slow_pub = publisher(SoakPart::Slow, o.slow_rate, o.slow_payload);
     let flt_pub = {
         let (x, r, n) = (ctx.clone(), o.filtered_rate, o.filtered);
@@ -451,8 +468,11 @@ pub fn run(cfg: &Config) -> i32 {
     let _ = flt_pub.join();
     let entity_last = entity_writer.join().unwrap_or_default();
     let mut ranges = task_pub.join().unwrap_or_default();
-    let fan_expected = fan_res.published() * fan_subs.iter().sum::<u64>();
-    let slow_expected = slow_res.published() * slow_subs.iter().sum::<u64>();
+    let fan_expected = SoakPart::Fan(o.paths).expected(&fan_res.published_per_path, &fan_subs);
+    // the fast readers of the slow stream, and its slow readers (who subscribed before
+    // the window opened, or failed and are counted as such)
+    let slow_expected = SoakPart::Slow.expected(&slow_res.published_per_path, &slow_subs);
+    let slow_readers_expected = slow_res.published() * o.slow_conns;
 
     // settle: deliveries in flight, the task queue, the live queries (bounded)
     let settle_start = Instant::now();
@@ -461,6 +481,8 @@ pub fn run(cfg: &Config) -> i32 {
         let (f, s) = (parts.fan.progress(), parts.slow.progress());
         let deliveries = f.delivered + f.dropped >= fan_expected
             && s.delivered + s.dropped >= slow_expected
+            && k.slow_delivered.load(Relaxed) + k.slow_dropped.load(Relaxed)
+                >= slow_readers_expected
             && k.filtered_delivered.load(Relaxed) + k.filtered_dropped.load(Relaxed)
                 >= k.filtered_expected.load(Relaxed);
         let (lost, in_run) = {
@@ -543,23 +565,32 @@ pub fn run(cfg: &Config) -> i32 {
         "fan-out: lost = 0",
         fan_lost == 0 && fan.failed == 0 && fan.disconnected == 0,
         format!(
-            "expected {fan_expected} delivered {} dropped {} lost {fan_lost}; failed {} disconnected {}",
-            fan.delivered, fan.dropped_reported, fan.failed, fan.disconnected
+            "expected {fan_expected} delivered {} dropped {} lost {fan_lost}; failed {} disconnected {} (close codes {:?})",
+            fan.delivered, fan.dropped_reported, fan.failed, fan.disconnected, fan.close_codes
         ),
     );
-    let slow_lost = lost(slow_expected, slow.delivered, slow.dropped_reported);
+    let fast_lost = lost(slow_expected, slow.delivered, slow.dropped_reported);
+    check(
+        &mut checks,
+        "fast readers of the slow stream: lost = 0, nothing dropped",
+        fast_lost == 0 && slow.dropped_reported == 0 && slow.failed == 0 && slow.disconnected == 0,
+        format!(
+            "expected {slow_expected} delivered {} dropped {} lost {fast_lost}; failed {} disconnected {} (close codes {:?})",
+            slow.delivered, slow.dropped_reported, slow.failed, slow.disconnected, slow.close_codes
+        ),
+    );
+    let get = |a: &AtomicU64| a.load(Relaxed);
+    let (sd, sdrop) = (get(&k.slow_delivered), get(&k.slow_dropped));
+    let slow_lost = lost(slow_readers_expected, sd, sdrop);
     check(
         &mut checks,
         "slow readers: every undelivered event reported by QUEUE_OVERFLOW",
-        slow_lost == 0 && slow.dropped_fast == 0 && slow.failed == 0 && slow.disconnected == 0,
-        format!(
-            "expected {slow_expected} delivered {} dropped {} lost {slow_lost}; dropped on fast readers {}; failed {} disconnected {}",
-            slow.delivered, slow.dropped_reported, slow.dropped_fast, slow.failed, slow.disconnected
-        ),
+        slow_lost == 0,
+        format!("expected {slow_readers_expected} delivered {sd} dropped {sdrop} lost {slow_lost}"),
     );
-    if slow.dropped_reported == 0 {
+    if sdrop == 0 {
         eprintln!(
-            "loadtest: soak: the slow readers were never dropped from: raise --slow-rate, --slow-payload or --pause-ms, or lower the server's queue_capacity"
+            "loadtest: soak: the slow readers were never dropped from: raise --slow-rate or --slow-payload, lower --slow-read-rate, or lower the server's queue_capacity"
         );
     }
     let churn_failed = churn.requested.saturating_sub(churn.cycles_completed);
@@ -572,7 +603,6 @@ pub fn run(cfg: &Config) -> i32 {
             churn.requested, churn.cycles_completed, churn.failures
         ),
     );
-    let get = |a: &AtomicU64| a.load(Relaxed);
     let (fx, fd, fm, fdrop) = (
         get(&k.filtered_expected),
         get(&k.filtered_delivered),
@@ -652,9 +682,9 @@ pub fn run(cfg: &Config) -> i32 {
             "url": cfg.url_raw, "http": cfg.http_raw, "duration_secs": cfg.duration.as_secs_f64(),
             "sample_every_secs": o.sample_every.as_secs_f64(), "scale": o.scale,
             "connection_options": options,
-            "fanout": {"connections": o.connections, "rate": o.rate, "payload": cfg.payload},
+            "fanout": {"connections": o.connections, "paths": o.paths, "rate": o.rate, "payload": cfg.payload},
             "slow": {"slow_readers": o.slow_conns, "fast_readers": o.slow_conns, "rate": o.slow_rate,
-                     "payload": o.slow_payload, "pause_ms": cfg.pause.as_millis() as u64, "rcvbuf": cfg.rcvbuf},
+                     "payload": o.slow_payload, "read_bytes_per_sec": o.slow_read_rate},
             "churn": {"rate": o.churn_rate, "in_flight": o.churn_inflight},
             "filtered": {"subscriptions": o.filtered, "connections": filter_conns, "rate": o.filtered_rate},
             "live_queries": {"queries": o.live_queries, "entities": cfg.entities, "entity_rate": o.entity_rate},
@@ -667,11 +697,15 @@ pub fn run(cfg: &Config) -> i32 {
         "after_settle": after.to_json(),
         "fanout": {"connections": fan.ready, "published": fan_res.published(), "expected": fan_expected,
                    "delivered": fan.delivered, "dropped_reported": fan.dropped_reported, "lost": fan_lost,
-                   "failed": fan.failed, "disconnected": fan.disconnected, "failures": fan.failures},
-        "slow": {"connections": slow.ready, "slow_readers": slow.slow_readers, "published": slow_res.published(),
-                 "expected": slow_expected, "delivered": slow.delivered, "dropped_reported": slow.dropped_reported,
-                 "dropped_on_fast_readers": slow.dropped_fast, "lost": slow_lost,
-                 "failed": slow.failed, "disconnected": slow.disconnected},
+                   "failed": fan.failed, "disconnected": fan.disconnected, "failures": fan.failures,
+                   "close_codes": close_codes(&fan)},
+        "slow": {"slow_readers": o.slow_conns, "published": slow_res.published(),
+                 "expected": slow_readers_expected, "delivered": sd, "dropped_reported": sdrop,
+                 "lost": slow_lost, "dropped_on_fast_readers": slow.dropped_reported,
+                 "fast_readers": {"connections": slow.ready, "expected": slow_expected,
+                                  "delivered": slow.delivered, "lost": fast_lost,
+                                  "failed": slow.failed, "disconnected": slow.disconnected,
+                                  "close_codes": close_codes(&slow)}},
         "churn": {"cycles_started": churn.requested, "cycles_completed": churn.cycles_completed,
                   "cycles_failed": churn_failed, "failures": churn.failures},
         "filtered": {"subscriptions": o.filtered, "expected": fx, "delivered": fd, "mismatched": fm,
