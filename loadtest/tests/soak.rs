@@ -160,7 +160,12 @@ fn soak_samples_and_checks_a_short_run() {
     let samples = r["samples"].as_array().unwrap();
     assert!(samples.len() >= 8, "{} samples", samples.len());
     for s in samples {
-        for k in ["rss_bytes", "open_files", "store_bytes"] {
+        for k in [
+            "rss_bytes",
+            "open_files",
+            "store_bytes",
+            "store_allocated_bytes",
+        ] {
             assert!(s[k].as_u64().unwrap_or(0) > 0, "{k} in {s}");
         }
         assert!(
