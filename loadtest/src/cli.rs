@@ -41,6 +41,9 @@ SCENARIOS:
                SERVICES below): enqueue (durable enqueues per second), e2e (publish ->
                task -> taskComplete: tasks/s, latency, fairness, duplicates, lost),
                locks (lock/unlock pairs per second, fencing tokens, exclusion)
+    soak       all of it at once for --duration (see SOAK below), sampling the server's
+               RSS, open files, CPU, /metrics and store size every --sample-every into
+               the report; fails when something acknowledged is lost or a series grows
 
 OPTIONS:
     --url URL, --ws URL    WebSocket endpoint [default: ws://127.0.0.1:8080/ws]
@@ -141,6 +144,47 @@ SERVICES (loadtest services --mode enqueue|e2e|locks --secret S [--api-key K] ..
     Not with --token, --paths, --source-ips, --threads, --fd-budget, --max-inflight or
     --target nats.
 
+SOAK (loadtest soak --secret S --api-key K [--server-pid PID] [--data-dir DIR] ...):
+    One process, paths under soak/ and collection soakent. Every connection sends
+    batchMs (--batch-ms, default 100 here) and the --batch-max/--framing given.
+    --connections N        fan-out subscribers, connection i of soak/fan/p{i mod K}
+                           [default: 2000 x scale]
+    --paths K              fan-out paths [default: 16]
+    --rate R               publications/s round robin over soak/fan/p{n mod K}/tick
+                           [default: 2000 x scale]
+    --payload BYTES        their body size [default: 128]
+    --churn-rate R         connection cycles/s (connect, subscribe, close)
+                           [default: 50 x scale]
+    --slow-conns N         slow readers on soak/slow, beside as many fast readers
+                           [default: 4]
+    --slow-rate R          publications/s to soak/slow/tick [default: 400]
+    --slow-payload BYTES   their body size [default: 4096]
+    --slow-read-rate B     bytes/s each slow reader reads (64 KiB SO_RCVBUF)
+                           [default: half the stream, slow-rate x slow-payload / 2]; the
+                           server's queue_capacity must be small enough to fill (e.g.
+                           1000), and (batchMax x payload + 4 MiB) / B well below the
+                           pong timeout (30 s), or the server closes them (4003)
+    --filtered N           filtered subscriptions on soak/flt, 20 per connection
+                           [default: 200 x scale]
+    --filtered-rate R      publications/s to soak/flt/x [default: 200 x scale]
+    --live-queries N       live queries over soakent, one connection, at most 16
+                           [default: 4]
+    --entities K           entity ids soakent/e0..e{K-1} [default: 1000]
+    --entity-rate R        entity PUTs/s [default: 100 x scale]
+    --instances N          service instances completing tasks [default: 3]
+    --group G              their group [default: soak-<unix time>, a fresh one]
+    --task-rate R          task events/s published to soak/job/x [default: 200 x scale]
+    --scale F              multiplies the defaults marked x scale [default: 1]
+    --duration D           [default: 1h]
+    --sample-every D       sampling interval [default: 30s]
+    --data-dir DIR         the server's data_dir: its size is the store size series
+    Checks: every acknowledged task event completed, every filtered delivery matching
+    its filter and none missing, fan-out and slow readers lost = 0 after the overflow
+    warnings, live query sets equal to the REST answer, sampled entities equal to their
+    last acknowledged write; and after a warm-up (10%) no series (RSS, open files, shard
+    queue depth, service backlog, store) grew from the 2nd to the 4th quarter's median
+    beyond its threshold (README). Prints a markdown table of the samples on stdout.
+
 ADVANCED:
     --fd-budget N          connections one process may hold before more worker processes
                            are started [default: RLIMIT_NOFILE hard limit - 500]
@@ -166,6 +210,7 @@ pub enum ScenarioName {
     Overflow,
     Entities,
     Services,
+    Soak,
 }
 
 impl ScenarioName {
@@ -178,6 +223,7 @@ impl ScenarioName {
             ScenarioName::Overflow => "overflow",
             ScenarioName::Entities => "entities",
             ScenarioName::Services => "services",
+            ScenarioName::Soak => "soak",
         }
     }
 
@@ -190,6 +236,7 @@ impl ScenarioName {
             "overflow" => ScenarioName::Overflow,
             "entities" => ScenarioName::Entities,
             "services" => ScenarioName::Services,
+            "soak" => ScenarioName::Soak,
             _ => return None,
         })
     }
@@ -249,6 +296,73 @@ impl ServicesMode {
             ServicesMode::Enqueue => "enqueue",
             ServicesMode::E2e => "e2e",
             ServicesMode::Locks => "locks",
+        }
+    }
+}
+
+/// Scenario soak's own settings (the sizes of each part of the mix, the sampling). The
+/// `*_rate`s are per second; the defaults are scaled by `--scale` where the help says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoakOpts {
+    pub scale: f64,
+    /// Fan-out subscribers over `paths` paths `soak/fan/p{i}`, and publications per
+    /// second over those paths (round robin).
+    pub connections: u64,
+    pub paths: u64,
+    pub rate: f64,
+    /// Connection cycles per second (connect, subscribe, close) and the most in flight.
+    pub churn_rate: f64,
+    pub churn_inflight: u64,
+    /// Slow readers on `soak/slow` (as many fast readers beside them), the stream that
+    /// fills their queues (publications per second, body bytes), and the bytes per
+    /// second each slow reader reads.
+    pub slow_conns: u64,
+    pub slow_rate: f64,
+    pub slow_payload: usize,
+    pub slow_read_rate: f64,
+    /// Filtered subscriptions on `soak/flt` (20 per connection) and the publications per
+    /// second that feed them.
+    pub filtered: u64,
+    pub filtered_rate: f64,
+    /// Live queries over collection `soakent`, and the entity writes per second that feed
+    /// them (ids cycle over `--entities`).
+    pub live_queries: u64,
+    pub entity_rate: f64,
+    /// Service instances of `group` completing tasks of `soak/job`, and the task events
+    /// published per second.
+    pub instances: u64,
+    pub task_rate: f64,
+    pub group: String,
+    /// The connection option batchMs every soak connection sends.
+    pub batch_ms: u64,
+    pub sample_every: Duration,
+    /// The server's data directory: its size is the store size series.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for SoakOpts {
+    fn default() -> Self {
+        SoakOpts {
+            scale: 1.0,
+            connections: 2000,
+            paths: 16,
+            rate: 2000.0,
+            churn_rate: 50.0,
+            churn_inflight: 100,
+            slow_conns: 4,
+            slow_rate: 400.0,
+            slow_payload: 4096,
+            slow_read_rate: 400.0 * 4096.0 / 2.0,
+            filtered: 200,
+            filtered_rate: 200.0,
+            live_queries: 4,
+            entity_rate: 100.0,
+            instances: 3,
+            task_rate: 200.0,
+            group: String::new(),
+            batch_ms: 100,
+            sample_every: Duration::from_secs(30),
+            data_dir: None,
         }
     }
 }
@@ -336,6 +450,8 @@ pub struct Config {
     pub entities: u64,
     /// scenario services: mode, instances, batch, group, lock names (defaults otherwise).
     pub services: ServicesOpts,
+    /// scenario soak: the mix and the sampling (defaults otherwise).
+    pub soak: SoakOpts,
     /// Empty: let the kernel pick.
     pub source_ips: Vec<Ipv4Addr>,
     pub source_ips_raw: Option<String>,
@@ -532,6 +648,60 @@ const VALUE_FLAGS: &[&str] = &[
     "--wait-ms",
     "--ttl-ms",
     "--drain",
+    "--scale",
+    "--churn-rate",
+    "--slow-conns",
+    "--slow-rate",
+    "--slow-payload",
+    "--slow-read-rate",
+    "--filtered",
+    "--filtered-rate",
+    "--live-queries",
+    "--entity-rate",
+    "--task-rate",
+    "--sample-every",
+    "--data-dir",
+];
+
+/// Flags only scenario soak takes.
+const SOAK_ONLY: &[&str] = &[
+    "--scale",
+    "--churn-rate",
+    "--slow-conns",
+    "--slow-rate",
+    "--slow-payload",
+    "--slow-read-rate",
+    "--filtered",
+    "--filtered-rate",
+    "--live-queries",
+    "--entity-rate",
+    "--task-rate",
+    "--sample-every",
+    "--data-dir",
+];
+
+/// Every flag scenario soak takes: its own, the endpoints and credentials, the fan-out's
+/// (`--connections`, `--paths`, `--rate`, `--payload`), the connection options,
+/// `--entities`, and the services' `--instances` and `--group`.
+const SOAK_FLAGS: &[&str] = &[
+    "--paths",
+    "--url",
+    "--ws",
+    "--http",
+    "--secret",
+    "--api-key",
+    "--server-pid",
+    "--json",
+    "--duration",
+    "--connections",
+    "--rate",
+    "--payload",
+    "--batch-ms",
+    "--batch-max",
+    "--framing",
+    "--entities",
+    "--instances",
+    "--group",
 ];
 
 /// Flags only scenario services takes.
@@ -657,7 +827,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         } else if scenario.is_none() {
             scenario = Some(ScenarioName::parse(a).ok_or_else(|| {
                 CliError(format!(
-                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow, entities, services)"
+                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow, entities, services, soak)"
                 ))
             })?);
         } else {
@@ -666,7 +836,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     }
     let Some(scenario) = scenario else {
         return err(
-            "missing scenario (fanout, spread, idle, churn, overflow, entities, services); see --help",
+            "missing scenario (fanout, spread, idle, churn, overflow, entities, services, soak); see --help",
         );
     };
     let get = |flag: &str| -> Option<&str> {
@@ -675,6 +845,20 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             .map(|(_, v)| v.as_str())
     };
 
+    if scenario == ScenarioName::Soak {
+        // soak drives shardcast's whole API in one process: everything else is refused
+        for (flag, _) in &seen {
+            if !SOAK_FLAGS.contains(flag) && !SOAK_ONLY.contains(flag) {
+                return err(format!("{flag} does not apply to scenario soak"));
+            }
+        }
+    } else {
+        for flag in SOAK_ONLY {
+            if get(flag).is_some() {
+                return err(format!("{flag} only applies to scenario soak"));
+            }
+        }
+    }
     let target = match get("--target") {
         None | Some("shardcast") => Target::Shardcast,
         Some("nats") => Target::Nats,
@@ -700,7 +884,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             return err("--api-key is required for scenario entities (it writes entities)");
         }
     } else {
-        if get("--entities").is_some() {
+        if get("--entities").is_some() && scenario != ScenarioName::Soak {
             return err("--entities only applies to scenario entities");
         }
         if get("--pipeline").is_some() && scenario != ScenarioName::Services {
@@ -722,7 +906,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
                 }
             }
         }
-    } else {
+    } else if scenario != ScenarioName::Soak {
         for flag in SERVICES_ONLY {
             if get(flag).is_some() {
                 return err(format!("{flag} only applies to scenario services"));
@@ -794,6 +978,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             "--secret is required for scenario services (each instance signs a service token)",
         );
     }
+    if scenario == ScenarioName::Soak && get("--secret").is_none() {
+        missing = Some("--secret is required for scenario soak (it signs user and service tokens)");
+    }
     let auth = match (get("--secret"), get("--token")) {
         _ if target == Target::Nats || scenario == ScenarioName::Entities => Auth::None,
         (Some(_), Some(_)) => return err("--secret and --token exclude each other"),
@@ -860,6 +1047,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     let rate = parse_rate(get("--rate").unwrap_or(rate_default))?;
     let duration = match get("--duration") {
         Some(v) => parse_duration(v).map_err(|e| CliError(format!("--duration: {e}")))?,
+        None if scenario == ScenarioName::Soak => Duration::from_secs(3600),
         None => Duration::from_secs(30),
     };
     let payload = parse_int("--payload", get("--payload").unwrap_or("128"), 0, 16 << 20)? as usize;
@@ -938,9 +1126,14 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     )?);
     let rcvbuf = parse_int("--rcvbuf", get("--rcvbuf").unwrap_or("4096"), 0, 64 << 20)? as usize;
     let pipeline = parse_int("--pipeline", get("--pipeline").unwrap_or("1"), 1, 1024)? as usize;
+    let entities_default = if scenario == ScenarioName::Soak {
+        "1000"
+    } else {
+        "100000"
+    };
     let entities = parse_int(
         "--entities",
-        get("--entities").unwrap_or("100000"),
+        get("--entities").unwrap_or(entities_default),
         1,
         1_000_000_000,
     )?;
@@ -957,6 +1150,14 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             services.mode.as_str()
         ));
     }
+    if scenario == ScenarioName::Soak && api_key.is_none() {
+        return err("--api-key is required for scenario soak (it publishes and writes entities)");
+    }
+    let soak = if scenario == ScenarioName::Soak {
+        parse_soak(&get, batch_ms)?
+    } else {
+        SoakOpts::default()
+    };
     if target == Target::Shardcast
         && scenario.publishes()
         && api_key.is_none()
@@ -996,6 +1197,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         pipeline,
         entities,
         services,
+        soak,
         source_ips,
         source_ips_raw,
         threads,
@@ -1088,6 +1290,124 @@ fn parse_services<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Services
         wait_ms,
         ttl_ms,
         drain,
+    })
+}
+
+/// Scenario soak's flags (the scenario is soak and every flag given is one it takes). A
+/// size or rate not given is its default times `--scale`.
+fn parse_soak<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    batch_ms: Option<u64>,
+) -> Result<SoakOpts, CliError> {
+    let d = SoakOpts::default();
+    let scale = match get("--scale") {
+        None => 1.0,
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(f) if f > 0.0 && f <= 10.0 => f,
+            _ => return err(format!("--scale: {v:?} is not a number in (0, 10]")),
+        },
+    };
+    let count = |flag: &str, default: u64, max: u64| -> Result<u64, CliError> {
+        match get(flag) {
+            Some(v) => parse_int(flag, v, 1, max),
+            None => Ok(((default as f64 * scale).round() as u64).clamp(1, max)),
+        }
+    };
+    let rate = |flag: &str, default: f64| -> Result<f64, CliError> {
+        match get(flag) {
+            Some(v) => {
+                let r = parse_rate(v).map_err(|e| CliError(e.0.replace("--rate", flag)))?;
+                if r <= 0.0 {
+                    return err(format!("{flag}: must be above 0"));
+                }
+                Ok(r)
+            }
+            None => Ok(default * scale),
+        }
+    };
+    let churn_rate = rate("--churn-rate", d.churn_rate)?;
+    let slow_rate = rate("--slow-rate", d.slow_rate)?;
+    let slow_payload = match get("--slow-payload") {
+        Some(v) => parse_int("--slow-payload", v, 64, 60_000)? as usize,
+        None => d.slow_payload,
+    };
+    // half the stream: behind by half of it, dropped from at once, and yet reading fast
+    // enough that the server's ping gets through its send buffer in time
+    let slow_read_rate = match get("--slow-read-rate") {
+        Some(v) => parse_int("--slow-read-rate", v, 1024, 1 << 30)? as f64,
+        None => slow_rate * slow_payload as f64 / 2.0,
+    };
+    let filtered = count("--filtered", d.filtered, 10_000)?;
+    let live_queries = match get("--live-queries") {
+        // one connection holds them all: the server's default limit is 16 per connection
+        Some(v) => parse_int("--live-queries", v, 1, 16)?,
+        None => d.live_queries,
+    };
+    let instances = match get("--instances") {
+        Some(v) => parse_int("--instances", v, 1, 64)?,
+        None => d.instances,
+    };
+    let group = match get("--group") {
+        Some(g) => g.to_string(),
+        // a fresh group per run: its queue counts start at zero
+        None => format!("soak-{}", crate::util::unix_secs()),
+    };
+    if group.is_empty()
+        || group.len() > 128
+        || !group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return err(format!(
+            "--group: {group:?} is not 1 to 128 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    let sample_every = match get("--sample-every") {
+        Some(v) => parse_duration(v).map_err(|e| CliError(format!("--sample-every: {e}")))?,
+        None => d.sample_every,
+    };
+    if sample_every < Duration::from_millis(100) {
+        return err("--sample-every: at least 100ms");
+    }
+    let data_dir = match get("--data-dir") {
+        Some("") => return err("--data-dir: empty"),
+        Some(v) => {
+            let p = PathBuf::from(v);
+            if !p.is_dir() {
+                return err(format!("--data-dir: {v:?} is not a directory"));
+            }
+            Some(p)
+        }
+        None => None,
+    };
+    Ok(SoakOpts {
+        scale,
+        connections: count("--connections", d.connections, 1_000_000)?,
+        paths: match get("--paths") {
+            Some(v) => parse_int("--paths", v, 1, 10_000)?,
+            None => d.paths,
+        },
+        rate: rate("--rate", d.rate)?,
+        churn_rate,
+        // enough for a second of cycles, so the schedule does not slip on a slow server
+        churn_inflight: (churn_rate.ceil() as u64).clamp(10, 1000),
+        slow_conns: match get("--slow-conns") {
+            Some(v) => parse_int("--slow-conns", v, 1, 1000)?,
+            None => d.slow_conns,
+        },
+        slow_rate,
+        slow_payload,
+        slow_read_rate,
+        filtered,
+        filtered_rate: rate("--filtered-rate", d.filtered_rate)?,
+        live_queries,
+        entity_rate: rate("--entity-rate", d.entity_rate)?,
+        instances,
+        task_rate: rate("--task-rate", d.task_rate)?,
+        group,
+        batch_ms: batch_ms.unwrap_or(d.batch_ms),
+        sample_every,
+        data_dir,
     })
 }
 
@@ -1594,6 +1914,118 @@ mod tests {
         );
         assert!(USAGE.contains("SERVICES"));
         assert!(USAGE.contains("--shared-names"));
+    }
+
+    #[test]
+    fn soak_scenario() {
+        let c = run("soak --secret s --api-key k").unwrap();
+        assert_eq!(c.scenario, ScenarioName::Soak);
+        let o = &c.soak;
+        assert_eq!(c.duration, Duration::from_secs(3600));
+        assert_eq!((o.connections, o.rate, o.churn_rate), (2000, 2000.0, 50.0));
+        assert_eq!(
+            (o.filtered, o.filtered_rate, o.task_rate),
+            (200, 200.0, 200.0)
+        );
+        assert_eq!(
+            (o.slow_conns, o.slow_rate, o.slow_payload),
+            (4, 400.0, 4096)
+        );
+        assert_eq!((o.live_queries, o.instances, c.entities), (4, 3, 1000));
+        assert_eq!((o.batch_ms, o.sample_every), (100, Duration::from_secs(30)));
+        assert_eq!(o.slow_read_rate, 819_200.0);
+        assert!(o.group.starts_with("soak-"), "{}", o.group);
+        assert!(o.data_dir.is_none());
+
+        // --scale multiplies the defaults it names, not what is given
+        let c = run("soak --secret s --api-key k --scale 0.5 --rate 300 --duration 20s").unwrap();
+        let o = &c.soak;
+        assert_eq!((o.connections, o.rate, o.churn_rate), (1000, 300.0, 25.0));
+        assert_eq!((o.filtered, o.entity_rate, o.task_rate), (100, 50.0, 100.0));
+        assert_eq!((o.slow_conns, o.instances), (4, 3), "not scaled");
+        assert_eq!(c.duration, Duration::from_secs(20));
+
+        let dir = std::env::temp_dir();
+        let c = run(&format!(
+            "soak --url ws://127.0.0.1:9/ws --http http://127.0.0.1:9 --secret s --api-key k \
+             --server-pid 7 --data-dir {} --duration 1h --sample-every 2s --connections 50 --paths 3 \
+             --churn-rate 10 --slow-conns 2 --slow-rate 500 --slow-payload 8000 \
+             --filtered 40 --filtered-rate 50 --live-queries 2 --entities 40 \
+             --entity-rate 40 --instances 2 --group g1 --task-rate 50 --batch-ms 0 \
+             --batch-max 100 --framing array --json -",
+            dir.display()
+        ))
+        .unwrap();
+        let o = &c.soak;
+        assert_eq!((o.sample_every, o.paths), (Duration::from_secs(2), 3));
+        assert_eq!(o.data_dir.as_deref(), Some(dir.as_path()));
+        assert_eq!((o.connections, o.churn_rate, o.slow_conns), (50, 10.0, 2));
+        assert_eq!((o.slow_rate, o.slow_payload), (500.0, 8000));
+        // half the stream unless given
+        assert_eq!(o.slow_read_rate, 2_000_000.0);
+        let given = run("soak --secret s --api-key k --slow-read-rate 5000").unwrap();
+        assert_eq!(given.soak.slow_read_rate, 5000.0);
+        assert_eq!((o.filtered, o.live_queries, c.entities), (40, 2, 40));
+        assert_eq!(
+            (o.instances, o.group.as_str(), o.task_rate),
+            (2, "g1", 50.0)
+        );
+        assert_eq!((o.batch_ms, c.batch_max), (0, Some(100)));
+        assert_eq!(c.server_pids, vec![7]);
+        assert_eq!(o.churn_inflight, 10);
+
+        fails("soak --api-key k", "--secret is required for scenario soak");
+        fails("soak --secret s", "--api-key is required for scenario soak");
+        fails(
+            "soak --secret s --api-key k --target nats",
+            "--target does not apply to scenario soak",
+        );
+        for (extra, flag) in [
+            ("--scale 0", "--scale"),
+            ("--scale 11", "--scale"),
+            ("--scale x", "--scale"),
+            ("--sample-every 10ms", "--sample-every"),
+            ("--sample-every x", "--sample-every"),
+            ("--data-dir /nonexistent/soak", "--data-dir"),
+            ("--data-dir=", "--data-dir"),
+            ("--churn-rate 0", "--churn-rate"),
+            ("--slow-rate x", "--slow-rate"),
+            ("--slow-conns 0", "--slow-conns"),
+            ("--slow-payload 10", "--slow-payload"),
+            ("--slow-read-rate 10", "--slow-read-rate"),
+            ("--pause-ms 10", "--pause-ms does not apply"),
+            ("--rcvbuf 0", "--rcvbuf does not apply"),
+            ("--filtered 0", "--filtered"),
+            ("--live-queries 17", "--live-queries"),
+            ("--instances 0", "--instances"),
+            ("--group a/b", "--group"),
+            ("--task-rate -1", "--task-rate"),
+            ("--entity-rate 0", "--entity-rate"),
+            // flags of other scenarios, each named
+            ("--token t", "--token does not apply to scenario soak"),
+            ("--mode e2e", "--mode does not apply to scenario soak"),
+            ("--slow-readers 0.5", "--slow-readers does not apply"),
+            ("--pipeline 2", "--pipeline does not apply"),
+            ("--threads 2", "--threads does not apply"),
+            ("--paths 0", "--paths"),
+        ] {
+            fails(&format!("soak --secret s --api-key k {extra}"), flag);
+        }
+        // soak's own flags belong to soak only
+        for flag in [
+            "--scale 2",
+            "--sample-every 1s",
+            "--filtered 3",
+            "--task-rate 5",
+        ] {
+            let name = flag.split_whitespace().next().unwrap();
+            fails(
+                &format!("fanout --secret s --api-key k {flag}"),
+                &format!("{name} only applies to scenario soak"),
+            );
+        }
+        assert!(USAGE.contains("SOAK"));
+        assert!(USAGE.contains("--sample-every"));
     }
 
     #[test]

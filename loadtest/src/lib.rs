@@ -8,6 +8,7 @@
 //! `nats` (NATS protocol parser), `floor` (the floor writer's server), `scenario/*`,
 //! `entities` (scenario entities: pipelined HTTP writers of the entity API, its report),
 //! `services` (scenario services: service instances and lockers, its run and report),
+//! `soak` (scenario soak: the whole mix at once, sampled, with its checks),
 //! `procstat` (server stats), `report` (results), `run` (the coordinator).
 
 pub mod cli;
@@ -25,5 +26,6 @@ pub mod run;
 pub mod scan;
 pub mod scenario;
 pub mod services;
+pub mod soak;
 pub mod util;
 pub mod ws;

@@ -167,6 +167,10 @@ pub fn run(cfg: &Config) -> i32 {
         // HTTP writers only: no client groups, no publisher
         return crate::entities::run(cfg);
     }
+    if cfg.scenario == ScenarioName::Soak {
+        // every part of the mix at once, sampled: its own run
+        return crate::soak::run(cfg);
+    }
     if cfg.scenario == ScenarioName::Services {
         // service instances or lockers, and pipelined publishers: its own run
         return crate::services::run(cfg);

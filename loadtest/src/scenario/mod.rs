@@ -10,6 +10,7 @@ mod fanout;
 mod idle;
 mod overflow;
 pub mod services;
+pub mod soak;
 mod spread;
 
 pub use churn::Churn;
@@ -18,6 +19,7 @@ pub use fanout::Fanout;
 pub use idle::Idle;
 pub use overflow::{is_slow, Overflow};
 pub use services::Services;
+pub use soak::SoakPart;
 pub use spread::Spread;
 
 pub trait Scenario: Send + Sync {
@@ -89,6 +91,8 @@ pub fn build(c: &Config) -> Box<dyn Scenario> {
             entities: c.entities,
         }),
         ScenarioName::Services => Box::new(Services),
+        // soak builds its parts itself (`crate::soak`); this is the fan-out part
+        ScenarioName::Soak => Box::new(SoakPart::Fan(c.soak.paths)),
     }
 }
 

@@ -1,0 +1,771 @@
+//! Scenario soak: the whole mix at once for `--duration`, sampled every
+//! `--sample-every`, with checks at the end that nothing acknowledged was lost and that
+//! nothing grew without bound.
+//!
+//! The mix, each part on its own paths so that its accounting stays exact:
+//!
+//! * fan-out: `--connections` subscribers over `--paths` paths `soak/fan/p{i}`, a
+//!   publisher at `--rate` round robin over them
+//!   (the client loop of `crate::conn`, the publisher of `crate::publish`);
+//! * slow readers: `--slow-conns` connections of `soak/slow` reading `--slow-read-rate`
+//!   bytes per second (blocking threads in [`clients`]), beside as many fast readers in
+//!   the client loop, fed large publications at `--slow-rate`: the slow readers'
+//!   `QUEUE_OVERFLOW` warnings must account for everything they did not get, and the fast
+//!   readers must get everything;
+//! * churn: connection cycles at `--churn-rate` (churn's cycles);
+//! * filtered subscriptions, live queries, entity writes, service instances and the task
+//!   publisher: blocking threads in [`clients`].
+//!
+//! [`series`] holds the samples, the growth rule and the table. The run owns the order:
+//! connect everything, open the window, sample, close the window, wait (bounded) for
+//! what is in flight, check, report.
+
+pub mod clients;
+pub mod series;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::cli::{Auth, Config, Target};
+use crate::conn::LoopPlan;
+use crate::group::{ClientGroup, LocalGroup};
+use crate::procstat;
+use crate::publish::{PublishPlan, PublishResult, Publisher};
+use crate::report::ClientStats;
+use crate::run::{connect_cap, ATTEMPT_TIMEOUT, SPARE_FDS};
+use crate::scenario::services::parse_group_stats;
+use crate::scenario::{Scenario, SoakPart};
+use crate::util::{human_bytes, human_count};
+use clients::{Counters, Ctx, Errors, Flags, LqSet, TaskBook};
+use series::{Sample, RULES};
+
+/// After the window: how long the run waits at most for deliveries in flight, the task
+/// queue to drain, and the live queries to agree with the REST answer.
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn loop_plan(
+    cfg: &Config,
+    part: SoakPart,
+    offset: u64,
+    count: u64,
+    options: &str,
+    churn: Option<f64>,
+) -> LoopPlan {
+    LoopPlan {
+        ws_addr: cfg.url.addr,
+        host_header: cfg.url.host_header.clone(),
+        ws_path: cfg.url.path.clone(),
+        options_query: options.to_string(),
+        auth: cfg.auth.clone(),
+        token_ttl_secs: 3600 + cfg.duration.as_secs() + connect_cap(count).as_secs(),
+        source_ips: Vec::new(),
+        offset,
+        count,
+        threads: 1,
+        inflight_per_thread: 200,
+        attempt_timeout: ATTEMPT_TIMEOUT,
+        scenario: Arc::new(part),
+        target: Target::Shardcast,
+        churn_rate: churn,
+        window: cfg.duration,
+        pause: cfg.pause,
+        rcvbuf: cfg.rcvbuf,
+    }
+}
+
+/// The connection options every soak connection sends.
+fn options_query(cfg: &Config) -> String {
+    let mut q = format!("batchMs={}", cfg.soak.batch_ms);
+    if let Some(m) = cfg.batch_max {
+        q.push_str(&format!("&batchMax={m}"));
+    }
+    if let Some(f) = cfg.framing {
+        q.push_str(&format!("&framing={}", f.as_str()));
+    }
+    q
+}
+
+/// Open files this process needs: every connection, publisher and spare.
+fn fds_needed(cfg: &Config) -> u64 {
+    let o = &cfg.soak;
+    o.connections
+        + 2 * o.slow_conns
+        + o.churn_inflight
+        + o.filtered.div_ceil(clients::FILTERS_PER_CONN)
+        + 1
+        + o.instances
+        + 16
+}
+
+struct Parts {
+    fan: Box<dyn ClientGroup>,
+    slow: Box<dyn ClientGroup>,
+    churn: Box<dyn ClientGroup>,
+}
+
+/// Everything one sample reads.
+struct Sampler<'a> {
+    cfg: &'a Config,
+    ctx: &'a Ctx,
+    t0: Instant,
+    cpu0: Option<f64>,
+}
+
+impl Sampler<'_> {
+    fn take(&self, parts: &Parts, pubs: &[&Option<Publisher>]) -> Sample {
+        let pids = &self.cfg.server_pids;
+        let ps = procstat::sample(pids);
+        let open_files = if pids.is_empty() {
+            None
+        } else {
+            pids.iter()
+                .map(|&p| series::open_files(p))
+                .sum::<Option<u64>>()
+        };
+        let metrics = match self.ctx.http("GET", "/metrics", b"") {
+            Ok((200, body)) => {
+                series::parse_metrics(&String::from_utf8_lossy(&body), series::METRICS)
+            }
+            Ok((s, _)) => {
+                clients::count_error(&self.ctx.errors, format!("GET /metrics: HTTP {s}"));
+                BTreeMap::new()
+            }
+            Err(e) => {
+                clients::count_error(&self.ctx.errors, format!("GET /metrics: {e}"));
+                BTreeMap::new()
+            }
+        };
+        let store = self.cfg.soak.data_dir.as_ref().and_then(|d| {
+            series::dir_bytes(d)
+                .map_err(|e| {
+                    clients::count_error(&self.ctx.errors, format!("--data-dir: {e}"));
+                })
+                .ok()
+        });
+        let (f, s, c) = (
+            parts.fan.progress(),
+            parts.slow.progress(),
+            parts.churn.progress(),
+        );
+        let k = &self.ctx.counters;
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        let published: u64 = pubs
+            .iter()
+            .map(|p| p.as_ref().map_or(0, Publisher::published))
+            .sum();
+        let mut h = BTreeMap::new();
+        h.insert("published", published);
+        h.insert(
+            "delivered",
+            f.delivered + s.delivered + get(&k.slow_delivered) + get(&k.filtered_delivered),
+        );
+        h.insert(
+            "overflow_dropped",
+            f.dropped + s.dropped + get(&k.slow_dropped) + get(&k.filtered_dropped),
+        );
+        h.insert("churn_cycles", c.cycles_completed);
+        h.insert("churn_failed", c.failed);
+        h.insert("filtered_delivered", get(&k.filtered_delivered));
+        h.insert("entity_writes", get(&k.entity_writes));
+        h.insert(
+            "live_query_updates",
+            get(&k.lq_added) + get(&k.lq_updated) + get(&k.lq_removed),
+        );
+        h.insert("tasks_enqueued", get(&k.tasks_acknowledged));
+        h.insert("tasks_completed", get(&k.tasks_received));
+        h.insert("errors", get(&k.publish_failures) + get(&k.client_failures));
+        Sample {
+            t: self.t0.elapsed().as_secs_f64(),
+            rss_bytes: ps.map(|p| p.rss_bytes),
+            open_files,
+            cpu_seconds: match (ps, self.cpu0) {
+                (Some(p), Some(c0)) => Some(p.cpu_seconds - c0),
+                _ => None,
+            },
+            metrics,
+            store_bytes: store.map(|s| s.0),
+            store_allocated_bytes: store.map(|s| s.1),
+            harness: h,
+        }
+    }
+}
+
+fn progress_line(s: &Sample) {
+    let h = |k: &str| s.harness.get(k).copied().unwrap_or(0);
+    eprintln!(
+        "[{:>7.1}s] soak rss {} files {} store {} | delivered {} dropped {} | churn {} | tasks {}/{} | entities {} lq {} | errors {}",
+        s.t,
+        s.rss_bytes.map_or("-".into(), |b| human_bytes(b as f64)),
+        s.open_files.map_or("-".into(), |n| n.to_string()),
+        s.store_bytes.map_or("-".into(), |b| human_bytes(b as f64)),
+        human_count(h("delivered") as f64),
+        h("overflow_dropped"),
+        h("churn_cycles"),
+        h("tasks_completed"),
+        h("tasks_enqueued"),
+        h("entity_writes"),
+        h("live_query_updates"),
+        h("errors"),
+    );
+}
+
+fn group_stats(ctx: &Ctx, group: &str) -> Option<(u64, u64)> {
+    let (s, b) = ctx.http("GET", "/api/v1/services", b"").ok()?;
+    if s != 200 {
+        return None;
+    }
+    let g = parse_group_stats(&b, group).ok()?;
+    Some(g.map_or((0, 0), |g| (g.pending, g.in_flight)))
+}
+
+/// One check of the final verdict.
+fn check(checks: &mut Vec<Value>, name: &str, ok: bool, detail: String) {
+    if !ok {
+        eprintln!("loadtest: soak: FAILED {name}: {detail}");
+    }
+    checks.push(json!({"name": name, "ok": ok, "detail": detail}));
+}
+
+/// Close codes of the connections the server closed, by code (1006: no close frame).
+fn close_codes(c: &ClientStats) -> BTreeMap<String, u64> {
+    c.close_codes
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect()
+}
+
+fn lost(expected: u64, delivered: u64, dropped: u64) -> i64 {
+    expected as i64 - delivered as i64 - dropped as i64
+}
+
+/// Runs the soak; returns the exit code.
+pub fn run(cfg: &Config) -> i32 {
+    let o = &cfg.soak;
+    let Auth::Secret(secret) = &cfg.auth else {
+        eprintln!("loadtest: soak needs --secret");
+        return 2;
+    };
+    let limit = crate::net::raise_nofile_limit();
+    let need = fds_needed(cfg);
+    if need + SPARE_FDS > limit {
+        eprintln!(
+            "loadtest: soak needs about {need} open files (+{SPARE_FDS} spare) and may open {limit}: lower --connections or --scale"
+        );
+        return 2;
+    }
+    if cfg.server_pids.is_empty() {
+        eprintln!("loadtest: soak: warning: without --server-pid there is no RSS, CPU or open-files series");
+    }
+    if o.data_dir.is_none() {
+        eprintln!("loadtest: soak: warning: without --data-dir there is no store size series");
+    }
+    let options = options_query(cfg);
+    let errors: Errors = Arc::default();
+    let ctx = Ctx {
+        ws: cfg.url.clone(),
+        http: cfg.http.clone(),
+        api_key: cfg.api_key.clone().unwrap_or_default(),
+        secret: secret.clone(),
+        options: options.clone(),
+        token_ttl: 3600 + cfg.duration.as_secs() + 600,
+        flags: Arc::new(Flags::default()),
+        counters: Arc::new(Counters::default()),
+        errors: Arc::clone(&errors),
+    };
+    eprintln!(
+        "loadtest: soak for {:.0}s: {} fan-out subscribers on {} paths at {}/s, {} slow + {} fast readers at {}/s x {} B, churn {}/s, {} filtered subscriptions at {}/s, {} live queries over {} entities at {} writes/s, {} instances of group {:?} at {} tasks/s; options {options}",
+        cfg.duration.as_secs_f64(),
+        o.connections, o.paths, o.rate, o.slow_conns, o.slow_conns, o.slow_rate, o.slow_payload,
+        o.churn_rate, o.filtered, o.filtered_rate, o.live_queries, cfg.entities,
+        o.entity_rate, o.instances, o.group, o.task_rate
+    );
+
+    // connect: the client loops and the blocking clients
+    let setup_start = Instant::now();
+    let mut parts = Parts {
+        fan: Box::new(LocalGroup::start(loop_plan(
+            cfg,
+            SoakPart::Fan(o.paths),
+            0,
+            o.connections,
+            &options,
+            None,
+        ))),
+        slow: Box::new(LocalGroup::start(loop_plan(
+            cfg,
+            SoakPart::Slow,
+            1_000_000,
+            o.slow_conns,
+            &options,
+            None,
+        ))),
+        churn: Box::new(LocalGroup::start(loop_plan(
+            cfg,
+            SoakPart::Churn,
+            4_000_000,
+            o.churn_inflight,
+            &options,
+            Some(o.churn_rate),
+        ))),
+    };
+    let ready = Arc::new(AtomicU64::new(0));
+    let mut client_threads: Vec<JoinHandle<()>> = Vec::new();
+    let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(f)
+            .expect("spawn a soak thread")
+    };
+    let book = Arc::new(Mutex::new(TaskBook::default()));
+    for i in 0..o.instances {
+        let (c, r, b, g) = (
+            ctx.clone(),
+            Arc::clone(&ready),
+            Arc::clone(&book),
+            o.group.clone(),
+        );
+        client_threads.push(spawn(
+            format!("soak-svc-{i}"),
+            Box::new(move || clients::service_instance(c, i, g, r, b)),
+        ));
+    }
+    for i in 0..o.slow_conns {
+        let (x, r, rate) = (ctx.clone(), Arc::clone(&ready), o.slow_read_rate);
+        client_threads.push(spawn(
+            format!("soak-slow-{i}"),
+            Box::new(move || clients::slow_reader(x, i, rate, r)),
+        ));
+    }
+    let filter_conns = o.filtered.div_ceil(clients::FILTERS_PER_CONN);
+    for c in 0..filter_conns {
+        let first = c * clients::FILTERS_PER_CONN;
+        let count = clients::FILTERS_PER_CONN.min(o.filtered - first);
+        let (x, r) = (ctx.clone(), Arc::clone(&ready));
+        client_threads.push(spawn(
+            format!("soak-flt-{c}"),
+            Box::new(move || clients::filtered_conn(x, c, first, count, r)),
+        ));
+    }
+    let lq_sets: Arc<Mutex<Vec<LqSet>>> = Arc::default();
+    {
+        let (x, r, s, n) = (
+            ctx.clone(),
+            Arc::clone(&ready),
+            Arc::clone(&lq_sets),
+            o.live_queries,
+        );
+        client_threads.push(spawn(
+            "soak-lq".into(),
+            Box::new(move || clients::live_queries(x, n, r, s)),
+        ));
+    }
+    let blocking = o.instances + o.slow_conns + filter_conns + 1;
+    let cap = connect_cap(o.connections) + Duration::from_secs(10);
+    loop {
+        let done = parts.fan.progress().connect_done && parts.slow.progress().connect_done;
+        let failed = ctx.counters.client_failures.load(Relaxed);
+        if done && ready.load(Relaxed) + failed >= blocking {
+            break;
+        }
+        if setup_start.elapsed() > cap {
+            eprintln!("loadtest: soak: connecting took longer than {cap:?}; going on");
+            parts.fan.end_connect();
+            parts.slow.end_connect();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (fp, sp) = (parts.fan.progress(), parts.slow.progress());
+    eprintln!(
+        "loadtest: soak: connected in {:.1}s: fan-out {}/{} fast readers of the slow stream {}/{} blocking clients (slow readers, filtered, live queries, instances) {}/{blocking}",
+        setup_start.elapsed().as_secs_f64(),
+        fp.ready,
+        o.connections,
+        sp.ready,
+        o.slow_conns,
+        ready.load(Relaxed)
+    );
+    let fan_subs = parts.fan.subs_per_path();
+    let slow_subs = parts.slow.subs_per_path();
+
+    // the window
+    let sampler = Sampler {
+        cfg,
+        ctx: &ctx,
+        t0: Instant::now(),
+        cpu0: procstat::sample(&cfg.server_pids).map(|s| s.cpu_seconds),
+    };
+    let t0 = sampler.t0;
+    let now_ns = crate::util::unix_nanos();
+    parts.fan.window_start(now_ns);
+    parts.slow.window_start(now_ns);
+    parts.churn.window_start(now_ns);
+    let publisher = |part: SoakPart, rate: f64, payload: usize| {
+        Some(Publisher::start(PublishPlan {
+            http: cfg.http.clone(),
+            api_key: ctx.api_key.clone(),
+            rate,
+            duration: cfg.duration,
+            payload,
+            scenario: Arc::new(part),
+            nats: None,
+        }))
+    };
+    let fan_pub = publisher(SoakPart::Fan(o.paths), o.rate, cfg.payload);
+    let slow_pub = publisher(SoakPart::Slow, o.slow_rate, o.slow_payload);
+    let flt_pub = {
+        let (x, r, n) = (ctx.clone(), o.filtered_rate, o.filtered);
+        spawn(
+            "soak-flt-pub".into(),
+            Box::new(move || clients::filtered_publisher(x, r, n)),
+        )
+    };
+    let entity_writer = {
+        let (x, r, k) = (ctx.clone(), o.entity_rate, cfg.entities);
+        std::thread::Builder::new()
+            .name("soak-entities".into())
+            .spawn(move || clients::entity_writer(x, r, k))
+            .expect("spawn a soak thread")
+    };
+    let task_pub = {
+        let (x, r) = (ctx.clone(), o.task_rate);
+        std::thread::Builder::new()
+            .name("soak-task-pub".into())
+            .spawn(move || clients::task_publisher(x, r))
+            .expect("spawn a soak thread")
+    };
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut next = Duration::ZERO;
+    loop {
+        let el = t0.elapsed();
+        if el >= next {
+            let s = sampler.take(&parts, &[&fan_pub, &slow_pub]);
+            progress_line(&s);
+            samples.push(s);
+            next += o.sample_every;
+        }
+        if el >= cfg.duration {
+            break;
+        }
+        let until = next.min(cfg.duration).saturating_sub(t0.elapsed());
+        std::thread::sleep(until.min(Duration::from_millis(200)));
+    }
+    let window_secs = t0.elapsed().as_secs_f64();
+
+    // close the window: writers stop, slow readers read normally, churn starts no cycle
+    ctx.flags.window_over.store(true, Relaxed);
+    parts.fan.window_end();
+    parts.slow.window_end();
+    parts.churn.window_end();
+    let finish = |p: Option<Publisher>| p.map(|p| p.finish(false)).unwrap_or_default();
+    let fan_res: PublishResult = finish(fan_pub);
+    let slow_res: PublishResult = finish(slow_pub);
+    let _ = flt_pub.join();
+    let entity_last = entity_writer.join().unwrap_or_default();
+    let mut ranges = task_pub.join().unwrap_or_default();
+    let fan_expected = SoakPart::Fan(o.paths).expected(&fan_res.published_per_path, &fan_subs);
+    // the fast readers of the slow stream, and its slow readers (who subscribed before
+    // the window opened, or failed and are counted as such)
+    let slow_expected = SoakPart::Slow.expected(&slow_res.published_per_path, &slow_subs);
+    let slow_readers_expected = slow_res.published() * o.slow_conns;
+
+    // settle: deliveries in flight, the task queue, the live queries (bounded)
+    let settle_start = Instant::now();
+    let k = &ctx.counters;
+    let (tasks_lost, tasks_in_run, queue_after) = loop {
+        let (f, s) = (parts.fan.progress(), parts.slow.progress());
+        let deliveries = f.delivered + f.dropped >= fan_expected
+            && s.delivered + s.dropped >= slow_expected
+            && k.slow_delivered.load(Relaxed) + k.slow_dropped.load(Relaxed)
+                >= slow_readers_expected
+            && k.filtered_delivered.load(Relaxed) + k.filtered_dropped.load(Relaxed)
+                >= k.filtered_expected.load(Relaxed);
+        let (lost, in_run) = {
+            let seen = &book.lock().expect("not poisoned").seen;
+            clients::task_accounting(&mut ranges, seen)
+        };
+        let queue = group_stats(&ctx, &o.group);
+        let drained = lost == 0 && queue == Some((0, 0));
+        // churn: the cycles in flight at the window's end finish (each within 15 s)
+        let c = parts.churn.progress();
+        let cycled = c.cycles_completed + c.failed >= c.cycles_started;
+        if (deliveries && drained && cycled) || settle_start.elapsed() > SETTLE {
+            break (lost, in_run, queue);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // what the live queries hold must be what the server answers (writes have stopped)
+    let lq_deadline = Instant::now() + Duration::from_secs(10);
+    let (lq_diff, lq_checked) = loop {
+        let sets = lq_sets.lock().expect("not poisoned").clone();
+        let mut diff = Vec::new();
+        let mut checked = 0usize;
+        for (q, set) in sets.iter().enumerate() {
+            match clients::rest_set(&ctx, q as u64) {
+                Ok(rest) => {
+                    checked += rest.len();
+                    diff.push(clients::set_diff(set, &rest));
+                }
+                Err(e) => {
+                    clients::count_error(&errors, format!("live query check: {e}"));
+                    diff.push(usize::MAX);
+                }
+            }
+        }
+        if diff.iter().all(|&d| d == 0) || Instant::now() > lq_deadline {
+            break (diff, checked);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // sampled entities: the last acknowledged write is what GET returns
+    let step = (cfg.entities / 50).max(1) as usize;
+    let (mut e_sampled, mut e_mismatched) = (0u64, Vec::new());
+    for (id, last) in entity_last.iter().enumerate().step_by(step) {
+        let Some(n) = last else { continue };
+        e_sampled += 1;
+        let target = format!("/api/v1/entities/{}/e{id}", clients::COLLECTION);
+        let got = ctx
+            .http("GET", &target, b"")
+            .ok()
+            .filter(|(s, _)| *s == 200)
+            .and_then(|(_, b)| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["i"].as_u64());
+        if got != Some(*n) {
+            e_mismatched.push(json!({"id": format!("e{id}"), "acknowledged_i": n, "got_i": got}));
+        }
+    }
+    let after = sampler.take(&parts, &[]);
+    progress_line(&after);
+
+    // stop everything
+    ctx.flags.stop.store(true, Relaxed);
+    for t in client_threads {
+        let _ = t.join();
+    }
+    let collect = |g: Box<dyn ClientGroup>| {
+        g.finish().unwrap_or_else(|e| {
+            eprintln!("loadtest: soak: {e}");
+            ClientStats::new(1)
+        })
+    };
+    let fan = collect(parts.fan);
+    let slow = collect(parts.slow);
+    let churn = collect(parts.churn);
+
+    // checks
+    let mut checks = Vec::new();
+    let fan_lost = lost(fan_expected, fan.delivered, fan.dropped_reported);
+    check(
+        &mut checks,
+        "fan-out: lost = 0",
+        fan_lost == 0 && fan.failed == 0 && fan.disconnected == 0,
+        format!(
+            "expected {fan_expected} delivered {} dropped {} lost {fan_lost}; failed {} disconnected {} (close codes {:?})",
+            fan.delivered, fan.dropped_reported, fan.failed, fan.disconnected, fan.close_codes
+        ),
+    );
+    let fast_lost = lost(slow_expected, slow.delivered, slow.dropped_reported);
+    check(
+        &mut checks,
+        "fast readers of the slow stream: lost = 0, nothing dropped",
+        fast_lost == 0 && slow.dropped_reported == 0 && slow.failed == 0 && slow.disconnected == 0,
+        format!(
+            "expected {slow_expected} delivered {} dropped {} lost {fast_lost}; failed {} disconnected {} (close codes {:?})",
+            slow.delivered, slow.dropped_reported, slow.failed, slow.disconnected, slow.close_codes
+        ),
+    );
+    let get = |a: &AtomicU64| a.load(Relaxed);
+    let (sd, sdrop) = (get(&k.slow_delivered), get(&k.slow_dropped));
+    let slow_lost = lost(slow_readers_expected, sd, sdrop);
+    check(
+        &mut checks,
+        "slow readers: every undelivered event reported by QUEUE_OVERFLOW",
+        slow_lost == 0,
+        format!("expected {slow_readers_expected} delivered {sd} dropped {sdrop} lost {slow_lost}"),
+    );
+    if sdrop == 0 {
+        eprintln!(
+            "loadtest: soak: the slow readers were never dropped from: raise --slow-rate or --slow-payload, lower --slow-read-rate, or lower the server's queue_capacity"
+        );
+    }
+    let churn_failed = churn.requested.saturating_sub(churn.cycles_completed);
+    check(
+        &mut checks,
+        "churn: every cycle completed",
+        churn_failed == 0 && churn.requested > 0,
+        format!(
+            "started {} completed {} failures {:?}",
+            churn.requested, churn.cycles_completed, churn.failures
+        ),
+    );
+    let (fx, fd, fm, fdrop) = (
+        get(&k.filtered_expected),
+        get(&k.filtered_delivered),
+        get(&k.filtered_mismatched),
+        get(&k.filtered_dropped),
+    );
+    let f_lost = lost(fx, fd, fdrop);
+    check(
+        &mut checks,
+        "filtered: exactly the matching events",
+        fm == 0 && f_lost == 0,
+        format!("expected {fx} delivered {fd} not matching {fm} dropped {fdrop} lost {f_lost}"),
+    );
+    let lq_updates = get(&k.lq_added) + get(&k.lq_updated) + get(&k.lq_removed);
+    check(
+        &mut checks,
+        "live queries: their sets equal the REST answer",
+        lq_diff.len() as u64 == o.live_queries && lq_diff.iter().all(|&d| d == 0),
+        format!(
+            "ids differing per query {lq_diff:?} of {lq_checked} checked; {lq_updates} updates"
+        ),
+    );
+    check(
+        &mut checks,
+        "entities: sampled states equal their last acknowledged write",
+        e_mismatched.is_empty(),
+        format!(
+            "{e_sampled} sampled of {} acknowledged writes, {} differ",
+            get(&k.entity_writes),
+            e_mismatched.len()
+        ),
+    );
+    let acked = get(&k.tasks_acknowledged);
+    check(
+        &mut checks,
+        "tasks: every acknowledged task event received and completed",
+        tasks_lost == 0 && tasks_in_run == acked && queue_after == Some((0, 0)),
+        format!(
+            "acknowledged {acked} completed {tasks_in_run} lost {tasks_lost}; group queue after (pending, inFlight) {queue_after:?}"
+        ),
+    );
+    let errs = errors.lock().expect("not poisoned").clone();
+    let pub_errors: u64 = fan_res
+        .errors
+        .values()
+        .chain(slow_res.errors.values())
+        .sum();
+    check(
+        &mut checks,
+        "no publish, write or client errors",
+        pub_errors == 0 && get(&k.publish_failures) == 0 && get(&k.client_failures) == 0,
+        format!(
+            "fan-out/slow publish errors {:?} {:?}; other {errs:?}",
+            fan_res.errors, slow_res.errors
+        ),
+    );
+    let verdicts: Vec<_> = RULES
+        .iter()
+        .map(|r| (r, series::verdict(&samples, window_secs, r)))
+        .collect();
+    for (_, v) in &verdicts {
+        if v.grew {
+            eprintln!(
+                "loadtest: soak: FAILED {} grows: median {:.0} in the second quarter, {:.0} in the last",
+                v.series,
+                v.q2.unwrap_or(0.0),
+                v.q4.unwrap_or(0.0)
+            );
+        }
+    }
+    let grew = verdicts.iter().any(|(_, v)| v.grew);
+    let healthy = checks.iter().all(|c| c["ok"] == true) && !grew;
+
+    let report = json!({
+        "scenario": "soak",
+        "config": {
+            "url": cfg.url_raw, "http": cfg.http_raw, "duration_secs": cfg.duration.as_secs_f64(),
+            "sample_every_secs": o.sample_every.as_secs_f64(), "scale": o.scale,
+            "connection_options": options,
+            "fanout": {"connections": o.connections, "paths": o.paths, "rate": o.rate, "payload": cfg.payload},
+            "slow": {"slow_readers": o.slow_conns, "fast_readers": o.slow_conns, "rate": o.slow_rate,
+                     "payload": o.slow_payload, "read_bytes_per_sec": o.slow_read_rate},
+            "churn": {"rate": o.churn_rate, "in_flight": o.churn_inflight},
+            "filtered": {"subscriptions": o.filtered, "connections": filter_conns, "rate": o.filtered_rate},
+            "live_queries": {"queries": o.live_queries, "entities": cfg.entities, "entity_rate": o.entity_rate},
+            "services": {"instances": o.instances, "group": o.group, "task_rate": o.task_rate},
+            "server_pids": cfg.server_pids,
+            "data_dir": o.data_dir.as_ref().map(|d| d.display().to_string()),
+        },
+        "window_secs": window_secs,
+        "samples": samples.iter().map(Sample::to_json).collect::<Vec<_>>(),
+        "after_settle": after.to_json(),
+        "fanout": {"connections": fan.ready, "published": fan_res.published(), "expected": fan_expected,
+                   "delivered": fan.delivered, "dropped_reported": fan.dropped_reported, "lost": fan_lost,
+                   "failed": fan.failed, "disconnected": fan.disconnected, "failures": fan.failures,
+                   "close_codes": close_codes(&fan)},
+        "slow": {"slow_readers": o.slow_conns, "published": slow_res.published(),
+                 "expected": slow_readers_expected, "delivered": sd, "dropped_reported": sdrop,
+                 "lost": slow_lost, "dropped_on_fast_readers": slow.dropped_reported,
+                 "fast_readers": {"connections": slow.ready, "expected": slow_expected,
+                                  "delivered": slow.delivered, "lost": fast_lost,
+                                  "failed": slow.failed, "disconnected": slow.disconnected,
+                                  "close_codes": close_codes(&slow)}},
+        "churn": {"cycles_started": churn.requested, "cycles_completed": churn.cycles_completed,
+                  "cycles_failed": churn_failed, "failures": churn.failures},
+        "filtered": {"subscriptions": o.filtered, "expected": fx, "delivered": fd, "mismatched": fm,
+                     "dropped_reported": fdrop, "lost": f_lost},
+        "live_queries": {"queries": o.live_queries, "added": get(&k.lq_added), "updated": get(&k.lq_updated),
+                         "removed": get(&k.lq_removed), "updates": lq_updates,
+                         "differing_ids": lq_diff.iter().map(|&d| if d == usize::MAX { Value::Null } else { json!(d) }).collect::<Vec<_>>(),
+                         "rest_ids_checked": lq_checked},
+        "entities": {"writes_acknowledged": get(&k.entity_writes), "sampled": e_sampled, "mismatched": e_mismatched},
+        "tasks": {"instances": o.instances, "group": o.group, "acknowledged": acked, "received": get(&k.tasks_received),
+                  "completed": tasks_in_run, "lost": tasks_lost, "duplicates": get(&k.tasks_duplicates),
+                  "redelivered": get(&k.tasks_redelivered),
+                  "queue_after": queue_after.map(|(p, f)| json!({"pending": p, "inFlight": f}))},
+        "errors": errs,
+        "checks": checks,
+        "growth": verdicts.iter().map(|(r, v)| v.to_json(r)).collect::<Vec<_>>(),
+        "healthy": healthy,
+    });
+    println!("{}", series::markdown_table(&samples));
+    for c in &checks {
+        eprintln!(
+            "loadtest: soak: {} {}: {}",
+            if c["ok"] == true { "ok    " } else { "FAILED" },
+            c["name"].as_str().unwrap_or(""),
+            c["detail"].as_str().unwrap_or("")
+        );
+    }
+    for (_, v) in &verdicts {
+        eprintln!(
+            "loadtest: soak: growth {}: {}",
+            v.series,
+            if v.q2.is_none() {
+                "not enough samples".to_string()
+            } else if v.grew {
+                "GROWS".to_string()
+            } else {
+                format!(
+                    "bounded (q2 median {:.0}, q4 median {:.0})",
+                    v.q2.unwrap_or(0.0),
+                    v.q4.unwrap_or(0.0)
+                )
+            }
+        );
+    }
+    if let Some(path) = &cfg.json {
+        let text = serde_json::to_string_pretty(&report).expect("serializable");
+        let res = if path.as_os_str() == "-" {
+            println!("{text}");
+            Ok(())
+        } else {
+            std::fs::write(path, text + "\n")
+        };
+        if let Err(e) = res {
+            eprintln!("loadtest: --json {}: {e}", path.display());
+            return 3;
+        }
+    }
+    if healthy {
+        0
+    } else {
+        1
+    }
+}
