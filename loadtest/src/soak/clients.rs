@@ -657,120 +657,134 @@ pub fn entity_writer(ctx: Ctx, rate: f64, k: u64) -> Vec<Option<u64>> {
 /// What one live query holds, as its messages built it: node id → `i`.
 pub type LqSet = HashMap<String, u64>;
 
-/// Applies one live-query message to `sets` (by query index); counts the increments.
-pub fn apply_lq(sets: &mut [LqSet], m: &Value, c: &Counters) {
-    let Some(q) = m["id"]
-        .as_str()
-        .and_then(|s| s.strip_prefix("lq"))
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&q| q < sets.len())
-    else {
-        return;
-    };
-    let node = |d: &Value| d["i"].as_u64();
-    match m["type"].as_str() {
-        Some("liveQueryData") => {
-            for d in m["data"].as_array().into_iter().flatten() {
-                if let (Some(id), Some(i)) = (d["id"].as_str(), node(d)) {
-                    sets[q].insert(id.to_string(), i);
-                }
-            }
-        }
-        Some(t @ ("liveQueryAddedNode" | "liveQueryUpdatedNode")) => {
-            if let (Some(id), Some(i)) = (m["nodeId"].as_str(), node(&m["data"])) {
-                sets[q].insert(id.to_string(), i);
-            }
-            if t == "liveQueryAddedNode" {
-                c.lq_added.fetch_add(1, Relaxed);
-            } else {
-                c.lq_updated.fetch_add(1, Relaxed);
-            }
-        }
-        Some("liveQueryRemovedNode") => {
-            if let Some(id) = m["nodeId"].as_str() {
-                sets[q].remove(id);
-            }
-            c.lq_removed.fetch_add(1, Relaxed);
-        }
-        _ => {}
-    }
-}
-
-/// One connection holding `n` live queries `lq{q}` over `soakent` (filter `g == q mod 4`);
-/// returns their sets as the messages built them when `stop` is set.
+/// One connection holding `n` live queries `lq{q}` over `soakent` (filter `g == q mod 4`),
+/// on the workspace's Rust client (`clients/rust`, on a current-thread tokio runtime in
+/// this thread): each query's [`shardcast_client::LiveView`] is what a client library
+/// ends up holding, and the check compares it with the REST answer. These 4 queries at
+/// 100 writes/s are off every measured path, so using the client here costs the soak
+/// nothing. Publishes each query's set to `sets_out` (a few times a second) until `stop`.
 pub fn live_queries(ctx: Ctx, n: u64, ready: Arc<AtomicU64>, sets_out: Arc<Mutex<Vec<LqSet>>>) {
-    let mut sets: Vec<LqSet> = vec![LqSet::new(); n as usize];
-    // every message after the creates counts, initial pages included: a query's pages may
-    // arrive before the next query's liveQueryCreated
-    let setup = |sets: &mut Vec<LqSet>| -> Result<Ws, String> {
-        let mut w = Ws::connect(&ctx.ws, &ctx.user_token(3_000_000), &ctx.options)?;
-        for q in 0..n {
-            w.send(
-                &json!({"type":"createLiveQuery","id":format!("lq{q}"),
-                        "query":{"edge":COLLECTION,"filter":format!("g == {}", q % GROUPS),"limit":1000}})
-                .to_string(),
-            )
-            .map_err(|e| e.to_string())?;
-        }
-        let deadline = Instant::now() + SETUP_TIMEOUT;
-        let mut created = 0;
-        while created < n {
-            if Instant::now() > deadline {
-                return Err(format!("{created} of {n} live queries created in time"));
-            }
-            for m in w.recv()?.map(unbatch).unwrap_or_default() {
-                match m["type"].as_str() {
-                    Some("liveQueryCreated") if m["capped"] == true => {
-                        return Err(format!("a live query is capped: {m}"))
-                    }
-                    Some("liveQueryCreated") => created += 1,
-                    Some("error") => return Err(format!("error {}: {}", m["code"], m["message"])),
-                    _ => apply_lq(sets, &m, &ctx.counters),
-                }
-            }
-        }
-        Ok(w)
-    };
-    let mut w = match setup(&mut sets) {
-        Ok(w) => w,
+    *sets_out.lock().expect("not poisoned") = vec![LqSet::new(); n as usize];
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
         Err(e) => {
             ctx.counters.client_failures.fetch_add(1, Relaxed);
-            count_error(&ctx.errors, format!("live queries: {e}"));
+            count_error(&ctx.errors, format!("live queries: no runtime: {e}"));
             return;
         }
     };
+    let failed = rt.block_on(live_queries_on_client(&ctx, n, &ready, &sets_out));
+    if let Err(e) = failed {
+        ctx.counters.client_failures.fetch_add(1, Relaxed);
+        count_error(&ctx.errors, format!("live queries: {e}"));
+    }
+}
+
+/// The connection options of `query` (`batchMs=..&batchMax=..&framing=..`) as the
+/// client's type.
+fn client_options(query: &str) -> Result<shardcast_client::ConnectionOptions, String> {
+    let mut o = shardcast_client::ConnectionOptions::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let num = || v.parse::<u64>().map_err(|_| format!("option {k}={v:?}"));
+        match k {
+            "batchMs" => o.batch_ms = Some(num()?),
+            "batchMax" => o.batch_max = Some(num()?),
+            "framing" if v == "array" => o.framing = Some(shardcast_client::Framing::Array),
+            "framing" if v == "frames" => o.framing = Some(shardcast_client::Framing::Frames),
+            _ => return Err(format!("option {k}={v:?} is not one the client takes")),
+        }
+    }
+    Ok(o)
+}
+
+/// A view's nodes as the check's set: node id → `i`.
+fn view_set(view: &shardcast_client::LiveView) -> LqSet {
+    view.nodes()
+        .iter()
+        .filter_map(|d| Some((d["id"].as_str()?.to_string(), d["i"].as_u64()?)))
+        .collect()
+}
+
+async fn live_queries_on_client(
+    ctx: &Ctx,
+    n: u64,
+    ready: &AtomicU64,
+    sets_out: &Arc<Mutex<Vec<LqSet>>>,
+) -> Result<(), String> {
+    use shardcast_client::{Auth, Client, ClientOptions, LiveChange, LiveQuerySpec};
+    let url = format!("ws://{}{}", ctx.ws.host_header, ctx.ws.path);
+    let mut options = ClientOptions::new(url, Auth::token(ctx.user_token(3_000_000)));
+    options.options = client_options(&ctx.options)?;
+    options.request_timeout = SETUP_TIMEOUT;
+    let client = Client::connect(options).await.map_err(|e| e.to_string())?;
+    let mut queries = Vec::with_capacity(n as usize);
+    for q in 0..n {
+        let spec = LiveQuerySpec {
+            edge: COLLECTION.to_string(),
+            filter: Some(format!("g == {}", q % GROUPS)),
+            order_by: None,
+            limit: Some(1000),
+        };
+        let lq = client
+            .live_query(format!("lq{q}"), spec)
+            .await
+            .map_err(|e| format!("lq{q}: {e}"))?;
+        queries.push(lq);
+    }
     ready.fetch_add(1, Relaxed);
-    let mut failed = false;
-    // the checker reads a copy; a fresh one a few times a second is enough (it retries)
-    let mut copied = Instant::now();
-    let mut dirty = true;
-    while !ctx.stopped() {
-        match w.recv() {
-            Ok(Some(v)) => {
-                for m in unbatch(v) {
-                    if m["type"] == "error" {
-                        count_error(&ctx.errors, format!("live queries: error {m}"));
+    // One task per query on this thread's runtime; each keeps its set in `sets_out`.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (q, mut lq) in queries.into_iter().enumerate() {
+        let (ctx, sets_out) = (ctx.clone(), sets_out.clone());
+        tasks.spawn(async move {
+            let mut copied = Instant::now();
+            let mut dirty = true;
+            while !ctx.stopped() {
+                let change = tokio::time::timeout(Duration::from_millis(100), lq.changed()).await;
+                match change {
+                    Ok(Some(LiveChange::Reset { capped: true, .. })) => {
+                        return Err(format!("lq{q} is capped"))
                     }
-                    apply_lq(&mut sets, &m, &ctx.counters);
+                    Ok(Some(c)) => {
+                        let counter = match c {
+                            LiveChange::Added(_) => Some(&ctx.counters.lq_added),
+                            LiveChange::Updated(_) => Some(&ctx.counters.lq_updated),
+                            LiveChange::Removed(_) => Some(&ctx.counters.lq_removed),
+                            _ => None,
+                        };
+                        if let Some(counter) = counter {
+                            counter.fetch_add(1, Relaxed);
+                        }
+                        dirty = true;
+                    }
+                    Ok(None) => return Err(format!("lq{q} ended (the client closed)")),
+                    Err(_) => {} // no change in 100 ms: look at `stop` again
                 }
-                dirty = true;
+                // The checker reads a copy; a fresh one a few times a second is enough
+                // (it retries).
+                if dirty && copied.elapsed() >= Duration::from_millis(250) {
+                    sets_out.lock().expect("not poisoned")[q] = view_set(lq.view());
+                    (copied, dirty) = (Instant::now(), false);
+                }
             }
-            Ok(None) => {}
-            Err(e) => {
-                ctx.counters.client_failures.fetch_add(1, Relaxed);
-                count_error(&ctx.errors, format!("live queries: {e}"));
-                failed = true;
-                break;
-            }
-        }
-        if dirty && copied.elapsed() >= Duration::from_millis(250) {
-            *sets_out.lock().expect("not poisoned") = sets.clone();
-            (copied, dirty) = (Instant::now(), false);
+            sets_out.lock().expect("not poisoned")[q] = view_set(lq.view());
+            Ok(())
+        });
+    }
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = result.and(Err(e)),
+            Err(e) => result = result.and(Err(format!("a live-query task failed: {e}"))),
         }
     }
-    if !failed {
-        w.close();
-    }
+    client.close();
+    result
 }
 
 /// The server's answer for live query q's filter: id → `i`, all pages.
@@ -1002,36 +1016,19 @@ mod tests {
     }
 
     #[test]
-    fn live_query_messages_build_the_set() {
-        let c = Counters::default();
-        let mut sets = vec![LqSet::new(), LqSet::new()];
-        for m in [
-            json!({"type":"liveQueryData","id":"lq1","data":[{"id":"e1","i":1,"g":1},{"id":"e5","i":5,"g":1}],"hasMore":false}),
-            json!({"type":"liveQueryAddedNode","id":"lq1","nodeId":"e9","data":{"id":"e9","i":9}}),
-            json!({"type":"liveQueryUpdatedNode","id":"lq1","nodeId":"e1","data":{"id":"e1","i":11}}),
-            json!({"type":"liveQueryRemovedNode","id":"lq1","nodeId":"e5"}),
-            json!({"type":"liveQueryRemovedNode","id":"lq7","nodeId":"e5"}),
-        ] {
-            apply_lq(&mut sets, &m, &c);
-        }
-        let want: LqSet = [("e1".to_string(), 11), ("e9".to_string(), 9)].into();
-        assert_eq!(sets[1], want);
-        assert!(sets[0].is_empty());
-        assert_eq!(set_diff(&sets[1], &want), 0);
+    fn sets_differ_by_id_and_value_and_options_reach_the_client() {
+        let a: LqSet = [("e1".to_string(), 11), ("e9".to_string(), 9)].into();
+        assert_eq!(set_diff(&a, &a.clone()), 0);
         let other: LqSet = [("e1".to_string(), 10), ("e2".to_string(), 2)].into();
+        assert_eq!(set_diff(&a, &other), 3, "e1 differs, e2 and e9 on one side");
+        let o = client_options("batchMs=100&batchMax=50&framing=array").unwrap();
         assert_eq!(
-            set_diff(&sets[1], &other),
-            3,
-            "e1 differs, e2 and e9 on one side"
+            (o.batch_ms, o.batch_max, o.framing),
+            (Some(100), Some(50), Some(shardcast_client::Framing::Array))
         );
-        assert_eq!(
-            (
-                c.lq_added.load(Relaxed),
-                c.lq_updated.load(Relaxed),
-                c.lq_removed.load(Relaxed)
-            ),
-            (1, 1, 1)
-        );
+        assert_eq!(client_options("").unwrap(), Default::default());
+        assert!(client_options("batchMs=x").unwrap_err().contains("batchMs"));
+        assert!(client_options("group=g").is_err());
     }
 
     #[test]
