@@ -119,15 +119,18 @@ fn soak_samples_and_checks_a_short_run() {
             "100",
             "--churn-rate",
             "10",
-            // 8 KB at 500/s (4 MB/s) to slow readers that read a few hundred KB/s: the
-            // server's socket buffer (at most 4 MiB) and its 100-message queue fill in
-            // seconds
+            // 8 KB at 200/s (1.6 MB/s) to slow readers that read 100 KB/s: the server's
+            // socket buffer (at most 4 MiB) and its 100-message queue fill in a few
+            // seconds, while the fast readers of the same stream have room to keep up on
+            // a loaded machine (at 4 MB/s a starved CI runner once made one drop 2)
             "--slow-conns",
             "2",
             "--slow-rate",
-            "500",
+            "200",
             "--slow-payload",
             "8000",
+            "--slow-read-rate",
+            "100000",
             "--filtered",
             "40",
             "--filtered-rate",
