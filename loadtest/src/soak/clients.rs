@@ -322,6 +322,12 @@ impl Ctx {
         Ok((status, body))
     }
 
+    /// A blocking part failed for good: counted (the run fails on it) and said why.
+    fn client_failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.counters.client_failures.fetch_add(1, Relaxed);
+        count_error(&self.errors, format!("{what}: {e}"));
+    }
+
     fn stopped(&self) -> bool {
         self.flags.stop.load(Relaxed)
     }
@@ -442,8 +448,7 @@ pub fn slow_reader(ctx: Ctx, i: u64, bytes_per_sec: f64, ready: Arc<AtomicU64>) 
     let mut w = match setup() {
         Ok(w) => w,
         Err(e) => {
-            ctx.counters.client_failures.fetch_add(1, Relaxed);
-            count_error(&ctx.errors, format!("slow reader: {e}"));
+            ctx.client_failed("slow reader", &e);
             return;
         }
     };
@@ -472,8 +477,7 @@ pub fn slow_reader(ctx: Ctx, i: u64, bytes_per_sec: f64, ready: Arc<AtomicU64>) 
             }
             Ok(None) => {}
             Err(e) => {
-                c.client_failures.fetch_add(1, Relaxed);
-                count_error(&ctx.errors, format!("slow reader: {e}"));
+                ctx.client_failed("slow reader", &e);
                 return;
             }
         }
@@ -532,8 +536,7 @@ pub fn filtered_conn(ctx: Ctx, conn: u64, first: u64, count: u64, ready: Arc<Ato
     let mut w = match setup() {
         Ok(w) => w,
         Err(e) => {
-            ctx.counters.client_failures.fetch_add(1, Relaxed);
-            count_error(&ctx.errors, format!("filtered subscriber: {e}"));
+            ctx.client_failed("filtered subscriber", &e);
             return;
         }
     };
@@ -560,8 +563,7 @@ pub fn filtered_conn(ctx: Ctx, conn: u64, first: u64, count: u64, ready: Arc<Ato
             }
             Ok(None) => {}
             Err(e) => {
-                c.client_failures.fetch_add(1, Relaxed);
-                count_error(&ctx.errors, format!("filtered subscriber: {e}"));
+                ctx.client_failed("filtered subscriber", &e);
                 return;
             }
         }
@@ -671,15 +673,13 @@ pub fn live_queries(ctx: Ctx, n: u64, ready: Arc<AtomicU64>, sets_out: Arc<Mutex
     {
         Ok(rt) => rt,
         Err(e) => {
-            ctx.counters.client_failures.fetch_add(1, Relaxed);
-            count_error(&ctx.errors, format!("live queries: no runtime: {e}"));
+            ctx.client_failed("live queries: no runtime", &e);
             return;
         }
     };
     let failed = rt.block_on(live_queries_on_client(&ctx, n, &ready, &sets_out));
     if let Err(e) = failed {
-        ctx.counters.client_failures.fetch_add(1, Relaxed);
-        count_error(&ctx.errors, format!("live queries: {e}"));
+        ctx.client_failed("live queries", &e);
     }
 }
 
@@ -858,8 +858,7 @@ pub fn service_instance(
     let mut w = match setup() {
         Ok(w) => w,
         Err(e) => {
-            ctx.counters.client_failures.fetch_add(1, Relaxed);
-            count_error(&ctx.errors, format!("service instance: {e}"));
+            ctx.client_failed("service instance", &e);
             return;
         }
     };
@@ -871,8 +870,7 @@ pub fn service_instance(
         let got = match w.recv() {
             Ok(g) => g,
             Err(e) => {
-                c.client_failures.fetch_add(1, Relaxed);
-                count_error(&ctx.errors, format!("service instance: {e}"));
+                ctx.client_failed("service instance", &e);
                 return;
             }
         };
@@ -901,8 +899,7 @@ pub fn service_instance(
         if !acks.is_empty() && (acks.len() >= 500 || oldest.elapsed() >= POLL) {
             let msg = json!({"type":"taskComplete","taskIds":acks}).to_string();
             if let Err(e) = w.send(&msg) {
-                c.client_failures.fetch_add(1, Relaxed);
-                count_error(&ctx.errors, format!("service instance: taskComplete: {e}"));
+                ctx.client_failed("service instance: taskComplete", &e);
                 return;
             }
             acks.clear();
