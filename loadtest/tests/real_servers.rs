@@ -46,9 +46,7 @@ fn required(what: &str, found: Option<PathBuf>, how: &str) -> Option<PathBuf> {
     if found.is_some() {
         return found;
     }
-    // The rule of tests/common/mod.rs's `in_ci` (one rule for every suite): CI set,
-    // non-empty and not "false".
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
+    if in_ci() {
         panic!("CI is set but {what} is missing ({how})");
     }
     eprintln!("SKIPPED: {what} is missing ({how}); set CI=1 to make this a failure");
@@ -61,18 +59,6 @@ fn on_path(name: &str) -> Option<PathBuf> {
         // Debian installs nats-server in /usr/sbin, which a non-root PATH may lack
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
         .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn shardcast_binary() -> Option<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut dirs = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        dirs.push(PathBuf::from(t));
-    }
-    dirs.push(manifest.join("../target"));
-    dirs.iter()
-        .flat_map(|d| [d.join("release/shardcast"), d.join("debug/shardcast")])
         .find(|p| p.is_file())
 }
 

@@ -23,21 +23,9 @@ impl Drop for Server {
     }
 }
 
-fn shardcast_binary() -> Option<PathBuf> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut dirs = Vec::new();
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        dirs.push(PathBuf::from(t));
-    }
-    dirs.push(manifest.join("../target"));
-    dirs.iter()
-        .flat_map(|d| [d.join("release/shardcast"), d.join("debug/shardcast")])
-        .find(|p| p.is_file())
-}
-
 fn start_shardcast(dir: &Path) -> Option<(Server, u16, PathBuf)> {
     let Some(bin) = shardcast_binary() else {
-        if std::env::var_os("CI").is_some() {
+        if in_ci() {
             panic!("CI is set but the shardcast binary is missing (cargo build -p shardcast)");
         }
         eprintln!("SKIPPED: the shardcast binary is missing (cargo build -p shardcast)");

@@ -40,3 +40,23 @@ pub fn tmp_json(suite: &str, name: &str) -> PathBuf {
         std::process::id()
     ))
 }
+
+/// The shardcast binary the suites run: in `CARGO_TARGET_DIR` or the workspace's
+/// `target/`, release first.
+pub fn shardcast_binary() -> Option<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        dirs.push(PathBuf::from(t));
+    }
+    dirs.push(manifest.join("../target"));
+    dirs.iter()
+        .flat_map(|d| [d.join("release/shardcast"), d.join("debug/shardcast")])
+        .find(|p| p.is_file())
+}
+
+/// Whether this is a CI run: the one rule of every suite (the root's
+/// `tests/common::in_ci`): `CI` set, non-empty and not "false".
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
