@@ -96,6 +96,12 @@ impl Publication {
         })
     }
 
+    /// Whether [`Publication::data`] has been parsed (or set) yet.
+    #[cfg(test)]
+    pub(crate) fn data_parsed(&self) -> bool {
+        self.data.get().is_some()
+    }
+
     /// Sets the parsed `data` when the caller has it already (an entity's state).
     pub(crate) fn set_data(&mut self, v: Arc<Value>) {
         let _ = self.data.set(v);

@@ -85,10 +85,10 @@
 //! long.
 //!
 //! fjall's background threads (`fjall:worker`, one per core, at most 4) flush and compact.
-//! Memory: up to 64 MiB of memtable per table being written (twice that while one is being
-//! flushed) plus a 32 MiB block cache. A flush writes a table file of about the table's live
-//! data in one go, and commits made meanwhile wait longer for their fsync (tens of ms, once
-//! per ~64 MiB written to a table).
+//! Memory: up to [`MAX_MEMTABLE_BYTES`] (32 MiB) of memtable per table being written (twice
+//! that while one is being flushed) plus a 32 MiB block cache. A flush writes a table file of
+//! about the table's live data in one go, and commits made meanwhile wait longer for their
+//! fsync (once per 32 MiB written to a table).
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -153,6 +153,15 @@ const MIN_GROUP_INTERVAL: Duration = Duration::from_micros(500);
 /// Soft bound on the journals' total size (fjall's default is 512 MiB, its minimum 64 MiB).
 /// Opening replays them at ~100 MB/s, so it also bounds the start-up time to about a second.
 const MAX_JOURNAL_BYTES: u64 = 128 << 20;
+
+/// A table's memtable is flushed to a table file once it holds this much (fjall's default
+/// is 64 MiB, recommended 8 to 64). Memory is the reason: a memtable costs more than the
+/// bytes it was given (a skip list of separately allocated entries), and 64 MiB ones held
+/// RSS up by ~80 MiB in the entity-write benchmark, and the soak's first flush came only
+/// after about 20 minutes (RSS climbing all along). 16 MiB saved ~110 MiB there but flushed often enough to
+/// worsen the p99 of paced durable writes (docs/PERFORMANCE.md, "Durable entity writes").
+/// fjall keeps the value a table was created with: a store created with another keeps it.
+const MAX_MEMTABLE_BYTES: u64 = 32 << 20;
 
 const TABLE_COUNT: usize = 6;
 
@@ -610,7 +619,9 @@ fn open_keyspaces(db: &Database) -> Result<[Keyspace; TABLE_COUNT], StoreError> 
     let mut keyspaces = Vec::with_capacity(TABLE_COUNT);
     for table in Table::ALL {
         let keyspace = db
-            .keyspace(table.name(), KeyspaceCreateOptions::default)
+            .keyspace(table.name(), || {
+                KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE_BYTES)
+            })
             .map_err(|e| StoreError::Table {
                 table: table.name(),
                 reason: e.to_string(),

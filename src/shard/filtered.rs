@@ -145,6 +145,13 @@ impl FilteredIndex {
         events: &mut Vec<(u32, u32)>,
         refreshes: &mut Vec<(u32, u32)>,
     ) {
+        // Parsing `data` costs more than the whole fan-out of a small publication, and the
+        // parsed value stays with the publication for as long as the history window holds
+        // it (measured in the soak: ~90 MiB of parsed values for publications no filter
+        // was ever asked about). So parse only when a filtered subscription can see it.
+        if !path_prefixes(&p.path).any(|prefix| self.by_path.contains_key(prefix)) {
+            return;
+        }
         let shown = p.data();
         // The entity's state before the write: only an update can make one leave.
         let before: Option<&Value> = p
@@ -271,6 +278,21 @@ mod tests {
         assert_eq!(ev, [(2, 2)]);
         rf.sort();
         assert_eq!(rf, [(1, 1), (3, 3)]);
+    }
+
+    #[test]
+    fn data_is_parsed_only_under_a_filtered_path() {
+        let mut ix = FilteredIndex::default();
+        ix.insert("acc", entry(1, "n > 1"));
+        let (mut ev, mut rf) = (Vec::new(), Vec::new());
+        let elsewhere = Publication::new(1, "news/eu", "created", r#"{"n":5}"#, 0);
+        ix.collect(&elsewhere, &mut ev, &mut rf);
+        assert!(!elsewhere.data_parsed(), "no filter can see news/eu");
+        let under = Publication::new(2, "acc/a1", "created", r#"{"n":5}"#, 0);
+        ix.collect(&under, &mut ev, &mut rf);
+        assert!(under.data_parsed());
+        assert_eq!(ev, [(1, 1)]);
+        assert!(rf.is_empty());
     }
 
     /// Property: the equality index gives exactly what evaluating every filter on its
