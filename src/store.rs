@@ -156,11 +156,12 @@ const MAX_JOURNAL_BYTES: u64 = 128 << 20;
 
 /// A table's memtable is flushed to a table file once it holds this much (fjall's default
 /// is 64 MiB, recommended 8 to 64). Memory is the reason: a memtable costs more than the
-/// bytes it was given (a skip list of separately allocated entries), and 64 MiB ones held
-/// RSS up by ~80 MiB in the entity-write benchmark, and the soak's first flush came only
-/// after about 20 minutes (RSS climbing all along). 16 MiB saved ~110 MiB there but flushed often enough to
-/// worsen the p99 of paced durable writes (docs/PERFORMANCE.md, "Durable entity writes").
-/// fjall keeps the value a table was created with: a store created with another keeps it.
+/// bytes it was given (a skip list of separately allocated entries); 64 MiB ones held RSS
+/// up by ~80 MiB in the entity-write benchmark, and the soak's first flush came only after
+/// about 20 minutes (RSS climbing all along). 16 MiB saved ~110 MiB there but flushed often
+/// enough to worsen the p99 of paced durable writes (docs/PERFORMANCE.md, "Durable entity
+/// writes"). fjall keeps the value a table was created with: a store created with another
+/// keeps it.
 const MAX_MEMTABLE_BYTES: u64 = 32 << 20;
 
 const TABLE_COUNT: usize = 6;
