@@ -1568,6 +1568,37 @@ mod tests {
     }
 
     #[test]
+    fn a_memtable_is_flushed_at_the_cap_not_at_fjalls_default() {
+        let dir = TempDir::new("memtable-cap");
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        // 1.25 × the cap, below fjall's default (64 MiB) and the journals' bound (128 MiB):
+        // only the cap can make fjall flush this table.
+        let value = vec![7u8; 1 << 20];
+        let count = (MAX_MEMTABLE_BYTES >> 20) * 5 / 4;
+        for i in 0..count as u32 {
+            submit(
+                &store,
+                put_job(i.to_be_bytes().to_vec(), value.clone(), tx.clone()),
+            );
+        }
+        for _ in 0..count {
+            assert_eq!(rx.recv().unwrap().1, JobOutcome::Durable);
+        }
+        let handles = store.handles().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while handles.keyspace(Table::Entities).table_count() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{count} MiB written and the memtable was not flushed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(handles);
+        store.close();
+    }
+
+    #[test]
     fn flushed_tables_and_the_journal_both_recover() {
         let dir = TempDir::new("flush");
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();

@@ -78,16 +78,26 @@ fn loop_plan(
     }
 }
 
-/// The connection options every soak connection sends.
-fn options_query(cfg: &Config) -> String {
-    let mut q = format!("batchMs={}", cfg.soak.batch_ms);
-    if let Some(m) = cfg.batch_max {
-        q.push_str(&format!("&batchMax={m}"));
+/// The connection options every soak connection sends, as the Rust client's type (the
+/// live-query part connects with it) and, derived from it, as the URL query the
+/// harness's own loops send.
+fn connection_options(cfg: &Config) -> shardcast_client::ConnectionOptions {
+    shardcast_client::ConnectionOptions {
+        batch_ms: Some(cfg.soak.batch_ms),
+        batch_max: cfg.batch_max,
+        framing: cfg.framing.map(|f| match f {
+            crate::cli::Framing::Frames => shardcast_client::Framing::Frames,
+            crate::cli::Framing::Array => shardcast_client::Framing::Array,
+        }),
+        group: None,
     }
-    if let Some(f) = cfg.framing {
-        q.push_str(&format!("&framing={}", f.as_str()));
-    }
-    q
+}
+
+/// `options` as a URL query (`batchMs=..&batchMax=..&framing=..`).
+fn options_query(options: &shardcast_client::ConnectionOptions) -> String {
+    let pairs = options.query_pairs();
+    let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join("&")
 }
 
 /// Open files this process needs: every connection, publisher and spare.
@@ -264,7 +274,8 @@ pub fn run(cfg: &Config) -> i32 {
     if o.data_dir.is_none() {
         eprintln!("loadtest: soak: warning: without --data-dir there is no store size series");
     }
-    let options = options_query(cfg);
+    let client_options = connection_options(cfg);
+    let options = options_query(&client_options);
     let errors: Errors = Arc::default();
     let ctx = Ctx {
         ws: cfg.url.clone(),
@@ -272,6 +283,7 @@ pub fn run(cfg: &Config) -> i32 {
         api_key: cfg.api_key.clone().unwrap_or_default(),
         secret: secret.clone(),
         options: options.clone(),
+        client_options,
         token_ttl: 3600 + cfg.duration.as_secs() + 600,
         flags: Arc::new(Flags::default()),
         counters: Arc::new(Counters::default()),
@@ -767,5 +779,39 @@ pub fn run(cfg: &Config) -> i32 {
         0
     } else {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn soak_config(extra: &str) -> Config {
+        let args: Vec<String> = format!("soak --secret s --api-key k {extra}")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        match crate::cli::parse(&args) {
+            Ok(crate::cli::Command::Run(c)) => *c,
+            other => panic!("not a run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_client_and_the_loops_send_the_same_options() {
+        let o = connection_options(&soak_config("--batch-max 50 --framing array"));
+        assert_eq!(
+            (o.batch_ms, o.batch_max, o.framing, o.group.as_deref()),
+            (
+                Some(100),
+                Some(50),
+                Some(shardcast_client::Framing::Array),
+                None
+            )
+        );
+        assert_eq!(options_query(&o), "batchMs=100&batchMax=50&framing=array");
+        let o = connection_options(&soak_config("--batch-ms 0"));
+        assert_eq!((o.batch_max, o.framing), (None, None));
+        assert_eq!(options_query(&o), "batchMs=0");
     }
 }
