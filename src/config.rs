@@ -345,11 +345,18 @@ impl Default for ServicesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
     pub backlog: usize,
+    /// Channels one user may own at once (admins are not limited): each channel holds a
+    /// backlog of up to `backlog` events, so without a bound one token could fill the
+    /// node's disk and memory (docs/SECURITY.md).
+    pub max_per_user: usize,
 }
 
 impl Default for ChannelsConfig {
     fn default() -> Self {
-        ChannelsConfig { backlog: 10_000 }
+        ChannelsConfig {
+            backlog: 10_000,
+            max_per_user: 100,
+        }
     }
 }
 
@@ -402,6 +409,10 @@ impl Default for LimitsConfig {
 pub struct ClusterConfig {
     /// Empty: single node. Anything else is refused by [`Config::validate`] for now.
     pub redis_url: String,
+    /// The node's name in logs, metrics and `/healthz`; "": generated once and kept in
+    /// `data_dir` (PROTOCOL.md section 13). Accepted on a single node too, so one file
+    /// serves both modes.
+    pub node_id: String,
 }
 
 /// `[testing]`
@@ -490,6 +501,7 @@ const KEYS: &[KeySpec] = &[
     spec("services", "max_attempts", U32),
     spec("services", "prefetch", USIZE),
     spec("channels", "backlog", USIZE),
+    spec("channels", "max_per_user", USIZE),
     spec("limits", "max_message_bytes", USIZE),
     spec("limits", "max_subscriptions", USIZE),
     spec("limits", "max_live_queries", USIZE),
@@ -501,6 +513,7 @@ const KEYS: &[KeySpec] = &[
     spec("limits", "request_timeout_ms", U64),
     spec("limits", "max_http_connections", USIZE),
     spec("cluster", "redis_url", Kind::Str),
+    spec("cluster", "node_id", Kind::Str),
     spec("testing", "echo_path", Kind::Str),
 ];
 
@@ -1131,6 +1144,7 @@ mod tests {
 
     [channels]
     backlog = 10000
+    max_per_user = 100
 
     [limits]
     max_message_bytes = 65536
@@ -1145,6 +1159,7 @@ mod tests {
 
     [cluster]
     redis_url = ""                  # empty: single node; "redis://127.0.0.1:6379": cluster mode
+    node_id = ""
 
     [testing]
     echo_path = ""                  # e.g. "/echo": a WebSocket endpoint that echoes every
@@ -1198,6 +1213,8 @@ mod tests {
         assert_eq!(c.limits.request_timeout_ms, 10_000);
         assert_eq!(c.limits.max_http_connections, 4_096);
         assert_eq!(c.cluster.redis_url, "");
+        assert_eq!(c.cluster.node_id, "");
+        assert_eq!(c.channels.max_per_user, 100);
         assert_eq!(c.testing.echo_path, "");
         assert!(c.ignored_env.is_empty());
     }
