@@ -280,8 +280,13 @@ pub fn install() -> PrometheusHandle {
     handle
 }
 
-/// Creates the labelled counters operators alert on at zero, so a fresh node already has
-/// the series and `rate()` sees the first event.
+/// Creates every series whose label set is known at start-up at zero, so a fresh node
+/// already exports each name the dashboards and alerts query (Grafana shows 0, not "No
+/// data", `rate()` sees the first event, and an alert on a gauge can fire without waiting
+/// for the series to appear). Per-shard series are created by [`ShardMetrics::new`] when
+/// each shard starts. Per-group service gauges cannot be known before a group exists: they
+/// also get one series without a `group` label, held at 0, so `sum by (group)` answers 0
+/// on a node with no groups and is unchanged once groups report.
 fn preregister() {
     for r in AUTH_FAILURE_REASONS {
         metrics::counter!(AUTH_FAILURES, "reason" => *r).increment(0);
@@ -311,6 +316,12 @@ fn preregister() {
     metrics::counter!(SERVICE_LOCK_GRANTS).increment(0);
     metrics::gauge!(SERVICE_LOCKS_HELD).set(0.0);
     metrics::gauge!(SERVICE_LOCK_WAITERS).set(0.0);
+    for g in [SERVICE_PENDING, SERVICE_IN_FLIGHT, SERVICE_DEAD, SERVICE_INSTANCES] {
+        metrics::gauge!(g).set(0.0);
+    }
+    // Registering the handle is enough for the exporter to render its buckets at 0.
+    let _ = metrics::histogram!(SERVICE_ACK_SECONDS);
+    channels(0, 0, 0, 0, 0);
 }
 
 /// `reason` values of `shardcast_auth_failures_total`.

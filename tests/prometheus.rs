@@ -588,3 +588,61 @@ fn dashboards_and_alerts_work_against_real_prometheus() {
         started.elapsed()
     );
 }
+
+/// Issue: a fresh node exported none of the service and channel series until first used,
+/// so their panels showed "No data" and alerts on them could not fire. Every metric name
+/// the dashboards and alerts use must be in the first scrape of a node that has served
+/// nothing (no Prometheus needed, so this never skips), and per-shard series exist for
+/// every shard.
+#[test]
+fn a_fresh_node_exports_every_series_the_dashboards_use() {
+    let root = manifest_dir();
+    let mut wanted = BTreeSet::new();
+    for f in ["dashboards/shardcast.json", "dashboards/alerts.yml"] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        wanted.extend(metric_names_in(&text));
+    }
+    assert!(
+        wanted.len() >= 20,
+        "found only {} metric names in dashboards/: {wanted:?}",
+        wanted.len()
+    );
+
+    let server = Server::start("shards = 2");
+    let (status, text) = server
+        .try_http("GET", "/metrics", None, &[])
+        .expect("GET /metrics");
+    assert_eq!(status, 200, "{text}");
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    let names: BTreeSet<&str> = series
+        .iter()
+        .map(|l| l.split(['{', ' ']).next().unwrap_or(""))
+        .collect();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|n| !names.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "a node that served nothing does not export {missing:?}; it exports:\n{text}"
+    );
+    // Per-shard series: one for each shard, not only for the shard that did something.
+    for shard in ["0", "1"] {
+        let label = format!("shard=\"{shard}\"");
+        for name in [
+            "shardcast_connections",
+            "shardcast_deliveries_total",
+            "shardcast_dropped_total",
+        ] {
+            assert!(
+                series
+                    .iter()
+                    .any(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label)),
+                "no {name} series for shard {shard}:\n{text}"
+            );
+        }
+    }
+}
