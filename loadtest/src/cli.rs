@@ -26,8 +26,16 @@ SCENARIOS:
                failures, setup latency and the server's CPU per cycle
     overflow   fanout with deliberately slow readers (--slow-readers of the connections
                stop reading for --pause-ms at a time, with a small --rcvbuf), against a
-               server with a small queue_capacity: the server's QUEUE_OVERFLOW warnings
-               must account for every event not delivered (lost = 0)
+               server with a small queue (run it with delivery.queue_capacity = 200, e.g.
+               SHARDCAST_DELIVERY__QUEUE_CAPACITY=200): the server's QUEUE_OVERFLOW
+               warnings must account for every event not delivered (lost = 0). A paused
+               reader's events first fill the kernel's buffers, not the server's queue:
+               its own SO_RCVBUF (--rcvbuf) and the server's socket send buffer, which
+               on loopback grows up to net.ipv4.tcp_wmem's maximum (4 MiB by default).
+               Only what a pause adds beyond those reaches the queue, so the defaults
+               (50 connections, --rate 5000, --pause-ms 6000, 10s: ~7 MB of events
+               per slow reader per pause) are sized to pass them; a run in which nothing overflowed
+               fails (exit 1) and says so
     entities   durable entity writes over REST: --connections keep-alive HTTP/1.1
                connections to --http, each with up to --pipeline requests in flight,
                PUT /api/v1/entities/load/e{n mod K} (K: --entities) with a JSON object
@@ -53,13 +61,15 @@ OPTIONS:
     --api-key K            api key for POST /api/v1/publish (fanout, spread, overflow) and
                            PUT /api/v1/entities/... (entities)
     --connections N        client connections (churn: most cycles in flight; entities:
-                           HTTP connections, at most 10000) [default: 1000; entities: 32]
+                           HTTP connections, at most 10000) [default: 1000; entities: 32;
+                           overflow: 50]
     --paths K              paths for spread [default: 100]
     --rate R               publications per second (churn: connection cycles per second;
                            entities: writes per second over all connections, 0: as fast
-                           as the connections allow), may be fractional [default: 100]
+                           as the connections allow), may be fractional [default: 100;
+                           overflow: 5000]
     --duration D           publishing (idle: holding) window, e.g. 30s, 500ms, 2m, 1h or
-                           plain seconds [default: 30s]
+                           plain seconds [default: 30s; overflow: 10s]
     --payload BYTES        size of each publish request body (entities: of each entity
                            body {\"i\":n,\"pad\":\"xx..\"}) [default: 128]
     --batch-ms MS          connection option batchMs (0: no batching; give it to measure
@@ -88,7 +98,7 @@ OPTIONS:
                            instead of over a WebSocket to --url [default: none]
     --slow-readers F       overflow: fraction of connections that read slowly [default: 0.5]
     --pause-ms MS          overflow: a slow reader stops reading this long, then reads what
-                           is there, and again [default: 1000]; at the end of the window
+                           is there, and again [default: 6000]; at the end of the window
                            slow readers read normally so that nothing stays queued
     --rcvbuf BYTES         overflow: SO_RCVBUF of the slow readers' sockets (0: the
                            kernel's default) [default: 4096]
@@ -1030,6 +1040,16 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             1,
             10_000,
         )?
+    } else if scenario == ScenarioName::Overflow {
+        // few connections at a high rate: each slow reader must fall behind by more than
+        // the kernel's buffers hold (see the help), without the fan-out saturating the
+        // machine
+        parse_int(
+            "--connections",
+            get("--connections").unwrap_or("50"),
+            1,
+            10_000_000,
+        )?
     } else {
         parse_int(
             "--connections",
@@ -1039,15 +1059,16 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         )?
     };
     let paths = parse_int("--paths", get("--paths").unwrap_or("100"), 1, 10_000_000)?;
-    let rate_default = if scenario == ScenarioName::Services {
-        "0"
-    } else {
-        "100"
+    let rate_default = match scenario {
+        ScenarioName::Services => "0",
+        ScenarioName::Overflow => "5000",
+        _ => "100",
     };
     let rate = parse_rate(get("--rate").unwrap_or(rate_default))?;
     let duration = match get("--duration") {
         Some(v) => parse_duration(v).map_err(|e| CliError(format!("--duration: {e}")))?,
         None if scenario == ScenarioName::Soak => Duration::from_secs(3600),
+        None if scenario == ScenarioName::Overflow => Duration::from_secs(10),
         None => Duration::from_secs(30),
     };
     let payload = parse_int("--payload", get("--payload").unwrap_or("128"), 0, 16 << 20)? as usize;
@@ -1120,7 +1141,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     };
     let pause = Duration::from_millis(parse_int(
         "--pause-ms",
-        get("--pause-ms").unwrap_or("1000"),
+        get("--pause-ms").unwrap_or("6000"),
         1,
         20_000,
     )?);
@@ -1695,7 +1716,10 @@ mod tests {
         assert_eq!(c.rcvbuf, 0);
         let c = run("overflow --secret s --api-key k").unwrap();
         assert_eq!((c.slow_readers, c.rcvbuf), (0.5, 4096));
-        assert_eq!(c.pause, Duration::from_secs(1));
+        // the defaults that overflow past the kernel's buffers (see the help)
+        assert_eq!(c.pause, Duration::from_secs(6));
+        assert_eq!((c.connections, c.rate), (50, 5000.0));
+        assert_eq!(c.duration, Duration::from_secs(10));
         fails("overflow --secret s", "--api-key is required");
         fails(
             "overflow --secret s --api-key k --slow-readers 1.5",

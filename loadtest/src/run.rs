@@ -401,12 +401,16 @@ pub fn run(cfg: &Config) -> i32 {
     } else {
         0.0
     };
-    if scenario.name() == "overflow" && report_dropped_hint(&clients) {
+    // An overflow run that overflowed nothing proved nothing about the accounting: fail it.
+    let nothing_overflowed = scenario.name() == "overflow" && report_dropped_hint(&clients);
+    if nothing_overflowed {
         eprintln!(
-            "loadtest: overflow: no drops were reported. The server's socket send buffer (up to \
-             net.ipv4.tcp_wmem's maximum, 4 MiB by default) fills before its queue does: raise \
-             --payload, --rate or --pause-ms, or lower the server's queue_capacity (e.g. \
-             SHARDCAST_DELIVERY__QUEUE_CAPACITY=100)"
+            "loadtest: overflow: FAILED: nothing overflowed (no QUEUE_OVERFLOW warning), so the \
+             drop accounting was not exercised. A paused reader's events went into the kernel's \
+             buffers (its SO_RCVBUF and the server's socket send buffer, up to \
+             net.ipv4.tcp_wmem's maximum, 4 MiB by default) and none reached the server's \
+             queue: raise --payload, --rate or --pause-ms, or lower the server's \
+             delivery.queue_capacity (e.g. SHARDCAST_DELIVERY__QUEUE_CAPACITY=200)"
         );
     }
     let report = Report {
@@ -440,7 +444,7 @@ pub fn run(cfg: &Config) -> i32 {
             return 3;
         }
     }
-    if report.healthy() && !collect_failed {
+    if report.healthy() && !collect_failed && !nothing_overflowed {
         0
     } else {
         1
