@@ -115,6 +115,10 @@ pub struct SubArgs {
     pub token: String,
     pub filter: Option<String>,
     pub since: Option<u64>,
+    /// The connection option `batchMs`: 0 (each event at once) unless `--batch-ms` says
+    /// otherwise, since someone watching a terminal wants events as they happen, not after
+    /// the server's default flush interval (5 s shipped).
+    pub batch_ms: u64,
 }
 
 impl fmt::Debug for SubArgs {
@@ -125,6 +129,7 @@ impl fmt::Debug for SubArgs {
             .field("token", &"<redacted>")
             .field("filter", &self.filter)
             .field("since", &self.since)
+            .field("batch_ms", &self.batch_ms)
             .finish()
     }
 }
@@ -219,6 +224,18 @@ impl CliError {
     }
 }
 
+/// The help to show with `error` from parsing `args`: the error's own topic, else the
+/// command's being parsed (so `token --ttl 0` shows `token`'s flags, not the overview).
+pub fn error_topic(args: &[String], error: &CliError) -> Topic {
+    match error.topic() {
+        Topic::General => args
+            .first()
+            .and_then(|c| topic_of(c))
+            .unwrap_or(Topic::General),
+        t => t,
+    }
+}
+
 fn did_you_mean(suggestion: &Option<&'static str>) -> String {
     match suggestion {
         Some(s) => format!("; did you mean `{s}`?"),
@@ -261,6 +278,8 @@ sub PATH: print each event under PATH as one JSON line on stdout until interrupt
   --token T         a token whose scopes allow PATH (default: $SHARDCAST_TOKEN)
   --filter F        a filter expression over the event's data, e.g. \"status == 'failed'\"
   --since N         first replay the retained events with seq > N
+  --batch-ms MS     the connection's batchMs (default 0: each event as it is published;
+                    the server's own default would hold events up to its batch_ms)
   Connection changes, overflow warnings and re-sync notices go to stderr. A lost
   connection is retried (jittered backoff; a draining node's suggested delay), and the
   subscription resumes after the last seq printed. Ctrl-C ends it with exit 0.
@@ -330,7 +349,14 @@ const SERVE_FLAGS: &[&str] = &["--config", "--help", "--version"];
 const TOKEN_FLAGS: &[&str] = &[
     "--secret", "--sub", "--role", "--scope", "--group", "--ttl", "--help",
 ];
-const SUB_FLAGS: &[&str] = &["--url", "--token", "--filter", "--since", "--help"];
+const SUB_FLAGS: &[&str] = &[
+    "--url",
+    "--token",
+    "--filter",
+    "--since",
+    "--batch-ms",
+    "--help",
+];
 const PUB_FLAGS: &[&str] = &["--url", "--api-key", "--help"];
 
 /// Parses the arguments after `argv[0]`, with secrets from the process environment.
@@ -461,6 +487,7 @@ fn parse_sub(mut args: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     let mut token = None;
     let mut filter = None;
     let mut since = None;
+    let mut batch_ms = None;
     while let Some(item) = args.next_item()? {
         let name = match item {
             Item::Flag(name) => name,
@@ -497,6 +524,15 @@ fn parse_sub(mut args: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
                 })?;
                 set_once(&mut since, "--since", n)?;
             }
+            "--batch-ms" => {
+                let v = args.value("--batch-ms")?;
+                let n = v.parse::<u64>().map_err(|_| CliError::BadValue {
+                    flag: "--batch-ms",
+                    value: v.clone(),
+                    reason: "expected a whole number of milliseconds",
+                })?;
+                set_once(&mut batch_ms, "--batch-ms", n)?;
+            }
             _ => return Err(unknown_flag("sub", name, SUB_FLAGS)),
         }
     }
@@ -517,6 +553,7 @@ fn parse_sub(mut args: Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         token,
         filter,
         since,
+        batch_ms: batch_ms.unwrap_or(0),
     }))
 }
 
@@ -1019,6 +1056,7 @@ mod tests {
             token: "from-env".into(),
             filter: None,
             since: None,
+            batch_ms: 0,
         };
         assert_eq!(
             pe(&["sub", "jobs"], &[(TOKEN_ENV, "from-env")]),
@@ -1036,6 +1074,8 @@ mod tests {
                 "status == 'failed'",
                 "--since",
                 "42",
+                "--batch-ms",
+                "250",
             ],
             &[(TOKEN_ENV, "from-env")],
         ) else {
@@ -1046,7 +1086,29 @@ mod tests {
         assert_eq!(a.url, "ws://10.0.0.1:9000/ws");
         assert_eq!(a.filter.as_deref(), Some("status == 'failed'"));
         assert_eq!(a.since, Some(42));
+        assert_eq!(a.batch_ms, 250);
         assert!(!format!("{a:?}").contains("flag\""), "{a:?}");
+    }
+
+    #[test]
+    fn a_bad_value_shows_its_commands_help() {
+        let args: Vec<String> = ["token", "--secret", "s", "--sub", "u", "--ttl", "0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = parse_with_env(args.clone(), |_| None).unwrap_err();
+        assert_eq!(error_topic(&args, &e), Topic::Token);
+        let args: Vec<String> = ["sub", "jobs", "--batch-ms", "soon"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = parse_with_env(args.clone(), |_| None).unwrap_err();
+        assert!(e.to_string().contains("--batch-ms soon"), "{e}");
+        assert_eq!(error_topic(&args, &e), Topic::Sub);
+        // No known command: the overview.
+        let args = vec!["frobnicate".to_string()];
+        let e = parse_with_env(args.clone(), |_| None).unwrap_err();
+        assert_eq!(error_topic(&args, &e), Topic::General);
     }
 
     #[test]

@@ -12,10 +12,11 @@ use shardcast::config::{self, Config, LogFormat};
 use shardcast::server::Server;
 
 fn main() -> ExitCode {
-    let command = match cli::parse(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(args.clone()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("shardcast: {e}\n\n{}", cli::help(e.topic()));
+            eprintln!("shardcast: {e}\n\n{}", cli::help(cli::error_topic(&args, &e)));
             return ExitCode::from(2);
         }
     };
@@ -57,8 +58,8 @@ fn serve(file: Option<&std::path::Path>) -> ExitCode {
     let server = match Server::start(config, prometheus) {
         Ok(s) => s,
         Err(e) => {
+            // Once, through the log (stderr, in the configured format).
             tracing::error!("{e}");
-            eprintln!("shardcast: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -102,7 +103,9 @@ async fn sub(args: cli::SubArgs) -> Result<(), String> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let url = args.url.clone();
-    let connect = Client::connect(ClientOptions::new(args.url, Auth::token(args.token)));
+    let mut options = ClientOptions::new(args.url, Auth::token(args.token));
+    options.options.batch_ms = Some(args.batch_ms);
+    let connect = Client::connect(options);
     let client = tokio::select! {
         c = connect => c.map_err(|e| format!("{url}: {e}"))?,
         _ = interrupt.recv() => return Ok(()),

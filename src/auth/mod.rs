@@ -37,6 +37,10 @@ pub enum AuthError {
     Malformed,
     #[error("api key is not valid")]
     BadApiKey,
+    /// `Bearer` with something that is not a JWT: most often an api key under the wrong
+    /// scheme, so the message says which scheme takes it.
+    #[error("a Bearer credential must be a JWT (three dot-separated parts); an api key goes in 'Authorization: apikey <key>'")]
+    NotAJwt,
     #[error("{0}")]
     Token(#[from] TokenError),
 }
@@ -46,7 +50,7 @@ impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Missing => "missing",
-            AuthError::Malformed => "malformed",
+            AuthError::Malformed | AuthError::NotAJwt => "malformed",
             AuthError::BadApiKey => "bad_api_key",
             AuthError::Token(e) => e.reason(),
         }
@@ -83,6 +87,9 @@ pub fn authorize(
             Err(AuthError::BadApiKey)
         }
     } else if scheme.eq_ignore_ascii_case("bearer") {
+        if value.split('.').count() != 3 {
+            return Err(AuthError::NotAJwt);
+        }
         Ok(Principal::Token(jwt::verify_with(keys, value, now_secs)?))
     } else {
         Err(AuthError::Malformed)
@@ -92,6 +99,16 @@ pub fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_api_key_under_bearer_points_at_apikey() {
+        let keys = vec!["dev-key".to_string()];
+        let s = &jwt::Keys::hs256(b"s");
+        let e = authorize(Some("Bearer dev-key"), &keys, s, 0).unwrap_err();
+        assert!(matches!(e, AuthError::NotAJwt), "{e:?}");
+        assert!(e.to_string().contains("apikey <key>"), "{e}");
+        assert_eq!(e.reason(), "malformed");
+    }
 
     #[test]
     fn api_keys_and_schemes() {
