@@ -259,7 +259,7 @@ fn paging_while_writes_run_never_skips_or_repeats_an_unchanged_entity() {
                     &format!("e{i:03}"),
                     json!({"rank": (k * 13) % 200, "stable": false}),
                 );
-                if k % 10 == 0 {
+                if k.is_multiple_of(10) {
                     put(
                         &s,
                         "p",
