@@ -229,7 +229,8 @@ fn list_filter_order_limit_cursor() {
 }
 
 /// Paging while others write: an entity that is not changed during the walk is returned
-/// exactly once, never skipped, never twice.
+/// exactly once, never skipped, never twice. The writes are asserted to land between
+/// the walk's pages, not only around it.
 #[test]
 fn paging_while_writes_run_never_skips_or_repeats_an_unchanged_entity() {
     let s = Server::start("");
@@ -241,12 +242,16 @@ fn paging_while_writes_run_never_skips_or_repeats_an_unchanged_entity() {
             json!({"rank": i, "stable": i % 2 == 0}),
         );
     }
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = AtomicBool::new(false);
+    // Writer iterations completed.
+    let written = AtomicU64::new(0);
     std::thread::scope(|sc| {
-        // Odd entities move around in the order and new ones appear; even ones stay.
+        // Odd entities move around in the order and new ones appear (fewer, so that the
+        // walk still ends); even ones stay.
         sc.spawn(|| {
             let mut k = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && k < 2000 {
+            while !stop.load(Ordering::Relaxed) && k < 2000 {
                 let i = (k * 7 % 60) * 2 + 1;
                 put(
                     &s,
@@ -254,17 +259,25 @@ fn paging_while_writes_run_never_skips_or_repeats_an_unchanged_entity() {
                     &format!("e{i:03}"),
                     json!({"rank": (k * 13) % 200, "stable": false}),
                 );
-                put(
-                    &s,
-                    "p",
-                    &format!("new{k}"),
-                    json!({"rank": (k * 31) % 200, "stable": false}),
-                );
+                if k.is_multiple_of(10) {
+                    put(
+                        &s,
+                        "p",
+                        &format!("new{k}"),
+                        json!({"rank": (k * 31) % 200, "stable": false}),
+                    );
+                }
                 k += 1;
+                written.store(k, Ordering::SeqCst);
             }
         });
+        assert!(wait_until(Duration::from_secs(10), || written
+            .load(Ordering::SeqCst)
+            > 0));
         let mut seen: Vec<String> = Vec::new();
         let mut cursor: Option<String> = None;
+        // Writer progress after each page.
+        let mut progress = Vec::new();
         loop {
             let q = match &cursor {
                 None => "/api/v1/entities/p?orderBy=rank&limit=9".to_string(),
@@ -277,13 +290,24 @@ fn paging_while_writes_run_never_skips_or_repeats_an_unchanged_entity() {
                     seen.push(e["id"].as_str().unwrap().to_string());
                 }
             }
-            std::thread::sleep(Duration::from_millis(5));
+            progress.push(written.load(Ordering::SeqCst));
+            // Let a third of the moving entities move before the next page: a page that
+            // ends on one of them then resumes from where it was, not where it went.
+            let at = written.load(Ordering::SeqCst);
+            wait_until(Duration::from_secs(5), || {
+                written.load(Ordering::SeqCst) >= at + 20
+            });
             match p["nextCursor"].as_str() {
                 Some(c) => cursor = Some(c.to_string()),
                 None => break,
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        let (first, last) = (progress[0], *progress.last().unwrap());
+        assert!(
+            last > first && last < 2000,
+            "the writer was not writing between the first and the last page: {progress:?}"
+        );
         let want: Vec<String> = (0..120).step_by(2).map(|i| format!("e{i:03}")).collect();
         assert_eq!(seen, want, "every unchanged entity once, in order");
     });

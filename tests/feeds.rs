@@ -49,7 +49,10 @@ fn members_batch_from_their_own_first_message() {
     assert_eq!(early.frames - early_frames, 1, "one batch for both");
     assert_eq!(collect(&mut late, 1).0, [json!(2)]);
     assert_eq!(late.frames - late_frames, 1);
-    late.expect_silence(Duration::from_millis(300));
+    // The first message never reaches `late`: the next thing both get is a marker.
+    let marker = s.publish("f", "e", json!(3));
+    early.expect_marker(marker);
+    late.expect_marker(marker);
     // They share one feed, and both count as subscriptions.
     assert!(wait_until(Duration::from_secs(5), || {
         s.metric("shardcast_subscriptions") == Some(2.0) && s.metric("shardcast_feeds") == Some(1.0)
@@ -80,7 +83,10 @@ fn a_member_that_subscribes_again_keeps_what_waits() {
     s.publish("one", "e", json!(4));
     assert_eq!(collect(&mut a, 1).0, [json!(4)]);
     assert_eq!(collect(&mut b, 1).0, [json!(4)]);
-    a.expect_silence(Duration::from_millis(300));
+    // Nothing twice (once from the old ring, once from the feed): a marker is next.
+    let marker = s.publish("one", "e", json!(5));
+    a.expect_marker(marker);
+    b.expect_marker(marker);
 }
 
 /// Unsubscribing leaves the feed and discards what waited for that id; the other
@@ -98,7 +104,11 @@ fn unsubscribing_discards_only_the_leavers_messages() {
     a.send(&json!({"type": "unsubscribeEvents", "ids": ["x"]}));
     a.recv_type("unsubscribedEvents");
     assert_eq!(collect(&mut b, 1).0, [json!(1)]);
-    a.expect_silence(Duration::from_millis(1200));
+    // `a` never gets what waited for `x`: its next event is a marker on a subscription
+    // it still holds.
+    a.subscribe(json!([{"id": "m", "path": "m"}]));
+    let marker = s.publish("m", "e", json!(2));
+    a.expect_marker(marker);
 }
 
 /// The shared log holds `queue_capacity` messages: every member behind by more loses
@@ -235,7 +245,13 @@ fn random_operations_match_a_model() {
         }
     }
     assert!(published > 50);
+    // No client got anything the model did not expect: subscribing (whose answer
+    // `recv_type` requires to be the next message) and then a marker come next.
     for c in clients.iter_mut() {
-        c.expect_silence(Duration::from_millis(100));
+        c.subscribe(json!([{"id": "end", "path": "end"}]));
+    }
+    let marker = s.publish("end", "e", json!(null));
+    for c in clients.iter_mut() {
+        c.expect_marker(marker);
     }
 }

@@ -151,6 +151,12 @@ fn initial_pages_then_added_updated_removed() {
         c.recv(),
         json!({"type": "liveQueryRemovedNode", "id": "lq", "nodeId": "o3"})
     );
+    // A second query, on a marker only: what it is sent after a write proves what the
+    // first one was not sent (a connection's messages follow the writes' order).
+    c.send(&json!({"type": "createLiveQuery", "id": "mark", "query": {
+        "edge": "orders", "filter": "marker == true"}}));
+    c.recv_type("liveQueryCreated");
+    assert_eq!(c.recv_type("liveQueryData")["data"], json!([]));
     // A write outside the query is nothing; destroy ends it.
     s.put_entity("orders", "x", json!({"status": "done", "createdAt": 101}));
     c.send(&json!({"type": "destroyLiveQuery", "id": "lq", "requestId": "d"}));
@@ -163,8 +169,13 @@ fn initial_pages_then_added_updated_removed() {
         "o4",
         json!({"status": "processing", "createdAt": 4, "after": true}),
     );
-    c.send(&json!({"type": "ping"}));
-    assert_eq!(c.recv()["type"], "pong", "nothing for the destroyed query");
+    s.put_entity("orders", "m", json!({"marker": true}));
+    let m = c.recv();
+    assert_eq!(
+        (m["type"].as_str(), m["id"].as_str(), m["nodeId"].as_str()),
+        (Some("liveQueryAddedNode"), Some("mark"), Some("m")),
+        "nothing for the destroyed query before the marker: {m}"
+    );
 }
 
 #[test]
@@ -198,7 +209,7 @@ fn cap_limits_the_tracked_set() {
         (m["type"].as_str(), m["nodeId"].as_str()),
         (Some("liveQueryAddedNode"), Some("e8"))
     );
-    // limit below the cap.
+    // limit below the cap: the tracked set is the first `limit` nodes by orderBy.
     c.send(&json!({"type": "createLiveQuery", "id": "two", "query": {"edge": "c", "orderBy": "n desc", "limit": 2}}));
     let m = c.recv();
     // e0 e2 e3 e4 e8 e9.
@@ -207,6 +218,19 @@ fn cap_limits_the_tracked_set() {
         (Some(6), Some(true)),
         "{m}"
     );
+    let d = c.recv();
+    assert_eq!(
+        (d["type"].as_str(), d["id"].as_str(), d["hasMore"].as_bool()),
+        (Some("liveQueryData"), Some("two"), Some(false)),
+        "{d}"
+    );
+    let ids: Vec<&str> = d["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["e9", "e8"], "the first 2 by n desc");
 }
 
 #[test]
@@ -293,44 +317,93 @@ fn bad_live_queries() {
 }
 
 /// Writes race the creation: whatever interleaving, the client's view (initial pages
-/// plus incremental messages) ends equal to a list with the same filter.
+/// plus incremental messages) ends equal to a list with the same filter. The race is
+/// asserted, not hoped for: each query's initial pages hold states the writer wrote
+/// (`v` > 0) and its incremental messages carry later ones, so the writer was writing
+/// on both sides of the creation.
 #[test]
 fn writes_racing_creation_end_in_the_right_view() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let s = Server::start("[delivery]\nbatch_ms = 0");
     for i in 0..200 {
         s.put_entity("race", &format!("e{i}"), json!({"hot": i % 2 == 0, "v": 0}));
     }
     let tok = token("u", "user", &["race"]);
+    let written = AtomicU64::new(0);
+    let loaded = AtomicBool::new(false);
     std::thread::scope(|sc| {
+        // Writes until every query has its initial data, then 100 more (bounded).
         let writer = sc.spawn(|| {
-            for k in 0..600u64 {
+            let mut extra = 0;
+            for k in 0..20_000u64 {
                 let i = (k * 37) % 250;
-                s.put_entity("race", &format!("e{i}"), json!({"hot": k % 3 != 0, "v": k}));
+                s.put_entity(
+                    "race",
+                    &format!("e{i}"),
+                    json!({"hot": k % 3 != 0, "v": k + 1}),
+                );
                 if k % 50 == 0 {
-                    s.delete_entity("race", &format!("e{}", (k * 11) % 250));
+                    let path = format!("/api/v1/entities/race/e{}", (k * 11) % 250);
+                    let (st, a) = s.http("DELETE", &path, None, Some(&apikey()));
+                    // Deleted already (404) is fine: the write loop may not have revived it.
+                    assert!(st == 200 || st == 404, "DELETE {path}: {st} {a}");
+                }
+                written.store(k + 1, Ordering::SeqCst);
+                if loaded.load(Ordering::SeqCst) {
+                    extra += 1;
+                    if extra == 100 {
+                        break;
+                    }
                 }
             }
         });
         let mut clients = Vec::new();
-        for q in 0..3 {
-            std::thread::sleep(Duration::from_millis(30));
+        for q in 0..3u64 {
+            // Each creation lands a little further into the writing.
+            assert!(wait_until(Duration::from_secs(20), || {
+                written.load(Ordering::SeqCst) >= 50 * (q + 1)
+            }));
             let mut c = Client::authed(&s, &tok, "");
             c.send(&json!({"type": "createLiveQuery", "id": "lq", "query": {"edge": "race", "filter": "hot", "limit": 1000}}));
             clients.push((q, c));
         }
+        // Each query's initial data, while the writer goes on.
+        let mut views = Vec::new();
+        for (q, c) in clients.iter_mut() {
+            let mut v = View::default();
+            while !v.loaded {
+                v.apply(&c.recv());
+            }
+            let before = v
+                .nodes
+                .values()
+                .filter(|n| n["v"].as_u64() > Some(0))
+                .count();
+            assert!(
+                before > 0,
+                "client {q}: the writer had not written before creation"
+            );
+            views.push(v);
+        }
+        loaded.store(true, Ordering::SeqCst);
         writer.join().unwrap();
         // A marker write the query sees: once it arrives, everything before it has.
         s.put_entity("race", "marker", json!({"hot": true}));
         let want = list_ids(&s, "race", "hot");
-        for (q, mut c) in clients {
-            let mut v = View::default();
+        for ((q, mut c), mut v) in clients.into_iter().zip(views) {
+            let mut incremental = 0;
             loop {
                 let m = c.recv_within(Duration::from_secs(10)).expect("message");
                 v.apply(&m);
                 if m["nodeId"] == "marker" {
                     break;
                 }
+                incremental += 1;
             }
+            assert!(
+                incremental > 0,
+                "client {q}: no write came after the creation"
+            );
             assert_eq!(v.nodes, want, "client {q}");
         }
     });
@@ -406,8 +479,26 @@ fn one_message_per_query_whatever_the_creation_order() {
         .collect();
     got.sort();
     assert_eq!(got, ["one", "two"]);
-    // Nothing more for this write: the next message is the answer to a ping.
-    a.send(&json!({"type": "ping"}));
-    assert_eq!(a.recv()["type"], "pong");
+    // Nothing more for this write: the next messages are those of a later write (one
+    // per query again), which the connection gets in write order.
+    s.put_entity("c", "e2", json!({"n": 3}));
+    let mut got: Vec<(String, String)> = (0..2)
+        .map(|_| {
+            let m = a.recv();
+            assert_eq!(m["type"], "liveQueryAddedNode", "{m}");
+            (
+                m["id"].as_str().unwrap().to_string(),
+                m["nodeId"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("one".to_string(), "e2".to_string()),
+            ("two".to_string(), "e2".to_string())
+        ]
+    );
     assert_eq!(b.recv_type("liveQueryUpdatedNode")["id"], "other");
 }

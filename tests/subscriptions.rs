@@ -163,16 +163,19 @@ fn equality_filters_are_indexed() {
 #[test]
 fn since_replays_in_order_then_live() {
     let s = Server::start("[delivery]\nbatch_ms = 0\n[history]\nsize = 50");
-    let first = s.publish("h/a", "e", json!({"i": 0}));
-    for i in 1..30 {
-        s.publish(
-            if i % 2 == 0 { "h/a" } else { "other" },
-            "e",
-            json!({"i": i}),
-        );
-    }
+    // The seq of each publication as answered: nothing is assumed of their spacing.
+    let seqs: Vec<u64> = (0..30)
+        .map(|i| {
+            s.publish(
+                if i % 2 == 0 { "h/a" } else { "other" },
+                "e",
+                json!({"i": i}),
+            )
+        })
+        .collect();
+    let first = seqs[0];
     let mut c = Client::authed(&s, &token("u", "user", &["*"]), "");
-    let r = c.subscribe(json!([{"id": "h", "path": "h", "since": first + 9, "filter": "i != 20"}]));
+    let r = c.subscribe(json!([{"id": "h", "path": "h", "since": seqs[9], "filter": "i != 20"}]));
     assert_eq!(r["subscriptions"][0]["recovered"], true, "{r}");
     let newest = r["subscriptions"][0]["seq"].as_u64().unwrap();
     let live = s.publish("h/b", "e", json!({"i": 99}));
@@ -186,15 +189,16 @@ fn since_replays_in_order_then_live() {
     }
     assert_eq!(got, [10, 12, 14, 16, 18, 22, 24, 26, 28, 99]);
     assert!(newest < live);
-    // Out of the window: not recovered, and what is retained still comes.
-    for i in 0..60 {
-        s.publish("h/a", "e", json!({"i": 100 + i}));
-    }
+    // Out of the window: not recovered, and what is retained still comes. The window is
+    // the last `history.size` (50) publications: of the 91 so far, the 42nd on.
+    let later: Vec<u64> = (0..60)
+        .map(|i| s.publish("h/a", "e", json!({"i": 100 + i})))
+        .collect();
     let mut d = Client::authed(&s, &token("u", "user", &["*"]), "");
     let r = d.subscribe(json!([{"id": "h", "path": "h", "since": first}]));
     assert_eq!(r["subscriptions"][0]["recovered"], false, "{r}");
     let e = d.recv_type("event");
-    assert!(e["seq"].as_u64().unwrap() > first + 30);
+    assert_eq!(e["seq"], later[60 - 50], "the oldest retained: {e}");
     // Nothing missed: since = newest is recovered with nothing to replay.
     let mut n = Client::authed(&s, &token("u", "user", &["*"]), "");
     let newest = s.publish("h/a", "e", json!({"i": -1}));
@@ -229,17 +233,27 @@ fn since_bad_values() {
 }
 
 /// The replay seam under concurrent publishing: a client that resumes from the last seq
-/// it saw gets every later publication exactly once, in order.
+/// it saw gets every later publication exactly once, in order, while the publisher is
+/// still publishing (asserted: its answered seqs straddle the resume's `seq`, and the
+/// resumed client gets both replayed and live events).
 #[test]
 fn since_seam_under_concurrent_publishing() {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let s = Server::start("[delivery]\nbatch_ms = 0");
     let tok = token("u", "user", &["*"]);
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    // The newest seq the publisher was answered, and the resume's `seq` (0: not yet).
+    let published = AtomicU64::new(0);
+    let resumed_at = AtomicU64::new(0);
     std::thread::scope(|sc| {
+        // Publishes numbered batches until 20 batches were answered wholly after the
+        // resume; returns every batch's (data numbers, firstSeq, lastSeq).
         let publisher = sc.spawn(|| {
-            let mut last = 0;
-            for i in 0..400 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut batches = Vec::new();
+            let mut after = 0;
+            let started = std::time::Instant::now();
+            for i in 0u64..100_000 {
+                // Bounded, should the reader fail before it resumes.
+                if started.elapsed() > Duration::from_secs(60) {
                     break;
                 }
                 let (a, b) = s.publish_batch(
@@ -247,37 +261,62 @@ fn since_seam_under_concurrent_publishing() {
                         .map(|k| json!({"path": "seam/x", "eventType": "e", "data": i * 5 + k}))
                         .collect(),
                 );
-                assert_eq!(b, a + 4);
-                last = b;
+                published.store(b, Ordering::SeqCst);
+                batches.push((i, a, b));
+                let r = resumed_at.load(Ordering::SeqCst);
+                if r != 0 && a > r {
+                    after += 1;
+                    if after == 20 {
+                        break;
+                    }
+                }
             }
-            last
+            batches
         });
         let mut c = Client::authed(&s, &tok, "");
         c.subscribe(json!([{"id": "s", "path": "seam"}]));
-        let mut seen: Vec<u64> = Vec::new();
+        // (data, seq) of every event received, over both connections.
+        let mut seen: Vec<(u64, u64)> = Vec::new();
+        let take = |m: Value| (m["data"].as_u64().unwrap(), m["seq"].as_u64().unwrap());
         for _ in 0..50 {
-            seen.push(c.recv_type("event")["seq"].as_u64().unwrap());
+            seen.push(take(c.recv_type("event")));
         }
         drop(c);
+        let since = seen.last().unwrap().1;
+        // Something to replay: the publisher went past what the first client saw.
+        assert!(wait_until(Duration::from_secs(10), || {
+            published.load(Ordering::SeqCst) > since
+        }));
         // Resume on a new connection while publishing goes on.
         let mut d = Client::authed(&s, &tok, "");
-        let r = d.subscribe(json!([{"id": "s", "path": "seam", "since": seen.last().unwrap()}]));
-        assert_eq!(r["subscriptions"][0]["recovered"], true);
-        let last = publisher.join().unwrap();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = d.subscribe(json!([{"id": "s", "path": "seam", "since": since}]));
+        assert_eq!(r["subscriptions"][0]["recovered"], true, "{r}");
+        let at = r["subscriptions"][0]["seq"].as_u64().unwrap();
+        resumed_at.store(at, Ordering::SeqCst);
+        let batches = publisher.join().unwrap();
+        let (last_i, _, last) = *batches.last().unwrap();
+        assert!(
+            batches.iter().any(|b| b.2 <= at) && batches.iter().any(|b| b.1 > at),
+            "the publisher was not publishing across the resume at seq {at}"
+        );
+        let resumed = seen.len();
         loop {
-            let seq = d.recv_within(Duration::from_secs(10)).expect("event")["seq"]
-                .as_u64()
-                .unwrap();
-            seen.push(seq);
+            let m = d.recv_within(Duration::from_secs(10)).expect("event");
+            let (data, seq) = take(m);
+            seen.push((data, seq));
             if seq == last {
                 break;
             }
         }
-        // Publications on `seam` are contiguous seqs here (nothing else publishes).
-        let first = seen[0];
-        let want: Vec<u64> = (first..=last).collect();
-        assert_eq!(seen, want, "no gap and no duplicate at the seam");
+        let replayed = seen[resumed..].iter().filter(|e| e.1 <= at).count();
+        let live = seen.len() - resumed - replayed;
+        assert!(replayed > 0 && live > 0, "{replayed} replayed, {live} live");
+        // Every publication from the first one seen to the last, once, in publish order
+        // (the data numbers count them); seq only grows.
+        let data: Vec<u64> = seen.iter().map(|e| e.0).collect();
+        let want: Vec<u64> = (data[0]..=last_i * 5 + 4).collect();
+        assert_eq!(data, want, "no gap and no duplicate at the seam");
+        assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "seq only grows");
     });
 }
 
@@ -289,10 +328,45 @@ fn since_survives_a_restart_without_reused_seqs() {
     s.spawn(&[]);
     let mut c = Client::authed(&s, &token("u", "user", &["*"]), "");
     let r = c.subscribe(json!([{"id": "r", "path": "r", "since": before}]));
-    // History is memory: what came before the restart is not retained, and says so
-    // only if something after `before` might have been missed; seq moved past it.
+    // History is memory (docs/PROTOCOL-NOTES.md): after a restart the node cannot know
+    // what it would have missed since `before`, so it says it did not recover.
+    assert_eq!(r["subscriptions"][0]["recovered"], false, "{r}");
     let after = s.publish("r", "e", json!(2));
     assert!(after > before);
     assert!(r["subscriptions"][0]["seq"].as_u64().unwrap() >= before);
     assert_eq!(c.recv_type("event")["seq"], after);
+}
+
+/// `history.ttl_ms` bounds the window by age: a `since` older than it answers
+/// `recovered: false` and replays only what is still inside the window; a `since` within
+/// it is recovered.
+#[test]
+fn since_older_than_the_history_ttl_is_not_recovered() {
+    let s = Server::start("[delivery]\nbatch_ms = 0\n[history]\nttl_ms = 500");
+    let old1 = s.publish("t/a", "e", json!("old1"));
+    let old2 = s.publish("t/a", "e", json!("old2"));
+    // The window is a matter of time: wait (on the clock itself) until both are older
+    // than the TTL, with a margin.
+    let published = std::time::Instant::now();
+    assert!(wait_until(Duration::from_secs(5), || {
+        published.elapsed() > Duration::from_millis(800)
+    }));
+    let fresh = s.publish("t/a", "e", json!("fresh"));
+    let tok = token("u", "user", &["*"]);
+    let mut c = Client::authed(&s, &tok, "");
+    let r = c.subscribe(json!([{"id": "t", "path": "t", "since": old1}]));
+    assert_eq!(r["subscriptions"][0]["recovered"], false, "{r}");
+    // `old2` expired: the replay is the fresh one alone, then live.
+    assert_eq!(
+        c.recv_type("event")["seq"],
+        fresh,
+        "old2 ({old2}) was replayed"
+    );
+    let marker = s.publish("t/a", "e", json!("marker"));
+    c.expect_marker(marker);
+    // A `since` inside the window misses nothing.
+    let mut d = Client::authed(&s, &tok, "");
+    let r = d.subscribe(json!([{"id": "t", "path": "t", "since": fresh}]));
+    assert_eq!(r["subscriptions"][0]["recovered"], true, "{r}");
+    d.expect_marker(marker);
 }

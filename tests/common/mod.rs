@@ -503,6 +503,24 @@ impl Client {
         }
     }
 
+    /// Proves an absence without waiting on a clock: the next message (server pings
+    /// aside) must be the `event` with `seq` — a marker published after whatever must not
+    /// arrive, on a subscription this client still holds. Events reach a connection in
+    /// `seq` order, so anything sent before the marker would have come first.
+    pub fn expect_marker(&mut self, seq: u64) -> Value {
+        loop {
+            let m = self.recv();
+            if m["type"] == "ping" {
+                continue;
+            }
+            assert!(
+                m["type"] == "event" && m["seq"] == seq,
+                "expected the marker event (seq {seq}) next, got {m}"
+            );
+            return m;
+        }
+    }
+
     pub fn error(&mut self) -> Value {
         self.recv_type("error")
     }
