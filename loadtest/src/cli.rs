@@ -33,9 +33,9 @@ SCENARIOS:
                its own SO_RCVBUF (--rcvbuf) and the server's socket send buffer, which
                on loopback grows up to net.ipv4.tcp_wmem's maximum (4 MiB by default).
                Only what a pause adds beyond those reaches the queue, so the defaults
-               (50 connections, --rate 5000, --pause-ms 6000, 10s: ~7 MB of events
-               per slow reader per pause) are sized to pass them; a run in which nothing overflowed
-               fails (exit 1) and says so
+               (50 connections, --rate 5000, --pause-ms 6000, 10s, --batch-ms 0: ~7 MB
+               of events per slow reader per pause) are sized to pass them; a run in
+               which nothing overflowed fails (exit 1) and says so
     entities   durable entity writes over REST: --connections keep-alive HTTP/1.1
                connections to --http, each with up to --pipeline requests in flight,
                PUT /api/v1/entities/load/e{n mod K} (K: --entities) with a JSON object
@@ -76,7 +76,8 @@ OPTIONS:
                            latency). The connection options are sent only when given;
                            otherwise the server's configured default applies (shipped:
                            batchMs 5000, batchMax 1000, framing frames), and the harness
-                           assumes the shipped one where it needs a value (the grace)
+                           assumes the shipped one where it needs a value (the grace).
+                           overflow sends batchMs 0 unless given
     --batch-max N          connection option batchMax (the server refuses more than its
                            delivery.queue_capacity)
     --framing F            connection option framing: frames | array
@@ -1077,6 +1078,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     // queue_capacity) are its to enforce, and its BAD_MESSAGE is reported per connection.
     let batch_ms = match get("--batch-ms") {
         Some(v) => Some(parse_int("--batch-ms", v, 0, 3_600_000)?),
+        // overflow measures the slow readers: with the server's batching (5 s shipped) and
+        // a ring smaller than batchMax, every reader's ring would fill between flushes
+        None if scenario == ScenarioName::Overflow => Some(0),
         None => None,
     };
     let batch_max = match get("--batch-max") {
@@ -1720,6 +1724,7 @@ mod tests {
         assert_eq!(c.pause, Duration::from_secs(6));
         assert_eq!((c.connections, c.rate), (50, 5000.0));
         assert_eq!(c.duration, Duration::from_secs(10));
+        assert_eq!(c.batch_ms, Some(0), "only the slow readers should fall behind");
         fails("overflow --secret s", "--api-key is required");
         fails(
             "overflow --secret s --api-key k --slow-readers 1.5",
