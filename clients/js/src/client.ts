@@ -1,8 +1,9 @@
 // ShardcastClient: one logical connection to a shardcast server (`/ws`, or a channel's
 // `/channels/{id}`) that survives socket drops. It owns the socket's lifecycle
-// (authenticate, heartbeat, close, reconnect with backoff or after the drain delay), the
-// requests in flight (correlated by `requestId`, settled by the answer or rejected with
-// the server's error code), and the registries that are replayed on every new socket:
+// (authenticate within the attempt deadline, heartbeat, close, reconnect with backoff or
+// after the drain delay), the requests in flight (correlated by `requestId`, settled by
+// the answer or rejected with the server's error code), and the registries that are
+// replayed on every new socket:
 // subscriptions (resubscribed with `since` = the last seq seen) and live queries
 // (created again). Messages for the application leave through the emitter and the
 // per-subscription handlers; nothing else in the package touches the socket.
