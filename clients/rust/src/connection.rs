@@ -1,6 +1,7 @@
 //! The connection driver: one tokio task per [`crate::Client`] that owns the socket and
 //! all connection state (subscriptions with their last `seq`, live queries, pending
-//! requests), connects and authenticates, routes what the server sends, answers `ping`,
+//! requests), connects and authenticates (each attempt within `connect_timeout`), routes
+//! what the server sends, answers `ping`,
 //! and reconnects (backoff, drain delay, no retry on 4001/4002), restoring subscriptions
 //! with `since` and live queries.
 //!
