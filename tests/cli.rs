@@ -2,6 +2,10 @@
 //! real node on loopback. Every wait has a deadline.
 
 mod common;
+// The client's test proxy (one per language): holds the subscribe answer, black-holes a
+// connection attempt.
+#[path = "../clients/rust/tests/common/proxy.rs"]
+mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -126,6 +130,80 @@ fn pub_then_sub_prints_the_event_as_a_json_line_and_ctrl_c_exits_0() {
         libc::kill(sub.0.id() as i32, libc::SIGINT);
     }
     assert_eq!(wait_exit(&mut sub.0), 0);
+}
+
+/// `shardcast sub jobs` through `url`, without waiting for anything.
+fn spawn_sub(url: &str) -> (Running, mpsc::Receiver<String>) {
+    let mut sub = Running(
+        shardcast()
+            .args(["sub", "jobs", "--url", url])
+            .env("SHARDCAST_TOKEN", token("op", "user", &["jobs"]))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sub"),
+    );
+    let err = lines(sub.0.stderr.take().unwrap());
+    (sub, err)
+}
+
+/// Every line left on a pipe, once the child closed it.
+fn rest_of(rx: &mpsc::Receiver<String>) -> Vec<String> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => out.push(l),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return out,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the pipe stayed open: {out:?}"),
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_while_connecting_or_subscribing_exits_0() {
+    let s = Server::start("[delivery]\nbatch_ms = 0");
+    let p = proxy::Proxy::start(s.port);
+    // Subscribing: the request went out, its answer is held (the server's would come in
+    // milliseconds, before any signal could).
+    p.hold_answers_after(Some("subscribeEvents"));
+    let (mut sub, err) = spawn_sub(&p.ws("/ws"));
+    let deadline = Instant::now() + DEADLINE;
+    while p.held() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no subscribeEvents within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(sub.0.id() as i32, libc::SIGINT);
+    }
+    assert_eq!(wait_exit(&mut sub.0), 0, "{:?}", rest_of(&err));
+    let said = rest_of(&err);
+    assert!(
+        !said.iter().any(|l| l.contains("subscribed to")),
+        "it was still subscribing: {said:?}"
+    );
+
+    // Connecting: the handshake is never answered (the attempt deadline is 10 s).
+    p.set_mode(proxy::Mode::BlackHole);
+    let (mut sub, err) = spawn_sub(&p.ws("/ws"));
+    while p.accepted(proxy::Mode::BlackHole) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no connection attempt within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(sub.0.id() as i32, libc::SIGINT);
+    }
+    assert_eq!(wait_exit(&mut sub.0), 0, "{:?}", rest_of(&err));
+    assert_eq!(rest_of(&err), Vec::<String>::new());
 }
 
 #[test]

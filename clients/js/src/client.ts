@@ -1,8 +1,9 @@
 // ShardcastClient: one logical connection to a shardcast server (`/ws`, or a channel's
 // `/channels/{id}`) that survives socket drops. It owns the socket's lifecycle
-// (authenticate, heartbeat, close, reconnect with backoff or after the drain delay), the
-// requests in flight (correlated by `requestId`, settled by the answer or rejected with
-// the server's error code), and the registries that are replayed on every new socket:
+// (authenticate within the attempt deadline, heartbeat, close, reconnect with backoff or
+// after the drain delay), the requests in flight (correlated by `requestId`, settled by
+// the answer or rejected with the server's error code), and the registries that are
+// replayed on every new socket:
 // subscriptions (resubscribed with `since` = the last seq seen) and live queries
 // (created again). Messages for the application leave through the emitter and the
 // per-subscription handlers; nothing else in the package touches the socket.
@@ -77,6 +78,11 @@ export interface StateChange {
   delayMs?: number;
   /** `reconnecting`: whether the delay is the draining server's suggestion. */
   drain?: boolean;
+  /**
+   * `reconnecting`: the attempt was given up because it had not reached `authenticated`
+   * within `connectTimeoutMs` (`code` is then 1006 and `reason` says so).
+   */
+  timedOut?: boolean;
   /** `connected`: the server's connection id. */
   connectionId?: string;
   /** `closed` by the server: why (e.g. the `UNAUTHORIZED` error before a 4001). */
@@ -127,6 +133,14 @@ export interface ClientOptions extends ConnectionOptions {
   backoff?: BackoffOptions;
   /** How long a request waits for its answer, queued time included (default 10000). */
   requestTimeoutMs?: number;
+  /**
+   * How long one connection attempt (credential callback, TCP connect, WebSocket
+   * handshake, authentication) may take before it is given up and retried with backoff
+   * like any failed attempt (default 10000; 0: no deadline). Without it an attempt that a
+   * proxy accepts and closes (Node 20's WebSocket then never fires `close`), or that a
+   * black-holed network never answers, would stay `connecting` forever.
+   */
+  connectTimeoutMs?: number;
   /**
    * Silence after which the socket is considered dead and replaced (default
    * `2 × heartbeatMs + 60000`: pings may wait behind a long `batchMs`); 0: never.
@@ -197,6 +211,8 @@ export class ShardcastClient extends Emitter<ClientEvents> {
   private attempt = 0;
   private reconnectTimer: unknown = null;
   private livenessTimer: unknown = null;
+  /** The current attempt's deadline (`connectTimeoutMs`), until `authenticated`. */
+  private attemptTimer: unknown = null;
   /**
    * The last `error` of this socket that answered no request: it explains a 4001 (bad
    * credential before `authenticated`; on a channel socket, `FORBIDDEN` or `NOT_FOUND`
@@ -529,6 +545,7 @@ export class ShardcastClient extends Emitter<ClientEvents> {
     this.reconnectTimer = null;
     this.closeError = undefined;
     this.setState({ state: "connecting" });
+    this.startAttemptDeadline(gen);
     let url: string;
     let authToken: string | undefined;
     try {
@@ -606,10 +623,45 @@ export class ShardcastClient extends Emitter<ClientEvents> {
     return out;
   }
 
+  /**
+   * Gives up the attempt `gen` if it has not reached `authenticated` in time: its socket
+   * is dropped unheard (whatever it does later is ignored) and the attempt counts as
+   * failed, so backoff follows as for a close.
+   */
+  private startAttemptDeadline(gen: number): void {
+    this.stopAttemptDeadline();
+    const limit = this.opts.connectTimeoutMs ?? 10000;
+    if (limit <= 0) return;
+    this.attemptTimer = this.timers.setTimeout(() => {
+      this.attemptTimer = null;
+      if (gen !== this.generation || this.currentState !== "connecting") return;
+      // A new generation: a credential callback still running for this attempt, or a
+      // socket that opens late, is ignored from here on.
+      const next = ++this.generation;
+      const ws = this.ws;
+      this.ws = null;
+      if (ws) {
+        detach(ws);
+        try {
+          ws.close(CloseCode.normal);
+        } catch {
+          /* still connecting: some runtimes refuse close() then; it is dropped anyway */
+        }
+      }
+      this.afterClose(next, 1006, `not authenticated within connectTimeoutMs (${limit} ms)`, true);
+    }, limit);
+  }
+
+  private stopAttemptDeadline(): void {
+    if (this.attemptTimer !== null) this.timers.clearTimeout(this.attemptTimer);
+    this.attemptTimer = null;
+  }
+
   /** A socket closed (or never opened): fail what waited on it, then retry or stop. */
-  private afterClose(gen: number, code: number, reason: string): void {
+  private afterClose(gen: number, code: number, reason: string, timedOut = false): void {
     if (gen !== this.generation) return;
     this.stopLiveness();
+    this.stopAttemptDeadline();
     for (const [id, p] of this.pending) {
       if (!p.queued) {
         this.pending.delete(id);
@@ -626,7 +678,9 @@ export class ShardcastClient extends Emitter<ClientEvents> {
       return;
     }
     this.attempt = decision.drain ? 0 : this.attempt + 1;
-    this.setState({ state: "reconnecting", code, reason, delayMs: decision.delayMs, drain: decision.drain });
+    const change: Omit<StateChange, "previous"> = { state: "reconnecting", code, reason, delayMs: decision.delayMs, drain: decision.drain };
+    if (timedOut) change.timedOut = true;
+    this.setState(change);
     this.reconnectTimer = this.timers.setTimeout(() => void this.openSocket(), decision.delayMs);
   }
 
@@ -635,6 +689,7 @@ export class ShardcastClient extends Emitter<ClientEvents> {
     if (this.reconnectTimer !== null) this.timers.clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     this.stopLiveness();
+    this.stopAttemptDeadline();
     for (const [id, p] of this.pending) {
       this.timers.clearTimeout(p.timer);
       p.reject(new ShardcastError("CLOSED", error.message, { requestId: id }));
@@ -741,6 +796,7 @@ export class ShardcastClient extends Emitter<ClientEvents> {
   private onAuthenticated(connectionId: string, heartbeatMs: number): void {
     this.connectionId = connectionId;
     this.heartbeatMs = heartbeatMs;
+    this.stopAttemptDeadline();
     this.attempt = 0;
     this.connectedOnce = true;
     this.touchLiveness();
@@ -1054,6 +1110,7 @@ function validateOptions(o: ClientOptions): ClientOptions {
   nonNegInt("batchMax", 1);
   nonNegInt("requestTimeoutMs", 1);
   nonNegInt("livenessTimeoutMs", 0);
+  nonNegInt("connectTimeoutMs", 0);
   if (o.framing !== undefined && o.framing !== "frames" && o.framing !== "array") {
     throw new TypeError("ShardcastClient: framing must be 'frames' or 'array'");
   }

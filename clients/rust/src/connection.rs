@@ -1,6 +1,7 @@
 //! The connection driver: one tokio task per [`crate::Client`] that owns the socket and
 //! all connection state (subscriptions with their last `seq`, live queries, pending
-//! requests), connects and authenticates, routes what the server sends, answers `ping`,
+//! requests), connects and authenticates (each attempt within `connect_timeout`), routes
+//! what the server sends, answers `ping`,
 //! and reconnects (backoff, drain delay, no retry on 4001/4002), restoring subscriptions
 //! with `since` and live queries.
 //!
@@ -269,11 +270,22 @@ impl Driver {
         }
     }
 
-    /// One attempt: credential, handshake, `authenticated` (within the request timeout).
+    /// One attempt: credential, handshake, `authenticated`, all within `connect_timeout`
+    /// (a proxy that accepts and never answers, or a credential callback that hangs,
+    /// would otherwise hold the client in `Connecting` for good).
     async fn connect(&mut self) -> Result<(Socket, String, u64), Error> {
+        let timeout = self.options.connect_timeout;
+        if timeout.is_zero() {
+            return self.attempt().await;
+        }
+        tokio::time::timeout(timeout, self.attempt())
+            .await
+            .map_err(|_| Error::ConnectTimeout(timeout))?
+    }
+
+    async fn attempt(&mut self) -> Result<(Socket, String, u64), Error> {
         let credential = (self.options.auth.credential())().await?;
         let url = connect_url(&self.options, &credential)?;
-        let timeout = self.options.request_timeout;
         let work = async {
             let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
@@ -323,9 +335,7 @@ impl Driver {
                 }
             }
         };
-        tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| Error::Timeout(timeout))?
+        work.await
     }
 
     fn request_id(&mut self) -> String {

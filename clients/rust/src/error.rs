@@ -25,6 +25,10 @@ pub enum Error {
     /// No answer within the request timeout.
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// A connection attempt did not reach `authenticated` within `connect_timeout`
+    /// (credential callback, TCP connect, WebSocket handshake and authentication).
+    #[error("not authenticated within connect_timeout ({0:?})")]
+    ConnectTimeout(std::time::Duration),
     /// The credential callback failed.
     #[error("credential: {0}")]
     Credential(String),

@@ -118,8 +118,13 @@ pub struct ClientOptions {
     /// `batchMs`, `batchMax`, `framing`, `group`.
     pub options: ConnectionOptions,
     pub reconnect: ReconnectPolicy,
-    /// How long a call waits for its answer (and a connection for `authenticated`).
+    /// How long a call waits for its answer.
     pub request_timeout: Duration,
+    /// How long one connection attempt may take to reach `authenticated` (credential
+    /// callback, TCP connect, WebSocket handshake, authentication) before it is given
+    /// up ([`Error::ConnectTimeout`]) and, after the first connection, retried with
+    /// backoff like any failed attempt. Default 10 s; `Duration::ZERO`: no deadline.
+    pub connect_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -130,6 +135,7 @@ impl ClientOptions {
             options: ConnectionOptions::default(),
             reconnect: ReconnectPolicy::default(),
             request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The client against the real server binary on loopback: authentication, subscriptions,
-//! errors, reconnect after a drain, no retry on 4001, overflow, live queries, services,
-//! channel sockets.
+//! errors, reconnect after a drain (and a drop while a live query's re-creation is in
+//! flight), no retry on 4001, overflow, live queries, services, channel sockets, and the
+//! attempt deadline (`connect_timeout`) through a TCP proxy that closes, black-holes or
+//! resets attempts.
 
 mod common;
 
@@ -8,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::proxy::{Mode, Proxy};
 use common::*;
 use serde_json::json;
 use shardcast_client::{
@@ -136,7 +139,18 @@ async fn subscribe_event_unsubscribe_and_error_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_drain_and_resubscribes_with_since() {
     let mut s = Server::start("");
-    let c = connect(&s, Auth::token(token("u1", "user", &["jobs"]))).await;
+    // Through a proxy, so that the connection after the restart can be dropped while the
+    // live query's re-creation is in flight.
+    let proxy = Proxy::start(s.port);
+    let c = within(
+        "connect",
+        Client::connect(ClientOptions::new(
+            proxy.ws("/ws"),
+            Auth::token(token("u1", "user", &["jobs"])),
+        )),
+    )
+    .await
+    .expect("connect");
     let mut events = c.events();
     let mut sub = c
         .subscribe(Subscription::new("jobs", "jobs"))
@@ -169,6 +183,8 @@ async fn reconnects_after_drain_and_resubscribes_with_since() {
         before.first_seq
     );
 
+    // The next connection's answers are held from its `createLiveQuery` on.
+    proxy.hold_answers_after(Some("createLiveQuery"));
     s.drain();
     let (code, retry_in) = wait_event(&mut events, "Disconnected", |e| match e {
         ClientEvent::State(ConnectionState::Disconnected { code, retry_in, .. }) => {
@@ -185,6 +201,20 @@ async fn reconnects_after_drain_and_resubscribes_with_since() {
     );
     s.spawn();
     connected(&mut events).await;
+    // The re-creation went out and its answer is held: drop the connection now.
+    until("createLiveQuery sent on the new connection", || {
+        proxy.held() == 1
+    })
+    .await;
+    proxy.hold_answers_after(None);
+    assert_eq!(proxy.drop_connections(), 1);
+    let code = wait_event(&mut events, "Disconnected after the drop", |e| match e {
+        ClientEvent::State(ConnectionState::Disconnected { code, .. }) => Some(*code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(code, None, "a lost connection, not a close frame");
+    connected(&mut events).await;
     // History is memory: after a restart the resubscription (since = the last seq seen) is
     // answered recovered: false, and the app is told to re-sync.
     let (id, since) = wait_event(&mut events, "Resync", |e| match e {
@@ -196,8 +226,9 @@ async fn reconnects_after_drain_and_resubscribes_with_since() {
     })
     .await;
     assert_eq!((id.as_str(), since), ("jobs", before.first_seq));
-    // The live query was created again on the new connection: its view starts over and
-    // loads the (durable) entity again.
+    // The live query was created again on the connection after the drop (the one it was
+    // in flight on never answered): its view starts over and loads the (durable) entity
+    // again.
     assert!(matches!(
         within("live query reset", q.changed()).await,
         Some(LiveChange::Reset { .. })
@@ -470,5 +501,176 @@ async fn channel_socket_events_carry_channel_id() {
     assert_eq!(
         (e.seq, e.channel_id.as_deref()),
         (live.first_seq, Some(channel_id.as_str()))
+    );
+}
+
+/// The attempt deadline, through a proxy: a connected client with a subscription loses
+/// its connection when the proxy drops it; while its attempts meet `mode`, events are
+/// published; `cut_off` returns once the attempts have met it (they are being retried).
+/// Then the proxy passes again, and the client ends `Connected` and resumes with `since`:
+/// what was published meanwhile arrives, in order, with no re-sync. Returns the reasons
+/// of the `Disconnected` states after the drop.
+async fn drop_and_resume(name: &str, mode: Mode, cut_off: impl AsyncFnOnce(&Proxy)) -> Vec<String> {
+    let s = Server::start("");
+    let proxy = Proxy::start(s.port);
+    let mut opts = ClientOptions::new(
+        proxy.ws("/ws"),
+        Auth::token(token("u1", "user", &["deadline"])),
+    );
+    opts.connect_timeout = Duration::from_millis(500);
+    opts.reconnect.initial = Duration::from_millis(100);
+    opts.reconnect.max = Duration::from_millis(400);
+    // The first attempt's failure is `connect`'s error; on a loaded machine a debug
+    // server may miss the short deadline once: the test is about the attempts after.
+    let c = within("connect", async {
+        loop {
+            match Client::connect(opts.clone()).await {
+                Ok(c) => return c,
+                Err(Error::ConnectTimeout(_)) => continue,
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+    })
+    .await;
+    let path = format!("deadline/{name}");
+    let mut sub = c
+        .subscribe(Subscription::new(name, path.as_str()))
+        .await
+        .unwrap();
+    let publish = |ns: &[i64]| {
+        let events: Vec<_> = ns
+            .iter()
+            .map(|n| json!({"path": format!("{path}/x"), "eventType": "e", "data": n}))
+            .collect();
+        let rest = s.rest();
+        async move {
+            let r = rest
+                .send(
+                    "POST",
+                    "/api/v1/publish",
+                    Some(&json!({ "events": events })),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 202, "{}", r.body);
+        }
+    };
+    publish(&[0]).await;
+    assert_eq!(within("event 0", sub.next_event()).await.unwrap().data, 0);
+
+    let mut events = c.events();
+    let mut first = c.events();
+    proxy.set_mode(mode);
+    assert_eq!(proxy.drop_connections(), 1, "the client's one connection");
+    let mut reasons = Vec::new();
+    wait_event(&mut first, "Disconnected", |e| {
+        matches!(e, ClientEvent::State(ConnectionState::Disconnected { .. })).then_some(())
+    })
+    .await;
+    // Published while every attempt fails: only `since` can bring these.
+    publish(&[1, 2]).await;
+    cut_off(&proxy).await;
+    proxy.set_mode(Mode::Pass);
+    // Every state since the drop, up to `Connected`: never `Closed`.
+    within("Connected", async {
+        loop {
+            match events.recv().await.expect("events") {
+                ClientEvent::State(ConnectionState::Connected { .. }) => return,
+                ClientEvent::State(ConnectionState::Disconnected { reason, .. }) => {
+                    reasons.push(reason)
+                }
+                ClientEvent::State(ConnectionState::Closed { code, reason }) => {
+                    panic!("closed for good ({code:?}): {reason}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    for n in [1, 2] {
+        let e = within("event published meanwhile", sub.next_event())
+            .await
+            .unwrap();
+        assert_eq!(e.data, n, "the replay comes in order");
+    }
+    publish(&[3]).await;
+    assert_eq!(
+        within("live event", sub.next_event()).await.unwrap().data,
+        3
+    );
+    // The resubscription's answer came before the replay: a re-sync would be queued by now.
+    while let Ok(e) = events.try_recv() {
+        assert!(
+            !matches!(e, ClientEvent::Resync { .. }),
+            "nothing was lost, yet: {e:?}"
+        );
+    }
+    reasons
+}
+
+const DEADLINE_REASON: &str = "not authenticated within connect_timeout (500ms)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_a_proxy_closes_at_once_are_retried_until_it_passes() {
+    let reasons = drop_and_resume("close", Mode::Close, async |p: &Proxy| {
+        until("two attempts closed by the proxy", || {
+            p.accepted(Mode::Close) >= 2
+        })
+        .await
+    })
+    .await;
+    // The drop, then at least the first closed attempt, each with its cause.
+    assert!(reasons.len() >= 2, "{reasons:?}");
+    assert!(reasons.iter().all(|r| !r.is_empty()), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_a_proxy_never_answers_are_given_up_at_connect_timeout() {
+    let reasons = drop_and_resume("blackhole", Mode::BlackHole, async |p: &Proxy| {
+        until("a retry after a given-up attempt", || {
+            p.accepted(Mode::BlackHole) >= 2
+        })
+        .await
+    })
+    .await;
+    assert!(
+        reasons.iter().any(|r| r == DEADLINE_REASON),
+        "the state says why: {reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_resets_connections_for_a_moment_is_survived() {
+    let reasons = drop_and_resume("blip", Mode::Reset, async |p: &Proxy| {
+        until("an attempt reset by the proxy", || {
+            p.accepted(Mode::Reset) >= 1
+        })
+        .await
+    })
+    .await;
+    assert!(reasons.len() >= 2, "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_attempt_fails_at_connect_timeout() {
+    let s = Server::start("");
+    let proxy = Proxy::start(s.port);
+    proxy.set_mode(Mode::BlackHole);
+    let mut opts = ClientOptions::new(proxy.ws("/ws"), Auth::token(token("u1", "user", &[])));
+    opts.connect_timeout = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    match within("connect", Client::connect(opts)).await {
+        Err(e @ Error::ConnectTimeout(_)) => {
+            assert_eq!(
+                e.to_string(),
+                "not authenticated within connect_timeout (300ms)"
+            )
+        }
+        Err(e) => panic!("expected ConnectTimeout, got {e}"),
+        Ok(_) => panic!("a black hole authenticated"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before the deadline"
     );
 }

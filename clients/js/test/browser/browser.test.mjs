@@ -4,12 +4,14 @@
 // CORS), loads dist/index.js as an ES module, and the tests drive it with page.evaluate.
 // Covers: ?token=, ticket callback, first-message auth, subscribe + event, a rejection
 // with the server's code, reconnect after a drain and restart with since and resync,
-// 4001 as a terminal state, a channel socket, and a live query.
+// 4001 as a terminal state, a channel socket, a live query, and the attempt deadline
+// (`connectTimeoutMs`) through a TCP proxy that closes, black-holes or resets attempts.
 import test, { after, before } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
 import { extname, join, normalize } from "node:path";
+import { Proxy } from "../support/proxy.mjs";
 import { CHROMIUM, PACKAGE_DIR, Server, bearer, ready, token, waitFor } from "../support/server.mjs";
 
 if (!ready(["server", "browser"])) {
@@ -94,7 +96,7 @@ if (!ready(["server", "browser"])) {
     if (ticketToken) o.getTicket = () => fetchTicket(api, ticketToken);
     const c = new ShardcastClient(o);
     window.client = c;
-    c.on("state", (st) => window.states.push({ state: st.state, code: st.code, reason: st.reason, drain: st.drain }));
+    c.on("state", (st) => window.states.push({ state: st.state, code: st.code, reason: st.reason, drain: st.drain, timedOut: st.timedOut }));
     c.on("resync", (r) => window.resyncs.push({ id: r.subscription.id, since: r.since }));
     await c.connect();
     window.sub = await c.subscribe({ id: "jobs", path: "jobs" }, (e) => window.events.push({ seq: e.seq, n: e.data.n }));
@@ -174,6 +176,61 @@ if (!ready(["server", "browser"])) {
     const after1 = await expectEvent(p, 2);
     assert.ok(after1 > before1);
     await inPage(p, () => window.client.close());
+  });
+
+  // The attempt deadline in the browser (the Node side: test/integration/attempt-deadline):
+  // a connected page loses its socket to the proxy, its attempts meet `mode` while events
+  // are published, and once the proxy passes again it resumes with since (all arrive, no
+  // re-sync). `cutOff` resolves once the page's attempts are being retried.
+  async function deadlineCase(mode, cutOff) {
+    const proxy = await Proxy.start(s.port);
+    const p = await page();
+    try {
+      await inPage(p, connectAndSubscribe, { url: proxy.ws(), opts: { token: token(), connectTimeoutMs: 500 } });
+      await expectEvent(p, 0);
+      proxy.setMode(mode);
+      const mark = await inPage(p, () => window.states.length);
+      assert.equal(proxy.dropConnections(), 1);
+      await p.waitForFunction((m) => window.states.slice(m).some((st) => st.state === "reconnecting"), mark);
+      await s.publish([1, 2].map((n) => ({ path: "jobs/b", eventType: "e", data: { n } })));
+      await cutOff(proxy, p, mark);
+      assert.notEqual(await inPage(p, () => window.client.state), "connected");
+      proxy.setMode("pass");
+      await p.waitForFunction(() => window.client.state === "connected" && window.events.some((e) => e.n === 2));
+      await expectEvent(p, 3);
+      const r = await inPage(p, () => ({ ns: window.events.map((e) => e.n), recovered: window.sub.recovered, resyncs: window.resyncs, states: window.states }));
+      assert.deepEqual(r.ns, [0, 1, 2, 3], "the replay came in order, before the live one");
+      assert.equal(r.recovered, true);
+      assert.deepEqual(r.resyncs, []);
+      assert.ok(!r.states.some((st) => st.state === "closed"));
+      return r.states.slice(mark);
+    } finally {
+      await inPage(p, () => window.client.close()).catch(() => {});
+      await proxy.stop();
+    }
+  }
+
+  test("browser: (a) a proxy that accepts and closes at once: attempts are retried until it passes", async () => {
+    const states = await deadlineCase("close", async (proxy) => {
+      await waitFor(() => proxy.accepted.close >= 2, "two attempts closed by the proxy", 10000);
+    });
+    assert.ok(states.filter((st) => st.state === "reconnecting").length >= 2, JSON.stringify(states));
+  });
+
+  test("browser: (b) a proxy that never answers: connectTimeoutMs gives up each attempt", async () => {
+    const states = await deadlineCase("blackhole", async (proxy, p, mark) => {
+      await p.waitForFunction((m) => window.states.slice(m).some((st) => st.timedOut === true), mark);
+      await waitFor(() => proxy.accepted.blackhole >= 2, "a retry after the deadline", 10000);
+    });
+    const t = states.find((st) => st.timedOut);
+    assert.equal(t.code, 1006);
+    assert.match(t.reason, /not authenticated within connectTimeoutMs \(500 ms\)/);
+  });
+
+  test("browser: (c) a proxy that drops live connections and resets new ones for a moment", async () => {
+    await deadlineCase("reset", async (proxy) => {
+      await waitFor(() => proxy.accepted.reset >= 1, "an attempt reset by the proxy", 10000);
+    });
   });
 
   test("browser: a channel socket receives its events; a live query keeps its sorted view", async () => {

@@ -127,6 +127,61 @@ test("failed attempts back off exponentially and the count resets on authenticat
   assert.equal(states.at(-1).delayMs, 100, "reset after authenticated");
 });
 
+test("an attempt not authenticated within connectTimeoutMs is given up and retried with backoff", async () => {
+  const { client, sockets, timers, states } = setup({ connectTimeoutMs: 500 });
+  const p = client.connect();
+  await until(() => sockets[0], "a socket");
+  // Opened but never authenticated (a black hole), then never even opened (as Node 20
+  // shows a proxy that accepts and closes: no close event ever comes).
+  sockets[0].open();
+  timers.advance(499);
+  assert.equal(client.state, "connecting", "not before the deadline");
+  timers.advance(1);
+  const gaveUp = states.at(-1);
+  assert.equal(gaveUp.state, "reconnecting");
+  assert.equal(gaveUp.timedOut, true);
+  assert.equal(gaveUp.code, 1006);
+  assert.match(gaveUp.reason, /not authenticated within connectTimeoutMs \(500 ms\)/);
+  assert.equal(gaveUp.delayMs, 100, "the backoff of a first failure");
+  assert.equal(sockets[0].closedByClient.code, 1000, "the given-up socket is closed");
+  timers.advance(100);
+  await until(() => sockets[1], "the second attempt");
+  timers.advance(500);
+  assert.equal(states.at(-1).timedOut, true);
+  assert.equal(states.at(-1).delayMs, 200, "a timed-out attempt counts as a failure");
+  // The late events of a given-up socket are ignored.
+  sockets[0].accept();
+  assert.equal(client.state, "reconnecting");
+  timers.advance(200);
+  await until(() => sockets[2], "the third attempt");
+  sockets[2].accept();
+  await p;
+  assert.equal(client.state, "connected");
+  // Authenticated in time: the deadline is off (no timer fires on a live socket).
+  timers.advance(10000);
+  assert.equal(client.state, "connected");
+});
+
+test("connectTimeoutMs also bounds a credential callback that never returns", async () => {
+  let calls = 0;
+  const { client, sockets, timers, states } = setup({
+    token: undefined,
+    connectTimeoutMs: 300,
+    getToken: () => (++calls === 1 ? new Promise(() => {}) : "tok-2"),
+  });
+  const p = client.connect();
+  await flush();
+  timers.advance(300);
+  assert.equal(states.at(-1).state, "reconnecting");
+  assert.equal(states.at(-1).timedOut, true);
+  assert.equal(sockets.length, 0);
+  timers.advance(states.at(-1).delayMs);
+  const ws = await until(() => sockets[0], "the second attempt's socket");
+  assert.equal(ws.url.searchParams.get("token"), "tok-2");
+  ws.accept();
+  await p;
+});
+
 test("4001 is terminal: the server's UNAUTHORIZED is the reason, and no retry is scheduled", async () => {
   const { client, sockets, timers, states } = setup();
   const p = client.connect();
@@ -399,6 +454,7 @@ test("bad input gets a clear error, never a silent drop", async () => {
   assert.throws(() => new ShardcastClient({ url: "ws://x/ws", WebSocket }), /credential/);
   assert.throws(() => new ShardcastClient({ url: "ws://x/ws", token: "t", framing: "lines", WebSocket }), /framing/);
   assert.throws(() => new ShardcastClient({ url: "ws://x/ws", token: "t", batchMs: -1, WebSocket }), /batchMs/);
+  assert.throws(() => new ShardcastClient({ url: "ws://x/ws", token: "t", connectTimeoutMs: 0.5, WebSocket }), /connectTimeoutMs must be an integer >= 0/);
   const { client } = await connected();
   await assert.rejects(client.subscribe({ path: "jobs" }), /id must be a non-empty string/);
   await assert.rejects(client.subscribe({ id: "a" }), /path must be/);

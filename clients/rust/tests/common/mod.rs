@@ -6,6 +6,8 @@
 //! --workspace` builds it too). Nothing is mocked.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -224,6 +226,16 @@ pub async fn connected(events: &mut broadcast::Receiver<ClientEvent>) -> String 
             Some(connection_id.clone())
         }
         _ => None,
+    })
+    .await
+}
+
+/// Waits until `cond` holds, checking every 10 ms, within the deadline.
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     })
     .await
 }
