@@ -436,6 +436,66 @@ fn shardcast_overflow_drops_are_all_reported() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `loadtest overflow` with nothing but the endpoints, against the `queue_capacity` its
+/// help names (200): the defaults are sized past the kernel's buffers, so the slow readers
+/// overflow, every drop is reported, and only they drop. A run too gentle to overflow
+/// fails and says why, rather than passing on accounting it never exercised.
+#[test]
+fn shardcast_overflow_overflows_at_its_defaults() {
+    let dir = tmp_dir("overflow-defaults");
+    let Some((server, port)) = start_shardcast(&dir, "[delivery]\nqueue_capacity = 200\n") else {
+        return;
+    };
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let json = dir.join("r.json");
+    let (code, err) = loadtest(&[
+        "overflow",
+        "--url",
+        &url,
+        "--secret",
+        "e2e-secret",
+        "--api-key",
+        "e2e-key",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json);
+    let (expected, delivered, dropped) = (
+        r["expected"].as_u64().unwrap(),
+        r["delivered"].as_u64().unwrap(),
+        r["dropped_reported"].as_u64().unwrap(),
+    );
+    assert!(dropped > 0, "the defaults overflowed nothing: {r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(delivered + dropped, expected, "{r}");
+    assert_eq!(r["overflow"]["slow_readers"], 25, "{r}");
+    assert_eq!(r["overflow"]["dropped_on_fast_readers"], 0, "{r}");
+
+    // 20 events/s for 1 s fit in any buffer: nothing overflows, and the run says so.
+    let (code, err) = loadtest(&[
+        "overflow",
+        "--url",
+        &url,
+        "--secret",
+        "e2e-secret",
+        "--api-key",
+        "e2e-key",
+        "--connections",
+        "4",
+        "--rate",
+        "20",
+        "--duration",
+        "1s",
+        "--pause-ms",
+        "100",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nothing overflowed"), "{err}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The shipped `batchMax` (1000) is more than this server's queue holds: a harness that
 /// sent it by default failed every connection with `BAD_MESSAGE`.
 #[test]

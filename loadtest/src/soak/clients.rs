@@ -705,6 +705,9 @@ async fn live_queries_on_client(
     let mut options = ClientOptions::new(url, Auth::token(ctx.user_token(3_000_000)));
     options.options = ctx.client_options.clone();
     options.request_timeout = SETUP_TIMEOUT;
+    // A whole connection attempt (TCP, handshake, authenticated) gets as long as every
+    // other setup step of the soak on a loaded server.
+    options.connect_timeout = SETUP_TIMEOUT;
     let client = Client::connect(options).await.map_err(|e| e.to_string())?;
     let mut queries = Vec::with_capacity(n as usize);
     for q in 0..n {
