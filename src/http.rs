@@ -24,6 +24,9 @@ pub struct Request {
     pub body: Vec<u8>,
     /// HTTP/1.0, or `Connection: close`.
     pub close: bool,
+    /// The client's address, when the shard that read the request set it (for the log
+    /// line of a refused credential, `auth::failures`).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Request {
@@ -140,12 +143,27 @@ pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
         headers,
         body: Vec::new(),
         close: req.version == Some(0),
+        peer: None,
     };
     if r.header_has("connection", "close") {
         r.close = true;
     }
     if r.header_has("connection", "keep-alive") {
         r.close = false;
+    }
+    // One credential per request (PROTOCOL.md §2): with two `Authorization` headers this
+    // server would read the first and a proxy in front of it might check the last, so
+    // neither is taken.
+    if r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .nth(1)
+        .is_some()
+    {
+        return Parsed::Error(
+            400,
+            "more than one Authorization header: send exactly one".into(),
+        );
     }
     if r.header("transfer-encoding").is_some() {
         return Parsed::Error(
@@ -333,6 +351,18 @@ mod tests {
         assert!(matches!(
             parse(b"\x00\x01 / HTTP/1.1\r\n\r\n", 10),
             Parsed::Error(400, _)
+        ));
+        // Two credentials, in any spelling of the name, even when equal.
+        assert!(matches!(
+            parse(
+                b"GET /ws HTTP/1.1\r\nAuthorization: apikey a\r\nauthorization: apikey a\r\n\r\n",
+                10
+            ),
+            Parsed::Error(400, m) if m.contains("Authorization")
+        ));
+        assert!(matches!(
+            parse(b"GET /ws HTTP/1.1\r\nAuthorization: apikey a\r\n\r\n", 10),
+            Parsed::Complete(..)
         ));
     }
 

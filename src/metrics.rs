@@ -338,6 +338,7 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "ticket_unknown",
     "ticket_expired",
     "timeout",
+    "group_mismatch",
 ];
 
 /// `code` values of `shardcast_command_errors_total` (PROTOCOL.md §11).

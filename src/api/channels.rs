@@ -530,6 +530,7 @@ mod tests {
             headers: Vec::new(),
             body: body.as_bytes().to_vec(),
             close: false,
+            peer: None,
         }
     }
 

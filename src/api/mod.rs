@@ -5,7 +5,7 @@
 //! request, on its thread. Anything that must happen elsewhere (sequencing a publish)
 //! comes back as a [`Route`] for the shard to carry out. A publish batch is validated
 //! whole before anything is handed to ingest: one bad item refuses the batch with 400
-//! and the item's `index`.
+//! and the item's `index` (403 for an item on a `$` path: those are the server's).
 
 mod channels;
 mod entities;
@@ -194,7 +194,7 @@ pub fn check_origin(req: &Request, node: &Node, close: bool) -> Result<Option<St
     if !allowed {
         if upgrade_path || api {
             if upgrade_path {
-                crate::metrics::auth_failure("origin");
+                auth::failures::refused("origin", || (path, req.peer));
             }
             let m = format!(
                 "origin '{}' is not allowed (auth.allowed_origins)",
@@ -303,7 +303,7 @@ fn authorize(req: &Request, node: &Node) -> Result<Principal, auth::AuthError> {
         crate::time::unix_secs(),
     );
     if let Err(e) = &r {
-        crate::metrics::auth_failure(e.reason());
+        auth::failures::refused(e.reason(), || (&req.path, req.peer));
     }
     r
 }
@@ -321,12 +321,49 @@ fn publish(req: &Request, node: &Node, close: bool) -> Route {
             close,
         );
     }
-    match parse_publish(&req.body, node.config().limits.max_publish_batch) {
+    match parse_publish(&req.body, node.config().limits.max_publish_batch)
+        .and_then(|items| refuse_system_paths(&items, &req.body).map(|()| items))
+    {
         Ok(items) => Route::Publish(items),
-        Err(e) => Route::Respond(http::error_response(
-            400, e.code, &e.message, e.index, close,
-        )),
+        Err(e) => {
+            let status = if e.code == "FORBIDDEN" { 403 } else { 400 };
+            Route::Respond(http::error_response(
+                status, e.code, &e.message, e.index, close,
+            ))
+        }
     }
+}
+
+/// `$` paths are the server's (PROTOCOL.md §4): a publish that names one, by REST or a
+/// socket's `publish`, from anyone, is `FORBIDDEN`; in a batch the first such item is
+/// named by its `index` and nothing is published. (A service's logs reach
+/// `$logs/{group}` through the `log` command, which never comes here.) Kept apart from
+/// [`parse_publish`], which says whether a body is well formed, not who may write what:
+/// a malformed batch is 400 before this is asked. `body` is what `items` were parsed
+/// from (looked at again only to tell a one-item batch, which names its `index`, from a
+/// single publication, which does not).
+pub fn refuse_system_paths(items: &[PublishItem], body: &[u8]) -> Result<(), PublishError> {
+    let Some(i) = items
+        .iter()
+        .position(|it| crate::protocol::is_system_path(&it.path))
+    else {
+        return Ok(());
+    };
+    let batch = items.len() > 1
+        || serde_json::from_slice::<BodyIn<'_>>(body).is_ok_and(|b| b.events.is_some());
+    let index = batch.then_some(i);
+    let at = match index {
+        Some(i) => format!("events[{i}].path"),
+        None => "path".to_string(),
+    };
+    Err(perr(
+        "FORBIDDEN",
+        format!(
+            "{at} '{}' is a system path: paths starting with '$' are written by the server only",
+            crate::protocol::truncate(&items[i].path, 200)
+        ),
+        index,
+    ))
 }
 
 /// Why a publish body was refused.
@@ -619,5 +656,25 @@ mod tests {
             .contains("deeper"));
         let ok = r#"{"path":"a","eventType":"e","data":{"s":"[[[[\"{{"}}"#;
         assert!(parse_publish(ok.as_bytes(), 10).is_ok(), "{ok}");
+    }
+
+    #[test]
+    fn system_paths_are_refused_with_the_item() {
+        let check = |body: &str| {
+            let items = parse_publish(body.as_bytes(), 10).unwrap();
+            refuse_system_paths(&items, body.as_bytes())
+        };
+        assert_eq!(check(r#"{"path":"jobs/x","eventType":"e"}"#), Ok(()));
+        let e = check(r#"{"path":"$logs/g1","eventType":"info"}"#).unwrap_err();
+        assert_eq!((e.code, e.index), ("FORBIDDEN", None));
+        assert!(e.message.contains("'$logs/g1'"), "{}", e.message);
+        let e = check(
+            r#"{"events":[{"path":"a","eventType":"e"},{"path":"b","eventType":"e"},{"path":"$x","eventType":"e"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.code, e.index), ("FORBIDDEN", Some(2)));
+        assert!(e.message.contains("events[2].path"), "{}", e.message);
+        let e = check(r#"{"events":[{"path":"$x","eventType":"e"}]}"#).unwrap_err();
+        assert_eq!(e.index, Some(0));
     }
 }

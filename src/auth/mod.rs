@@ -1,10 +1,12 @@
-//! Who is calling: JWT claims ([`jwt`]), one-time WebSocket tickets ([`tickets`]), and
-//! the REST `Authorization` header (api key or Bearer token).
+//! Who is calling: JWT claims ([`jwt`]), one-time WebSocket tickets ([`tickets`]), the
+//! REST `Authorization` header (api key or Bearer token), and what is done about a
+//! refused credential ([`failures`]: counted and logged, rate-limited).
 //!
 //! Pure checks plus the ticket table, which is shared by all shards (a ticket is issued
 //! by whichever shard took the `POST` and redeemed by whichever takes the socket). The
 //! table takes a mutex, but tickets are off the publish → socket path.
 
+pub mod failures;
 pub mod jwt;
 pub mod tickets;
 

@@ -2,7 +2,9 @@
 //!
 //! Shared by all shards behind one mutex: issuing and redeeming are rare next to
 //! deliveries and never on the fan-out path. A ticket is removed when redeemed, so a
-//! second use fails; expired tickets are swept whenever one is issued.
+//! second use fails; expired tickets are swept whenever one is issued. A ticket never
+//! outlives the token it was issued for (PROTOCOL.md §2): it expires at its TTL or at the
+//! token's `exp`, whichever comes first.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -61,10 +63,14 @@ impl Tickets {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Issues a ticket for `claims`; returns it and its expiry (ms since the epoch).
+    /// Issues a ticket for `claims`; returns it and its expiry (ms since the epoch): `ttl_ms`
+    /// from now, or the token's `exp` if that comes first (a token is expired from its
+    /// `exp` second on, so the ticket is too).
     pub fn issue(&self, claims: Claims, now_ms: u64, ttl_ms: u64) -> (String, u64) {
         let id = uuid_v4();
-        let expires = now_ms + ttl_ms;
+        let expires = now_ms
+            .saturating_add(ttl_ms)
+            .min(claims.exp.saturating_mul(1000));
         let mut t = self.lock();
         t.retain(|_, (_, exp)| *exp > now_ms);
         t.insert(id.clone(), (claims, expires));
@@ -108,5 +114,26 @@ mod tests {
         assert_eq!(t.redeem(&id, 2000).unwrap_err(), TicketError::Unknown);
         let (id2, _) = t.issue(claims(), 1000, 10);
         assert_eq!(t.redeem(&id2, 1010).unwrap_err(), TicketError::Expired);
+    }
+
+    #[test]
+    fn capped_at_the_token_exp() {
+        let t = Tickets::default();
+        // The token expires at second 20, before the 30 s TTL ends.
+        let short = Claims {
+            exp: 20,
+            ..claims()
+        };
+        let (id, exp) = t.issue(short.clone(), 1000, 30_000);
+        assert_eq!(exp, 20_000);
+        assert_eq!(t.redeem(&id, 20_000).unwrap_err(), TicketError::Expired);
+        let (id, _) = t.issue(short, 1000, 30_000);
+        assert_eq!(t.redeem(&id, 19_999).unwrap().sub, "u");
+        // A token that outlives the TTL leaves the TTL in charge.
+        let long = Claims {
+            exp: 1_000,
+            ..claims()
+        };
+        assert_eq!(t.issue(long, 1000, 30_000).1, 31_000);
     }
 }

@@ -133,7 +133,9 @@ impl Shard {
         }
     }
 
-    fn http_request(&mut self, key: usize, req: http::Request) {
+    fn http_request(&mut self, key: usize, mut req: http::Request) {
+        // Named in the log line of a refused credential.
+        req.peer = self.conns.get(key).and_then(|c| c.sock.peer_addr().ok());
         // The shared flag, not this shard's drain state: readiness fails (and answers
         // say `Connection: close`) from the moment of the signal.
         let close = req.close || self.node.is_draining();

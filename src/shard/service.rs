@@ -310,7 +310,10 @@ impl Shard {
                     .backend()
                     .publish(&[item], PublishReply::Socket(reply, request_id.cloned()));
             }
-            Command::Publish { body } => match crate::api::parse_publish(&body, 1) {
+            // `$` paths are the server's (PROTOCOL.md §4): refused like a REST publish.
+            Command::Publish { body } => match crate::api::parse_publish(&body, 1)
+                .and_then(|items| crate::api::refuse_system_paths(&items, &body).map(|()| items))
+            {
                 Err(e) => {
                     let code = error_code(e.code);
                     self.send_error(key, code, &e.message, request_id);
@@ -371,6 +374,7 @@ impl Shard {
 fn error_code(code: &str) -> ErrorCode {
     match code {
         "INVALID_PATH" => ErrorCode::InvalidPath,
+        "FORBIDDEN" => ErrorCode::Forbidden,
         "LIMIT_EXCEEDED" => ErrorCode::LimitExceeded,
         "INTERNAL" => ErrorCode::Internal,
         _ => ErrorCode::BadMessage,

@@ -4,7 +4,8 @@
 //! Part of [`Shard`]; runs on the shard's thread only. Input is read into the shard's
 //! scratch buffer; only an incomplete frame is kept on the connection. Errors answer
 //! with an `error` message and keep the connection, except where the protocol names a
-//! close code (4001, 4002, 4003, 1009, 1007, 1002).
+//! close code (4001, 4002, 4003, 1009, 1007, 1002). A refused credential (or a `group`
+//! option against the token's claim) is counted and logged by `auth::failures`.
 
 use std::io::{self, Read};
 use std::rc::Rc;
@@ -113,7 +114,7 @@ impl Shard {
                 let mut opts = ConnOptions::defaults(self.node.config());
                 let q = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
                 match opts.apply_query(self.node.config(), q) {
-                    Ok(()) => self.authenticate(key, claims, opts),
+                    Ok(()) => self.authenticate(key, claims, opts, None),
                     Err(m) => {
                         // The credential was fine but the options are not: the client may
                         // still authenticate with an `auth` message carrying good ones.
@@ -131,13 +132,58 @@ impl Shard {
     }
 
     fn refuse_auth(&mut self, key: usize, reason: &'static str, message: &str) {
-        metrics::auth_failure(reason);
-        self.send_error(key, ErrorCode::Unauthorized, message, None);
+        self.refuse_connection(key, reason, ErrorCode::Unauthorized, message, None);
+    }
+
+    /// A credential refused, or one that does not allow what the connection asked for:
+    /// counted and logged, an `error` with `code`, then close 4001.
+    fn refuse_connection(
+        &mut self,
+        key: usize,
+        reason: &'static str,
+        code: ErrorCode,
+        message: &str,
+        request_id: Option<&Value>,
+    ) {
+        crate::auth::failures::refused(reason, || self.whence(key));
+        self.send_error(key, code, message, request_id);
         self.close_ws(key, close::UNAUTHORIZED, "unauthorized", "unauthorized");
     }
 
-    fn authenticate(&mut self, key: usize, claims: Claims, opts: ConnOptions) {
+    /// What the log line of a refused credential names: the socket's request path (never
+    /// its query, which may hold the token) and its peer's address.
+    fn whence(&self, key: usize) -> (String, Option<std::net::SocketAddr>) {
+        let Some(c) = self.conns.get(key) else {
+            return ("/ws".into(), None);
+        };
+        let path = match c.ws().and_then(|w| w.channel.as_deref()) {
+            Some(channel) => format!("/channels/{channel}"),
+            None => "/ws".into(),
+        };
+        (path, c.sock.peer_addr().ok())
+    }
+
+    fn authenticate(
+        &mut self,
+        key: usize,
+        claims: Claims,
+        opts: ConnOptions,
+        request_id: Option<&Value>,
+    ) {
         let heartbeat = self.node.config().delivery.heartbeat_ms;
+        // The `group` option names a group only for a token without a `group` claim
+        // (PROTOCOL.md §2): a token issued for one group cannot join another's queue and
+        // complete its tasks. Equal to the claim, it changes nothing and is accepted.
+        if let (Some(claim), Some(option)) = (claims.group.as_deref(), opts.group.as_deref()) {
+            if claim != option {
+                let m = format!(
+                    "the group option '{option}' differs from the token's group claim '{claim}': \
+                     a token with a group claim belongs to that group (omit the option)"
+                );
+                self.refuse_connection(key, "group_mismatch", ErrorCode::Forbidden, &m, request_id);
+                return;
+            }
+        }
         // A service's group names its tasks (`group:seq`) and its logs' path
         // (`$logs/{group}`): it must be a path segment.
         // (A channel socket is its channel's, whatever the token's role.)
@@ -629,9 +675,13 @@ impl Shard {
         let claims = match jwt::verify_with(self.node.keys(), token, crate::time::unix_secs()) {
             Ok(c) => c,
             Err(e) => {
-                metrics::auth_failure(e.reason());
-                self.send_error(key, ErrorCode::Unauthorized, &e.to_string(), request_id);
-                self.close_ws(key, close::UNAUTHORIZED, "unauthorized", "unauthorized");
+                self.refuse_connection(
+                    key,
+                    e.reason(),
+                    ErrorCode::Unauthorized,
+                    &e.to_string(),
+                    request_id,
+                );
                 return;
             }
         };
@@ -647,7 +697,7 @@ impl Shard {
                 return;
             }
         }
-        self.authenticate(key, claims, opts);
+        self.authenticate(key, claims, opts, request_id);
     }
 
     fn subscribe(
@@ -842,7 +892,7 @@ impl Shard {
             .and_then(|c| c.ws())
             .is_some_and(|w| w.claims.is_some());
         if !authenticated {
-            metrics::auth_failure("timeout");
+            crate::auth::failures::refused("timeout", || self.whence(key));
             self.close_ws(
                 key,
                 close::AUTH_TIMEOUT,
