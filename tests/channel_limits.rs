@@ -32,7 +32,12 @@ fn admin(sub: &str) -> String {
 }
 
 fn call(s: &Server, method: &str, path: &str, body: Option<Value>, token: &str) -> (u16, Value) {
-    s.http(method, path, body.as_ref(), Some(&format!("Bearer {token}")))
+    s.http(
+        method,
+        path,
+        body.as_ref(),
+        Some(&format!("Bearer {token}")),
+    )
 }
 
 /// `POST /` for a custom channel on `jobs`: the status and the answer.
@@ -125,10 +130,7 @@ fn wait_metric(s: &Server, name: &str, want: f64) {
 fn backlogs_are_on_disk_with_a_bounded_cache_and_memory_returns_after_a_delete() {
     let mut s = Server::start("");
     // Registered at 0 before any channel exists.
-    assert_eq!(
-        s.metric("shardcast_channel_backlog_cache_bytes"),
-        Some(0.0)
-    );
+    assert_eq!(s.metric("shardcast_channel_backlog_cache_bytes"), Some(0.0));
     let alice = user("alice");
     let channels = 40usize;
     let events = 300usize;
@@ -150,7 +152,9 @@ fn backlogs_are_on_disk_with_a_bounded_cache_and_memory_returns_after_a_delete()
     // Every seq in memory would be channels × events × 8 bytes; the cache holds at most
     // a window per channel.
     let bound = channels as f64 * WINDOW_SEQS * 8.0;
-    let cache = s.metric("shardcast_channel_backlog_cache_bytes").unwrap_or(-1.0);
+    let cache = s
+        .metric("shardcast_channel_backlog_cache_bytes")
+        .unwrap_or(-1.0);
     assert!(
         (0.0..=bound).contains(&cache) && bound < total * 8.0,
         "cache {cache} bytes, bound {bound}"
@@ -160,7 +164,9 @@ fn backlogs_are_on_disk_with_a_bounded_cache_and_memory_returns_after_a_delete()
     s.kill();
     s.spawn(&[]);
     wait_metric(&s, "shardcast_channel_backlog_events", total);
-    let cache = s.metric("shardcast_channel_backlog_cache_bytes").unwrap_or(-1.0);
+    let cache = s
+        .metric("shardcast_channel_backlog_cache_bytes")
+        .unwrap_or(-1.0);
     assert!((0.0..=bound).contains(&cache), "after the restart: {cache}");
     let mut c = Client::connect(&s, &format!("/channels/{}?token={alice}&batchMs=0", ids[0]));
     c.recv_type("authenticated");
@@ -220,14 +226,14 @@ fn drops_beyond_the_cache_keep_the_newest_in_order_and_count_them() {
 /// A channel socket whose 16 KiB receive buffer fills up at once: what the server sends
 /// it stays unwritten once the kernel's buffers are full.
 fn slow_channel_socket(s: &Server, id: &str, token: &str) -> Client {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     sock.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", s.port).parse().unwrap();
     sock.connect(&addr.into()).expect("connect");
     let url = s.ws_url(&format!("/channels/{id}?token={token}&batchMs=0"));
-    let (ws, _) = tungstenite::client::client(url, std::net::TcpStream::from(sock))
-        .expect("upgrade");
+    let (ws, _) =
+        tungstenite::client::client(url, std::net::TcpStream::from(sock)).expect("upgrade");
     let mut c = Client::from_ws(ws);
     c.recv_type("authenticated");
     c

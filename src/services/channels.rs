@@ -595,7 +595,8 @@ impl Channels {
                 let Some(old) = c.backlog.pop_unsent(store, &id) else {
                     break;
                 };
-                fx.deletes.push((Table::Backlog, record::task_key(&id, old)));
+                fx.deletes
+                    .push((Table::Backlog, record::task_key(&id, old)));
                 c.dropped += 1;
                 self.dropped_total += 1;
             }

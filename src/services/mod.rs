@@ -192,7 +192,9 @@ enum Msg {
         reply: ReplyTo,
     },
     /// A new channel's definition could not be stored (its creator was answered).
-    ChannelNotCreated { spec: crate::channels::ChannelSpec },
+    ChannelNotCreated {
+        spec: crate::channels::ChannelSpec,
+    },
     /// A job of completions and dead letters committed.
     StepsDone,
     Stop,
