@@ -310,6 +310,8 @@ pub struct Channels {
     pumps: HashSet<Arc<str>>,
     /// Channels with more unsent events than the bound: their oldest go in `step`.
     full: HashSet<Arc<str>>,
+    /// Deleted channels whose stored backlog entries are still to be deleted.
+    deleted: Vec<(Arc<str>, Backlog)>,
     /// When to give the store's backlog memory back after deletes (ms), if due.
     release_at: Option<u64>,
     bound: usize,
@@ -579,6 +581,14 @@ impl Channels {
 
     /// Sends what sockets may take, and stores changed stats.
     pub fn step(&mut self, store: &Store, router: &Router, fx: &mut Effects) {
+        for (id, backlog) in std::mem::take(&mut self.deleted) {
+            let before = fx.deletes.len();
+            backlog.keys(store, &id, &mut fx.deletes);
+            if fx.deletes.len() > before {
+                // After this delete has committed (a second is ample); once for a burst.
+                self.release_at.get_or_insert(crate::time::unix_ms() + 1000);
+            }
+        }
         if let Some(at) = self.release_at {
             let now = crate::time::unix_ms();
             if now >= at {
@@ -654,7 +664,6 @@ impl Channels {
     /// A REST request; `Err` is a channel to create (answered once it is durable).
     pub fn request(
         &mut self,
-        store: &Store,
         router: &Router,
         caller: &Caller,
         req: ChannelRequest,
@@ -710,12 +719,8 @@ impl Channels {
                     close(router, at, 1000, "channel deleted", None);
                 }
                 fx.deletes.push((Table::Channels, id.as_bytes().to_vec()));
-                let before = fx.deletes.len();
-                c.backlog.keys(store, &id, &mut fx.deletes);
-                if fx.deletes.len() > before {
-                    // After this delete has committed (a second is ample); once for a burst.
-                    self.release_at.get_or_insert(now + 1000);
-                }
+                // Its stored entries go in `step` (which reads the store for their keys).
+                self.deleted.push((id.as_str().into(), c.backlog));
                 fx.removed.push(id.as_str().into());
                 http(
                     router,

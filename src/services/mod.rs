@@ -793,7 +793,6 @@ impl Engine {
             }
             ServiceCmd::Channels { caller, req, reply } => {
                 let created = self.channels.request(
-                    &self.store,
                     &self.router,
                     &caller,
                     req,
