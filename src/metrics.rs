@@ -54,6 +54,7 @@ pub const SERVICE_LOCK_WAITERS: &str = "shardcast_service_lock_waiters";
 pub const SERVICE_LOCK_GRANTS: &str = "shardcast_service_lock_grants_total";
 pub const CHANNELS: &str = "shardcast_channels";
 pub const CHANNEL_BACKLOG: &str = "shardcast_channel_backlog_events";
+pub const CHANNEL_BACKLOG_CACHE: &str = "shardcast_channel_backlog_cache_bytes";
 pub const CHANNEL_EVENTS: &str = "shardcast_channel_events_total";
 pub const CHANNEL_DROPPED: &str = "shardcast_channel_dropped_total";
 // The store's own metrics (recorded in `src/store.rs`, which names them after these;
@@ -218,6 +219,11 @@ fn describe() {
         "REST-created channels, by status (connected, disconnected)."
     );
     describe_gauge!(CHANNEL_BACKLOG, "Events waiting in channel backlogs.");
+    describe_gauge!(
+        CHANNEL_BACKLOG_CACHE,
+        Unit::Bytes,
+        "Bytes channel backlogs hold in memory (their events are in the store)."
+    );
     describe_counter!(CHANNEL_EVENTS, "Events collected by channels.");
     describe_counter!(
         CHANNEL_DROPPED,
@@ -322,6 +328,7 @@ fn preregister() {
     // Registering the handle is enough for the exporter to render its buckets at 0.
     let _ = metrics::histogram!(SERVICE_ACK_SECONDS);
     channels(0, 0, 0, 0, 0);
+    metrics::gauge!(CHANNEL_BACKLOG_CACHE).set(0.0);
 }
 
 /// `reason` values of `shardcast_auth_failures_total`.
@@ -542,9 +549,11 @@ pub fn channels(
     connected: usize,
     disconnected: usize,
     backlog: usize,
+    cache_bytes: usize,
     collected: u64,
     dropped: u64,
 ) {
+    metrics::gauge!(CHANNEL_BACKLOG_CACHE).set(cache_bytes as f64);
     metrics::gauge!(CHANNELS, "status" => "connected").set(connected as f64);
     metrics::gauge!(CHANNELS, "status" => "disconnected").set(disconnected as f64);
     metrics::gauge!(CHANNEL_BACKLOG).set(backlog as f64);

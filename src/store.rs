@@ -86,7 +86,8 @@
 //!
 //! fjall's background threads (`fjall:worker`, one per core, at most 4) flush and compact.
 //! Memory: up to [`MAX_MEMTABLE_BYTES`] (32 MiB) of memtable per table being written (twice
-//! that while one is being flushed) plus a 32 MiB block cache. A flush writes a table file of
+//! that while one is being flushed; [`BACKLOG_MEMTABLE_BYTES`], 8 MiB, for channels'
+//! backlogs) plus a 32 MiB block cache. A flush writes a table file of
 //! about the table's live data in one go, and commits made meanwhile wait longer for their
 //! fsync (once per 32 MiB written to a table).
 
@@ -163,6 +164,17 @@ const MAX_JOURNAL_BYTES: u64 = 128 << 20;
 /// writes"). fjall keeps the value a table was created with: a store created with another
 /// keeps it.
 const MAX_MEMTABLE_BYTES: u64 = 32 << 20;
+
+/// The `Backlog` table's memtable cap (channels' backlogs). A published event is written
+/// there once per matching channel, so this table takes the most bytes when many channels
+/// match (1,000 channels × 200 events of 1 KiB: 200 MiB), and its memtables (the active one
+/// and those sealed, waiting for their flush) held ~95 MiB of heap at 32 MiB. Its entries
+/// are read back at most once (when a socket takes them), so a smaller memtable costs
+/// little: more, smaller flushes (docs/PERFORMANCE.md, "Channel backlogs on disk").
+const BACKLOG_MEMTABLE_BYTES: u64 = 8 << 20;
+
+/// How long [`Store::release_memory`] waits for a flush before giving up on trimming.
+const RELEASE_FLUSH_WAIT: Duration = Duration::from_secs(30);
 
 const TABLE_COUNT: usize = 6;
 
@@ -360,6 +372,8 @@ struct Inner {
     // released) when the writer and the reads still running have dropped theirs too.
     db: RwLock<Option<Arc<Handles>>>,
     counters: Arc<Counters>,
+    /// A [`Store::release_memory`] is under way.
+    releasing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The open database and its keyspaces, one per [`Table`], indexed by [`Table::index`].
@@ -449,6 +463,7 @@ impl Store {
                 writer: Mutex::new(Some(handle)),
                 db: RwLock::new(Some(handles)),
                 counters,
+                releasing: Arc::default(),
             }),
         })
     }
@@ -552,6 +567,43 @@ impl Store {
         self.inner.close();
     }
 
+    /// Gives the memory a table's recent writes hold back, in the background: its
+    /// memtable is flushed to a table file, then the C allocator is asked to return the
+    /// freed heap to the operating system (glibc keeps freed memory in its arenas until
+    /// trimmed, so RSS would not go down). For after a bulk delete (channels deleted with
+    /// their backlogs). Returns false, doing nothing, if one is still under way.
+    pub fn release_memory(&self, table: Table) -> bool {
+        let Ok(handles) = self.handles() else {
+            return false;
+        };
+        let releasing = self.inner.releasing.clone();
+        if releasing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("shardcast-release".into())
+            .spawn(move || {
+                let keyspace = handles.keyspace(table);
+                match keyspace.rotate_memtable() {
+                    Ok(_) => {
+                        let deadline = Instant::now() + RELEASE_FLUSH_WAIT;
+                        while keyspace.sealed_memtable_count() > 0 && Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                    Err(e) => tracing::warn!(table = table.name(), "cannot flush: {e}"),
+                }
+                drop(handles);
+                trim_heap();
+                releasing.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.inner.releasing.store(false, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
     /// Totals so far (for tests and metrics).
     pub fn stats(&self) -> StoreStats {
         let c = &self.inner.counters;
@@ -621,7 +673,11 @@ fn open_keyspaces(db: &Database) -> Result<[Keyspace; TABLE_COUNT], StoreError> 
     for table in Table::ALL {
         let keyspace = db
             .keyspace(table.name(), || {
-                KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE_BYTES)
+                let cap = match table {
+                    Table::Backlog => BACKLOG_MEMTABLE_BYTES,
+                    _ => MAX_MEMTABLE_BYTES,
+                };
+                KeyspaceCreateOptions::default().max_memtable_size(cap)
             })
             .map_err(|e| StoreError::Table {
                 table: table.name(),
@@ -633,6 +689,15 @@ fn open_keyspaces(db: &Database) -> Result<[Keyspace; TABLE_COUNT], StoreError> 
         table: "all",
         reason: "wrong number of tables".into(),
     })
+}
+
+/// Returns freed heap to the operating system (see [`Store::release_memory`]).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas; it takes their locks itself.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// `key` as stored: behind [`KEY_TAG`].

@@ -612,7 +612,8 @@ fn a_collected_backlog_survives_restarts() {
 #[test]
 #[ignore]
 fn measure_backlog_replay_and_idle_channel_memory() {
-    let s = Server::start("[channels]\nbacklog = 10000\n");
+    // 10k channels of one user: far over the default `channels.max_per_user`.
+    let s = Server::start("[channels]\nbacklog = 10000\nmax_per_user = 20000\n");
     let t = user("u1", "org_1");
     let rss = || {
         let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();

@@ -5,10 +5,13 @@
 //! channel is a durable subscription whose owner is not a connection: ingest matches it
 //! with the groups' subscriptions ([`super::index`]) and its events are made durable in
 //! the `Backlog` table (key `channel_id 0x00 seq`) before the publisher is answered.
-//! In memory a channel keeps its definition, counters, and the `seq`s of its backlog
-//! (8 bytes each, at most `channels.backlog` of them); the events themselves are read
-//! back from the store when a socket takes them. Events leave the backlog once the
-//! socket's shard has written them to the socket (it says so: `ChannelWritten`).
+//! In memory a channel keeps its definition, counters, and a bounded cache of its
+//! backlog's `seq`s ([`Backlog`]: the ones on their way to its socket and a window of the
+//! oldest unsent); the events themselves stay in the store and are read back when a
+//! socket takes them, so memory does not grow with channels × backlog. Events leave the
+//! backlog once the socket's shard has written them to the socket (it says so:
+//! `ChannelWritten`). A user owns at most `channels.max_per_user` channels (admins are
+//! not limited): counted here by owner, creations on their way to the store included.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -38,9 +41,7 @@ struct Channel {
     /// Events matched since the socket dropped (`missed_events`).
     missed: u64,
     dropped: u64,
-    /// The backlog's `seq`s, oldest first; the first `sent` are on their way to the socket.
-    seqs: VecDeque<u64>,
-    sent: usize,
+    backlog: Backlog,
     /// Stats changed since last stored.
     dirty: bool,
 }
@@ -64,8 +65,229 @@ impl Channel {
             "last_event_at_ms": self.last_event_at_ms,
             "missed": self.missed,
             "dropped": self.dropped,
-            "counted_upto": self.seqs.back().copied().unwrap_or(0),
+            "counted_upto": self.backlog.newest,
         }))
+    }
+}
+
+/// `seq`s of the backlog's head kept in memory per channel, at most (see [`Backlog`]).
+const WINDOW: usize = 64;
+
+/// Bytes one cached `seq` costs.
+const SEQ_BYTES: usize = std::mem::size_of::<u64>();
+
+/// A channel's backlog: the events are in the store (`Backlog` table, key
+/// `channel_id 0x00 seq`); in memory only counts and a bounded cache of `seq`s.
+///
+/// Memory must not grow with the backlog's length: one user may own
+/// `channels.max_per_user` channels of `channels.backlog` events each, so keeping every
+/// `seq` (let alone every event) would let one token hold memory in proportion to both.
+/// What is kept is the `seq`s on their way to the socket (at most [`CREDIT`]) and a
+/// window of the oldest unsent ones (at most [`WINDOW`], refilled from the store when
+/// empty); the rest are found in the store by key order.
+///
+/// Invariant: the unsent events are `window` followed by the stored entries with `seq` in
+/// (`scanned`, `newest`], `unsent` in all. Entries removed from the backlog (sent, then
+/// written; or dropped) are deleted by a later commit, so the store may still show them
+/// for a while: every such entry's `seq` is at most `scanned` or in `sent`'s range, and a
+/// read from the store skips them.
+#[derive(Default)]
+struct Backlog {
+    /// On their way to the socket, oldest first.
+    sent: VecDeque<u64>,
+    /// The oldest unsent `seq`s (a prefix of the unsent ones), oldest first.
+    window: VecDeque<u64>,
+    unsent: usize,
+    scanned: u64,
+    /// The newest `seq` collected.
+    newest: u64,
+}
+
+impl Backlog {
+    fn len(&self) -> usize {
+        self.unsent + self.sent.len()
+    }
+
+    /// Bytes of `seq`s held in memory (the `shardcast_channel_backlog_cache_bytes` gauge).
+    fn cache_bytes(&self) -> usize {
+        (self.sent.capacity() + self.window.capacity()) * SEQ_BYTES
+    }
+
+    /// A newly stored event (`seq`s arrive in increasing order).
+    fn push(&mut self, seq: u64) {
+        // The window takes it only while it holds every unsent event, so that it stays a
+        // prefix of them; otherwise it is found in the store when the window runs dry.
+        if self.window.len() == self.unsent && self.window.len() < WINDOW {
+            self.window.push_back(seq);
+            self.scanned = seq;
+        }
+        self.unsent += 1;
+        self.newest = self.newest.max(seq);
+    }
+
+    /// Start-up: an entry found in the store, in key order.
+    fn recovered(&mut self, seq: u64) {
+        self.push(seq);
+    }
+
+    /// The oldest unsent event leaves the backlog (dropped); its `seq`, to delete.
+    fn pop_unsent(&mut self, store: &Store, id: &str) -> Option<u64> {
+        if self.window.is_empty() && self.unsent > 0 {
+            self.refill(store, id);
+        }
+        let seq = self.window.pop_front()?;
+        self.unsent -= 1;
+        self.shrink();
+        Some(seq)
+    }
+
+    /// Gives back what a burst left allocated (a credit's worth of `seq`s after a
+    /// socket's writes, or after it dropped and its `seq`s moved to the window).
+    fn shrink(&mut self) {
+        if self.sent.is_empty() && self.sent.capacity() > 0 {
+            self.sent = VecDeque::new();
+        }
+        if self.window.len() <= WINDOW && self.window.capacity() > 2 * WINDOW {
+            self.window.shrink_to(WINDOW);
+        }
+    }
+
+    /// Reads the next unsent `seq`s from the store into the empty window.
+    fn refill(&mut self, store: &Store, id: &str) {
+        let prefix = record::group_prefix(id);
+        let start = record::task_key(id, self.scanned.saturating_add(1));
+        let (window, newest) = (&mut self.window, self.newest);
+        let mut scanned = self.scanned;
+        let read = store.scan_from(Table::Backlog, &prefix, &start, WINDOW, &mut |k, _| {
+            if let Some((_, seq)) = record::parse_key(k) {
+                if seq <= newest && seq > scanned {
+                    window.push_back(seq);
+                    scanned = seq;
+                }
+            }
+        });
+        self.scanned = scanned;
+        if let Err(e) = read {
+            tracing::error!(channel = %id, "cannot read the backlog: {e}");
+        } else if self.window.is_empty() {
+            // Counted but not stored (cannot happen unless the store lost them): the
+            // count follows the store.
+            tracing::error!(channel = %id, lost = self.unsent, "backlog events not found");
+            self.unsent = 0;
+        }
+    }
+
+    /// The socket is gone: what was on its way is unsent again, first.
+    fn unsend(&mut self) {
+        if self.sent.is_empty() {
+            return;
+        }
+        let mut sent = std::mem::take(&mut self.sent);
+        self.unsent += sent.len();
+        sent.extend(self.window.drain(..));
+        self.window = sent;
+    }
+
+    /// The socket wrote every event up to `upto`: their `seq`s, to delete.
+    fn written(&mut self, upto: u64, out: &mut impl FnMut(u64)) {
+        while self.sent.front().is_some_and(|&s| s <= upto) {
+            if let Some(s) = self.sent.pop_front() {
+                out(s);
+            }
+        }
+        self.shrink();
+    }
+
+    /// Reads up to `want` unsent events from the store, oldest first, and marks them sent:
+    /// `f(seq, value)` for each.
+    fn take(
+        &mut self,
+        store: &Store,
+        id: &str,
+        want: usize,
+        f: &mut dyn FnMut(u64, &[u8]),
+    ) -> Result<(), crate::store::StoreError> {
+        let prefix = record::group_prefix(id);
+        let mut from = match self.window.front() {
+            Some(&s) => s,
+            None => self.scanned.saturating_add(1),
+        };
+        let mut got = 0;
+        while got < want && self.unsent > 0 {
+            let limit = want - got + WINDOW;
+            let mut last = None;
+            let mut past_end = false;
+            let n = store.scan_from(
+                Table::Backlog,
+                &prefix,
+                &record::task_key(id, from),
+                limit,
+                &mut |k, v| {
+                    let Some((_, seq)) = record::parse_key(k) else {
+                        return;
+                    };
+                    last = Some(seq);
+                    if got >= want || past_end {
+                        return;
+                    }
+                    if seq > self.newest {
+                        past_end = true;
+                        return;
+                    }
+                    // Window entries missing from the store (cannot happen unless it lost
+                    // them) are skipped over.
+                    while self.window.front().is_some_and(|&w| w < seq) {
+                        self.window.pop_front();
+                        self.unsent -= 1;
+                    }
+                    let ours = match self.window.front() {
+                        Some(&w) if w == seq => {
+                            self.window.pop_front();
+                            true
+                        }
+                        // Between the window's entries: removed, not yet deleted.
+                        Some(_) => false,
+                        None => seq > self.scanned,
+                    };
+                    if ours {
+                        if self.window.is_empty() {
+                            self.scanned = self.scanned.max(seq);
+                        }
+                        self.unsent -= 1;
+                        self.sent.push_back(seq);
+                        got += 1;
+                        f(seq, v);
+                    }
+                },
+            )?;
+            match last {
+                Some(l) if n == limit && !past_end && l < u64::MAX => from = l + 1,
+                _ => break,
+            }
+        }
+        if got < want && self.window.is_empty() && self.unsent > 0 {
+            // The store ended before the count did (see `refill`).
+            tracing::error!(channel = %id, lost = self.unsent, "backlog events not found");
+            self.unsent = 0;
+        }
+        self.shrink();
+        Ok(())
+    }
+
+    /// Every stored entry's key, to delete with the channel (entries already being deleted
+    /// are included: deleting twice is harmless).
+    fn keys(&self, store: &Store, id: &str, out: &mut Vec<(Table, Vec<u8>)>) {
+        let prefix = record::group_prefix(id);
+        let read = store.scan_prefix(Table::Backlog, &prefix, &mut |k, _| {
+            out.push((Table::Backlog, k.to_vec()));
+        });
+        if let Err(e) = read {
+            tracing::error!(channel = %id, "cannot read the backlog to delete it: {e}");
+            // What is known is deleted; the rest is reported as stray at the next start.
+            for s in self.sent.iter().chain(&self.window) {
+                out.push((Table::Backlog, record::task_key(id, *s)));
+            }
+        }
     }
 }
 
@@ -86,7 +308,17 @@ pub struct Channels {
     dirty: HashSet<Arc<str>>,
     /// Channels whose socket may take more.
     pumps: HashSet<Arc<str>>,
+    /// Channels with more unsent events than the bound: their oldest go in `step`.
+    full: HashSet<Arc<str>>,
+    /// Deleted channels whose stored backlog entries are still to be deleted.
+    deleted: Vec<(Arc<str>, Backlog)>,
+    /// When to give the store's backlog memory back after deletes (ms), if due.
+    release_at: Option<u64>,
     bound: usize,
+    /// `channels.max_per_user`: channels one non-admin caller may own.
+    max_per_user: usize,
+    /// Channels by owner (`spec.owner`), those being created included: what the cap counts.
+    owned: HashMap<String, usize>,
     public_url: String,
     /// Totals for the metrics.
     pub dropped_total: u64,
@@ -147,6 +379,7 @@ impl Channels {
                 Status::Connected
             };
             upto.insert(id.clone(), r["counted_upto"].as_u64().unwrap_or(0));
+            *self.owned.entry(spec.owner.clone()).or_default() += 1;
             let sub = DurableSub {
                 id: spec.channel_id.clone(),
                 path,
@@ -164,8 +397,7 @@ impl Channels {
                     last_event_at_ms: r["last_event_at_ms"].as_u64(),
                     missed: r["missed"].as_u64().unwrap_or(0),
                     dropped: r["dropped"].as_u64().unwrap_or(0),
-                    seqs: VecDeque::new(),
-                    sent: 0,
+                    backlog: Backlog::default(),
                     dirty: false,
                 },
             );
@@ -179,7 +411,7 @@ impl Channels {
                 };
                 match map.get_mut(id) {
                     Some(c) => {
-                        c.seqs.push_back(seq);
+                        c.backlog.recovered(seq);
                         // Collected after the stats were last stored (a crash): counted now.
                         if seq > upto.get(id).copied().unwrap_or(0) {
                             c.event_count += 1;
@@ -202,12 +434,20 @@ impl Channels {
             .filter(|(_, c)| c.dirty)
             .map(|(k, _)| k.clone())
             .collect();
+        // A lower `channels.backlog` than the stored backlogs were collected under.
+        self.full = self
+            .map
+            .iter()
+            .filter(|(_, c)| c.backlog.unsent > self.bound)
+            .map(|(k, _)| k.clone())
+            .collect();
         Ok(())
     }
 
-    pub fn new(bound: usize, public_url: String) -> Channels {
+    pub fn new(bound: usize, max_per_user: usize, public_url: String) -> Channels {
         Channels {
             bound,
+            max_per_user,
             public_url,
             ..Default::default()
         }
@@ -220,8 +460,13 @@ impl Channels {
             .values()
             .filter(|c| c.status == Status::Connected)
             .count();
-        let backlog = self.map.values().map(|c| c.seqs.len()).sum();
+        let backlog = self.map.values().map(|c| c.backlog.len()).sum();
         (connected, self.map.len() - connected, backlog)
+    }
+
+    /// Bytes the backlogs hold in memory (their `seq` caches; the events are in the store).
+    pub fn cache_bytes(&self) -> usize {
+        self.map.values().map(|c| c.backlog.cache_bytes()).sum()
     }
 
     /// Every channel's subscription, for the durable index.
@@ -244,15 +489,12 @@ impl Channels {
         if c.status == Status::Disconnected {
             c.missed += 1;
         }
-        c.seqs.push_back(seq);
+        c.backlog.push(seq);
         self.collected_total += 1;
-        // Beyond the bound the oldest event not on its way to the socket goes.
-        if c.seqs.len() - c.sent > self.bound {
-            if let Some(old) = c.seqs.remove(c.sent) {
-                fx.deletes.push((Table::Backlog, record::task_key(id, old)));
-                c.dropped += 1;
-                self.dropped_total += 1;
-            }
+        // Beyond the bound the oldest event not on its way to the socket goes (in `step`,
+        // which may read the store for it).
+        if c.backlog.unsent > self.bound {
+            self.full.insert(id.clone());
         }
         c.dirty = true;
         self.dirty.insert(id.clone());
@@ -295,7 +537,7 @@ impl Channels {
                 None,
             );
         }
-        c.sent = 0;
+        c.backlog.unsend();
         c.status = Status::Connected;
         c.missed = 0;
         c.dirty = true;
@@ -312,7 +554,7 @@ impl Channels {
         if let Some(c) = self.map.get_mut(&id) {
             if c.socket == Some(at) {
                 c.socket = None;
-                c.sent = 0;
+                c.backlog.unsend();
                 c.status = Status::Disconnected;
                 c.missed = 0;
                 c.dirty = true;
@@ -329,12 +571,9 @@ impl Channels {
         let Some(c) = self.map.get_mut(&id) else {
             return;
         };
-        while c.sent > 0 && c.seqs.front().is_some_and(|&s| s <= upto) {
-            if let Some(s) = c.seqs.pop_front() {
-                fx.deletes.push((Table::Backlog, record::task_key(&id, s)));
-            }
-            c.sent -= 1;
-        }
+        c.backlog.written(upto, &mut |s| {
+            fx.deletes.push((Table::Backlog, record::task_key(&id, s)))
+        });
         c.dirty = true;
         self.dirty.insert(id.clone());
         self.pumps.insert(id);
@@ -342,33 +581,49 @@ impl Channels {
 
     /// Sends what sockets may take, and stores changed stats.
     pub fn step(&mut self, store: &Store, router: &Router, fx: &mut Effects) {
+        for (id, backlog) in std::mem::take(&mut self.deleted) {
+            let before = fx.deletes.len();
+            backlog.keys(store, &id, &mut fx.deletes);
+            if fx.deletes.len() > before {
+                // After this delete has committed (a second is ample); once for a burst.
+                self.release_at.get_or_insert(crate::time::unix_ms() + 1000);
+            }
+        }
+        if let Some(at) = self.release_at {
+            let now = crate::time::unix_ms();
+            if now >= at {
+                // The deleted backlogs' entries were in the store's memtable (and their
+                // copies in freed heap): flushed and trimmed, at most once a second.
+                self.release_at = (!store.release_memory(Table::Backlog)).then_some(now + 1000);
+            }
+        }
+        for id in std::mem::take(&mut self.full) {
+            let Some(c) = self.map.get_mut(&id) else {
+                continue;
+            };
+            while c.backlog.unsent > self.bound {
+                let Some(old) = c.backlog.pop_unsent(store, &id) else {
+                    break;
+                };
+                fx.deletes
+                    .push((Table::Backlog, record::task_key(&id, old)));
+                c.dropped += 1;
+                self.dropped_total += 1;
+            }
+        }
         for id in std::mem::take(&mut self.pumps) {
             let Some(c) = self.map.get_mut(&id) else {
                 continue;
             };
             let Some(at) = c.socket else { continue };
-            if c.sent >= c.seqs.len() || c.sent >= CREDIT {
+            let sent = c.backlog.sent.len();
+            if c.backlog.unsent == 0 || sent >= CREDIT {
                 continue;
             }
-            let want = (c.seqs.len() - c.sent).min(CREDIT - c.sent);
-            let first = c.seqs[c.sent];
-            let prefix = record::group_prefix(&id);
-            let start = record::task_key(&id, first);
+            let want = c.backlog.unsent.min(CREDIT - sent);
             let mut messages = Vec::with_capacity(want);
-            let mut expect = c.seqs.range(c.sent..c.sent + want).copied().peekable();
             let mut upto = 0;
-            let read = store.scan_from(Table::Backlog, &prefix, &start, want * 2, &mut |k, v| {
-                let Some((_, seq)) = record::parse_key(k) else {
-                    return;
-                };
-                // Entries dropped but not yet deleted are skipped.
-                while expect.peek().is_some_and(|&e| e < seq) {
-                    expect.next();
-                }
-                if expect.peek() != Some(&seq) {
-                    return;
-                }
-                expect.next();
+            let read = c.backlog.take(store, &id, want, &mut |seq, v| {
                 if let Some(r) = record::decode(v) {
                     let mut m = Vec::with_capacity(r.tail.len() + id.len() + 40);
                     crate::protocol::write_event_head(
@@ -377,19 +632,16 @@ impl Channels {
                     );
                     m.extend_from_slice(r.tail);
                     messages.push(m);
-                    upto = seq;
                 }
+                upto = seq;
             });
             if let Err(e) = read {
                 tracing::error!(channel = %id, "cannot read the backlog: {e}");
                 continue;
             }
-            if messages.is_empty() {
+            if upto == 0 {
                 continue;
             }
-            // Sent ones count up to the last read; any not found (gone) are skipped over.
-            let n = c.seqs.range(c.sent..).take_while(|&&s| s <= upto).count();
-            c.sent += n;
             router.send_control(
                 at.shard as usize,
                 ShardMsg::ChannelEvents {
@@ -458,16 +710,17 @@ impl Channels {
                     return None;
                 }
                 let c = self.map.remove(id.as_str())?;
+                self.disown(&c.spec.owner);
                 self.dirty.remove(id.as_str());
                 self.pumps.remove(id.as_str());
+                self.full.remove(id.as_str());
                 if let Some(at) = c.socket {
                     self.by_socket.remove(&at);
                     close(router, at, 1000, "channel deleted", None);
                 }
                 fx.deletes.push((Table::Channels, id.as_bytes().to_vec()));
-                for s in &c.seqs {
-                    fx.deletes.push((Table::Backlog, record::task_key(&id, *s)));
-                }
+                // Its stored entries go in `step` (which reads the store for their keys).
+                self.deleted.push((id.as_str().into(), c.backlog));
                 fx.removed.push(id.as_str().into());
                 http(
                     router,
@@ -477,6 +730,24 @@ impl Channels {
                 );
             }
             ChannelRequest::Create(NewChannel { kind, event_types }) => {
+                let owned = self.owned.get(&caller.sub).copied().unwrap_or(0);
+                if !caller.admin && owned >= self.max_per_user {
+                    http(
+                        router,
+                        reply,
+                        429,
+                        json!({"error": {"code": "LIMIT_EXCEEDED", "message": format!(
+                            "'{}' owns {owned} channels, the most channels.max_per_user ({}) \
+                             allows: delete one first",
+                            crate::protocol::truncate(&caller.sub, 64),
+                            self.max_per_user
+                        )}}),
+                    );
+                    return None;
+                }
+                // Counted from now: creations still on their way to the store count too, so
+                // concurrent requests cannot overshoot the cap.
+                *self.owned.entry(caller.sub.clone()).or_default() += 1;
                 let spec = ChannelSpec {
                     channel_id: crate::channels::new_channel_id(),
                     kind,
@@ -490,9 +761,29 @@ impl Channels {
         None
     }
 
+    /// A channel being created was not stored: it no longer counts against its owner.
+    pub fn not_created(&mut self, spec: &ChannelSpec) {
+        self.disown(&spec.owner);
+    }
+
+    fn disown(&mut self, owner: &str) {
+        if let Some(n) = self.owned.get_mut(owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.owned.remove(owner);
+            }
+        }
+    }
+
     /// A created channel is durable: it collects from the next index on.
     pub fn created(&mut self, spec: ChannelSpec) -> Result<(Value, Arc<str>, DurableSub), String> {
-        let (path, filter) = spec.kind.subscription()?;
+        let (path, filter) = match spec.kind.subscription() {
+            Ok(s) => s,
+            Err(e) => {
+                self.disown(&spec.owner);
+                return Err(e);
+            }
+        };
         let id: Arc<str> = spec.channel_id.as_str().into();
         let sub = DurableSub {
             id: spec.channel_id.clone(),
@@ -509,8 +800,7 @@ impl Channels {
             last_event_at_ms: None,
             missed: 0,
             dropped: 0,
-            seqs: VecDeque::new(),
-            sent: 0,
+            backlog: Backlog::default(),
             dirty: false,
         };
         let answer = c.view().created(&self.public_url);

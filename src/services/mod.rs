@@ -191,6 +191,10 @@ enum Msg {
         spec: crate::channels::ChannelSpec,
         reply: ReplyTo,
     },
+    /// A new channel's definition could not be stored (its creator was answered).
+    ChannelNotCreated {
+        spec: crate::channels::ChannelSpec,
+    },
     /// A job of completions and dead letters committed.
     StepsDone,
     Stop,
@@ -278,7 +282,13 @@ impl Job for TaskJob {
         let done = self.done.take();
         match outcome {
             JobOutcome::Durable => {
-                let _ = self.tx.send(Msg::Enqueued(std::mem::take(&mut self.tasks)));
+                let mut tasks = std::mem::take(&mut self.tasks);
+                // A channel's copy of the event is read back from the store when a socket
+                // takes it: freed here rather than carried to the services thread.
+                for t in tasks.iter_mut().filter(|t| t.channel) {
+                    t.value = Vec::new();
+                }
+                let _ = self.tx.send(Msg::Enqueued(tasks));
                 if let Some(done) = done {
                     done(Ok(()));
                 }
@@ -415,6 +425,7 @@ impl Pending {
             enqueued: 0,
             channels: channels::Channels::new(
                 config.channels.backlog.max(1),
+                config.channels.max_per_user,
                 config.public_url.clone(),
             ),
             channel_fx: channels::Effects::default(),
@@ -717,6 +728,7 @@ impl Engine {
                 }
                 Err(e) => http_error(&self.router, reply, 500, "INTERNAL", e),
             },
+            Msg::ChannelNotCreated { spec } => self.channels.not_created(&spec),
             Msg::Delivered { watermarks, sent } => {
                 self.outstanding = self.outstanding.saturating_sub(1);
                 for (g, m) in watermarks {
@@ -801,6 +813,7 @@ impl Engine {
                                 let _ = tx.send(Msg::ChannelCreated { spec, reply });
                             } else {
                                 store_failed(&router, reply);
+                                let _ = tx.send(Msg::ChannelNotCreated { spec });
                             }
                         })),
                     };
@@ -1233,6 +1246,7 @@ impl Engine {
                 connected,
                 disconnected,
                 backlog,
+                self.channels.cache_bytes(),
                 self.channels.collected_total,
                 self.channels.dropped_total,
             );
