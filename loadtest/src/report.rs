@@ -217,6 +217,10 @@ pub struct Report {
     pub loadtest_cpu_seconds: f64,
     /// churn: cycles the schedule asked for over the window (rate × window).
     pub cycles_scheduled: u64,
+    /// idle `--storm`: connections per step, the step, and the seconds from the first
+    /// connect until every connection was subscribed or had failed (the latency
+    /// histogram then holds setup times).
+    pub storm: Option<(u64, std::time::Duration, f64)>,
 }
 
 impl Report {
@@ -233,6 +237,12 @@ impl Report {
     pub fn server_cpu_us_per_cycle(&self) -> Option<f64> {
         let c = self.server.cpu_seconds?;
         (self.clients.cycles_completed > 0).then(|| c * 1e6 / self.clients.cycles_completed as f64)
+    }
+
+    /// idle `--storm`: connections subscribed per second of the connect phase.
+    pub fn handshakes_per_sec(&self) -> Option<f64> {
+        let (_, _, secs) = self.storm?;
+        Some(per_sec(self.clients.ready, secs))
     }
 
     pub fn lost(&self) -> i64 {
@@ -353,7 +363,24 @@ impl Report {
                     "dropped_on_fast_readers": c.dropped_fast,
                 }),
             )),
-            _ => None,
+            _ => self.storm.map(|(step, every, secs)| {
+                (
+                    "storm",
+                    json!({
+                        "step": step,
+                        "every_ms": round3(every.as_secs_f64() * 1000.0),
+                        "connect_secs": round3(secs),
+                        "handshakes_per_sec": self.handshakes_per_sec().map(round2),
+                        "setup_us": {
+                            "p50": self.quantile(0.50),
+                            "p90": self.quantile(0.90),
+                            "p99": self.quantile(0.99),
+                            "max": (!self.clients.latency.is_empty())
+                                .then(|| self.clients.latency.max()),
+                        },
+                    }),
+                )
+            }),
         }
     }
 
@@ -425,7 +452,24 @@ impl Report {
                 self.delivery_window_secs
             ),
         )?;
-        self.quantile_rows(out, "latency", c)?;
+        if let Some((step, every, secs)) = self.storm {
+            row(
+                out,
+                "storm",
+                format!(
+                    "{step} every {:.1} ms: {} subscribed in {secs:.2} s ({}/s)",
+                    every.as_secs_f64() * 1000.0,
+                    c.ready,
+                    human_count(self.handshakes_per_sec().unwrap_or(0.0))
+                ),
+            )?;
+        }
+        let what = if self.storm.is_some() {
+            "setup"
+        } else {
+            "latency"
+        };
+        self.quantile_rows(out, what, c)?;
         let s = &self.server;
         row(
             out,
@@ -594,6 +638,13 @@ impl Report {
                     "connects_per_sec",
                     "server_cpu_us_per_cycle",
                 ][..],
+                "storm" => &[
+                    "step",
+                    "every_ms",
+                    "connect_secs",
+                    "handshakes_per_sec",
+                    "setup_us",
+                ][..],
                 _ => &["slow_readers", "dropped_on_fast_readers"][..],
             };
             debug_assert_eq!(keys.len(), order.len());
@@ -703,6 +754,7 @@ mod tests {
             processes: 1,
             loadtest_cpu_seconds: 0.1,
             cycles_scheduled: 0,
+            storm: None,
         };
         let v = r.to_json();
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
