@@ -77,6 +77,7 @@ ms = lambda v: "-" if v is None else f"{v / 1000:.1f}"
 hs = st.get("handshakes_per_sec") or 0
 print(f"{label:<4} shards={shards}  subscribed {r['connections']:>6}  http_full {full:>6}  "
       f"{hs:>9.0f} handshakes/s ({hs / int(shards):>8.0f} per shard) over {st.get('connect_secs', 0):.2f} s  "
+      f"server cpu {st.get('server_cpu_us_per_handshake') or 0:.1f} us/handshake  "
       f"setup ms p50/p90/p99/max {ms(s.get('p50'))} / {ms(s.get('p90'))} / {ms(s.get('p99'))} / {ms(s.get('max'))}"
       + (f"  failures: {fails[:3]}" if fails else ""))
 EOF

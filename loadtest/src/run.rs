@@ -10,7 +10,7 @@ use crate::conn::LoopPlan;
 use crate::group::{worker_main, ClientGroup, LocalGroup, Progress, WorkerGroup};
 use crate::procstat;
 use crate::publish::{NatsPublish, PublishPlan, PublishResult, Publisher};
-use crate::report::{ClientStats, Report, ServerStats};
+use crate::report::{ClientStats, Report, ServerStats, Storm};
 use crate::scenario::{self, Scenario};
 use crate::util::{human_count, unix_nanos};
 
@@ -438,7 +438,15 @@ pub fn run(cfg: &Config) -> i32 {
         } else {
             0
         },
-        storm: cfg.storm.map(|(step, every)| (step, every, connect_secs)),
+        storm: cfg.storm.map(|(step, every)| Storm {
+            step,
+            every,
+            connect_secs,
+            server_cpu_seconds: match (before, connected) {
+                (Some(a), Some(b)) => Some((b.cpu_seconds - a.cpu_seconds).max(0.0)),
+                _ => None,
+            },
+        }),
     };
     let _ = report.print_table(&mut std::io::stderr().lock());
     if let Some(path) = &cfg.json {
