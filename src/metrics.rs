@@ -96,11 +96,11 @@ fn describe() {
     );
     describe_gauge!(
         HTTP_CONNECTIONS,
-        "Open connections that are not WebSockets (REST clients, handshakes in progress)."
+        "Open connections counted against limits.max_http_connections: a whole request arrived that was not a WebSocket upgrade."
     );
     describe_counter!(
         HTTP_CLOSED,
-        "Connections closed before becoming WebSockets by a limit (limits.request_timeout_ms, limits.max_http_connections), by reason."
+        "Connections closed before becoming WebSockets by a limit (limits.request_timeout_ms, limits.max_http_connections, the open-file budget), by reason."
     );
     describe_gauge!(SUBSCRIPTIONS, "Active subscriptions, by shard.");
     describe_gauge!(
@@ -585,9 +585,11 @@ pub fn command_error(code: &'static str) {
 }
 
 /// `reason` values of `shardcast_http_connections_closed_total`: a request not complete
-/// in time, a keep-alive connection idle too long, a connection refused because
-/// `limits.max_http_connections` were open.
-pub const HTTP_CLOSE_REASONS: &[&str] = &["request_timeout", "idle_timeout", "http_full"];
+/// in time, a keep-alive connection idle too long, a request refused because
+/// `limits.max_http_connections` were open, a connection that had not sent a whole
+/// request closed to make room when its shard ran short of open files.
+pub const HTTP_CLOSE_REASONS: &[&str] =
+    &["request_timeout", "idle_timeout", "http_full", "evicted"];
 
 /// Counts a non-WebSocket connection closed by a limit (one of [`HTTP_CLOSE_REASONS`]).
 pub fn http_closed(reason: &'static str) {

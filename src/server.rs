@@ -25,6 +25,39 @@ pub struct Server {
     local_addr: SocketAddr,
 }
 
+/// Raises the soft open-file limit to the hard one (every connection is a file); returns
+/// the limit in force.
+fn raise_open_files() -> u64 {
+    // SAFETY: getrlimit and setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    }
+}
+
+/// One shard's share of the open files that connections may use: the process's limit
+/// less a reserve for everything else (the store's journals and tables, the log, poll
+/// and waker handles: a sixteenth, at least 64), split evenly, as `SO_REUSEPORT` spreads
+/// connections evenly. It is no cap on clients: past it, a shard evicts connections
+/// that have not sent a whole request, oldest first, and nothing else.
+pub fn connection_budget(open_files: u64, shards: usize) -> usize {
+    let reserve = (open_files / 16).max(64);
+    let usable = open_files.saturating_sub(reserve).max(shards as u64);
+    (usable / shards.max(1) as u64) as usize
+}
+
 /// Opens one `SO_REUSEPORT` listener; every shard gets its own on the same port.
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -93,6 +126,8 @@ impl Server {
         let keys = config
             .load_keys()
             .map_err(|e| anyhow_lite::msg(e.to_string()))?;
+        let open_files = raise_open_files();
+        let conn_budget = connection_budget(open_files, shards);
         let node = Arc::new(Node::new(config, keys, backend, prometheus));
         let mut handles = Vec::with_capacity(shards);
         for (id, ((poll, l), mailbox)) in
@@ -104,6 +139,7 @@ impl Server {
                 listener: mio::net::TcpListener::from_std(l),
                 mailbox,
                 node: node.clone(),
+                conn_budget,
             };
             let h = std::thread::Builder::new()
                 .name(format!("shardcast-shard-{id}"))
@@ -111,7 +147,7 @@ impl Server {
                 .map_err(|e| anyhow_lite::msg(e.to_string()))?;
             handles.push(h);
         }
-        tracing::info!(%local_addr, shards, "shardcast listening");
+        tracing::info!(%local_addr, shards, open_files, conn_budget, "shardcast listening");
         Ok(Server {
             node,
             router,
@@ -160,5 +196,21 @@ pub mod anyhow_lite {
 
     pub fn msg(m: String) -> Error {
         Error(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_budget;
+
+    #[test]
+    fn the_budget_leaves_a_reserve_and_splits_over_shards() {
+        // 20,000 files: 1,250 kept for the rest, the other 18,750 for connections.
+        assert_eq!(connection_budget(20_000, 1), 18_750);
+        assert_eq!(connection_budget(20_000, 2), 9_375);
+        // A small limit keeps at least 64 files for the rest.
+        assert_eq!(connection_budget(256, 1), 192);
+        // Never zero: every shard may hold a connection.
+        assert_eq!(connection_budget(10, 4), 1);
     }
 }

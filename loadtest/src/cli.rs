@@ -103,6 +103,12 @@ OPTIONS:
                            slow readers read normally so that nothing stays queued
     --rcvbuf BYTES         overflow: SO_RCVBUF of the slow readers' sockets (0: the
                            kernel's default) [default: 4096]
+    --storm N/D            idle: a reconnect storm: open N connections every D (e.g.
+                           200/5ms), the first N at once, however many are still being
+                           set up (--max-inflight does not apply); reports each one's
+                           setup time (TCP connect to subscribedEvents) as p50/p90/p99/
+                           max and the handshakes per second (subscribed / seconds from
+                           the first connect to the last subscribed) [default: off]
     --pipeline P           entities, services: requests in flight per connection at most
                            (HTTP/1.1 pipelining; the server answers in order) [default: 1]
     --entities K           entities: ids cycle over e0..e{K-1} (creates first, then
@@ -455,6 +461,8 @@ pub struct Config {
     pub slow_readers: f64,
     pub pause: Duration,
     pub rcvbuf: usize,
+    /// idle `--storm N/D`: N connections every D.
+    pub storm: Option<(u64, Duration)>,
     /// entities: requests in flight per HTTP connection at most, and the number of
     /// distinct entity ids (`e0..e{K-1}`).
     pub pipeline: usize,
@@ -559,6 +567,14 @@ impl Config {
             let share = self.rate * count as f64 / self.connections.max(1) as f64;
             a.extend(["--rate".to_string(), format!("{share}")]);
         }
+        if let Some((step, every)) = self.storm {
+            // this worker's share of each step
+            let share = (step * count).div_ceil(self.connections.max(1)).max(1);
+            a.extend([
+                "--storm".to_string(),
+                format!("{share}/{}ms", every.as_secs_f64() * 1000.0),
+            ]);
+        }
         if self.scenario == ScenarioName::Overflow {
             a.extend([
                 "--slow-readers".to_string(),
@@ -647,6 +663,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--slow-readers",
     "--pause-ms",
     "--rcvbuf",
+    "--storm",
     "--pipeline",
     "--entities",
     "--ws",
@@ -947,6 +964,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     } else if get("--nats-url").is_some() {
         return err("--nats-url only applies to --target nats");
     }
+    if scenario != ScenarioName::Idle && get("--storm").is_some() {
+        return err("--storm only applies to scenario idle");
+    }
     if scenario != ScenarioName::Overflow {
         for flag in ["--slow-readers", "--pause-ms", "--rcvbuf"] {
             if get(flag).is_some() {
@@ -1150,6 +1170,10 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         20_000,
     )?);
     let rcvbuf = parse_int("--rcvbuf", get("--rcvbuf").unwrap_or("4096"), 0, 64 << 20)? as usize;
+    let storm = match get("--storm") {
+        None => None,
+        Some(v) => Some(parse_storm(v).map_err(|e| CliError(format!("--storm: {e}")))?),
+    };
     let pipeline = parse_int("--pipeline", get("--pipeline").unwrap_or("1"), 1, 1024)? as usize;
     let entities_default = if scenario == ScenarioName::Soak {
         "1000"
@@ -1219,6 +1243,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         slow_readers,
         pause,
         rcvbuf,
+        storm,
         pipeline,
         entities,
         services,
@@ -1460,6 +1485,26 @@ fn parse_rate(v: &str) -> Result<f64, CliError> {
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, `1.5s` or plain seconds.
+/// `--storm N/D`: N connections (at least 1) every D (at least 1 ms).
+fn parse_storm(v: &str) -> Result<(u64, Duration), String> {
+    let (n, d) = v
+        .split_once('/')
+        .ok_or_else(|| format!("{v:?} is not N/D (connections per step / step, e.g. 200/5ms)"))?;
+    let n = match n.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => n,
+        _ => {
+            return Err(format!(
+                "{n:?} is not a number of connections of at least 1"
+            ))
+        }
+    };
+    let d = parse_duration(d)?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("the step {d:?} is shorter than 1 ms"));
+    }
+    Ok((n, d))
+}
+
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let v = v.trim();
     let split = v
@@ -2113,6 +2158,26 @@ mod tests {
         assert_eq!(w.slow_readers, 0.3);
         assert_eq!(w.pause, Duration::from_millis(70));
         assert_eq!(w.rcvbuf, 4096);
+    }
+
+    #[test]
+    fn storm_steps_and_their_share_in_workers() {
+        let c = run("idle --secret s --connections 18000 --storm 200/5ms").unwrap();
+        assert_eq!(c.storm, Some((200, Duration::from_millis(5))));
+        assert_eq!(run("idle --secret s").unwrap().storm, None);
+        // A worker holding a third of the connections opens a third of each step.
+        let w = match parse(&c.worker_args(0, 6000, 10)).unwrap() {
+            Command::Run(c) => *c,
+            Command::Help => unreachable!(),
+        };
+        assert_eq!(w.storm, Some((67, Duration::from_millis(5))));
+        fails(
+            "fanout --secret s --api-key k --storm 200/5ms",
+            "--storm only applies",
+        );
+        for bad in ["200", "0/5ms", "x/5ms", "200/0ms", "200/5parsecs"] {
+            fails(&format!("idle --secret s --storm {bad}"), "--storm");
+        }
     }
 
     #[test]

@@ -71,6 +71,11 @@ pub struct LoopPlan {
     /// overflow: how long a slow reader stops reading, and its `SO_RCVBUF` (0: default).
     pub pause: Duration,
     pub rcvbuf: usize,
+    /// idle `--storm`: open this process's connections on a schedule instead of keeping
+    /// `inflight_per_thread` handshakes in flight: `.0` connections every `.1`, the first
+    /// step at once, with no cap on those in flight (a reconnect storm); each one's setup
+    /// time (TCP connect to `subscribedEvents`) goes into the latency histogram.
+    pub storm: Option<(u64, Duration)>,
 }
 
 /// Commands from the coordinator to all threads of a process.
@@ -192,6 +197,8 @@ struct Ctx {
     target: Target,
     /// churn: close each connection once subscribed.
     churn: bool,
+    /// idle `--storm`: record each connection's setup time.
+    storm: bool,
     /// The window is over (slow readers no longer pause).
     draining: bool,
     nats_t: nats::TimeFinder,
@@ -237,6 +244,8 @@ struct EventLoop {
     connect_done: bool,
     shared_token: Option<String>,
     thread: usize,
+    /// idle `--storm`: when this thread opened its first step.
+    storm_t0: Option<Instant>,
 }
 
 /// churn: this thread's cycle schedule (open loop: cycle k is due at t0 + k/rate).
@@ -323,6 +332,7 @@ impl EventLoop {
                 tmp: Vec::with_capacity(256),
                 target: plan.target,
                 churn: churn.is_some(),
+                storm: plan.storm.is_some(),
                 draining: false,
                 nats_t: nats::TimeFinder::default(),
             },
@@ -330,6 +340,7 @@ impl EventLoop {
             connect_done: false,
             shared_token,
             thread,
+            storm_t0: None,
             plan,
             live,
             ctl,
@@ -375,6 +386,9 @@ impl EventLoop {
             } else {
                 Duration::from_millis(20)
             };
+            if let (Some(due), false) = (self.storm_next_step(), self.connect_done) {
+                timeout = timeout.min(due.saturating_duration_since(Instant::now()));
+            }
             if let Some(w) = churn_wait {
                 timeout = timeout.min(w);
             }
@@ -483,14 +497,47 @@ impl EventLoop {
         }
     }
 
-    /// Opens connections while fewer than the limit are being set up.
+    /// Opens connections while fewer than the limit are being set up (idle `--storm`:
+    /// as many as the schedule says are due).
     fn open_more(&mut self) {
+        if let Some((step, every)) = self.plan.storm {
+            let t0 = *self.storm_t0.get_or_insert_with(Instant::now);
+            let steps = (t0.elapsed().as_nanos() / every.as_nanos().max(1)) as u64 + 1;
+            let due = steps.saturating_mul(self.storm_share(step));
+            while self.opened() < due && self.next_local < self.plan.count {
+                let local = self.next_local;
+                self.next_local += self.plan.threads as u64;
+                self.open(local);
+            }
+            return;
+        }
         while self.ctx.inflight < self.plan.inflight_per_thread && self.next_local < self.plan.count
         {
             let local = self.next_local;
             self.next_local += self.plan.threads as u64;
             self.open(local);
         }
+    }
+
+    /// Connections this thread has opened so far.
+    fn opened(&self) -> u64 {
+        (self.next_local - self.thread as u64) / self.plan.threads as u64
+    }
+
+    /// idle `--storm`: this thread's share of a step of `step` connections.
+    fn storm_share(&self, step: u64) -> u64 {
+        step.div_ceil(self.plan.threads as u64).max(1)
+    }
+
+    /// idle `--storm`: when the next step is due (`None`: no storm, or all opened).
+    fn storm_next_step(&self) -> Option<Instant> {
+        let (step, every) = self.plan.storm?;
+        let t0 = self.storm_t0?;
+        if self.next_local >= self.plan.count {
+            return None;
+        }
+        let steps = self.opened() / self.storm_share(step);
+        Some(t0 + every * steps as u32)
     }
 
     fn open(&mut self, local: u64) {
@@ -1055,6 +1102,10 @@ fn become_ready(conn: &mut Conn, ctx: &mut Ctx) -> Result<(), End> {
     conn.sub_path = String::new();
     ctx.inflight -= 1;
     ctx.stats.ready += 1;
+    if ctx.storm {
+        let us = conn.opened.elapsed().as_micros() as u64;
+        ctx.stats.latency.saturating_record(us.max(1));
+    }
     if ctx.churn {
         let us = conn.opened.elapsed().as_micros() as u64;
         ctx.stats.latency.saturating_record(us.max(1));

@@ -217,6 +217,20 @@ pub struct Report {
     pub loadtest_cpu_seconds: f64,
     /// churn: cycles the schedule asked for over the window (rate × window).
     pub cycles_scheduled: u64,
+    /// idle `--storm` (the latency histogram then holds setup times).
+    pub storm: Option<Storm>,
+}
+
+/// idle `--storm`: the schedule and what the connect phase took.
+#[derive(Clone, Copy, Debug)]
+pub struct Storm {
+    /// Connections per step, and the step.
+    pub step: u64,
+    pub every: std::time::Duration,
+    /// From the first connect until every connection was subscribed or had failed.
+    pub connect_secs: f64,
+    /// The server's CPU time (user + system) over the connect phase.
+    pub server_cpu_seconds: Option<f64>,
 }
 
 impl Report {
@@ -233,6 +247,19 @@ impl Report {
     pub fn server_cpu_us_per_cycle(&self) -> Option<f64> {
         let c = self.server.cpu_seconds?;
         (self.clients.cycles_completed > 0).then(|| c * 1e6 / self.clients.cycles_completed as f64)
+    }
+
+    /// idle `--storm`: connections subscribed per second of the connect phase.
+    pub fn handshakes_per_sec(&self) -> Option<f64> {
+        let st = self.storm?;
+        Some(per_sec(self.clients.ready, st.connect_secs))
+    }
+
+    /// idle `--storm`: server CPU microseconds per subscribed connection (a figure that
+    /// other load on the machine disturbs less than the rate).
+    pub fn server_cpu_us_per_handshake(&self) -> Option<f64> {
+        let c = self.storm?.server_cpu_seconds?;
+        (self.clients.ready > 0).then(|| c * 1e6 / self.clients.ready as f64)
     }
 
     pub fn lost(&self) -> i64 {
@@ -353,7 +380,26 @@ impl Report {
                     "dropped_on_fast_readers": c.dropped_fast,
                 }),
             )),
-            _ => None,
+            _ => self.storm.map(|st| {
+                (
+                    "storm",
+                    json!({
+                        "step": st.step,
+                        "every_ms": round3(st.every.as_secs_f64() * 1000.0),
+                        "connect_secs": round3(st.connect_secs),
+                        "handshakes_per_sec": self.handshakes_per_sec().map(round2),
+                        "server_cpu_us_per_handshake":
+                            self.server_cpu_us_per_handshake().map(round2),
+                        "setup_us": {
+                            "p50": self.quantile(0.50),
+                            "p90": self.quantile(0.90),
+                            "p99": self.quantile(0.99),
+                            "max": (!self.clients.latency.is_empty())
+                                .then(|| self.clients.latency.max()),
+                        },
+                    }),
+                )
+            }),
         }
     }
 
@@ -425,7 +471,32 @@ impl Report {
                 self.delivery_window_secs
             ),
         )?;
-        self.quantile_rows(out, "latency", c)?;
+        if let Some(st) = self.storm {
+            row(
+                out,
+                "storm",
+                format!(
+                    "{} every {:.1} ms: {} subscribed in {:.2} s ({}/s)",
+                    st.step,
+                    st.every.as_secs_f64() * 1000.0,
+                    c.ready,
+                    st.connect_secs,
+                    human_count(self.handshakes_per_sec().unwrap_or(0.0))
+                ),
+            )?;
+            row(
+                out,
+                "server cpu per handshake",
+                self.server_cpu_us_per_handshake()
+                    .map_or("-".into(), |v| format!("{v:.1} us")),
+            )?;
+        }
+        let what = if self.storm.is_some() {
+            "setup"
+        } else {
+            "latency"
+        };
+        self.quantile_rows(out, what, c)?;
         let s = &self.server;
         row(
             out,
@@ -594,6 +665,14 @@ impl Report {
                     "connects_per_sec",
                     "server_cpu_us_per_cycle",
                 ][..],
+                "storm" => &[
+                    "step",
+                    "every_ms",
+                    "connect_secs",
+                    "handshakes_per_sec",
+                    "server_cpu_us_per_handshake",
+                    "setup_us",
+                ][..],
                 _ => &["slow_readers", "dropped_on_fast_readers"][..],
             };
             debug_assert_eq!(keys.len(), order.len());
@@ -703,6 +782,7 @@ mod tests {
             processes: 1,
             loadtest_cpu_seconds: 0.1,
             cycles_scheduled: 0,
+            storm: None,
         };
         let v = r.to_json();
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();

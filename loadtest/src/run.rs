@@ -10,7 +10,7 @@ use crate::conn::LoopPlan;
 use crate::group::{worker_main, ClientGroup, LocalGroup, Progress, WorkerGroup};
 use crate::procstat;
 use crate::publish::{NatsPublish, PublishPlan, PublishResult, Publisher};
-use crate::report::{ClientStats, Report, ServerStats};
+use crate::report::{ClientStats, Report, ServerStats, Storm};
 use crate::scenario::{self, Scenario};
 use crate::util::{human_count, unix_nanos};
 
@@ -59,6 +59,7 @@ pub fn loop_plan(
         window: cfg.duration,
         pause: cfg.pause,
         rcvbuf: cfg.rcvbuf,
+        storm: cfg.storm,
     }
 }
 
@@ -230,11 +231,11 @@ pub fn run(cfg: &Config) -> i32 {
     let cap = connect_cap(shares.iter().copied().max().unwrap_or(0)) + Duration::from_secs(10);
     let connect_start = Instant::now();
     let mut ended_connect = false;
-    loop {
+    let connect_secs = loop {
         let p = progress(&groups);
         ticker.tick("connecting", &p, 0);
         if p.connect_done {
-            break;
+            break connect_start.elapsed().as_secs_f64();
         }
         let waited = connect_start.elapsed();
         if waited > cap && !ended_connect {
@@ -248,10 +249,15 @@ pub fn run(cfg: &Config) -> i32 {
         }
         if waited > cap + Duration::from_secs(15) {
             eprintln!("loadtest: some client groups did not finish connecting; going on");
-            break;
+            break connect_start.elapsed().as_secs_f64();
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        // A storm's handshakes per second are timed by this loop: look often.
+        std::thread::sleep(Duration::from_millis(if cfg.storm.is_some() {
+            2
+        } else {
+            50
+        }));
+    };
     let mut subs = vec![0u64; scenario.path_count()];
     for g in &groups {
         for (a, b) in subs.iter_mut().zip(g.subs_per_path()) {
@@ -436,6 +442,15 @@ pub fn run(cfg: &Config) -> i32 {
         } else {
             0
         },
+        storm: cfg.storm.map(|(step, every)| Storm {
+            step,
+            every,
+            connect_secs,
+            server_cpu_seconds: match (before, connected) {
+                (Some(a), Some(b)) => Some((b.cpu_seconds - a.cpu_seconds).max(0.0)),
+                _ => None,
+            },
+        }),
     };
     let _ = report.print_table(&mut std::io::stderr().lock());
     if let Some(path) = &cfg.json {

@@ -112,6 +112,12 @@ pub struct HttpState {
     /// accept, or the moment its last request was read or answered. The next request
     /// must be in by `since + limits.request_timeout_ms`.
     pub since: u64,
+    /// Counted against `limits.max_http_connections`: a whole request arrived that was
+    /// not a WebSocket upgrade. Until then the connection is unidentified (it may be a
+    /// handshake of a reconnect storm, or a socket that never sends a byte): it costs
+    /// the HTTP budget nothing, and the shard may evict it when open files run short
+    /// (`Shard::evict_unidentified`).
+    pub counted: bool,
 }
 
 /// One answer in request order.
@@ -384,6 +390,11 @@ impl Conn {
             Kind::Ws(w) => Some(w),
             Kind::Http(_) => None,
         }
+    }
+
+    /// Open, and no whole request has arrived yet (see [`HttpState::counted`]).
+    pub fn unidentified(&self) -> bool {
+        matches!(&self.kind, Kind::Http(h) if !h.counted) && self.ending == Ending::Open
     }
 
     /// Output is waiting for the socket to take it.

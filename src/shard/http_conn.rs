@@ -141,18 +141,19 @@ impl Shard {
         let close = req.close || self.node.is_draining();
         // Browsers (PROTOCOL.md §11): a disallowed `Origin` is refused before anything
         // else, a preflight is answered here, and an allowed origin is named on the answer.
-        match api::check_origin(&req, &self.node, close) {
-            Err(answer) => {
-                self.answer_now(key, answer, close);
-                return;
-            }
+        let route = match api::check_origin(&req, &self.node, close) {
+            Err(answer) => Route::Respond(answer),
             Ok(cors) => {
                 if let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) {
                     h.cors = cors.map(String::into_boxed_str);
                 }
+                api::route(&req, &self.node, close)
             }
+        };
+        if !matches!(route, Route::Upgrade { .. }) && !self.admit_http(key, &req) {
+            return;
         }
-        match api::route(&req, &self.node, close) {
+        match route {
             Route::Respond(bytes) => self.answer_now(key, bytes, close),
             Route::Upgrade {
                 echo,
@@ -169,6 +170,13 @@ impl Shard {
                         h.stashed = Some(Box::new(req));
                     }
                     return;
+                }
+                if let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) {
+                    // Earlier requests on this connection counted it as an HTTP client;
+                    // `limits.max_connections` governs it from here.
+                    if std::mem::take(&mut h.counted) {
+                        self.node.http_closed();
+                    }
                 }
                 self.send_raw(key, &http::upgrade_response(&accept));
                 self.start_ws(key, echo, &req.query, channel);
@@ -221,6 +229,42 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// A whole request that is not a WebSocket upgrade arrived: from now on the connection
+    /// counts against `limits.max_http_connections` (the cap on plain HTTP clients, which
+    /// keep their connection between requests). Beyond the cap the request is refused
+    /// with 503 and the connection closed; a health probe (`GET /healthz`, `/readyz`) is
+    /// answered instead, with `Connection: close`, so that a full HTTP cap never makes a
+    /// load balancer or an orchestrator take the node for dead. Returns whether the
+    /// request may go on.
+    fn admit_http(&mut self, key: usize, req: &http::Request) -> bool {
+        let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) else {
+            return false;
+        };
+        if h.counted {
+            return true;
+        }
+        let cap = self.node.config().limits.max_http_connections;
+        if self.node.http_opened() <= cap {
+            h.counted = true;
+            return true;
+        }
+        self.node.http_closed();
+        if req.method == "GET" && matches!(req.path.as_str(), "/healthz" | "/readyz") {
+            if let Route::Respond(answer) = api::route(req, &self.node, true) {
+                self.answer_now(key, answer, true);
+                return false;
+            }
+        }
+        crate::metrics::http_closed("http_full");
+        let body = format!(
+            "{cap} connections that are not WebSockets are open \
+             (limits.max_http_connections); try again later"
+        );
+        let r = http::error_response(503, "LIMIT_EXCEEDED", &body, None, true);
+        self.answer_now(key, r, true);
+        false
     }
 
     /// Takes a slot for a request's answer, in request order; the answer comes through

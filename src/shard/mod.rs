@@ -116,6 +116,10 @@ pub struct ShardSeed {
     pub listener: TcpListener,
     pub mailbox: Arc<Mailbox>,
     pub node: Arc<Node>,
+    /// This shard's share of the process's open files for connections (see
+    /// [`crate::server::connection_budget`]): beyond it, a new connection evicts the
+    /// oldest one that has not sent a whole request yet.
+    pub conn_budget: usize,
 }
 
 /// A shard. See the module docs.
@@ -167,6 +171,12 @@ pub struct Shard {
     /// back-pressure lifted): read again next iteration, as no new edge will come.
     deferred_reads: Vec<(u32, u32)>,
     draining: Option<Drain>,
+    /// Connections in accept order that had not sent a whole request when accepted (key,
+    /// gen); entries that have since sent one, upgraded or closed are skipped lazily. The
+    /// front is the oldest candidate for eviction when open files run short.
+    unidentified: VecDeque<(u32, u32)>,
+    /// See [`ShardSeed::conn_budget`].
+    conn_budget: usize,
     /// State for jitter (xorshift).
     rng: u64,
     /// The io_uring write path (`io = "uring"`), when the kernel allows it.
@@ -223,6 +233,8 @@ impl Shard {
             mailbox_backlog: false,
             deferred_reads: Vec::new(),
             draining: None,
+            unidentified: VecDeque::new(),
+            conn_budget: seed.conn_budget.max(1),
             rng,
             uring: None,
             _not_send: PhantomData,
@@ -332,68 +344,127 @@ impl Shard {
         }
     }
 
+    /// Takes every connection the kernel has completed. Nothing is refused here: a
+    /// connection is counted against `limits.max_http_connections` only once a whole
+    /// request shows it is not a WebSocket upgrade ([`Shard::admit_http`]), so a
+    /// reconnect storm of upgrades is never mistaken for a flood of HTTP clients. What
+    /// protects the process's open files instead is eviction: past this shard's budget
+    /// (or when `accept` says the files ran out), the oldest connection that has not sent
+    /// a whole request is closed to make room.
     fn accept(&mut self) {
         loop {
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
             match listener.accept() {
-                Ok((mut sock, _addr)) => {
+                Ok((sock, _addr)) => {
                     self.metrics.accepted.increment(1);
-                    let limits = &self.node.config().limits;
-                    let (cap, timeout) = (limits.max_http_connections, limits.request_timeout_ms);
-                    if self.node.http_opened() > cap {
-                        self.node.http_closed();
-                        crate::metrics::http_closed("http_full");
-                        // Best effort: a fresh socket's send buffer takes this at once.
-                        let body = format!(
-                            "{cap} connections that are not WebSockets are open \
-                             (limits.max_http_connections); try again later"
-                        );
-                        let r =
-                            crate::http::error_response(503, "LIMIT_EXCEEDED", &body, None, true);
-                        let _ = io::Write::write(&mut sock, &r);
-                        continue;
+                    if self.conns.len() >= self.conn_budget {
+                        self.evict_unidentified();
                     }
-                    let _ = sock.set_nodelay(true);
-                    self.next_gen = self.next_gen.wrapping_add(1);
-                    let gen = self.next_gen;
-                    let entry = self.conns.vacant_entry();
-                    let key = entry.key();
-                    let mut conn = Conn {
-                        sock,
-                        gen,
-                        rbuf: Vec::new(),
-                        out: Vec::new(),
-                        out_pos: 0,
-                        ending: conn::Ending::Open,
-                        kind: Kind::Http(HttpState {
-                            since: self.now,
-                            ..HttpState::default()
-                        }),
-                    };
-                    if let Err(e) = self.poll.registry().register(
-                        &mut conn.sock,
-                        Token(key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        tracing::warn!(shard = self.id, "cannot register connection: {e}");
-                        self.node.http_closed();
-                        continue;
-                    }
-                    entry.insert(conn);
-                    self.arm(self.now + timeout, key, gen, TimerKind::RequestTimeout);
+                    self.admit(sock);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of files below the budget (other files, other shards): make
+                    // room and retry; with nothing to evict, the next turn retries after
+                    // connections close.
+                    if !self.evict_unidentified() {
+                        tracing::warn!(shard = self.id, "accept failed: {e}");
+                        return;
+                    }
+                }
                 Err(e) => {
-                    // EMFILE and friends: the listener stays readable; the next turn
-                    // retries after connections close.
                     tracing::warn!(shard = self.id, "accept failed: {e}");
                     return;
                 }
             }
         }
+    }
+
+    /// A newly accepted connection: unidentified, with `limits.request_timeout_ms` to
+    /// send its first request.
+    fn admit(&mut self, sock: mio::net::TcpStream) {
+        let timeout = self.node.config().limits.request_timeout_ms;
+        let _ = sock.set_nodelay(true);
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let mut conn = Conn {
+            sock,
+            gen,
+            rbuf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            ending: conn::Ending::Open,
+            kind: Kind::Http(HttpState {
+                since: self.now,
+                ..HttpState::default()
+            }),
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut conn.sock,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(shard = self.id, "cannot register connection: {e}");
+            return;
+        }
+        entry.insert(conn);
+        self.unidentified.push_back((key as u32, gen));
+        if self.unidentified.len() > 2 * self.conns.len() + 64 {
+            // Mostly connections that have identified themselves since: forget those, so
+            // the queue stays proportional to what it can hold.
+            let conns = &self.conns;
+            self.unidentified.retain(|&(k, g)| {
+                conns
+                    .get(k as usize)
+                    .is_some_and(|c| c.gen == g && c.unidentified())
+            });
+        }
+        self.arm(self.now + timeout, key, gen, TimerKind::RequestTimeout);
+    }
+
+    /// Closes the oldest connection that has not sent a whole request (none sent a byte,
+    /// or a head that is still incomplete), so that sockets which say nothing can never
+    /// hold the open files new clients need. A candidate is read once first: what it sent
+    /// since its last readiness event is handled (it may be a handshake waiting in the
+    /// kernel's buffer), and only one that still has not sent a whole request is closed.
+    /// Returns whether one was closed.
+    fn evict_unidentified(&mut self) -> bool {
+        while let Some((key, gen)) = self.unidentified.pop_front() {
+            let key = key as usize;
+            let live = |s: &Shard| {
+                s.conns
+                    .get(key)
+                    .is_some_and(|c| c.gen == gen && c.unidentified())
+            };
+            if !live(self) {
+                continue;
+            }
+            self.http_readable(key);
+            if !live(self) {
+                continue;
+            }
+            if let Some(c) = self.conns.get_mut(key).filter(|c| !c.rbuf.is_empty()) {
+                // Part of a request came: tell a slow but honest client why (best effort).
+                let r = crate::http::error_response(
+                    503,
+                    "LIMIT_EXCEEDED",
+                    "the server is short of open files and this connection had not sent \
+                     a whole request; try again",
+                    None,
+                    true,
+                );
+                let _ = io::Write::write(&mut c.sock, &r);
+            }
+            crate::metrics::http_closed("evicted");
+            self.drop_conn(key, "evicted");
+            return true;
+        }
+        false
     }
 
     fn on_readable(&mut self, key: usize) {
@@ -638,7 +709,7 @@ impl Shard {
             self.detach_service(key, conn.gen);
         }
         let _ = self.poll.registry().deregister(&mut conn.sock);
-        if matches!(conn.kind, Kind::Http(_)) {
+        if matches!(conn.kind, Kind::Http(HttpState { counted: true, .. })) {
             self.node.http_closed();
         }
         if let Kind::Ws(ws) = conn.kind {

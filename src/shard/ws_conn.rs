@@ -72,10 +72,9 @@ impl Shard {
             return;
         };
         state.channel = channel.map(|c| c.as_str().into());
+        // No longer an HTTP connection (the upgrade took it off the HTTP count):
+        // `limits.max_connections` and the auth timeout govern it from here.
         conn.kind = Kind::Ws(state);
-        // No longer an HTTP connection: `limits.max_connections` and the auth timeout
-        // govern it from here.
-        self.node.http_closed();
         let gen = conn.gen;
         if echo {
             return;
