@@ -327,8 +327,7 @@ fn preregister() {
     }
     // Registering the handle is enough for the exporter to render its buckets at 0.
     let _ = metrics::histogram!(SERVICE_ACK_SECONDS);
-    channels(0, 0, 0, 0, 0);
-    metrics::gauge!(CHANNEL_BACKLOG_CACHE).set(0.0);
+    channels(0, 0, 0, 0, 0, 0);
 }
 
 /// `reason` values of `shardcast_auth_failures_total`.

@@ -36,8 +36,9 @@ pub struct Node {
     draining: AtomicBool,
     /// Open WebSocket connections on all shards.
     ws_connections: AtomicUsize,
-    /// Open connections that are not (yet) WebSockets, on all shards: REST clients and
-    /// handshakes in progress, capped by `limits.max_http_connections`.
+    /// Open plain HTTP clients on all shards (a whole request arrived that was not an
+    /// upgrade), capped by `limits.max_http_connections`; connections that have not sent
+    /// a whole request yet are not counted here.
     http_connections: AtomicUsize,
     /// A short random tag, so `connectionId`s differ across restarts.
     id: String,

@@ -273,10 +273,12 @@ pub struct LimitsConfig {
     /// many ms of the connection's previous request being answered (or of its accept), and
     /// an idle keep-alive connection closes after it.
     pub request_timeout_ms: u64,
-    /// Project extension (not in PROTOCOL.md): most connections open at once that are not
-    /// WebSockets (REST clients, handshakes in progress). Counted apart from
-    /// `max_connections` so that slow or idle ones cannot use up the process's open files
-    /// and lock out WebSocket clients; beyond it a new connection gets 503.
+    /// Project extension (not in PROTOCOL.md): most connections open at once that are
+    /// plain HTTP clients (a whole request arrived that was not a WebSocket upgrade).
+    /// Counted apart from `max_connections`, and only once a request shows what the
+    /// connection is, so that a reconnect storm of upgrades is never refused as an HTTP
+    /// flood; beyond it a request gets 503 (`/healthz` and `/readyz` are still answered).
+    /// Connections that have sent nothing are bounded by eviction, not by this.
     pub max_http_connections: usize,
 }
 
