@@ -130,5 +130,9 @@ fn plain_parameters_still_work() {
     assert_eq!(l["pagination"]["limit"], 10, "{l}");
     // Past the query's checks: group `g` has never existed, so the answer is its 404.
     let (st, dl) = get(&s, &format!("{DEAD_LETTERS}?limit=10&cursor=0"));
-    assert_eq!((st, &dl["error"]["code"]), (404, &json!("NOT_FOUND")), "{dl}");
+    assert_eq!(
+        (st, &dl["error"]["code"]),
+        (404, &json!("NOT_FOUND")),
+        "{dl}"
+    );
 }
