@@ -83,8 +83,6 @@ pub enum ConfigError {
     },
 }
 
-/// The example secrets the defaults and the README ship with: fine on loopback, where only
-
 fn suggestion_text(suggestion: &Option<String>) -> String {
     match suggestion {
         Some(s) => format!("; did you mean '{s}'?"),

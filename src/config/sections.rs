@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The example secrets the defaults and the README ship with: fine on loopback, where only
 /// this machine can reach the node, refused anywhere else ([`Config::validate`]).
 pub const SHIPPED_JWT_SECRET: &str = "change-me";
 pub const SHIPPED_API_KEY: &str = "dev-key";
