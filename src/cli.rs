@@ -27,6 +27,8 @@ pub enum Command {
     Serve { config: Option<PathBuf> },
     /// Print a signed token.
     Token(TokenArgs),
+    /// Print the annotated default configuration file (`config::default_toml`).
+    Config,
     /// Print each event of a subscription as a JSON line until interrupted.
     Sub(SubArgs),
     /// Publish one event over REST and print the answer.
@@ -43,6 +45,7 @@ pub enum Topic {
     General,
     Serve,
     Token,
+    Config,
     Sub,
     Pub,
 }
@@ -247,6 +250,7 @@ fn topic_of(command: &str) -> Option<Topic> {
     Some(match command {
         "serve" => Topic::Serve,
         "token" => Topic::Token,
+        "config" => Topic::Config,
         "sub" => Topic::Sub,
         "pub" => Topic::Pub,
         _ => return None,
@@ -270,6 +274,12 @@ token: print a signed HS256 token for trying things out
   --scope P         a path prefix the holder may subscribe to; repeatable; \"*\" means all
   --group G         service group (default: the sub)
   --ttl SECONDS     lifetime, default 3600
+";
+
+const CONFIG_HELP: &str = "\
+config: print a configuration file with every key at its default, each under a comment
+  saying what it means and which environment variable overrides it (docs/CONFIG.md).
+  `shardcast config > shardcast.toml`, edit, then `shardcast serve --config shardcast.toml`.
 ";
 
 const SUB_HELP: &str = "\
@@ -301,6 +311,7 @@ shardcast: a real-time WebSocket push server
 Usage:
   shardcast [serve] [--config FILE]
   shardcast token --secret S --sub ID [--role R] [--scope P]... [--group G] [--ttl SECONDS]
+  shardcast config
   shardcast sub PATH [--url WS_URL] [--token T] [--filter F] [--since N]
   shardcast pub PATH EVENT_TYPE DATA [--url HTTP_URL] [--api-key K]
   shardcast help [COMMAND] | COMMAND --help | --help | -h
@@ -309,6 +320,7 @@ Usage:
 Commands:
   serve   run a node (the default command; `shardcast --config FILE` is serve)
   token   print a signed HS256 token for trying things out
+  config  print the default configuration file, every key annotated
   sub     print the events under a path as JSON lines until interrupted
   pub     publish one event over REST and print the answer
 
@@ -324,6 +336,7 @@ pub fn help(topic: Topic) -> String {
         Topic::General => return usage().to_string(),
         Topic::Serve => SERVE_HELP,
         Topic::Token => TOKEN_HELP,
+        Topic::Config => CONFIG_HELP,
         Topic::Sub => SUB_HELP,
         Topic::Pub => PUB_HELP,
     };
@@ -332,6 +345,7 @@ pub fn help(topic: Topic) -> String {
         Topic::Token => {
             "shardcast token --secret S --sub ID [--role R] [--scope P]... [--group G] [--ttl SECONDS]"
         }
+        Topic::Config => "shardcast config",
         Topic::Sub => "shardcast sub PATH [--url WS_URL] [--token T] [--filter F] [--since N]",
         Topic::Pub => "shardcast pub PATH EVENT_TYPE DATA [--url HTTP_URL] [--api-key K]",
         Topic::General => unreachable!("returned above"),
@@ -344,11 +358,12 @@ pub fn version() -> &'static str {
     concat!("shardcast ", env!("CARGO_PKG_VERSION"))
 }
 
-const COMMANDS: &[&str] = &["serve", "token", "sub", "pub", "help", "version"];
+const COMMANDS: &[&str] = &["serve", "token", "config", "sub", "pub", "help", "version"];
 const SERVE_FLAGS: &[&str] = &["--config", "--help", "--version"];
 const TOKEN_FLAGS: &[&str] = &[
     "--secret", "--sub", "--role", "--scope", "--group", "--ttl", "--help",
 ];
+const CONFIG_FLAGS: &[&str] = &["--help"];
 const SUB_FLAGS: &[&str] = &[
     "--url",
     "--token",
@@ -389,6 +404,7 @@ pub fn parse_with_env(
         "version" | "--version" | "-V" => Ok(Command::Version),
         "serve" => parse_serve(rest(&mut args)),
         "token" => parse_token(rest(&mut args)),
+        "config" => parse_config(rest(&mut args)),
         "sub" => parse_sub(rest(&mut args), &env),
         "pub" => parse_pub(rest(&mut args), &env),
         // `shardcast --config f.toml`: flags without a command are serve's.
@@ -418,6 +434,18 @@ fn parse_serve(mut args: Flags) -> Result<Command, CliError> {
         }
     }
     Ok(Command::Serve { config })
+}
+
+/// `config` takes no arguments but `--help`.
+fn parse_config(mut args: Flags) -> Result<Command, CliError> {
+    match args.next_item()? {
+        None => Ok(Command::Config),
+        Some(Item::Flag(name)) if name == "--help" || name == "-h" => {
+            args.no_value(name, Command::Help(Topic::Config))
+        }
+        Some(Item::Flag(name)) => Err(unknown_flag("config", name, CONFIG_FLAGS)),
+        Some(Item::Positional(arg)) => Err(CliError::UnexpectedArgument(arg)),
+    }
 }
 
 fn parse_token(mut args: Flags) -> Result<Command, CliError> {

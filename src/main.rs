@@ -35,6 +35,10 @@ fn main() -> ExitCode {
             println!("{}", args.token(shardcast::time::unix_secs()));
             ExitCode::SUCCESS
         }
+        Command::Config => {
+            print!("{}", config::default_toml());
+            ExitCode::SUCCESS
+        }
         Command::Serve { config } => serve(config.as_deref()),
     }
 }
@@ -48,8 +52,8 @@ fn serve(file: Option<&std::path::Path>) -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    for name in &config.ignored_env {
-        tracing::debug!("ignoring environment variable {name}: not a configuration key");
+    for warning in config.env_warnings() {
+        tracing::warn!("{warning}");
     }
     // Block the stop signals before any thread starts, so every thread inherits the mask
     // and only `wait_for_stop` below receives them.

@@ -3497,13 +3497,6 @@ fn gen_entity_list(rng: &mut Rng) -> GenEntityList {
         }
     }
     shuffle(rng, &mut pairs);
-    if rng.chance(1, 8) {
-        // A repeated parameter: the first counts, so garbage after it is not looked at.
-        let k = *rng.pick(&["filter", "orderBy", "limit", "cursor"]);
-        if pairs.iter().any(|(n, _)| n == k) {
-            pairs.push((k.into(), "%27((".into()));
-        }
-    }
     let ok = Ok((
         filter.clone(),
         order.clone(),
@@ -3536,6 +3529,8 @@ fn gen_entity_list(rng: &mut Rng) -> GenEntityList {
             Err(("INVALID_FILTER", "orderBy: ".into()))
         }
         3 => {
+            // Numbers are plain decimal digits: a sign, a leading zero or a space is refused
+            // (`+` alone decodes to a space).
             let bad = *rng.pick(&[
                 "0",
                 "1001",
@@ -3545,10 +3540,28 @@ fn gen_entity_list(rng: &mut Rng) -> GenEntityList {
                 "x",
                 "99999999999999999999999",
                 "1e3",
+                "%2B5",
+                "+5",
+                "007",
+                "05",
+                "5%20",
             ]);
             pairs.retain(|(k, _)| k != "limit");
             pairs.push(("limit".into(), bad.into()));
             Err(("BAD_MESSAGE", "limit must be".into()))
+        }
+        5 => {
+            // A repeated parameter is refused naming it, whatever its values.
+            let k = *rng.pick(&["filter", "orderBy", "limit", "cursor"]);
+            if !pairs.iter().any(|(n, _)| n == k) {
+                pairs.push((k.into(), "1".into()));
+            }
+            let again = if rng.chance(1, 2) { "%27((" } else { "1" };
+            pairs.insert(rng.below(pairs.len() + 1), (k.into(), again.into()));
+            Err((
+                "BAD_MESSAGE",
+                format!("query parameter '{k}' is given more than once"),
+            ))
         }
         4 => {
             let bad = match rng.below(4) {
@@ -3949,6 +3962,11 @@ fn gen_channel_list(rng: &mut Rng) -> (String, Result<ListQuery, String>) {
                 ("page", "-1"),
                 ("page", "x"),
                 ("page", "99999999999999999999999"),
+                // Plain decimal digits only: no sign, no leading zero.
+                ("page", "%2B5"),
+                ("page", "007"),
+                ("limit", "05"),
+                ("limit", "+5"),
                 ("limit", "101"),
                 ("limit", ""),
                 ("limit", "0"),
@@ -4052,32 +4070,45 @@ fn gen_dead_letters_query(rng: &mut Rng) -> (String, Result<DeadLettersQuery, St
         q.cursor = Some(c);
         pairs.push(("cursor".into(), c.to_string()));
     }
-    if rng.chance(1, 6) && !pairs.is_empty() {
-        // Repeated: the last counts.
-        let i = rng.below(pairs.len());
-        let k = pairs[i].0.clone();
-        let v = if k == "limit" {
-            q.limit = rng.range(1, MAX_LIMIT);
-            q.limit.to_string()
-        } else {
-            let c = rng.next() % 1000;
-            q.cursor = Some(c);
-            c.to_string()
-        };
-        pairs.push((k, v));
-    } else {
-        shuffle(rng, &mut pairs);
-    }
-    let expect = match rng.below(6) {
+    shuffle(rng, &mut pairs);
+    let expect = match rng.below(7) {
         0 => {
-            let bad = *rng.pick(&["0", "1001", "-1", "x", "", "1.0", "99999999999999999999999"]);
+            let bad = *rng.pick(&[
+                "0",
+                "1001",
+                "-1",
+                "x",
+                "",
+                "1.0",
+                "99999999999999999999999",
+                "%2B5",
+                "007",
+            ]);
+            pairs.retain(|(k, _)| k != "limit");
             pairs.insert(rng.below(pairs.len() + 1), ("limit".into(), bad.into()));
-            Err("limit must be an integer from 1 to 1000".to_string())
+            Err("limit must be a whole number from 1 to 1000".to_string())
         }
         1 => {
-            let bad = *rng.pick(&["-1", "x", "", "18446744073709551616", "1e3", "0x10"]);
+            let bad = *rng.pick(&[
+                "-1",
+                "x",
+                "",
+                "18446744073709551616",
+                "1e3",
+                "0x10",
+                "%2B5",
+                "00",
+                "01",
+            ]);
+            pairs.retain(|(k, _)| k != "cursor");
             pairs.insert(rng.below(pairs.len() + 1), ("cursor".into(), bad.into()));
-            Err("cursor must be a nextCursor of an earlier page".to_string())
+            Err("cursor must be a whole number from 0 to".to_string())
+        }
+        3 if !pairs.is_empty() => {
+            // A repeated parameter is refused naming it, whatever its values.
+            let (k, v) = pairs[rng.below(pairs.len())].clone();
+            pairs.insert(rng.below(pairs.len() + 1), (k.clone(), v));
+            Err(format!("query parameter '{k}' is given more than once"))
         }
         2 => {
             let long = "k".repeat(rng.range(65, 5000));
@@ -4155,7 +4186,7 @@ fn dead_letters_unknown_parameter_is_clipped() {
     assert_eq!(
         m,
         format!(
-            "unknown query parameter '{}' (limit, cursor)",
+            "unknown query parameter '{}' (this list takes limit, cursor)",
             "k".repeat(64)
         )
     );

@@ -1044,6 +1044,44 @@ pub fn check_refused(r: &Refused, codes: &[&str]) {
     );
 }
 
+/// The one rule of every REST list's query string (PROTOCOL-NOTES.md, REST), as a model:
+/// the decoded pairs, or the start of the refusal of the first name from the left that
+/// the list does not take (`known`) or that was given before. Values are the endpoint's.
+pub fn query_names_model(query: &str, known: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let pairs: Vec<(String, String)> = http::query_pairs(query).collect();
+    for (i, (k, _)) in pairs.iter().enumerate() {
+        if !known.contains(&k.as_str()) {
+            return Err(format!(
+                "unknown query parameter '{}'",
+                protocol::truncate(k, 64)
+            ));
+        }
+        if pairs[..i].iter().any(|(seen, _)| seen == k) {
+            return Err(format!("query parameter '{k}' is given more than once"));
+        }
+    }
+    Ok(pairs)
+}
+
+/// A query-string number as the rule has it: only ASCII digits, no leading zero (but `0`
+/// itself), within `min..=max`.
+pub fn plain_number_model(v: &str, min: u64, max: u64) -> Option<u64> {
+    let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    let leading_zero = v.len() > 1 && v.starts_with('0');
+    if !digits || leading_zero {
+        return None;
+    }
+    v.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
+}
+
+/// The value of `name` among pairs the names model accepted (each name at most once).
+fn value_of<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// Array/object nesting of a JSON value (a scalar is 0).
 pub fn json_depth(v: &Value) -> usize {
     match v {
@@ -1130,34 +1168,24 @@ pub fn entity_body(data: &[u8]) {
 }
 
 /// Checks one `parse_entity_list` answer (collection [`ENTITY_COLLECTION`], signer
-/// [`cursors`]) against a model of PROTOCOL-NOTES.md: unknown parameters, then `filter`,
-/// `orderBy` (`INVALID_FILTER` with the parser's own error), `limit` (1..=1000, default
-/// 100), `cursor`; the first value of a repeated parameter counts; a refusal names the
+/// [`cursors`]) against a model of PROTOCOL-NOTES.md: the names ([`query_names_model`]:
+/// unknown or repeated), then `filter`, `orderBy` (`INVALID_FILTER` with the parser's own
+/// error), `limit` (plain digits, 1..=1000, default 100), `cursor`; a refusal names the
 /// first problem. An accepted query takes a cursor issued for it (at that position), and
 /// the same cursor is refused for another collection.
 pub fn check_entity_list(query: &str) -> Result<EntityListQuery, Refused> {
     let r = parse_entity_list(ENTITY_COLLECTION, query, cursors());
-    let pairs: Vec<(String, String)> = http::query_pairs(query).collect();
-    let first = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let unknown = pairs
-        .iter()
-        .find(|(k, _)| !ENTITY_LIST_PARAMS.contains(&k.as_str()));
+    let names = query_names_model(query, ENTITY_LIST_PARAMS);
+    let pairs = names.clone().unwrap_or_default();
+    let first = |name: &str| value_of(&pairs, name);
     let filter_src = first("filter").filter(|f| !f.trim().is_empty());
     let order_src = first("orderBy").filter(|o| !o.trim().is_empty());
-    let limit = first("limit").map(|l| {
-        l.parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-    });
+    let limit =
+        first("limit").map(|l| plain_number_model(l, 1, MAX_LIMIT as u64).map(|n| n as usize));
     let cursor = first("cursor").filter(|c| !c.is_empty());
     match &r {
         Ok(q) => {
-            assert!(unknown.is_none(), "accepted {unknown:?}");
+            assert!(names.is_ok(), "accepted against {names:?}");
             assert_eq!(
                 q.filter.as_ref(),
                 filter_src
@@ -1176,7 +1204,12 @@ pub fn check_entity_list(query: &str) -> Result<EntityListQuery, Refused> {
             assert_eq!(q.query, want_query);
             let last = json!({"id": "e7", "n": 3, "a": {"b": "x"}, "status": "failed"});
             let cur = cursors().encode(&q.query, &q.order, &last);
-            let with_cursor = format!("cursor={cur}&{query}");
+            // The query's own cursor, if any, is replaced (a second one would be refused).
+            let without_cursor: Vec<&str> = query
+                .split('&')
+                .filter(|kv| http::percent_decode(kv.split('=').next().unwrap_or("")) != "cursor")
+                .collect();
+            let with_cursor = format!("cursor={cur}&{}", without_cursor.join("&"));
             let again = parse_entity_list(ENTITY_COLLECTION, &with_cursor, cursors())
                 .unwrap_or_else(|e| panic!("its own cursor refused: {e:?}"));
             assert_eq!(again.after, cursors().decode(&q.query, &cur).ok());
@@ -1192,10 +1225,9 @@ pub fn check_entity_list(query: &str) -> Result<EntityListQuery, Refused> {
         Err(e) => {
             check_refused(e, &["BAD_MESSAGE", "INVALID_FILTER"]);
             let (code, m) = (e.1, e.2.as_str());
-            if let Some((k, _)) = unknown {
+            if let Err(want) = &names {
                 assert_eq!(code, "BAD_MESSAGE");
-                let want = format!("unknown query parameter '{}'", protocol::truncate(k, 64));
-                assert!(m.starts_with(&want), "{m}");
+                assert!(m.starts_with(want), "'{m}' is not '{want}...'");
             } else if let Some(fe) = filter_src.and_then(|f| Filter::parse(f).err()) {
                 assert_eq!((code, m), ("INVALID_FILTER", &*format!("filter: {fe}")));
             } else if let Some(oe) = order_src.and_then(|o| OrderBy::parse(o).err()) {
@@ -1319,57 +1351,44 @@ pub fn check_channel_create(kind: &str, body: &[u8]) -> Result<NewChannel, Refus
     r
 }
 
-/// Checks one `parse_channel_list` answer against a model: `page` 1..=1000000 (default
-/// 1), `limit` 1..=100 (default 20), `status` connected|disconnected, non-empty `user_id`
-/// and `organisation_id`; each at most once, nothing else; the refusal names the first
-/// bad parameter (its value is checked before its repetition).
+/// Checks one `parse_channel_list` answer against a model: the names
+/// ([`query_names_model`]: `page`, `limit`, `status`, `user_id`, `organisation_id`, each
+/// at most once), then in that order `page` (plain digits, 1..=1000000, default 1),
+/// `limit` (1..=100, default 20), `status` connected|disconnected, non-empty `user_id` and
+/// `organisation_id`; the refusal names the first problem.
 pub fn check_channel_list(query: &str) -> Result<ListQuery, Refused> {
     let r = parse_channel_list(query);
     let model = || -> Result<ListQuery, String> {
-        let mut q = ListQuery {
-            page: 1,
-            limit: 20,
-            status: None,
-            user_id: None,
-            organisation_id: None,
+        let pairs = query_names_model(
+            query,
+            &["page", "limit", "status", "user_id", "organisation_id"],
+        )?;
+        let get = |name: &str| value_of(&pairs, name);
+        let number = |name: &str, max: u64, default: usize| match get(name) {
+            None => Ok(default),
+            Some(v) => plain_number_model(v, 1, max)
+                .map(|n| n as usize)
+                .ok_or_else(|| format!("{name} must be a whole number")),
         };
-        let mut seen: Vec<String> = Vec::new();
-        let number =
-            |v: &str, max: usize| v.parse::<usize>().ok().filter(|n| (1..=max).contains(n));
-        for (k, v) in http::query_pairs(query) {
-            let named = |what: &str| format!("{k} {what}");
-            match k.as_str() {
-                "page" => {
-                    q.page = number(&v, 1_000_000).ok_or_else(|| named("must be a whole number"))?
-                }
-                "limit" => {
-                    q.limit = number(&v, 100).ok_or_else(|| named("must be a whole number"))?
-                }
-                "status" => {
-                    q.status = Some(match v.as_str() {
-                        "connected" => Status::Connected,
-                        "disconnected" => Status::Disconnected,
-                        _ => return Err(named("must be 'connected' or 'disconnected'")),
-                    })
-                }
-                "user_id" | "organisation_id" if v.is_empty() => {
-                    return Err(named("must not be empty"))
-                }
-                "user_id" => q.user_id = Some(v),
-                "organisation_id" => q.organisation_id = Some(v),
-                _ => {
-                    return Err(format!(
-                        "unknown query parameter '{}'",
-                        protocol::truncate(&k, 64)
-                    ))
-                }
-            }
-            if seen.contains(&k) {
-                return Err(format!("query parameter '{k}' is given more than once"));
-            }
-            seen.push(k);
-        }
-        Ok(q)
+        let page = number("page", 1_000_000, 1)?;
+        let limit = number("limit", 100, 20)?;
+        let status = match get("status") {
+            None => None,
+            Some("connected") => Some(Status::Connected),
+            Some("disconnected") => Some(Status::Disconnected),
+            Some(_) => return Err("status must be 'connected' or 'disconnected'".into()),
+        };
+        let text = |name: &str| match get(name) {
+            Some("") => Err(format!("{name} must not be empty")),
+            v => Ok(v.map(str::to_string)),
+        };
+        Ok(ListQuery {
+            page,
+            limit,
+            status,
+            user_id: text("user_id")?,
+            organisation_id: text("organisation_id")?,
+        })
     };
     match (&r, model()) {
         (Ok(got), Ok(want)) => assert_eq!(got, &want),
@@ -1399,35 +1418,26 @@ pub fn channel_body(data: &[u8]) {
     }
 }
 
-/// Checks one `parse_dead_letters_query` answer against a model: `limit` 1..=1000
-/// (default 100), `cursor` a u64, the last value of a repeated parameter counts, anything
-/// else refused naming it.
+/// Checks one `parse_dead_letters_query` answer against a model: the names
+/// ([`query_names_model`]: `limit`, `cursor`, each at most once), then `limit` (plain
+/// digits, 1..=1000, default 100) and `cursor` (plain digits, a u64); the refusal names
+/// the first problem.
 pub fn check_dead_letters_query(query: &str) -> Result<DeadLettersQuery, Refused> {
     let r = parse_dead_letters_query(query);
     let model = || -> Result<DeadLettersQuery, String> {
-        let mut q = DeadLettersQuery {
-            limit: DEFAULT_LIMIT,
-            cursor: None,
+        let pairs = query_names_model(query, &["limit", "cursor"])?;
+        let limit = match value_of(&pairs, "limit") {
+            None => DEFAULT_LIMIT,
+            Some(v) => plain_number_model(v, 1, MAX_LIMIT as u64)
+                .ok_or("limit must be a whole number")? as usize,
         };
-        for (k, v) in http::query_pairs(query) {
-            match k.as_str() {
-                "limit" => {
-                    q.limit = v
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=MAX_LIMIT).contains(n))
-                        .ok_or("limit must be an integer")?
-                }
-                "cursor" => q.cursor = Some(v.parse::<u64>().map_err(|_| "cursor must be")?),
-                _ => {
-                    return Err(format!(
-                        "unknown query parameter '{}'",
-                        protocol::truncate(&k, 64)
-                    ))
-                }
+        let cursor = match value_of(&pairs, "cursor") {
+            None => None,
+            Some(v) => {
+                Some(plain_number_model(v, 0, u64::MAX).ok_or("cursor must be a whole number")?)
             }
-        }
-        Ok(q)
+        };
+        Ok(DeadLettersQuery { limit, cursor })
     };
     match (&r, model()) {
         (Ok(got), Ok(want)) => assert_eq!(got, &want),

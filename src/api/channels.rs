@@ -22,11 +22,11 @@ use crate::channels::{
     valid_channel_id, Caller, ChannelKind, ChannelRequest, ListQuery, NewChannel, Status,
 };
 use crate::filter::Filter;
-use crate::http::{self, percent_decode, Request};
+use crate::http::{percent_decode, Request};
 use crate::node::Node;
 use crate::protocol::{truncate, validate_path};
 
-use super::{authorize, error, Refused, Route};
+use super::{authorize, error, query, Refused, Route};
 
 /// Longest `organisation_id` / `user_id`, in bytes.
 const MAX_ID_BYTES: usize = 256;
@@ -44,8 +44,8 @@ const MAX_PAGE: usize = 1_000_000;
 const ORGANISATION_FIELDS: &[&str] = &["organisation_id", "user_id", "event_types"];
 const USER_FIELDS: &[&str] = &["user_id", "event_types"];
 const CUSTOM_FIELDS: &[&str] = &["path", "event_types", "filter"];
-/// Query parameters the list takes.
-const LIST_PARAMS: &str = "page, limit, status, user_id, organisation_id";
+/// Query parameters the list takes, in the order their values are checked.
+const LIST_PARAMS: &[&str] = &["page", "limit", "status", "user_id", "organisation_id"];
 
 const PATHS: &str = "channel paths are /api/v1/realtime-subscriptions, \
                      /api/v1/realtime-subscriptions/organisation, \
@@ -415,74 +415,40 @@ fn event_types(m: &Map<String, Value>, required: bool) -> Result<Vec<String>, Re
 }
 
 /// Parses the list's query string (`page`, `limit`, `status`, `user_id`,
-/// `organisation_id`; percent-decoded). A parameter given twice, unknown or out of range
-/// is 400 naming it.
+/// `organisation_id`) under the one rule of [`super::query`]: each parameter at most once,
+/// numbers in plain digits; a parameter unknown, repeated or out of range is 400 naming it.
 pub fn parse_list(query: &str) -> Result<ListQuery, Refused> {
-    let mut q = ListQuery {
-        page: 1,
-        limit: DEFAULT_LIMIT,
-        status: None,
-        user_id: None,
-        organisation_id: None,
-    };
-    let mut seen: Vec<&'static str> = Vec::new();
-    for (k, v) in http::query_pairs(query) {
-        let name = match k.as_str() {
-            "page" => {
-                q.page = number("page", &v, MAX_PAGE)?;
-                "page"
-            }
-            "limit" => {
-                q.limit = number("limit", &v, MAX_LIMIT)?;
-                "limit"
-            }
-            "status" => {
-                q.status = Some(match v.as_str() {
-                    "connected" => Status::Connected,
-                    "disconnected" => Status::Disconnected,
-                    _ => {
-                        return Err(bad(format!(
-                            "status must be 'connected' or 'disconnected', got '{}'",
-                            truncate(&v, 32)
-                        )))
-                    }
-                });
-                "status"
-            }
-            "user_id" => {
-                q.user_id = Some(non_empty("user_id", v)?);
-                "user_id"
-            }
-            "organisation_id" => {
-                q.organisation_id = Some(non_empty("organisation_id", v)?);
-                "organisation_id"
-            }
-            other => {
-                return Err(bad(format!(
-                    "unknown query parameter '{}' (a list takes {LIST_PARAMS})",
-                    truncate(other, 64)
-                )))
-            }
-        };
-        if seen.contains(&name) {
+    let params = query::parse(query, LIST_PARAMS)?;
+    let page = params
+        .number("page", 1, MAX_PAGE as u64)?
+        .map_or(1, |n| n as usize);
+    let limit = params
+        .number("limit", 1, MAX_LIMIT as u64)?
+        .map_or(DEFAULT_LIMIT, |n| n as usize);
+    let status = match params.get("status") {
+        None => None,
+        Some("connected") => Some(Status::Connected),
+        Some("disconnected") => Some(Status::Disconnected),
+        Some(v) => {
             return Err(bad(format!(
-                "query parameter '{name}' is given more than once"
-            )));
+                "status must be 'connected' or 'disconnected', got '{}'",
+                truncate(v, 32)
+            )))
         }
-        seen.push(name);
-    }
-    Ok(q)
-}
-
-/// A whole number from 1 to `max`.
-fn number(name: &str, v: &str, max: usize) -> Result<usize, Refused> {
-    match v.parse::<usize>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(bad(format!(
-            "{name} must be a whole number from 1 to {max}, got '{}'",
-            truncate(v, 32)
-        ))),
-    }
+    };
+    let text = |name: &str| {
+        params
+            .get(name)
+            .map(|v| non_empty(name, v.to_string()))
+            .transpose()
+    };
+    Ok(ListQuery {
+        page,
+        limit,
+        status,
+        user_id: text("user_id")?,
+        organisation_id: text("organisation_id")?,
+    })
 }
 
 fn non_empty(name: &str, v: String) -> Result<String, Refused> {
@@ -1039,7 +1005,7 @@ mod tests {
         for (query, needle) in [
             (
                 "page=0",
-                "page must be a whole number from 1 to 1000000, got '0'",
+                "page must be a whole number from 1 to 1000000 in plain decimal digits, got '0'",
             ),
             ("page=1000001", "page must"),
             ("page=-1", "page must"),
@@ -1059,6 +1025,20 @@ mod tests {
             ("sort=asc", "unknown query parameter 'sort'"),
             ("Page=1", "unknown query parameter 'Page'"),
             ("page=1&page=2", "'page' is given more than once"),
+            // One rule for every list: repeated names before values, plain digits.
+            ("page=x&page=2", "'page' is given more than once"),
+            (
+                "page=%2B5",
+                "page must be a whole number from 1 to 1000000 in plain",
+            ),
+            (
+                "limit=007",
+                "limit must be a whole number from 1 to 100 in plain",
+            ),
+            (
+                "status=connected&status=connected",
+                "'status' is given more than once",
+            ),
         ] {
             refused(parse_list(query), 400, "BAD_MESSAGE", needle);
         }

@@ -15,7 +15,7 @@ use crate::http::{self, percent_decode, Request};
 use crate::node::Node;
 use crate::protocol::{truncate, Refusal};
 
-use super::{authorize, error, Refused, Route, MAX_DATA_DEPTH};
+use super::{authorize, error, query, Refused, Route, MAX_DATA_DEPTH};
 
 /// Query parameters a list takes.
 const LIST_PARAMS: &[&str] = &["filter", "orderBy", "limit", "cursor"];
@@ -167,74 +167,43 @@ pub struct EntityListQuery {
     pub query: String,
 }
 
-/// The first value of `name` in `query` (as [`Request::query_param`] finds it).
-fn first_param(query: &str, name: &str) -> Option<String> {
-    http::query_pairs(query)
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
-}
-
-/// Parses and checks a list's query string (percent-decoded pairs; the first of a repeated
-/// parameter counts). `cursors` checks the `cursor`: one this node issued for the same
-/// collection, filter and orderBy. Refusals are 400: `INVALID_FILTER` for `filter` and
-/// `orderBy` (with the byte offset), `BAD_MESSAGE` otherwise, each message naming the
-/// parameter.
+/// Parses and checks a list's query string under the one rule of [`super::query`] (each
+/// parameter at most once, numbers in plain digits). `cursors` checks the `cursor`: one
+/// this node issued for the same collection, filter and orderBy. Refusals are 400:
+/// `INVALID_FILTER` for `filter` and `orderBy` (with the byte offset), `BAD_MESSAGE`
+/// otherwise, each message naming the parameter.
 pub fn parse_entity_list(
     collection: &str,
     query: &str,
     cursors: &Cursors,
 ) -> Result<EntityListQuery, Refused> {
-    for (k, _) in http::query_pairs(query) {
-        if !LIST_PARAMS.contains(&k.as_str()) {
-            return Err((
-                400,
-                "BAD_MESSAGE",
-                format!(
-                    "unknown query parameter '{}' (a list takes filter, orderBy, limit, cursor)",
-                    truncate(&k, 64)
-                ),
-            ));
-        }
-    }
-    let filter = match first_param(query, "filter").filter(|f| !f.trim().is_empty()) {
+    let params = query::parse(query, LIST_PARAMS)?;
+    let filter = match params.get("filter").filter(|f| !f.trim().is_empty()) {
         None => None,
-        Some(f) => match Filter::parse(&f) {
+        Some(f) => match Filter::parse(f) {
             Ok(f) => Some(f),
             Err(e) => return Err((400, "INVALID_FILTER", format!("filter: {e}"))),
         },
     };
-    let order = match first_param(query, "orderBy").filter(|o| !o.trim().is_empty()) {
+    let order = match params.get("orderBy").filter(|o| !o.trim().is_empty()) {
         None => OrderBy { keys: Vec::new() },
-        Some(o) => match OrderBy::parse(&o) {
+        Some(o) => match OrderBy::parse(o) {
             Ok(o) => o,
             Err(e) => return Err((400, "INVALID_FILTER", format!("orderBy: {e}"))),
         },
     };
-    let limit = match first_param(query, "limit") {
-        None => DEFAULT_LIMIT,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err((
-                    400,
-                    "BAD_MESSAGE",
-                    format!(
-                        "limit must be a whole number from 1 to {MAX_LIMIT}, got '{}'",
-                        truncate(&l, 32)
-                    ),
-                ))
-            }
-        },
-    };
+    let limit = params
+        .number("limit", 1, MAX_LIMIT as u64)?
+        .map_or(DEFAULT_LIMIT, |n| n as usize);
     let query_text = format!(
         "{}|{}|{}",
         collection,
         filter.as_ref().map(|f| f.to_string()).unwrap_or_default(),
         order
     );
-    let after = match first_param(query, "cursor").filter(|c| !c.is_empty()) {
+    let after = match params.get("cursor").filter(|c| !c.is_empty()) {
         None => None,
-        Some(c) => match cursors.decode(&query_text, &c) {
+        Some(c) => match cursors.decode(&query_text, c) {
             Ok(pos) => Some(pos),
             Err(m) => return Err((400, "BAD_MESSAGE", format!("cursor: {m}"))),
         },

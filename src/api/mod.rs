@@ -9,6 +9,7 @@
 
 mod channels;
 mod entities;
+mod query;
 mod services;
 
 // The pure parsers behind the routes of those modules (bytes or a query string in, a typed

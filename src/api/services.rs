@@ -11,7 +11,7 @@ use crate::http::{percent_decode, Request};
 use crate::node::Node;
 use crate::services::OpsRequest;
 
-use super::{authorize, error, Refused, Route};
+use super::{authorize, error, query, Refused, Route};
 
 /// Routes a request under `/api/v1/services` (`rest`: what follows, without the `/`).
 pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
@@ -93,40 +93,15 @@ pub struct DeadLettersQuery {
     pub cursor: Option<u64>,
 }
 
-/// Parses the query string of `GET /api/v1/services/{group}/dead-letters` (percent-decoded
-/// pairs; a repeated parameter's last value counts). Refusals are 400 `BAD_MESSAGE` naming
-/// the parameter.
+/// Parses the query string of `GET /api/v1/services/{group}/dead-letters` under the one
+/// rule of [`super::query`] (each parameter at most once, numbers in plain digits).
+/// Refusals are 400 `BAD_MESSAGE` naming the parameter.
 pub fn parse_dead_letters_query(query: &str) -> Result<DeadLettersQuery, Refused> {
-    let mut q = DeadLettersQuery {
-        limit: DEFAULT_LIMIT,
-        cursor: None,
-    };
-    let bad = |m: String| (400, "BAD_MESSAGE", m);
-    for (k, v) in crate::http::query_pairs(query) {
-        match k.as_str() {
-            "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = n,
-                _ => {
-                    return Err(bad(format!(
-                        "limit must be an integer from 1 to {MAX_LIMIT}"
-                    )))
-                }
-            },
-            "cursor" => match v.parse::<u64>() {
-                Ok(n) => q.cursor = Some(n),
-                Err(_) => {
-                    return Err(bad(
-                        "cursor must be a nextCursor of an earlier page".to_string()
-                    ))
-                }
-            },
-            other => {
-                return Err(bad(format!(
-                    "unknown query parameter '{}' (limit, cursor)",
-                    crate::protocol::truncate(other, 64)
-                )))
-            }
-        }
-    }
-    Ok(q)
+    let params = query::parse(query, &["limit", "cursor"])?;
+    let limit = params
+        .number("limit", 1, MAX_LIMIT as u64)?
+        .map_or(DEFAULT_LIMIT, |n| n as usize);
+    // A cursor is an earlier page's `nextCursor`, a `seq`: any u64 in plain digits.
+    let cursor = params.number("cursor", 0, u64::MAX)?;
+    Ok(DeadLettersQuery { limit, cursor })
 }

@@ -33,72 +33,299 @@ pub(super) struct KeySpec {
     pub(super) kind: Kind,
     /// Never echo the value in an error: it would land in logs.
     pub(super) secret: bool,
+    /// Beyond the keys of PROTOCOL.md section 13 (this implementation's own).
+    pub(super) ext: bool,
+    /// What the key means, in one line: `shardcast config`'s comment.
+    pub(super) doc: &'static str,
 }
 
-const fn spec(section: &'static str, key: &'static str, kind: Kind) -> KeySpec {
+const fn spec(section: &'static str, key: &'static str, kind: Kind, doc: &'static str) -> KeySpec {
     KeySpec {
         section,
         key,
         kind,
         secret: false,
+        ext: false,
+        doc,
     }
 }
 
-const fn secret(section: &'static str, key: &'static str, kind: Kind) -> KeySpec {
+const fn secret(
+    section: &'static str,
+    key: &'static str,
+    kind: Kind,
+    doc: &'static str,
+) -> KeySpec {
     KeySpec {
-        section,
-        key,
-        kind,
         secret: true,
+        ..spec(section, key, kind, doc)
     }
 }
 
-/// Every key the file and environment may set; must mirror the structs above (the tests
-/// check both directions).
+const fn ext(section: &'static str, key: &'static str, kind: Kind, doc: &'static str) -> KeySpec {
+    KeySpec {
+        ext: true,
+        ..spec(section, key, kind, doc)
+    }
+}
+
+/// Every key the file and environment may set, with its one-line meaning; must mirror the
+/// structs of `sections` (the tests check both directions), and docs/CONFIG.md and
+/// `shardcast config` are generated or checked from it.
 pub(super) const KEYS: &[KeySpec] = &[
-    spec("", "listen", Kind::Addr),
-    spec("", "shards", USIZE),
-    spec("", "data_dir", Kind::Str),
-    spec("", "public_url", Kind::Str),
-    spec("", "drain_period_ms", U64),
-    spec("", "log_format", Kind::OneOf(&["human", "json"])),
-    spec("", "io", Kind::OneOf(&["epoll", "uring"])),
-    secret("auth", "jwt_secret", Kind::Str),
-    secret("auth", "api_keys", Kind::StrList),
-    spec("auth", "auth_timeout_ms", U64),
-    spec("auth", "ticket_ttl_ms", U64),
-    spec("auth", "allowed_origins", Kind::StrList),
-    spec("auth", "jwt_public_key", Kind::Str),
-    spec("delivery", "batch_ms", U64),
-    spec("delivery", "batch_max", USIZE),
-    spec("delivery", "max_batch_ms", U64),
-    spec("delivery", "framing", Kind::OneOf(&["frames", "array"])),
-    spec("delivery", "queue_capacity", USIZE),
-    spec("delivery", "heartbeat_ms", U64),
-    spec("delivery", "pong_timeout_ms", U64),
-    spec("delivery", "shard_queue_capacity", USIZE),
-    spec("history", "size", USIZE),
-    spec("history", "ttl_ms", U64),
-    spec("live_query", "cap", USIZE),
-    spec("live_query", "page", USIZE),
-    spec("services", "ack_timeout_ms", U64),
-    spec("services", "max_attempts", U32),
-    spec("services", "prefetch", USIZE),
-    spec("channels", "backlog", USIZE),
-    spec("channels", "max_per_user", USIZE),
-    spec("limits", "max_message_bytes", USIZE),
-    spec("limits", "max_subscriptions", USIZE),
-    spec("limits", "max_live_queries", USIZE),
-    spec("limits", "commands_per_sec", U32),
-    spec("limits", "commands_burst", U32),
-    spec("limits", "max_connections", USIZE),
-    spec("limits", "max_http_body_bytes", USIZE),
-    spec("limits", "max_publish_batch", USIZE),
-    spec("limits", "request_timeout_ms", U64),
-    spec("limits", "max_http_connections", USIZE),
-    spec("cluster", "redis_url", Kind::Str),
-    spec("cluster", "node_id", Kind::Str),
-    spec("testing", "echo_path", Kind::Str),
+    spec(
+        "",
+        "listen",
+        Kind::Addr,
+        "address and port of every endpoint (WebSocket, REST, metrics)",
+    ),
+    spec("", "shards", USIZE, "event-loop threads; 0: one per core"),
+    spec(
+        "",
+        "data_dir",
+        Kind::Str,
+        "directory of the embedded store (entities, history, services, channels)",
+    ),
+    spec(
+        "",
+        "public_url",
+        Kind::Str,
+        "base of `websocket_url` in channel answers, used verbatim",
+    ),
+    spec(
+        "",
+        "drain_period_ms",
+        U64,
+        "on SIGTERM or SIGINT, WebSocket closes are spread over this long",
+    ),
+    spec(
+        "",
+        "log_format",
+        Kind::OneOf(&["human", "json"]),
+        "\"human\" or \"json\" log lines (level: SHARDCAST_LOG)",
+    ),
+    ext(
+        "",
+        "io",
+        Kind::OneOf(&["epoll", "uring"]),
+        "the shards' write path: \"epoll\" or \"uring\" (io_uring)",
+    ),
+    secret(
+        "auth",
+        "jwt_secret",
+        Kind::Str,
+        "HS256 secret of every token; also keys the list cursors",
+    ),
+    secret(
+        "auth",
+        "api_keys",
+        Kind::StrList,
+        "keys accepted as `Authorization: apikey <key>` (publish, entities, operator REST)",
+    ),
+    spec(
+        "auth",
+        "auth_timeout_ms",
+        U64,
+        "a WebSocket must authenticate within this",
+    ),
+    spec(
+        "auth",
+        "ticket_ttl_ms",
+        U64,
+        "lifetime of a `POST /api/v1/ws-tickets` ticket",
+    ),
+    spec(
+        "auth",
+        "allowed_origins",
+        Kind::StrList,
+        "browser origins allowed on upgrades and, with CORS, on /api/v1/*; []: loopback only",
+    ),
+    spec(
+        "auth",
+        "jwt_public_key",
+        Kind::Str,
+        "PEM file of an RS256 (RSA) or ES256 (P-256) public key; \"\": none",
+    ),
+    spec(
+        "delivery",
+        "batch_ms",
+        U64,
+        "default flush interval; clients may choose 0..=max_batch_ms",
+    ),
+    spec(
+        "delivery",
+        "batch_max",
+        USIZE,
+        "a connection's batch is flushed at this many events",
+    ),
+    spec(
+        "delivery",
+        "max_batch_ms",
+        U64,
+        "largest batchMs a client may ask for",
+    ),
+    spec(
+        "delivery",
+        "framing",
+        Kind::OneOf(&["frames", "array"]),
+        "default framing: \"frames\" (one message per event) or \"array\"",
+    ),
+    spec(
+        "delivery",
+        "queue_capacity",
+        USIZE,
+        "per-connection ring, in messages; beyond it the oldest drop (QUEUE_OVERFLOW)",
+    ),
+    spec(
+        "delivery",
+        "heartbeat_ms",
+        U64,
+        "the server pings every connection this often",
+    ),
+    spec(
+        "delivery",
+        "pong_timeout_ms",
+        U64,
+        "a connection that does not answer a ping within this is closed 4003",
+    ),
+    ext(
+        "delivery",
+        "shard_queue_capacity",
+        USIZE,
+        "bounded queue from the router to each shard, in publications",
+    ),
+    spec(
+        "history",
+        "size",
+        USIZE,
+        "publications retained for `since` replay",
+    ),
+    spec(
+        "history",
+        "ttl_ms",
+        U64,
+        "how long a publication stays replayable",
+    ),
+    spec(
+        "live_query",
+        "cap",
+        USIZE,
+        "most entities a live query tracks",
+    ),
+    spec(
+        "live_query",
+        "page",
+        USIZE,
+        "entities per liveQueryData page",
+    ),
+    spec(
+        "services",
+        "ack_timeout_ms",
+        U64,
+        "a task not completed or failed within this is redelivered",
+    ),
+    spec(
+        "services",
+        "max_attempts",
+        U32,
+        "deliveries of a task before it becomes a dead letter",
+    ),
+    spec(
+        "services",
+        "prefetch",
+        USIZE,
+        "tasks in flight per service instance",
+    ),
+    spec(
+        "channels",
+        "backlog",
+        USIZE,
+        "events a channel keeps while no socket is attached (oldest dropped)",
+    ),
+    spec(
+        "channels",
+        "max_per_user",
+        USIZE,
+        "channels one user may own at once (admins are not limited)",
+    ),
+    spec(
+        "limits",
+        "max_message_bytes",
+        USIZE,
+        "largest WebSocket message accepted (close 1009 beyond)",
+    ),
+    spec(
+        "limits",
+        "max_subscriptions",
+        USIZE,
+        "subscriptions per connection",
+    ),
+    spec(
+        "limits",
+        "max_live_queries",
+        USIZE,
+        "live queries per connection",
+    ),
+    spec(
+        "limits",
+        "commands_per_sec",
+        U32,
+        "a user connection's command rate (RATE_LIMITED beyond)",
+    ),
+    spec(
+        "limits",
+        "commands_burst",
+        U32,
+        "commands a user connection may send at once before the rate applies",
+    ),
+    spec(
+        "limits",
+        "max_connections",
+        USIZE,
+        "WebSocket connections per node (close 1013 beyond)",
+    ),
+    ext(
+        "limits",
+        "max_http_body_bytes",
+        USIZE,
+        "largest REST request body (413 beyond)",
+    ),
+    ext(
+        "limits",
+        "max_publish_batch",
+        USIZE,
+        "most events in one POST /api/v1/publish",
+    ),
+    spec(
+        "limits",
+        "request_timeout_ms",
+        U64,
+        "an HTTP request (or handshake) must arrive within this; idle keep-alives close after it",
+    ),
+    ext(
+        "limits",
+        "max_http_connections",
+        USIZE,
+        "open connections that are not WebSockets (REST, handshakes); 503 beyond",
+    ),
+    spec(
+        "cluster",
+        "redis_url",
+        Kind::Str,
+        "\"\": single node; a Redis URL would be cluster mode (not implemented: refused)",
+    ),
+    spec(
+        "cluster",
+        "node_id",
+        Kind::Str,
+        "\"\": generated once and kept in data_dir; shown in logs, metrics and /healthz",
+    ),
+    spec(
+        "testing",
+        "echo_path",
+        Kind::Str,
+        "\"\": off; e.g. \"/echo\": a WebSocket endpoint echoing every message (conformance runs)",
+    ),
 ];
 
 pub(super) const SECTIONS: &[&str] = &[

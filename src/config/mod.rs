@@ -12,12 +12,15 @@
 //! The work is split by concern, each submodule depending only on those before it here:
 //! `error` ([`ConfigError`], [`Origin`]), `sections` (the typed [`Config`] and its
 //! defaults), `keys` (the key table and the checks against it), `validate`
-//! ([`Config::validate`]) and `load` (file and environment into a `Config`). This module is
-//! the public surface: callers name everything as `crate::config::X`.
+//! ([`Config::validate`]), `load` (file and environment into a `Config`) and `reference`
+//! (what is generated from the key table: `shardcast config`'s annotated file, the
+//! environment variables' names and warnings; docs/CONFIG.md is checked against it). This
+//! module is the public surface: callers name everything as `crate::config::X`.
 
 mod error;
 mod keys;
 mod load;
+mod reference;
 mod sections;
 #[cfg(test)]
 mod testkit;
@@ -26,6 +29,7 @@ mod validate;
 pub use error::{ConfigError, Origin};
 pub(crate) use keys::edit_distance;
 pub use load::process_env;
+pub use reference::{default_toml, env_name, unknown_env_warning};
 pub use sections::{
     AuthConfig, ChannelsConfig, ClusterConfig, Config, DeliveryConfig, Framing, HistoryConfig, Io,
     LimitsConfig, LiveQueryConfig, LogFormat, ServicesConfig, TestingConfig, SHIPPED_API_KEY,

@@ -2,7 +2,7 @@
 //! section 13, each with its defaults (the contract's values), plus the shipped example
 //! secrets. Plain data; reading and checking it live in `load`, `keys` and `validate`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ pub const SHIPPED_JWT_SECRET: &str = "change-me";
 pub const SHIPPED_API_KEY: &str = "dev-key";
 
 /// `log_format`: how the process writes its logs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -24,7 +24,7 @@ pub enum LogFormat {
 /// `uring`: every flush of a loop turn submitted to io_uring together, one system call
 /// for all of them; falls back to `epoll` (with one log line) where io_uring is
 /// unavailable. See docs/PERFORMANCE.md for the measurement behind the default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Io {
     #[default]
@@ -33,7 +33,7 @@ pub enum Io {
 }
 
 /// `delivery.framing` and the `framing` connection option (PROTOCOL.md section 2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
     /// Each message its own WebSocket frame, written together.
@@ -62,7 +62,7 @@ impl Framing {
 }
 
 /// The whole configuration. Field names are the TOML key names.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -86,8 +86,8 @@ pub struct Config {
     pub testing: TestingConfig,
     /// Names of `SHARDCAST_<NAME>` variables (no `__`) that are not top-level keys and were
     /// therefore ignored: other tools share the prefix (`SHARDCAST_BIN`, `SHARDCAST_LOG`),
-    /// so they must not stop start-up, but the caller should log them in case of a typo.
-    /// Sorted. Not a config key.
+    /// so they must not stop start-up, but the caller logs [`Config::env_warnings`] in
+    /// case of a typo. Sorted. Not a config key.
     #[serde(skip)]
     pub ignored_env: Vec<String>,
 }
@@ -117,7 +117,7 @@ impl Default for Config {
 }
 
 /// `[auth]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HS256 secret for every JWT (client tokens and admin/service Bearer tokens).
@@ -148,7 +148,7 @@ impl Default for AuthConfig {
 }
 
 /// `[delivery]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Default flush interval; clients may choose `0..=max_batch_ms`.
@@ -181,7 +181,7 @@ impl Default for DeliveryConfig {
 }
 
 /// `[history]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
     /// Publications retained for `since` replay.
@@ -199,7 +199,7 @@ impl Default for HistoryConfig {
 }
 
 /// `[live_query]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LiveQueryConfig {
     pub cap: usize,
@@ -216,7 +216,7 @@ impl Default for LiveQueryConfig {
 }
 
 /// `[services]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServicesConfig {
     pub ack_timeout_ms: u64,
@@ -235,7 +235,7 @@ impl Default for ServicesConfig {
 }
 
 /// `[channels]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
     pub backlog: usize,
@@ -255,7 +255,7 @@ impl Default for ChannelsConfig {
 }
 
 /// `[limits]`
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_message_bytes: usize,
@@ -300,7 +300,7 @@ impl Default for LimitsConfig {
 }
 
 /// `[cluster]`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Empty: single node. Anything else is refused by [`Config::validate`] for now.
@@ -312,7 +312,7 @@ pub struct ClusterConfig {
 }
 
 /// `[testing]`
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TestingConfig {
     /// Empty: off. Otherwise the path of a WebSocket endpoint that echoes every message.

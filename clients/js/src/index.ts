@@ -4,7 +4,7 @@
 //   subscription.ts  one subscription's handle (last seq seen, recovered)
 //   live-query.ts    the sorted local view of a live query
 //   backoff.ts       when to reconnect (backoff, drain delay, terminal close codes)
-//   protocol.ts      every message and code of shared/PROTOCOL.md as types
+//   protocol.ts      every message and code of docs/PROTOCOL.md as types
 //   rest.ts          tickets (POST /api/v1/ws-tickets) and the HTTP base of a ws URL
 //   errors.ts        ShardcastError (the server's code, or the client's own)
 //   emitter.ts       the small typed emitter behind `on`

@@ -1,4 +1,4 @@
-// The wire contract (shared/PROTOCOL.md, v1) as types: every message a client sends and
+// The wire contract (docs/PROTOCOL.md, v1) as types: every message a client sends and
 // every message the server sends, the error and close codes, and the REST bodies a client
 // touches (tickets, publishing, channels). Nothing here has behaviour beyond two tiny
 // helpers; the field names are the protocol's, camelCase on the WebSocket and snake_case

@@ -1,5 +1,5 @@
 //! `shardcast-client`: a tokio client for shardcast's WebSocket protocol
-//! (`shared/PROTOCOL.md` v1) and the REST calls a client needs.
+//! (`docs/PROTOCOL.md` v1 in the repository) and the REST calls a client needs.
 //!
 //! Built on the public message types of this crate only; it does not depend on the
 //! server crate. `ws://` and `http://` only: no TLS (a named gap; put a TLS-terminating
