@@ -16,7 +16,10 @@ fn main() -> ExitCode {
     let command = match cli::parse(args.clone()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("shardcast: {e}\n\n{}", cli::help(cli::error_topic(&args, &e)));
+            eprintln!(
+                "shardcast: {e}\n\n{}",
+                cli::help(cli::error_topic(&args, &e))
+            );
             return ExitCode::from(2);
         }
     };

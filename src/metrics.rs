@@ -322,7 +322,12 @@ fn preregister() {
     metrics::counter!(SERVICE_LOCK_GRANTS).increment(0);
     metrics::gauge!(SERVICE_LOCKS_HELD).set(0.0);
     metrics::gauge!(SERVICE_LOCK_WAITERS).set(0.0);
-    for g in [SERVICE_PENDING, SERVICE_IN_FLIGHT, SERVICE_DEAD, SERVICE_INSTANCES] {
+    for g in [
+        SERVICE_PENDING,
+        SERVICE_IN_FLIGHT,
+        SERVICE_DEAD,
+        SERVICE_INSTANCES,
+    ] {
         metrics::gauge!(g).set(0.0);
     }
     // Registering the handle is enough for the exporter to render its buckets at 0.

@@ -1769,7 +1769,11 @@ mod tests {
         assert_eq!(c.pause, Duration::from_secs(6));
         assert_eq!((c.connections, c.rate), (50, 5000.0));
         assert_eq!(c.duration, Duration::from_secs(10));
-        assert_eq!(c.batch_ms, Some(0), "only the slow readers should fall behind");
+        assert_eq!(
+            c.batch_ms,
+            Some(0),
+            "only the slow readers should fall behind"
+        );
         fails("overflow --secret s", "--api-key is required");
         fails(
             "overflow --secret s --api-key k --slow-readers 1.5",
