@@ -253,6 +253,7 @@ fn main() {
             &format!("o{i}"),
             json!({"id": format!("o{i}"), "status": if i % 2 == 0 { "processing" } else { "done" },
                    "createdAt": (i * 7919) % 100_000, "total": i % 977}),
+            0,
         );
     }
     let lqf = Filter::parse("status == 'processing'").unwrap();

@@ -92,10 +92,16 @@ class Server:
             return e.code, e.read()
 
     def metric(self, name):
+        """The sum of a metric's series; `name{label="v"}` keeps the series with that
+        label (every series also has the node's `node` label first)."""
+        name, _, label = name.partition("{")
+        label = label.rstrip("}")
         _, text = self.http("GET", "/metrics")
         total = None
         for line in text.decode().splitlines():
             if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"):
+                if label and label not in line.rsplit(" ", 1)[0]:
+                    continue
                 total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
         return total
 

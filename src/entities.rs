@@ -74,6 +74,9 @@ struct Collection {
     states: Vec<Arc<Value>>,
     /// `ids[i]` is the id of `states[i]`.
     ids: Vec<Box<str>>,
+    /// `versions[i]` is the `seq` of the write that left `states[i]` (or the `seq` it was
+    /// loaded at): a change is applied only over an older version.
+    versions: Vec<u64>,
     /// id → position in `states`.
     at: HashMap<Box<str>, usize>,
 }
@@ -83,13 +86,21 @@ impl Collection {
         self.at.get(id).map(|&i| &self.states[i])
     }
 
-    fn insert(&mut self, id: &str, state: Arc<Value>) {
+    fn version(&self, id: &str) -> Option<u64> {
+        self.at.get(id).map(|&i| self.versions[i])
+    }
+
+    fn insert(&mut self, id: &str, state: Arc<Value>, version: u64) {
         match self.at.get(id) {
-            Some(&i) => self.states[i] = state,
+            Some(&i) => {
+                self.states[i] = state;
+                self.versions[i] = version;
+            }
             None => {
                 self.at.insert(id.into(), self.states.len());
                 self.states.push(state);
                 self.ids.push(id.into());
+                self.versions.push(version);
             }
         }
     }
@@ -98,6 +109,7 @@ impl Collection {
         let Some(i) = self.at.remove(id) else { return };
         self.states.swap_remove(i);
         self.ids.swap_remove(i);
+        self.versions.swap_remove(i);
         if let Some(moved) = self.ids.get(i) {
             self.at.insert(moved.clone(), i);
         }
@@ -164,25 +176,45 @@ impl Replica {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Start-up: an entity as recovered from the store.
-    pub fn load(&self, collection: &str, id: &str, state: Value) {
+    /// Start-up (or a cluster node filling its replica from Redis): an entity as
+    /// recovered, at `version` (the `seq` of its last write, or any `seq` at least that:
+    /// the one the snapshot was taken at). Moves the replica's `seq` up to it.
+    pub fn load(&self, collection: &str, id: &str, state: Value, version: u64) {
         let mut w = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        w.applied_seq = w.applied_seq.max(version);
         w.collections
             .entry(collection.into())
             .or_default()
-            .insert(id, Arc::new(state));
+            .insert(id, Arc::new(state), version);
     }
 
-    /// The sequencer, under its lock: applies a durable change as `seq`.
-    pub fn apply(&self, change: &EntityChange, seq: u64) {
+    /// Forgets every entity and the replica's `seq` (a cluster node whose Redis lost its
+    /// data loads again from scratch).
+    pub fn reset(&self) {
         let mut w = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        w.applied_seq = seq;
+        *w = ReplicaInner::default();
+    }
+
+    /// The applier, in `seq` order: applies a durable change as `seq`, unless the entity
+    /// already holds a version at least as new (a change read again after a snapshot
+    /// that already had it); whether it was applied. The replica's `seq` moves to `seq`
+    /// either way.
+    pub fn apply(&self, change: &EntityChange, seq: u64) -> bool {
+        let mut w = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        w.applied_seq = w.applied_seq.max(seq);
+        let held = w
+            .collections
+            .get(&*change.collection)
+            .and_then(|c| c.version(&change.id));
+        if held.is_some_and(|v| v >= seq) {
+            return false;
+        }
         match &change.after {
             Some(state) => {
                 w.collections
                     .entry(change.collection.clone())
                     .or_default()
-                    .insert(&change.id, state.clone());
+                    .insert(&change.id, state.clone(), seq);
             }
             None => {
                 if let Some(c) = w.collections.get_mut(&change.collection) {
@@ -193,10 +225,23 @@ impl Replica {
                 }
             }
         }
+        true
     }
 
     pub fn get(&self, collection: &str, id: &str) -> Option<Arc<Value>> {
         self.read().collections.get(collection)?.get(id).cloned()
+    }
+
+    /// An entity's state and version (the `seq` of the write that left it).
+    pub fn get_versioned(&self, collection: &str, id: &str) -> Option<(Arc<Value>, u64)> {
+        let r = self.read();
+        let c = r.collections.get(collection)?;
+        Some((c.get(id)?.clone(), c.version(id)?))
+    }
+
+    /// The replica's `seq`: every change up to it is applied.
+    pub fn applied_seq(&self) -> u64 {
+        self.read().applied_seq
     }
 
     /// Entities in all collections.
@@ -297,6 +342,68 @@ pub struct EntityWrite {
     pub collection: String,
     pub id: String,
     pub op: WriteOp,
+}
+
+/// What a write does to an entity's state, decided by [`decide`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// `created`, `updated` or `deleted`: the publication's `eventType` and the answer's
+    /// `op`.
+    pub event_type: &'static str,
+    /// The new state (`None`: deleted), with `id` set.
+    pub after: Option<Arc<Value>>,
+}
+
+/// The write decision, a pure function of the entity's current state and the write,
+/// shared by every backend: the local one applies it under its group commit, a cluster
+/// one against the state and version it read, retrying if the version moved. `PUT`
+/// creates or replaces (the body is the whole state); `PATCH` merges (RFC 7386) into an
+/// existing entity; `DELETE` removes one. `PATCH` or `DELETE` of a missing entity is 404
+/// `NOT_FOUND`. The body moves into the new state: no copy of it.
+pub fn decide(
+    current: Option<&Value>,
+    collection: &str,
+    id: &str,
+    op: WriteOp,
+) -> Result<Decision, Refusal> {
+    let missing = || {
+        Refusal::new(
+            ErrorCode::NotFound,
+            format!("no entity '{id}' in collection '{collection}'"),
+        )
+    };
+    let with_id = |mut m: Map<String, Value>| {
+        m.insert("id".into(), Value::String(id.to_string()));
+        Arc::new(Value::Object(m))
+    };
+    Ok(match op {
+        WriteOp::Put(state) => Decision {
+            event_type: if current.is_some() {
+                "updated"
+            } else {
+                "created"
+            },
+            after: Some(with_id(state)),
+        },
+        WriteOp::Patch(patch) => {
+            let mut v = current.ok_or_else(missing)?.clone();
+            merge_patch(&mut v, &Value::Object(patch));
+            let Value::Object(m) = v else {
+                return Err(missing());
+            };
+            Decision {
+                event_type: "updated",
+                after: Some(with_id(m)),
+            }
+        }
+        WriteOp::Delete => {
+            current.ok_or_else(missing)?;
+            Decision {
+                event_type: "deleted",
+                after: None,
+            }
+        }
+    })
 }
 
 /// The answer to a write: 200 `{"seq","op"}`.
@@ -449,6 +556,82 @@ mod tests {
         }
     }
 
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("an object literal"),
+        }
+    }
+
+    #[test]
+    fn the_write_decision_depends_only_on_the_state_and_the_write() {
+        let put = |v| WriteOp::Put(obj(v));
+        let d = decide(None, "c", "x", put(json!({"a": 1}))).unwrap();
+        assert_eq!(d.event_type, "created");
+        assert_eq!(*d.after.unwrap(), json!({"a": 1, "id": "x"}));
+        let cur = json!({"a": 1, "b": {"c": 2}, "id": "x"});
+        let d = decide(Some(&cur), "c", "x", put(json!({"z": 0, "id": "other"}))).unwrap();
+        // PUT replaces the whole state, and `id` is always the URL's.
+        assert_eq!(
+            (d.event_type, &*d.after.unwrap()),
+            ("updated", &json!({"z": 0, "id": "x"}))
+        );
+        let d = decide(
+            Some(&cur),
+            "c",
+            "x",
+            WriteOp::Patch(obj(json!({"b": {"c": null, "d": 3}}))),
+        )
+        .unwrap();
+        assert_eq!(*d.after.unwrap(), json!({"a": 1, "b": {"d": 3}, "id": "x"}));
+        let d = decide(Some(&cur), "c", "x", WriteOp::Delete).unwrap();
+        assert_eq!((d.event_type, d.after), ("deleted", None));
+        for op in [WriteOp::Patch(obj(json!({"a": 2}))), WriteOp::Delete] {
+            let r = decide(None, "c", "x", op).unwrap_err();
+            assert_eq!(r.code, ErrorCode::NotFound);
+            assert_eq!(r.message, "no entity 'x' in collection 'c'");
+        }
+    }
+
+    fn change(id: &str, after: Option<Value>) -> EntityChange {
+        EntityChange {
+            collection: "c".into(),
+            id: id.into(),
+            before: None,
+            after: after.map(Arc::new),
+        }
+    }
+
+    #[test]
+    fn changes_apply_only_over_older_versions() {
+        let r = Replica::default();
+        // Loaded from a snapshot taken at seq 10.
+        r.load("c", "a", json!({"v": 1}), 10);
+        assert_eq!(r.applied_seq(), 10);
+        // A change the snapshot already had (read again from the stream) is skipped...
+        assert!(!r.apply(&change("a", Some(json!({"v": 0}))), 9));
+        assert!(!r.apply(&change("a", None), 10));
+        assert_eq!(
+            r.get_versioned("c", "a"),
+            Some((Arc::new(json!({"v": 1})), 10))
+        );
+        // ...a newer one applies and carries its seq as the version.
+        assert!(r.apply(&change("a", Some(json!({"v": 2}))), 11));
+        assert_eq!(
+            r.get_versioned("c", "a"),
+            Some((Arc::new(json!({"v": 2})), 11))
+        );
+        assert!(r.apply(&change("b", Some(json!({"v": 3}))), 12));
+        assert!(r.apply(&change("a", None), 13));
+        assert_eq!(r.get("c", "a"), None);
+        assert_eq!(r.applied_seq(), 13);
+        // Versions follow entities through the dense layout's swap-removes.
+        assert_eq!(r.get_versioned("c", "b").map(|(_, v)| v), Some(12));
+        r.reset();
+        assert!(r.is_empty());
+        assert_eq!(r.applied_seq(), 0);
+    }
+
     fn entity(id: &str, n: i64) -> Value {
         json!({"id": id, "n": n, "even": n % 2 == 0})
     }
@@ -457,7 +640,7 @@ mod tests {
     fn query_pages_in_order_with_totals() {
         let r = Replica::default();
         for i in 0..25 {
-            r.load("c", &format!("e{i:02}"), entity(&format!("e{i:02}"), i));
+            r.load("c", &format!("e{i:02}"), entity(&format!("e{i:02}"), i), 0);
         }
         let order = OrderBy::parse("n desc").unwrap();
         let f = Filter::parse("even").unwrap();

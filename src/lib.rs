@@ -58,6 +58,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod node;
+pub mod node_id;
 pub mod options;
 pub mod origin;
 pub mod protocol;

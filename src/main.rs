@@ -54,14 +54,27 @@ fn serve(file: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut config = config;
+    // Before logging and metrics: every log line and series carries it.
+    match shardcast::node_id::resolve(&config.cluster.node_id, &config.data_dir) {
+        Ok(id) => config.cluster.node_id = id,
+        Err(e) => {
+            eprintln!("shardcast: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     init_logging(config.log_format);
+    // Entered here and by every thread the server spawns (they enter the span current
+    // where they are spawned), so each log line names the node.
+    let node_span = tracing::info_span!("node", node_id = %config.cluster.node_id);
+    let _node = node_span.enter();
     for warning in config.env_warnings() {
         tracing::warn!("{warning}");
     }
     // Block the stop signals before any thread starts, so every thread inherits the mask
     // and only `wait_for_stop` below receives them.
     let signals = stop_signals();
-    let prometheus = shardcast::metrics::install();
+    let prometheus = shardcast::metrics::install(&config.cluster.node_id);
     let server = match Server::start(config, prometheus) {
         Ok(s) => s,
         Err(e) => {

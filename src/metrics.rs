@@ -242,9 +242,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Installs the Prometheus recorder as the process's global recorder.
-pub fn install() -> PrometheusHandle {
+/// Installs the Prometheus recorder as the process's global recorder; every series
+/// carries the label `node` with the node's id (PROTOCOL.md §13).
+pub fn install(node_id: &str) -> PrometheusHandle {
     let builder = PrometheusBuilder::new()
+        .add_global_label("node", node_id)
         .set_buckets_for_metric(
             Matcher::Full(BATCH_SIZE.into()),
             &[
@@ -364,6 +366,7 @@ pub const COMMAND_ERROR_CODES: &[&str] = &[
     "LIMIT_EXCEEDED",
     "RATE_LIMITED",
     "INTERNAL",
+    "UNAVAILABLE",
 ];
 
 /// `reason` values of `shardcast_connections_closed_total`.

@@ -6,7 +6,6 @@
 //! says who writes it:
 //! - [`Node::backend`]: sequencing, history, entity state and everything durable
 //!   ([`crate::backend`]); any shard calls it for the requests it read.
-//! - [`Node::tickets`]: one short mutex; shards issue (REST) and redeem (upgrades).
 //! - the draining flag: set once, by the server at SIGTERM; read by every shard.
 //! - the WebSocket connection count: each shard adds and removes its own connections
 //!   (`max_connections` spans shards).
@@ -19,7 +18,6 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::auth::tickets::Tickets;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::entities::Cursors;
@@ -30,7 +28,6 @@ pub struct Node {
     backend: Arc<dyn Backend>,
     /// Signs and checks entity list cursors (a key derived from the JWT secret).
     cursors: Cursors,
-    tickets: Tickets,
     prometheus: PrometheusHandle,
     /// Set at SIGTERM: `/readyz` fails from then on.
     draining: AtomicBool,
@@ -68,7 +65,6 @@ impl Node {
             cursors: Cursors::new(config.auth.jwt_secret.as_bytes()),
             config,
             backend,
-            tickets: Tickets::default(),
             prometheus,
             draining: AtomicBool::new(false),
             ws_connections: AtomicUsize::new(0),
@@ -99,12 +95,13 @@ impl Node {
         &self.cursors
     }
 
-    pub fn tickets(&self) -> &Tickets {
-        &self.tickets
-    }
-
     pub fn prometheus(&self) -> &PrometheusHandle {
         &self.prometheus
+    }
+
+    /// The node's stable id (`cluster.node_id`, resolved at start-up: [`crate::node_id`]).
+    pub fn node_id(&self) -> &str {
+        &self.config.cluster.node_id
     }
 
     /// The node's tag (the first part of every `connectionId`).

@@ -92,6 +92,9 @@ pub enum Answer {
     },
     /// A WebSocket message (complete JSON text) for the connection.
     Ws(Vec<u8>),
+    /// A `?uuid=` ticket redeemed (or refused) for an upgraded connection: it is
+    /// authenticated with these claims, or refused with close 4001.
+    Ticket(Result<crate::auth::jwt::Claims, crate::auth::tickets::TicketError>),
 }
 
 /// What piled up while a shard's queue was full.

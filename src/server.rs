@@ -71,7 +71,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 impl Server {
     /// Binds the port and starts the shards.
-    pub fn start(config: Config, prometheus: PrometheusHandle) -> anyhow_lite::Result<Server> {
+    pub fn start(mut config: Config, prometheus: PrometheusHandle) -> anyhow_lite::Result<Server> {
         let shards = config.shard_count();
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             anyhow_lite::msg(format!(
@@ -79,6 +79,9 @@ impl Server {
                 config.data_dir.display()
             ))
         })?;
+        // `serve` resolved it already (for logs and metrics); this is the same id.
+        config.cluster.node_id = crate::node_id::resolve(&config.cluster.node_id, &config.data_dir)
+            .map_err(anyhow_lite::msg)?;
         // SO_REUSEPORT would let a second process share a port already in use and take
         // part of its traffic silently; refuse a port that already has a listener, unless
         // sharing is asked for (several nodes on one port, ARCHITECTURE.md).
@@ -143,7 +146,11 @@ impl Server {
             };
             let h = std::thread::Builder::new()
                 .name(format!("shardcast-shard-{id}"))
-                .spawn(move || Shard::run(seed))
+                // The node's log span goes with the thread (see `serve`).
+                .spawn({
+                    let span = tracing::Span::current();
+                    move || span.in_scope(|| Shard::run(seed))
+                })
                 .map_err(|e| anyhow_lite::msg(e.to_string()))?;
             handles.push(h);
         }

@@ -453,7 +453,10 @@ impl Store {
         };
         let handle = std::thread::Builder::new()
             .name("shardcast-store".into())
-            .spawn(move || writer.run())
+            .spawn({
+                let span = tracing::Span::current();
+                move || span.in_scope(|| writer.run())
+            })
             .map_err(|e| StoreError::Thread(e.to_string()))?;
         tracing::info!(path = %path.display(), "store opened");
         Ok(Store {
@@ -580,9 +583,11 @@ impl Store {
         if releasing.swap(true, Ordering::AcqRel) {
             return false;
         }
+        let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name("shardcast-release".into())
             .spawn(move || {
+                let _node = span.enter();
                 let keyspace = handles.keyspace(table);
                 match keyspace.rotate_memtable() {
                     Ok(_) => {

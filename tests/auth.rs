@@ -152,6 +152,77 @@ fn auth_message_authenticates() {
     assert_eq!(c.recv()["type"], "pong");
 }
 
+/// A masked client text frame.
+fn client_frame(text: &str) -> Vec<u8> {
+    let p = text.as_bytes();
+    let mut f = vec![0x81u8];
+    if p.len() < 126 {
+        f.push(0x80 | p.len() as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(p.len() as u16).to_be_bytes());
+    }
+    let mask = [1u8, 2, 3, 4];
+    f.extend_from_slice(&mask);
+    f.extend(p.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// The next unmasked server text frame's JSON (frames under 64 KiB).
+fn server_message(r: &mut impl std::io::Read) -> Value {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).unwrap();
+    assert_eq!(h[0], 0x81, "a final text frame");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            r.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Frames that arrive in the same packet as a `?uuid=` upgrade are not read before the
+/// backend has redeemed the ticket: they are answered after `authenticated`, not refused
+/// as unauthenticated.
+#[test]
+fn frames_in_the_upgrade_packet_wait_for_the_ticket() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = Server::start("");
+    let (uuid, _) = ticket(&s, &token("tq", "user", &["jobs"]));
+    let mut raw = format!(
+        "GET /ws?uuid={uuid} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    raw.extend(client_frame(
+        r#"{"type":"subscribeEvents","requestId":1,"subscriptions":[{"id":"a","path":"jobs"}]}"#,
+    ));
+    raw.extend(client_frame(r#"{"type":"ping"}"#));
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(&raw).unwrap();
+    let mut r = BufReader::new(sock);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 101"), "{line}");
+    while line != "\r\n" {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+    }
+    let types: Vec<Value> = (0..3).map(|_| server_message(&mut r)).collect();
+    assert_eq!(types[0]["type"], "authenticated", "{types:?}");
+    assert_eq!(types[1]["type"], "subscribedEvents", "{types:?}");
+    assert_eq!(types[1]["requestId"], 1, "{types:?}");
+    assert_eq!(types[2]["type"], "pong", "{types:?}");
+}
+
 #[test]
 fn ticket_is_issued_and_carries_the_token_identity() {
     let s = Server::start("");

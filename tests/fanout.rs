@@ -22,9 +22,10 @@ fn every_connection_on_every_shard_gets_each_publication_once_in_order() {
     // The kernel spread the connections over both shards' listeners.
     for shard in ["0", "1"] {
         let n = s
-            .metric(&format!(
-                "shardcast_connections{{shard=\"{shard}\",role=\"user\"}}"
-            ))
+            .metric_where(
+                "shardcast_connections",
+                &format!("shard=\"{shard}\",role=\"user\""),
+            )
             .unwrap_or(0.0);
         assert!(n > 0.0, "shard {shard} holds no connection");
     }

@@ -201,3 +201,49 @@ fn a_draining_server_accepts_no_new_connection() {
     );
     assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0), "{}", s.log());
 }
+
+/// The node's id (PROTOCOL.md §13): generated once and kept in `data_dir`, the same after
+/// a restart; shown by `/healthz`, as the `node` label of every metric series and in the
+/// log; a configured `cluster.node_id` replaces it.
+#[test]
+fn the_node_id_is_kept_across_restarts_and_shown_everywhere() {
+    let mut s = Server::start("");
+    let id_of = |s: &Server| {
+        let (st, body) = s.http("GET", "/healthz", None, None);
+        assert_eq!(st, 200, "{body}");
+        body["node"]
+            .as_str()
+            .unwrap_or_else(|| panic!("/healthz names no node: {body}"))
+            .to_string()
+    };
+    let id = id_of(&s);
+    assert!(id.starts_with("node-"), "{id}");
+    let kept = std::fs::read_to_string(s.dir.join("data").join("node_id")).unwrap();
+    assert_eq!(kept.trim(), id);
+    let (_, metrics) = s.try_http("GET", "/metrics", None, &[]).unwrap();
+    let label = format!("node=\"{id}\"");
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("shardcast_"))
+        .collect();
+    assert!(series.len() > 20, "{metrics}");
+    for l in &series {
+        assert!(l.contains(&label), "a series without {label}: {l}");
+    }
+    assert!(
+        s.log().contains(&format!("node_id={id}")),
+        "the log does not name the node: {}",
+        s.log()
+    );
+
+    s.kill();
+    s.spawn(&[]);
+    assert_eq!(id_of(&s), id, "a restart changed the node id");
+
+    // A configured id wins (and is checked: see the configuration tests).
+    s.kill();
+    s.spawn(&[("SHARDCAST_CLUSTER__NODE_ID", "edge-7")]);
+    assert_eq!(id_of(&s), "edge-7");
+    let (_, metrics) = s.try_http("GET", "/metrics", None, &[]).unwrap();
+    assert!(metrics.contains("shardcast_publications_total{node=\"edge-7\""));
+}

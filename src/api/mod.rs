@@ -47,6 +47,8 @@ pub enum Route {
     },
     /// Hand these validated items to ingest; answer when it has sequenced them.
     Publish(Vec<PublishItem>),
+    /// Issue a WebSocket ticket for these claims through the backend; it answers.
+    Ticket(crate::auth::jwt::Claims),
     /// Hand this checked entity write to the backend; answer when it is durable.
     EntityWrite(crate::entities::EntityWrite),
     /// Ask the services thread (operator REST); it answers.
@@ -70,7 +72,11 @@ pub fn route(req: &Request, node: &Node, close: bool) -> Route {
     let echo_path = cfg.testing.echo_path.as_str();
     match (method, path) {
         ("GET", "/healthz") => {
-            Route::Respond(http::json_response(200, &json!({"status": "ok"}), close))
+            Route::Respond(http::json_response(
+                200,
+                &json!({"status": "ok", "node": node.node_id()}),
+                close,
+            ))
         }
         ("GET", "/readyz") => {
             if node.is_draining() {
@@ -577,15 +583,7 @@ fn ticket(req: &Request, node: &Node, close: bool) -> Route {
         }
         Err(e) => return error(401, "UNAUTHORIZED", &e.to_string(), close),
     };
-    let now = crate::time::unix_ms();
-    let (uuid, expires) = node
-        .tickets()
-        .issue(claims, now, node.config().auth.ticket_ttl_ms);
-    Route::Respond(http::json_response(
-        201,
-        &json!({"uuid": uuid, "expiresAt": crate::time::rfc3339_ms(expires)}),
-        close,
-    ))
+    Route::Ticket(claims)
 }
 
 #[cfg(test)]

@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{Backend, PublishReply};
+use crate::auth::jwt::Claims;
+use crate::auth::tickets::Tickets;
 use crate::config::Config;
-use crate::entities::{entity_key, merge_patch, EntityWrite, Replica, WriteOp};
+use crate::entities::{entity_key, EntityWrite, Replica, WriteOp};
 use crate::ingest::{Ingest, IngestSetup, PublishItem, PublishOutcome, SeqMarks};
 use crate::protocol::{ErrorCode, Refusal};
 use crate::publication::{EntityChange, Publication};
@@ -29,6 +31,9 @@ pub struct LocalBackend {
     ingest: Arc<Ingest>,
     store: Store,
     services: Services,
+    /// In memory: a ticket lives seconds and a restart may forget it (the client asks
+    /// for another).
+    tickets: Tickets,
 }
 
 /// Meta key of the durable `seq` reservation (8 bytes, big-endian).
@@ -105,13 +110,20 @@ impl LocalBackend {
                 config.data_dir.display()
             )
         })?;
+        let start_seq = store
+            .get(Table::Meta, SEQ_RESERVED)
+            .map_err(|e| format!("cannot read the seq mark from the store: {e}"))?
+            .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
         let replica = Arc::new(Replica::default());
         let mut bad = 0usize;
+        // The store keeps states, not versions: every entity is loaded at the durable seq
+        // mark, which no write before the restart reached.
         store
             .scan(Table::Entities, &mut |k, v| {
                 let key = String::from_utf8_lossy(k);
                 match (key.split_once('/'), serde_json::from_slice(v)) {
-                    (Some((c, id)), Ok(state)) => replica.load(c, id, state),
+                    (Some((c, id)), Ok(state)) => replica.load(c, id, state, start_seq),
                     _ => bad += 1,
                 }
             })
@@ -122,11 +134,6 @@ impl LocalBackend {
                 "entities in the store that could not be read were skipped"
             );
         }
-        let start_seq = store
-            .get(Table::Meta, SEQ_RESERVED)
-            .map_err(|e| format!("cannot read the seq mark from the store: {e}"))?
-            .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
         tracing::info!(entities = replica.len(), start_seq, "store recovered");
         let (intake, pending) = crate::services::prepare(store.clone());
         let ingest = Arc::new(Ingest::with(
@@ -157,6 +164,7 @@ impl LocalBackend {
             ingest,
             store,
             services,
+            tickets: Tickets::default(),
         })
     }
 
@@ -197,7 +205,24 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn last_seq(&self) -> u64 {
+    fn issue_ticket(&self, claims: Claims, ttl_ms: u64, reply: ReplyTo) {
+        let (uuid, expires) = self.tickets.issue(claims, crate::time::unix_ms(), ttl_ms);
+        self.ingest
+            .router()
+            .answer(reply, super::ticket_issued(&uuid, expires));
+    }
+
+    fn redeem_ticket(&self, ticket: &str, reply: ReplyTo) {
+        let redeemed = self.tickets.redeem(ticket, crate::time::unix_ms());
+        self.ingest.router().answer(reply, Answer::Ticket(redeemed));
+    }
+
+    fn applied_seq(&self) -> u64 {
+        self.ingest.last_seq()
+    }
+
+    fn head_seq(&self) -> u64 {
+        // One sequencer, and it applies what it sequences before it moves `last_seq`.
         self.ingest.last_seq()
     }
 
@@ -249,6 +274,10 @@ fn publish_answered(
             to,
             Answer::Ws(crate::protocol::error_message(ErrorCode::Internal, &e, request_id.as_ref())),
         ),
+        (PublishReply::Nobody, Ok(())) => {}
+        (PublishReply::Nobody, Err(e)) => {
+            tracing::error!(seq = outcome.last_seq, "publication not made durable: {e}")
+        }
     }
 }
 
@@ -296,45 +325,13 @@ impl EntityJob {
         let op = std::mem::replace(&mut self.write.op, WriteOp::Delete);
         let w = &self.write;
         let key = entity_key(&w.collection, &w.id);
+        // The state earlier writes of this group left, else the replica's.
         let current = GROUP
             .with(|g| g.borrow().get(&key).cloned())
             .unwrap_or_else(|| self.ingest.replica().get(&w.collection, &w.id));
-        let missing = || {
-            (
-                404,
-                Refusal::new(
-                    ErrorCode::NotFound,
-                    format!("no entity '{}' in collection '{}'", w.id, w.collection),
-                ),
-            )
-        };
-        let with_id = |mut m: Map<String, Value>| {
-            m.insert("id".into(), Value::String(w.id.clone()));
-            Arc::new(Value::Object(m))
-        };
-        let (event_type, after) = match op {
-            WriteOp::Put(state) => (
-                if current.is_some() {
-                    "updated"
-                } else {
-                    "created"
-                },
-                Some(with_id(state)),
-            ),
-            WriteOp::Patch(patch) => {
-                let cur = current.clone().ok_or_else(missing)?;
-                let mut v = (*cur).clone();
-                merge_patch(&mut v, &Value::Object(patch));
-                let Value::Object(m) = v else {
-                    return Err(missing());
-                };
-                ("updated", Some(with_id(m)))
-            }
-            WriteOp::Delete => {
-                current.as_ref().ok_or_else(missing)?;
-                ("deleted", None)
-            }
-        };
+        let crate::entities::Decision { event_type, after } =
+            crate::entities::decide(current.as_deref(), &w.collection, &w.id, op)
+                .map_err(|r| (404, r))?;
         // Encoded once: the stored bytes are also the event's `data`.
         let json = match &after {
             Some(state) => {

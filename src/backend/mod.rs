@@ -1,6 +1,6 @@
 //! The backend seam: everything a node keeps beyond its connections — sequencing, the
-//! history window, entity state, and (next) durable service queues, locks, channels and
-//! tickets — behind one interface, chosen at start-up ([`open`]).
+//! history window, entity state, tickets, and the durable service queues, locks and
+//! channels — behind one interface, chosen at start-up ([`open`]).
 //!
 //! [`LocalBackend`] is the single-node implementation: the sequencer of [`crate::ingest`]
 //! and the embedded [`crate::store`]. The cluster issue adds a Redis one beside it; no
@@ -16,12 +16,13 @@ use std::sync::Arc;
 
 pub use local::LocalBackend;
 
+use crate::auth::jwt::Claims;
 use crate::config::Config;
 use crate::entities::{EntityWrite, Replica};
 use crate::ingest::{PublishItem, PublishOutcome};
 use crate::metrics::Source;
 use crate::publication::Publication;
-use crate::router::{ReplyTo, Router};
+use crate::router::{Answer, ReplyTo, Router};
 use crate::services::ServiceCmd;
 
 /// Who published, and so how a deferred answer is shaped.
@@ -31,22 +32,27 @@ pub enum PublishReply {
     Rest(ReplyTo),
     /// A service's `publish` over its socket: `{"type":"published","requestId","seq"}`.
     Socket(ReplyTo, Option<serde_json::Value>),
+    /// Nobody waits for an answer (a service's `log`, PROTOCOL.md §10); a failure is
+    /// logged.
+    Nobody,
 }
 
 impl PublishReply {
     pub fn source(&self) -> Source {
         match self {
             PublishReply::Rest(_) => Source::Http,
-            PublishReply::Socket(..) => Source::Websocket,
+            PublishReply::Socket(..) | PublishReply::Nobody => Source::Websocket,
         }
     }
 }
 
 /// What a node asks of the state it shares (see the module docs).
 pub trait Backend: Send + Sync {
-    /// Sequences plain publications. `Some` when they were handed to every shard and
-    /// nothing else is owed (the publisher is answered now); `None` when some became
-    /// service tasks: the answer comes once they are durable, to `reply`.
+    /// Sequences plain publications. `Some` when the backend could answer at once (the
+    /// local one, when they were handed to every shard and nothing else is owed);
+    /// `None` when the answer comes later, to `reply` (service tasks to make durable
+    /// first, or a round trip to Redis). Callers handle both; with
+    /// [`PublishReply::Nobody`] nobody is answered either way.
     fn publish(&self, items: &[PublishItem], reply: PublishReply) -> Option<PublishOutcome>;
 
     /// A command for the service queues and locks (PROTOCOL.md §10); answers come
@@ -56,8 +62,23 @@ pub trait Backend: Send + Sync {
     /// A durable entity write; the answer always comes later, to `reply`, once durable.
     fn write_entity(&self, write: EntityWrite, reply: ReplyTo);
 
-    /// The newest `seq` handed to the shards.
-    fn last_seq(&self) -> u64;
+    /// Issues a one-time WebSocket ticket for `claims` (PROTOCOL.md §2) that expires
+    /// after `ttl_ms` or at the token's `exp`, whichever is first; answers `reply` with
+    /// the REST answer ([`ticket_issued`]).
+    fn issue_ticket(&self, claims: Claims, ttl_ms: u64, reply: ReplyTo);
+
+    /// Redeems `ticket` once; answers `reply` with [`Answer::Ticket`]. Any node may redeem
+    /// a ticket any node issued (PROTOCOL.md §14).
+    fn redeem_ticket(&self, ticket: &str, reply: ReplyTo);
+
+    /// The newest `seq` this node has applied: its replica and history hold it and it
+    /// was handed to every shard (a shard may not have taken it in yet).
+    fn applied_seq(&self) -> u64;
+
+    /// The newest `seq` assigned anywhere: the cluster's head. Never below
+    /// [`Backend::applied_seq`]; on a single node, equal to it. A `since` beyond it is in
+    /// the future; one between the two waits for this node to apply it.
+    fn head_seq(&self) -> u64;
 
     /// Calls `f` for each retained publication with `since < seq <= upto`, in order;
     /// returns whether the retained history reached back that far (`recovered`).
@@ -72,6 +93,14 @@ pub trait Backend: Send + Sync {
     /// Stops taking writes, finishes what is queued (every accepted write is answered),
     /// releases files.
     fn close(&self);
+}
+
+/// The REST answer to `POST /api/v1/ws-tickets` (every backend answers the same).
+pub fn ticket_issued(uuid: &str, expires_ms: u64) -> Answer {
+    Answer::Http {
+        status: 201,
+        body: serde_json::json!({"uuid": uuid, "expiresAt": crate::time::rfc3339_ms(expires_ms)}),
+    }
 }
 
 /// Opens the backend the configuration names.

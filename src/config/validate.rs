@@ -126,6 +126,14 @@ impl Config {
             key: "testing.echo_path",
             reason,
         })?;
+        if !self.cluster.node_id.is_empty() {
+            crate::node_id::check(&self.cluster.node_id).map_err(|reason| {
+                ConfigError::Invalid {
+                    key: "cluster.node_id",
+                    reason,
+                }
+            })?;
+        }
         if !self.cluster.redis_url.is_empty() {
             return Err(ConfigError::ClusterUnsupported);
         }
@@ -337,6 +345,15 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "cluster mode ('cluster.redis_url') is not implemented in this version; leave it empty"
+        );
+    }
+
+    #[test]
+    fn node_ids_are_names() {
+        let err = load_err("[cluster]\nnode_id = \"n 1\"", &[]);
+        assert!(
+            err.to_string().contains("cluster.node_id") && err.to_string().contains("' '"),
+            "{err}"
         );
     }
 

@@ -25,6 +25,9 @@ pub enum ErrorCode {
     LimitExceeded,
     RateLimited,
     Internal,
+    /// What the request needs is out of reach (cluster mode: Redis), or this node has not
+    /// caught up with it yet; retry (PROTOCOL.md §14).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -40,6 +43,7 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 }

@@ -436,7 +436,10 @@ impl Pending {
         let rx = self.rx;
         let thread = std::thread::Builder::new()
             .name("services".into())
-            .spawn(move || engine.run(rx))
+            .spawn({
+                let span = tracing::Span::current();
+                move || span.in_scope(|| engine.run(rx))
+            })
             .map_err(|e| format!("cannot start the services thread: {e}"))?;
         Ok(Services {
             tx: self.tx,

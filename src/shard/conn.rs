@@ -252,6 +252,9 @@ pub struct WsState {
     pub dropped: Vec<(u32, u64)>,
     /// Set once authenticated.
     pub claims: Option<Rc<Claims>>,
+    /// A `?uuid=` ticket is with the backend: the URL's query pairs (its options), kept
+    /// for when it answers. Nothing is read from the socket meanwhile.
+    pub ticket_wait: Option<Box<Vec<(String, String)>>>,
     /// Per-shard connection number, for `connectionId`.
     pub number: u64,
     pub subscriptions: Vec<Subscription>,
@@ -278,6 +281,7 @@ impl WsState {
         WsState {
             echo,
             claims: None,
+            ticket_wait: None,
             number,
             batch_ms: 0,
             batch_max: 1,

@@ -209,6 +209,12 @@ impl Shard {
                     self.fill_answer(key, reply.req, http::json_response(202, &body, close));
                 }
             }
+            Route::Ticket(claims) => {
+                if let Some(reply) = self.await_answer(key, close) {
+                    let ttl = self.node.config().auth.ticket_ttl_ms;
+                    self.node.backend().issue_ticket(claims, ttl, reply);
+                }
+            }
             Route::EntityWrite(write) => {
                 if let Some(reply) = self.await_answer(key, close) {
                     self.node.backend().write_entity(write, reply);
@@ -400,6 +406,10 @@ impl Shard {
                 }
                 return;
             }
+            Answer::Ticket(redeemed) => {
+                self.ticket_redeemed(key, gen, redeemed);
+                return;
+            }
             other => other,
         };
         match self.conns.get(key) {
@@ -415,7 +425,7 @@ impl Shard {
         } || self.node.is_draining();
         let bytes = match answer {
             Answer::Http { status, body } => http::json_response(status, &body, close),
-            Answer::Ws(_) => return,
+            Answer::Ws(_) | Answer::Ticket(_) => return,
         };
         if close {
             if let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) {

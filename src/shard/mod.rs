@@ -201,7 +201,7 @@ impl Shard {
     }
 
     fn new(seed: ShardSeed) -> Shard {
-        let last_seq = seed.node.backend().last_seq();
+        let last_seq = seed.node.backend().applied_seq();
         let rng = crate::time::unix_ms() ^ ((seed.id as u64 + 1) << 32) | 1;
         Shard {
             id: seed.id,

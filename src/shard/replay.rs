@@ -5,8 +5,10 @@
 //! has received every publication up to its `last_seq` `L` and none after (all of that
 //! happens between two mailbox reads), so publications after `L` reach it live, and the
 //! replay covers exactly `since < seq <= L` from the backend's history. Nothing is missed
-//! at the seam and nothing arrives twice. A `since` beyond `L` (this shard lags ingest by
-//! its queue) is first caught up by taking in what is queued ([`Shard::catch_up`]).
+//! at the seam and nothing arrives twice. A `since` beyond `L` but not beyond the
+//! backend's head (this shard lags ingest by its queue, or this node lags the cluster) is
+//! first caught up by taking in what is queued, for a bounded time ([`Shard::catch_up`]);
+//! still ahead after that, the subscription is refused `UNAVAILABLE`.
 //!
 //! Replayed messages are written straight to the connection's output, after the
 //! `subscribedEvents` answer, so they never meet the ring's oldest-drop: the history
@@ -14,6 +16,7 @@
 //! `batchMax`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::Framing;
 use crate::protocol::{self, path_prefixes, ws};
@@ -22,21 +25,32 @@ use crate::publication::Publication;
 use super::conn::Subscription;
 use super::Shard;
 
+/// How long a subscription with a `since` this shard has not reached may hold the shard
+/// while it catches up (see [`Shard::catch_up`]).
+pub(super) const CATCH_UP_WAIT: Duration = Duration::from_millis(250);
+
 /// A replayed publication and whether it is an event or a refresh for the subscription.
 pub type Replayed = Vec<(Arc<Publication>, bool)>;
 
 impl Shard {
-    /// Takes in queued publications until this shard has seen `seq` (or its queue is
-    /// empty).
+    /// Takes in queued publications until this shard has seen `seq`, for at most
+    /// [`CATCH_UP_WAIT`] (the shard's other connections wait meanwhile, so the bound is
+    /// short). The caller compares `last_seq` with `seq` to know whether it got there.
     pub(super) fn catch_up(&mut self, seq: u64) {
-        let mut rounds = 0;
-        while self.last_seq < seq && rounds < 64 {
+        let deadline = Instant::now() + CATCH_UP_WAIT;
+        while self.last_seq < seq {
             self.drain_mailbox();
-            rounds += 1;
-            if self.mailbox.depth() == 0 && self.last_seq < seq {
-                // Published but not yet pushed to this shard: ingest stores `last_seq`
-                // after the pushes, so this is a matter of microseconds.
-                std::thread::yield_now();
+            if self.last_seq >= seq {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return;
+            }
+            if self.mailbox.depth() == 0 {
+                // Applied but not yet pushed to this shard (microseconds: the applier
+                // moves the applied mark after the pushes), or not applied yet on this
+                // node (a cluster node behind the head).
+                std::thread::sleep(Duration::from_micros(50));
             }
         }
     }

@@ -165,7 +165,7 @@ impl Shard {
             .get(key)
             .and_then(|c| c.ws())
             .and_then(|w| w.claims.clone());
-        let newest = self.node.backend().last_seq();
+        let newest = self.node.backend().head_seq();
         let mut subs = Vec::new();
         let mut rejected = Vec::new();
         for req in requests {
@@ -303,12 +303,8 @@ impl Shard {
                     event_type: level.to_string(),
                     data,
                 };
-                // `$logs` is a system path: no service subscribes to it, so this is
-                // answered now, and a log has no answer.
-                let _ = self
-                    .node
-                    .backend()
-                    .publish(&[item], PublishReply::Socket(reply, request_id.cloned()));
+                // A log has no answer (PROTOCOL.md §10).
+                let _ = self.node.backend().publish(&[item], PublishReply::Nobody);
             }
             // `$` paths are the server's (PROTOCOL.md §4): refused like a REST publish.
             Command::Publish { body } => match crate::api::parse_publish(&body, 1)

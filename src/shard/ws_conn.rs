@@ -93,23 +93,83 @@ impl Shard {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         };
-        let claims = if let Some(token) = find("token") {
-            Some(
-                jwt::verify_with(self.node.keys(), &token, crate::time::unix_secs())
-                    .map_err(|e| (e.reason(), e.to_string())),
-            )
+        if let Some(token) = find("token") {
+            let claims = jwt::verify_with(self.node.keys(), &token, crate::time::unix_secs())
+                .map_err(|e| (e.reason(), e.to_string()));
+            self.url_credential(key, gen, &pairs, claims);
+        } else if let Some(ticket) = find("uuid") {
+            // The backend answers through the mailbox (the ticket may be in Redis): until
+            // then the connection reads nothing, so commands sent right behind the upgrade
+            // wait for the credential as they do with `?token=`; the auth timeout bounds
+            // the wait.
+            if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) {
+                ws.ticket_wait = Some(Box::new(pairs));
+            }
+            self.arm(self.now + auth_ms, key, gen, TimerKind::AuthTimeout);
+            let reply = crate::router::ReplyTo {
+                shard: self.id,
+                conn: key as u32,
+                gen,
+                req: 0,
+            };
+            self.node.backend().redeem_ticket(&ticket, reply);
         } else {
-            find("uuid").map(|ticket| {
-                self.node
-                    .tickets()
-                    .redeem(&ticket, crate::time::unix_ms())
-                    .map_err(|e| (e.reason(), e.to_string()))
-            })
+            self.arm(self.now + auth_ms, key, gen, TimerKind::AuthTimeout);
+        }
+    }
+
+    /// The backend's answer to a `?uuid=` ticket of connection `key` (if it is still the
+    /// one that asked and still waiting): authenticate or refuse, then read what the
+    /// client sent meanwhile.
+    pub(super) fn ticket_redeemed(
+        &mut self,
+        key: usize,
+        gen: u32,
+        redeemed: Result<Claims, crate::auth::tickets::TicketError>,
+    ) {
+        let Some(pairs) = self
+            .conns
+            .get_mut(key)
+            .filter(|c| c.gen == gen)
+            .and_then(|c| c.ws_mut())
+            .and_then(|w| w.ticket_wait.take())
+        else {
+            return;
         };
+        let claims = redeemed.map_err(|e| (e.reason(), e.to_string()));
+        self.url_credential(key, gen, &pairs, claims);
+        // Frames that arrived with the upgrade or while waiting are in `rbuf` or the
+        // socket: handle the first now, and read the socket again without a new edge.
+        let leftover = self
+            .conns
+            .get_mut(key)
+            .filter(|c| c.ws().is_some_and(|w| !w.close_sent))
+            .map(|c| std::mem::take(&mut c.rbuf));
+        if let Some(mut buf) = leftover.filter(|b| !b.is_empty()) {
+            let (used, _) = self.ws_frames(key, &mut buf);
+            if let Some(c) = self.conns.get_mut(key) {
+                if used < buf.len() {
+                    buf.drain(..used);
+                    c.rbuf = buf;
+                }
+            }
+        }
+        self.resume_later(key);
+    }
+
+    /// A credential from the URL (`?token=`, or a redeemed `?uuid=` ticket), checked:
+    /// authenticate with the URL's options, or refuse.
+    fn url_credential(
+        &mut self,
+        key: usize,
+        gen: u32,
+        pairs: &[(String, String)],
+        claims: Result<Claims, (&'static str, String)>,
+    ) {
+        let auth_ms = self.node.config().auth.auth_timeout_ms;
         match claims {
-            None => self.arm(self.now + auth_ms, key, gen, TimerKind::AuthTimeout),
-            Some(Err((reason, message))) => self.refuse_auth(key, reason, &message),
-            Some(Ok(claims)) => {
+            Err((reason, message)) => self.refuse_auth(key, reason, &message),
+            Ok(claims) => {
                 let mut opts = ConnOptions::defaults(self.node.config());
                 let q = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
                 match opts.apply_query(self.node.config(), q) {
@@ -239,7 +299,10 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            if conn.ws().is_some_and(|w| w.read_paused) {
+            if conn
+                .ws()
+                .is_some_and(|w| w.read_paused || w.ticket_wait.is_some())
+            {
                 return;
             }
             let n = match conn.sock.read(&mut self.scratch) {
@@ -318,8 +381,17 @@ impl Shard {
         }
     }
 
-    /// Handles input that arrived with the upgrade request.
+    /// Handles input that arrived with the upgrade request (none of it while a ticket
+    /// is being redeemed: it is kept for then).
     pub(super) fn ws_input(&mut self, key: usize, buf: &mut [u8]) -> (usize, Flow) {
+        let waiting = self
+            .conns
+            .get(key)
+            .and_then(|c| c.ws())
+            .is_some_and(|w| w.ticket_wait.is_some());
+        if waiting {
+            return (0, Flow::Stop);
+        }
         self.ws_frames(key, buf)
     }
 
@@ -707,9 +779,11 @@ impl Shard {
         request_id: Option<&Value>,
     ) {
         let max = self.node.config().limits.max_subscriptions;
-        let newest = self.node.backend().last_seq();
-        // A `since` this shard has not reached yet (it lags ingest by its queue): take in
-        // what is queued first, so that nothing up to `since` arrives live afterwards.
+        let newest = self.node.backend().head_seq();
+        // A `since` this shard has not reached yet (it lags ingest by its queue, or this
+        // node lags the cluster's head): take in what comes first, so that nothing up to
+        // `since` arrives live afterwards. Bounded: a `since` still ahead after the wait
+        // is refused `UNAVAILABLE` (retry), not served with a gap or a duplicate.
         let since_max = requests
             .iter()
             .filter(|r| r.problem.is_none())
@@ -730,21 +804,30 @@ impl Shard {
                 return;
             };
             let claims = ws.claims.clone();
-            let refusal =
-                if let Some(r) = subscription_refusal(&req, role, claims.as_deref(), newest) {
-                    Some(r)
-                } else {
-                    let replaces = self
-                        .interner
-                        .lookup(&req.id)
-                        .is_some_and(|id| ws.subscriptions.iter().any(|s| s.id == id));
-                    (!replaces && ws.subscriptions.len() >= max).then(|| {
-                        Refusal::new(
-                            ErrorCode::LimitExceeded,
-                            format!("a connection may hold at most {max} subscriptions"),
-                        )
-                    })
-                };
+            let refusal = if let Some(r) =
+                subscription_refusal(&req, role, claims.as_deref(), newest)
+            {
+                Some(r)
+            } else if let Some(s) = req.since.filter(|&s| s > last_seq) {
+                Some(Refusal::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "since {s}: this node has applied publications up to seq                              {last_seq} and did not catch up within {} ms; retry",
+                            super::replay::CATCH_UP_WAIT.as_millis()
+                        ),
+                    ))
+            } else {
+                let replaces = self
+                    .interner
+                    .lookup(&req.id)
+                    .is_some_and(|id| ws.subscriptions.iter().any(|s| s.id == id));
+                (!replaces && ws.subscriptions.len() >= max).then(|| {
+                    Refusal::new(
+                        ErrorCode::LimitExceeded,
+                        format!("a connection may hold at most {max} subscriptions"),
+                    )
+                })
+            };
             if let Some(r) = refusal {
                 metrics::command_error(r.code.as_str());
                 rejected.push(json!({"id": req.id, "code": r.code.as_str(), "message": r.message}));
