@@ -3,8 +3,15 @@
 //! channels — behind one interface, chosen at start-up ([`open`]).
 //!
 //! [`LocalBackend`] is the single-node implementation: the sequencer of [`crate::ingest`]
-//! and the embedded [`crate::store`]. The cluster issue adds a Redis one beside it; no
-//! feature reaches past this trait, so what it keeps works the same on either.
+//! and the embedded [`crate::store`]. Cluster mode adds a Redis one beside it; no
+//! feature reaches past this trait, so what it keeps works the same on either, and
+//! `tests/backend_conformance.rs` runs the same behaviours against every implementation.
+//!
+//! What the trait asks of an implementation, so that a remote one fits: every answer may
+//! come later through the shard's mailbox ([`ReplyTo`], [`Answer`]), tickets included;
+//! `seq`s it hands out are cluster-wide and strictly increasing; the node's replica and
+//! history are fed in `seq` order, and [`Backend::applied_seq`] says how far, apart from
+//! [`Backend::head_seq`], how far the sequence has gone anywhere.
 //!
 //! Shards stay synchronous: every method returns at once. Work that must wait (a group
 //! commit) answers later through the shard's mailbox ([`ReplyTo`]); nothing on the
