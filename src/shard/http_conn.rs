@@ -181,16 +181,7 @@ impl Shard {
                 self.send_raw(key, &http::upgrade_response(&accept));
                 self.start_ws(key, echo, &req.query, channel);
                 // Frames the client sent right behind its request are already here.
-                let leftover = self.conns.get_mut(key).map(|c| std::mem::take(&mut c.rbuf));
-                if let Some(mut buf) = leftover.filter(|b| !b.is_empty()) {
-                    let (used, _) = self.ws_input(key, &mut buf);
-                    if let Some(c) = self.conns.get_mut(key) {
-                        if used < buf.len() {
-                            buf.drain(..used);
-                            c.rbuf = buf;
-                        }
-                    }
-                }
+                self.ws_input(key);
             }
             Route::Publish(items) => {
                 let Some(reply) = self.await_answer(key, close) else {

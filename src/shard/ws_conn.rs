@@ -140,20 +140,7 @@ impl Shard {
         self.url_credential(key, gen, &pairs, claims);
         // Frames that arrived with the upgrade or while waiting are in `rbuf` or the
         // socket: handle the first now, and read the socket again without a new edge.
-        let leftover = self
-            .conns
-            .get_mut(key)
-            .filter(|c| c.ws().is_some_and(|w| !w.close_sent))
-            .map(|c| std::mem::take(&mut c.rbuf));
-        if let Some(mut buf) = leftover.filter(|b| !b.is_empty()) {
-            let (used, _) = self.ws_frames(key, &mut buf);
-            if let Some(c) = self.conns.get_mut(key) {
-                if used < buf.len() {
-                    buf.drain(..used);
-                    c.rbuf = buf;
-                }
-            }
-        }
+        self.ws_input(key);
         self.resume_later(key);
     }
 
@@ -381,18 +368,28 @@ impl Shard {
         }
     }
 
-    /// Handles input that arrived with the upgrade request (none of it while a ticket
-    /// is being redeemed: it is kept for then).
-    pub(super) fn ws_input(&mut self, key: usize, buf: &mut [u8]) -> (usize, Flow) {
-        let waiting = self
+    /// Handles the frames already read into `rbuf` (sent right behind the upgrade
+    /// request, or while a ticket was being redeemed); none while a ticket is still with
+    /// the backend or once a close was sent. What is left of an incomplete frame stays.
+    pub(super) fn ws_input(&mut self, key: usize) {
+        let leftover = self
             .conns
-            .get(key)
-            .and_then(|c| c.ws())
-            .is_some_and(|w| w.ticket_wait.is_some());
-        if waiting {
-            return (0, Flow::Stop);
+            .get_mut(key)
+            .filter(|c| {
+                c.ws()
+                    .is_some_and(|w| w.ticket_wait.is_none() && !w.close_sent)
+            })
+            .map(|c| std::mem::take(&mut c.rbuf));
+        let Some(mut buf) = leftover.filter(|b| !b.is_empty()) else {
+            return;
+        };
+        let (used, _) = self.ws_frames(key, &mut buf);
+        if let Some(c) = self.conns.get_mut(key) {
+            if used < buf.len() {
+                buf.drain(..used);
+                c.rbuf = buf;
+            }
         }
-        self.ws_frames(key, buf)
     }
 
     /// Parses and handles the complete frames at the front of `buf`; returns how many
