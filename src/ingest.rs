@@ -1,5 +1,6 @@
-//! Ingest: the sequencer. Every publication passes here to get its `seq` and `timestamp`
-//! and its JSON encoded once, then goes to the history window and the router.
+//! Ingest: the local sequencer. Every publication passes here to get its `seq` and
+//! `timestamp` and its JSON encoded once, then goes to the [`Applier`] (replica, history
+//! window, shards), the code a cluster node's stream reader runs too.
 //!
 //! Two kinds of caller, one lock:
 //! - a shard that read a plain publish request sequences it itself, on its own thread
@@ -16,7 +17,7 @@
 //! never behind a publication a shard has received. Encoding happens before the lock;
 //! wake-ups after it.
 //!
-//! Lock order (see `lib.rs`): sequencer → replica write lock; sequencer → history lock.
+//! Lock order (see `lib.rs`): sequencer → history lock → replica write lock.
 //! Readers (shards) take the replica or the history lock alone.
 //!
 //! `seq` survives restarts through a reserved high-water mark (see [`SeqMarks`]): the
@@ -31,6 +32,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::apply::Applier;
 use crate::entities::Replica;
 use crate::history::History;
 use crate::metrics;
@@ -106,12 +108,8 @@ pub struct Ingest {
     /// store's writer thread when a reservation commits.
     reserved: Arc<AtomicU64>,
     marks: Option<Box<dyn SeqMarks>>,
-    router: Arc<Router>,
-    /// The newest `seq` handed to the router, readable without the lock (a starting
-    /// shard's `last_seq`, the upper bound of `since`).
-    last_seq: AtomicU64,
-    history: History,
-    replica: Arc<Replica>,
+    /// Replica, history, shards and the applied mark; applied to under the lock.
+    applier: Applier,
     tasks: Option<Arc<dyn TaskSink>>,
     publications: metrics::PublicationCounters,
 }
@@ -158,10 +156,13 @@ impl Ingest {
             }),
             reserved: Arc::new(AtomicU64::new(reserved)),
             marks: s.marks,
-            router,
-            last_seq: AtomicU64::new(s.start_seq),
-            history: History::new(s.history_size, s.history_ttl_ms, s.start_seq),
-            replica: s.replica,
+            applier: Applier::new(
+                router,
+                s.replica,
+                s.history_size,
+                s.history_ttl_ms,
+                s.start_seq,
+            ),
             tasks: s.tasks,
             publications: metrics::PublicationCounters::new(),
         }
@@ -178,19 +179,19 @@ impl Ingest {
 
     /// The newest `seq` handed to the shards.
     pub fn last_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::Acquire)
+        self.applier.applied()
     }
 
     pub fn history(&self) -> &History {
-        &self.history
+        self.applier.history()
     }
 
     pub fn replica(&self) -> &Arc<Replica> {
-        &self.replica
+        self.applier.replica()
     }
 
     pub fn router(&self) -> &Arc<Router> {
-        &self.router
+        self.applier.router()
     }
 
     /// The durably reserved mark.
@@ -296,22 +297,17 @@ impl Ingest {
             let now = crate::time::unix_ms();
             let ts = crate::protocol::timestamp_text(now);
             let at = std::time::Instant::now();
-            // Each goes to the history window before the shards: a shard that has a
-            // publication always finds it there when it replays (`since`). One history
-            // lock per request.
-            let mut history = self.history.appender(now);
+            let mut batch = self.applier.batch(now);
             for mut p in publications {
                 st.last += 1;
                 p.sequence(st.last, &ts, at);
                 let p = Arc::new(p);
-                history.push(&p);
                 if let Some(sink) = sink {
                     sink.collect(&p, &mut tasks);
                 }
-                self.router.broadcast(&p);
+                batch.apply(p);
             }
-            drop(history);
-            self.last_seq.store(st.last, Ordering::Release);
+            batch.finish();
             let outcome = PublishOutcome {
                 accepted: items.len(),
                 first_seq,
@@ -328,7 +324,7 @@ impl Ingest {
             (outcome, deferred)
         };
         // Wake-ups are system calls: outside the lock.
-        self.router.wake_all();
+        self.router().wake_all();
         self.publications.add(source, items.len() as u64);
         (!deferred).then_some(outcome)
     }
@@ -370,10 +366,8 @@ impl Ingest {
         let seq = st.last;
         let now = crate::time::unix_ms();
         p.sequence(seq, &crate::protocol::timestamp_text(now), at);
-        self.replica.apply(&change, seq);
         p.entity = Some(Box::new(change));
         let p = Arc::new(p);
-        self.history.append(std::slice::from_ref(&p), now);
         let mut deferred = false;
         if let Some(sink) = self.tasks.as_ref().filter(|t| t.active()) {
             let mut tasks = Vec::new();
@@ -383,8 +377,9 @@ impl Ingest {
                 deferred = true;
             }
         }
-        self.router.broadcast(&p);
-        self.last_seq.store(seq, Ordering::Release);
+        let mut batch = self.applier.batch(now);
+        batch.apply(p);
+        batch.finish();
         drop(st);
         self.publications.add(metrics::Source::Http, 1);
         (seq, deferred)

@@ -7,16 +7,17 @@
 //!   on the shard that read it; entity requests (`/api/v1/entities/…`) are checked whole
 //!   there too. Reads are answered from the entity replica on that shard.
 //! - [`backend`]: the seam for everything a node keeps beyond its connections
-//!   (sequencing, history, entity state; next: service queues, locks, channels). One
-//!   trait, chosen at start-up: [`backend::LocalBackend`] for a single node (the cluster
-//!   issue adds Redis beside it). Shards call it and never wait on it: work that needs the
+//!   (sequencing, history, entity state, tickets, service queues, locks, channels). One
+//!   trait, chosen at start-up: [`backend::LocalBackend`] for a single node (cluster mode
+//!   adds Redis beside it). Shards call it and never wait on it: work that needs the
 //!   disk answers later through the shard's mailbox ([`router::ShardMsg::Answer`]).
 //! - [`store`]: the embedded store under `data_dir` (fjall), one writer thread, group
 //!   commit. Entity writes and `seq` reservations are its jobs.
-//! - [`ingest`]: the sequencer. Plain publications are sequenced by the shard that read
-//!   them; entity writes by the store's writer once their group is durable (so `seq`
-//!   order is commit order). Under one short lock: `seq`, `timestamp`, the
-//!   [`entities::Replica`] update, the [`history`] window, one pointer to each shard.
+//! - [`ingest`]: the local sequencer. Plain publications are sequenced by the shard that
+//!   read them; entity writes by the store's writer once their group is durable (so `seq`
+//!   order is commit order). Under one short lock: `seq`, `timestamp`, then the
+//!   [`apply`]er: the [`entities::Replica`] update, the [`history`] window, one pointer to
+//!   each shard, the applied mark (the same code a cluster node runs on what it reads).
 //! - [`publication`]: what every shard receives: the tail encoded once, `data` parsed at
 //!   most once (filters), an entity write's states before and after.
 //! - [`router`]: one bounded lock-free queue per shard, with a coalesced wake-up; a full
@@ -36,8 +37,8 @@
 //! # Locks (which may be taken inside which)
 //!
 //! Shards take no lock to deliver. The few locks nest only this way:
-//! - the sequencer lock ([`ingest`]) → the replica's write lock ([`entities::Replica`]);
-//! - the sequencer lock → the history window's lock ([`history`]);
+//! - the sequencer lock ([`ingest`]) → the history window's lock ([`history`], held for
+//!   an applied batch) → the replica's write lock ([`entities::Replica`], per change);
 //! - the sequencer lock → a router overflow list (a full shard queue, cold path).
 //!
 //! Readers take the replica's read lock or the history lock alone, never the sequencer
@@ -46,6 +47,7 @@
 //! for and waited on outside it).
 
 pub mod api;
+pub mod apply;
 pub mod auth;
 pub mod backend;
 pub mod channels;
