@@ -58,6 +58,12 @@ impl Applier {
         }
     }
 
+    /// Moves the applied mark to `seq` with nothing to apply (a cluster node past a gap
+    /// in the sequence: what it missed is given up, never delivered late).
+    pub fn skip_to(&self, seq: u64) {
+        self.applied.fetch_max(seq, Ordering::AcqRel);
+    }
+
     /// The newest `seq` applied on this node.
     pub fn applied(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
@@ -93,6 +99,16 @@ impl Batch<'_> {
         }
         self.history.push(&p);
         self.applier.router.broadcast(&p);
+        self.last = Some(p.seq);
+    }
+
+    /// Like [`Batch::apply`] but delivered to nobody: a cluster node loading the retained
+    /// window at start-up, before anyone could have subscribed.
+    pub fn record(&mut self, p: Arc<Publication>) {
+        if let Some(change) = &p.entity {
+            self.applier.replica.apply(change, p.seq);
+        }
+        self.history.push(&p);
         self.last = Some(p.seq);
     }
 

@@ -128,6 +128,17 @@ impl History {
         recovered
     }
 
+    /// Forgets every retained publication: the window starts again after `newest` (a
+    /// cluster node past a gap in the sequence; a `since` from before answers
+    /// `recovered: false`).
+    pub fn reset(&self, newest: u64) {
+        let mut w = self.lock();
+        w.entries.clear();
+        w.bytes = 0;
+        w.newest = newest;
+        metrics::history_size(0, 0);
+    }
+
     /// Publications held and their counted bytes.
     pub fn stats(&self) -> (usize, usize) {
         let w = self.lock();

@@ -64,6 +64,11 @@ pub const STORE_COMMIT_JOBS: &str = "shardcast_store_commit_jobs";
 pub const STORE_COMMIT_BYTES: &str = "shardcast_store_commit_bytes";
 pub const STORE_COMMIT_SECONDS: &str = "shardcast_store_commit_seconds";
 pub const STORE_COMMIT_FAILURES: &str = "shardcast_store_commit_failures_total";
+// Cluster mode (the Redis backend); exported at 0 on a single node.
+pub const REDIS_CALL_SECONDS: &str = "shardcast_redis_call_seconds";
+pub const REDIS_COMMANDS: &str = "shardcast_redis_commands_total";
+pub const REDIS_CONNECTED: &str = "shardcast_redis_connected";
+pub const STREAM_LAG: &str = "shardcast_stream_lag";
 
 /// Roles as the `role` label spells them; `pending` is a socket not yet authenticated.
 pub const ROLES: [&str; 4] = ["pending", "user", "service", "admin"];
@@ -185,6 +190,25 @@ fn describe() {
         "Time in one group commit (the fsync)."
     );
     describe_counter!(STORE_COMMIT_FAILURES, "Group commits that failed.");
+    describe_histogram!(
+        REDIS_CALL_SECONDS,
+        Unit::Seconds,
+        "Cluster mode: one round trip to Redis (a pipeline of requests' commands)."
+    );
+    describe_counter!(
+        REDIS_COMMANDS,
+        "Cluster mode: commands sent to Redis on behalf of requests (publishes, entity \
+         writes, tickets), by the node's writer."
+    );
+    describe_gauge!(
+        REDIS_CONNECTED,
+        "Cluster mode: 1 while the connection (label conn: writer, reader) is up, else 0."
+    );
+    describe_gauge!(
+        STREAM_LAG,
+        "Cluster mode: publications sequenced that this node has not applied yet (the \
+         newest seq it has heard of minus the newest it applied)."
+    );
     describe_gauge!(
         SERVICE_PENDING,
         "Service tasks stored and not in flight (waiting for an instance or a retry), by group."
@@ -264,6 +288,9 @@ pub fn install(node_id: &str) -> PrometheusHandle {
             b.set_buckets_for_metric(Matcher::Full(SERVICE_ACK_SECONDS.into()), LATENCY_BUCKETS)
         })
         .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(REDIS_CALL_SECONDS.into()), LATENCY_BUCKETS)
+        })
+        .and_then(|b| {
             b.set_buckets_for_metric(
                 Matcher::Full(STORE_COMMIT_JOBS.into()),
                 &[
@@ -313,6 +340,12 @@ fn preregister() {
     }
     metrics::counter!(STORE_COMMITS).increment(0);
     metrics::counter!(STORE_COMMIT_FAILURES).increment(0);
+    metrics::counter!(REDIS_COMMANDS).increment(0);
+    for conn in ["writer", "reader"] {
+        metrics::gauge!(REDIS_CONNECTED, "conn" => conn).set(0.0);
+    }
+    metrics::gauge!(STREAM_LAG).set(0.0);
+    let _ = metrics::histogram!(REDIS_CALL_SECONDS);
     metrics::gauge!(LIVE_QUERIES).set(0.0);
     history_size(0, 0);
     for c in ["timeout", "failed", "disconnect"] {
@@ -350,6 +383,7 @@ pub const AUTH_FAILURE_REASONS: &[&str] = &[
     "invalid_claims",
     "ticket_unknown",
     "ticket_expired",
+    "ticket_unavailable",
     "timeout",
     "group_mismatch",
 ];
@@ -504,6 +538,31 @@ impl ShardMetrics {
 }
 
 /// Counts a durable entity write (`op`: created, updated, deleted).
+/// Cluster mode: one pipeline of `commands` answered by Redis in `took`.
+pub fn redis_call(took: std::time::Duration, commands: usize) {
+    metrics::histogram!(REDIS_CALL_SECONDS).record(took.as_secs_f64());
+    metrics::counter!(REDIS_COMMANDS).increment(commands as u64);
+}
+
+/// Cluster mode: whether a connection to Redis (`writer` or `reader`) is up.
+pub fn redis_connected(conn: &'static str, up: bool) {
+    metrics::gauge!(REDIS_CONNECTED, "conn" => conn).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Cluster mode: sequenced but not yet applied here.
+pub fn stream_lag(lag: u64) {
+    metrics::gauge!(STREAM_LAG).set(lag as f64);
+}
+
+/// Publications accepted from `source` (where the node did not sequence them itself).
+pub fn publications(source: Source, n: u64) {
+    let s = match source {
+        Source::Http => "http",
+        Source::Websocket => "websocket",
+    };
+    metrics::counter!(PUBLICATIONS, "source" => s).increment(n);
+}
+
 pub fn entity_write(op: &'static str) {
     metrics::counter!(ENTITY_WRITES, "op" => op).increment(1);
 }

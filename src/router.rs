@@ -203,6 +203,11 @@ impl Mailbox {
         Some(std::mem::take(&mut *o))
     }
 
+    /// Nothing waits: neither the queue nor the overflow list holds a message.
+    pub fn is_idle(&self) -> bool {
+        self.rx.is_empty() && !self.has_overflow.load(Ordering::Acquire)
+    }
+
     /// Messages waiting in the queue (for the depth gauge).
     pub fn depth(&self) -> usize {
         self.rx.len()

@@ -18,6 +18,8 @@ pub enum TicketError {
     Unknown,
     #[error("ticket expired")]
     Expired,
+    #[error("the ticket cannot be checked now: Redis cannot be reached (cluster mode); retry")]
+    Unavailable,
 }
 
 impl TicketError {
@@ -25,6 +27,7 @@ impl TicketError {
         match self {
             TicketError::Unknown => "ticket_unknown",
             TicketError::Expired => "ticket_expired",
+            TicketError::Unavailable => "ticket_unavailable",
         }
     }
 }
@@ -68,9 +71,7 @@ impl Tickets {
     /// `exp` second on, so the ticket is too).
     pub fn issue(&self, claims: Claims, now_ms: u64, ttl_ms: u64) -> (String, u64) {
         let id = uuid_v4();
-        let expires = now_ms
-            .saturating_add(ttl_ms)
-            .min(claims.exp.saturating_mul(1000));
+        let expires = expiry(&claims, now_ms, ttl_ms);
         let mut t = self.lock();
         t.retain(|_, (_, exp)| *exp > now_ms);
         t.insert(id.clone(), (claims, expires));
@@ -80,11 +81,66 @@ impl Tickets {
     /// Redeems a ticket once.
     pub fn redeem(&self, id: &str, now_ms: u64) -> Result<Claims, TicketError> {
         let (claims, expires) = self.lock().remove(id).ok_or(TicketError::Unknown)?;
-        if expires <= now_ms {
-            return Err(TicketError::Expired);
-        }
+        check_expiry(expires, now_ms)?;
         Ok(claims)
     }
+}
+
+/// A ticket as a backend that is not this process keeps it (cluster mode: a Redis
+/// value): the claims it carries and when it expires (ms since the epoch), as JSON.
+pub fn encode(claims: &Claims, expires_ms: u64) -> String {
+    use super::jwt::Scopes;
+    let scopes = match &claims.scopes {
+        Scopes::All => serde_json::json!(null),
+        Scopes::Prefixes(p) => serde_json::json!(p),
+    };
+    serde_json::json!({
+        "sub": claims.sub, "exp": claims.exp, "role": claims.role.as_str(),
+        "scopes": scopes, "group": claims.group, "org": claims.org, "expires": expires_ms,
+    })
+    .to_string()
+}
+
+/// Reads back what [`encode`] wrote: the claims and the expiry. `None` if it is not that
+/// (a damaged or foreign value, refused like an unknown ticket).
+pub fn decode(text: &[u8]) -> Option<(Claims, u64)> {
+    use super::jwt::{Role, Scopes};
+    let v: serde_json::Value = serde_json::from_slice(text).ok()?;
+    let opt = |k: &str| v[k].as_str().map(str::to_string);
+    let scopes = match &v["scopes"] {
+        serde_json::Value::Null => Scopes::All,
+        serde_json::Value::Array(a) => Scopes::Prefixes(
+            a.iter()
+                .map(|p| p.as_str().map(str::to_string))
+                .collect::<Option<_>>()?,
+        ),
+        _ => return None,
+    };
+    let claims = Claims {
+        sub: opt("sub")?,
+        exp: v["exp"].as_u64()?,
+        role: Role::from_claim(v["role"].as_str()?)?,
+        scopes,
+        group: opt("group"),
+        org: opt("org"),
+    };
+    Some((claims, v["expires"].as_u64()?))
+}
+
+/// Whether a ticket that expires at `expires_ms` is still good at `now_ms`.
+pub fn check_expiry(expires_ms: u64, now_ms: u64) -> Result<(), TicketError> {
+    if expires_ms <= now_ms {
+        return Err(TicketError::Expired);
+    }
+    Ok(())
+}
+
+/// When a ticket issued now for `claims` with `ttl_ms` expires: the TTL, or the token's
+/// `exp` if that comes first (a token is expired from its `exp` second on).
+pub fn expiry(claims: &Claims, now_ms: u64, ttl_ms: u64) -> u64 {
+    now_ms
+        .saturating_add(ttl_ms)
+        .min(claims.exp.saturating_mul(1000))
 }
 
 #[cfg(test)]
@@ -101,6 +157,20 @@ mod tests {
             group: None,
             org: None,
         }
+    }
+
+    #[test]
+    fn encoded_tickets_read_back() {
+        let mut c = claims();
+        c.exp = 1_900_000_000;
+        c.group = Some("g".into());
+        let (back, exp) = decode(encode(&c, 42).as_bytes()).unwrap();
+        assert_eq!((back, exp), (c.clone(), 42));
+        c.scopes = Scopes::Prefixes(vec!["a/b".into()]);
+        c.role = Role::Service;
+        assert_eq!(decode(encode(&c, 1).as_bytes()).unwrap().0, c);
+        assert_eq!(decode(b"{}"), None);
+        assert_eq!(decode(b"not json"), None);
     }
 
     #[test]

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{Backend, PublishReply};
+use super::{entity_answer, publish_answered, refusal_answer, Backend, PublishReply};
 use crate::auth::jwt::Claims;
 use crate::auth::tickets::Tickets;
 use crate::config::Config;
@@ -180,7 +180,10 @@ impl Backend for LocalBackend {
         self.ingest.publish_with(items, source, &mut |outcome| {
             let router = router.clone();
             let reply = reply.clone();
-            Box::new(move |result| publish_answered(&router, reply, outcome, result))
+            Box::new(move |result: Result<(), String>| {
+                let result = result.map_err(|e| (500, Refusal::new(ErrorCode::Internal, e)));
+                publish_answered(&router, reply, outcome, result)
+            })
         })
     }
 
@@ -244,40 +247,6 @@ impl Backend for LocalBackend {
         // The services thread's last writes (completions) go into the store first.
         self.services.close();
         self.store.close();
-    }
-}
-
-/// Answers a publish whose service tasks are now durable (or could not be made so).
-fn publish_answered(
-    router: &Router,
-    reply: PublishReply,
-    outcome: PublishOutcome,
-    result: Result<(), String>,
-) {
-    match (reply, result) {
-        (PublishReply::Rest(to), Ok(())) => router.answer(
-            to,
-            Answer::Http {
-                status: 202,
-                body: json!({"accepted": outcome.accepted, "firstSeq": outcome.first_seq, "lastSeq": outcome.last_seq}),
-            },
-        ),
-        (PublishReply::Rest(to), Err(e)) => router.answer(
-            to,
-            refusal_answer(500, &Refusal::new(ErrorCode::Internal, e)),
-        ),
-        (PublishReply::Socket(to, request_id), Ok(())) => router.answer(
-            to,
-            Answer::Ws(crate::protocol::published_message(request_id.as_ref(), outcome.last_seq)),
-        ),
-        (PublishReply::Socket(to, request_id), Err(e)) => router.answer(
-            to,
-            Answer::Ws(crate::protocol::error_message(ErrorCode::Internal, &e, request_id.as_ref())),
-        ),
-        (PublishReply::Nobody, Ok(())) => {}
-        (PublishReply::Nobody, Err(e)) => {
-            tracing::error!(seq = outcome.last_seq, "publication not made durable: {e}")
-        }
     }
 }
 
@@ -361,20 +330,6 @@ fn internal(m: String) -> (u16, Refusal) {
         500,
         Refusal::new(ErrorCode::Internal, format!("store write failed: {m}")),
     )
-}
-
-fn entity_answer(seq: u64, op: &str) -> Answer {
-    Answer::Http {
-        status: 200,
-        body: json!({"seq": seq, "op": op}),
-    }
-}
-
-fn refusal_answer(status: u16, r: &Refusal) -> Answer {
-    Answer::Http {
-        status,
-        body: json!({"error": {"code": r.code.as_str(), "message": r.message}}),
-    }
 }
 
 impl Job for EntityJob {

@@ -18,9 +18,11 @@
 //! fan-out path calls in here.
 
 mod local;
+mod redis;
 
 use std::sync::Arc;
 
+pub use self::redis::RedisBackend;
 pub use local::LocalBackend;
 
 use crate::auth::jwt::Claims;
@@ -28,6 +30,7 @@ use crate::config::Config;
 use crate::entities::{EntityWrite, Replica};
 use crate::ingest::{PublishItem, PublishOutcome};
 use crate::metrics::Source;
+use crate::protocol::Refusal;
 use crate::publication::Publication;
 use crate::router::{Answer, ReplyTo, Router};
 use crate::services::ServiceCmd;
@@ -110,14 +113,132 @@ pub fn ticket_issued(uuid: &str, expires_ms: u64) -> Answer {
     }
 }
 
+/// Answers a publisher: with `outcome`, or with why it was not published (the REST
+/// status and the refusal; a socket gets the refusal as an `error`).
+pub(crate) fn publish_answered(
+    router: &Router,
+    reply: PublishReply,
+    outcome: PublishOutcome,
+    result: Result<(), (u16, Refusal)>,
+) {
+    match (reply, result) {
+        (PublishReply::Rest(to), Ok(())) => router.answer(
+            to,
+            Answer::Http {
+                status: 202,
+                body: serde_json::json!({"accepted": outcome.accepted, "firstSeq": outcome.first_seq, "lastSeq": outcome.last_seq}),
+            },
+        ),
+        (PublishReply::Rest(to), Err((status, r))) => router.answer(to, refusal_answer(status, &r)),
+        (PublishReply::Socket(to, request_id), Ok(())) => router.answer(
+            to,
+            Answer::Ws(crate::protocol::published_message(request_id.as_ref(), outcome.last_seq)),
+        ),
+        (PublishReply::Socket(to, request_id), Err((_, r))) => router.answer(
+            to,
+            Answer::Ws(crate::protocol::error_message(r.code, &r.message, request_id.as_ref())),
+        ),
+        (PublishReply::Nobody, Ok(())) => {}
+        (PublishReply::Nobody, Err((_, r))) => {
+            tracing::error!(seq = outcome.last_seq, "a publication nobody waits for failed: {}", r.message)
+        }
+    }
+}
+
+/// The answer to an entity write: 200 `{"seq","op"}`.
+pub(crate) fn entity_answer(seq: u64, op: &str) -> Answer {
+    Answer::Http {
+        status: 200,
+        body: serde_json::json!({"seq": seq, "op": op}),
+    }
+}
+
+/// A REST refusal: `status` and `{"error":{"code","message"}}`.
+pub(crate) fn refusal_answer(status: u16, r: &Refusal) -> Answer {
+    Answer::Http {
+        status,
+        body: serde_json::json!({"error": {"code": r.code.as_str(), "message": r.message}}),
+    }
+}
+
+/// A service command on a node whose backend does not keep service queues, locks and
+/// channels (a cluster node, until they move to Redis): every request is answered
+/// `UNAVAILABLE` — REST 503, an `error` on the socket, a channel socket closed 1013 (try
+/// again later) — never served from this node alone.
+pub(crate) fn services_unavailable(router: &Router, cmd: ServiceCmd) {
+    use crate::protocol::{error_message, ErrorCode};
+    use crate::router::ShardMsg;
+    const WHY: &str = "is not available in cluster mode yet (services, locks and channels \
+                       run on a single node)";
+    let to = |at: crate::services::Addr| ReplyTo {
+        shard: at.shard as usize,
+        conn: at.conn,
+        gen: at.gen,
+        req: 0,
+    };
+    let ws = |at, what: &str, request_id: Option<&serde_json::Value>| {
+        let m = error_message(ErrorCode::Unavailable, &format!("{what} {WHY}"), request_id);
+        router.answer(to(at), Answer::Ws(m));
+    };
+    match cmd {
+        ServiceCmd::Attach { .. }
+        | ServiceCmd::Detach { .. }
+        | ServiceCmd::ChannelWritten { .. } => {}
+        ServiceCmd::Subscribe { at, request_id, .. } => ws(
+            at,
+            "subscribeEvents on a service connection",
+            request_id.as_ref(),
+        ),
+        ServiceCmd::Unsubscribe { at, request_id, .. } => ws(
+            at,
+            "unsubscribeEvents on a service connection",
+            request_id.as_ref(),
+        ),
+        ServiceCmd::Complete { .. } => {}
+        ServiceCmd::Failed { at, .. } => ws(at, "taskFailed", None),
+        ServiceCmd::Lock { at, request_id, .. } => ws(at, "lock", request_id.as_ref()),
+        ServiceCmd::Unlock { at, request_id, .. } => ws(at, "unlock", request_id.as_ref()),
+        ServiceCmd::Ops { reply, .. } => router.answer(
+            reply,
+            refusal_answer(
+                503,
+                &Refusal::new(
+                    ErrorCode::Unavailable,
+                    format!("the services REST API {WHY}"),
+                ),
+            ),
+        ),
+        ServiceCmd::Channels { reply, .. } => router.answer(
+            reply,
+            refusal_answer(
+                503,
+                &Refusal::new(
+                    ErrorCode::Unavailable,
+                    format!("the channels REST API {WHY}"),
+                ),
+            ),
+        ),
+        ServiceCmd::ChannelAttach { at, .. } => router.send_control(
+            at.shard as usize,
+            ShardMsg::Close {
+                conn: at.conn,
+                gen: at.gen,
+                code: 1013,
+                reason: "try again later".into(),
+                error: Some(error_message(
+                    ErrorCode::Unavailable,
+                    &format!("a channel socket {WHY}"),
+                    None,
+                )),
+            },
+        ),
+    }
+}
+
 /// Opens the backend the configuration names.
 pub fn open(config: &Config, router: Arc<Router>) -> Result<Arc<dyn Backend>, String> {
     if !config.cluster.redis_url.is_empty() {
-        return Err(
-            "cluster.redis_url: cluster mode is not implemented in this server version; \
-             leave it empty to run a single node"
-                .into(),
-        );
+        return Ok(Arc::new(RedisBackend::open(config, router)?));
     }
     Ok(Arc::new(LocalBackend::open(config, router)?))
 }

@@ -63,10 +63,6 @@ pub enum ConfigError {
     /// A well-typed value that [`Config::validate`] refuses.
     #[error("invalid value for '{key}': {reason}")]
     Invalid { key: &'static str, reason: String },
-    #[error(
-        "cluster mode ('cluster.redis_url') is not implemented in this version; leave it empty"
-    )]
-    ClusterUnsupported,
     #[error("environment variable {name} is not valid UTF-8")]
     NonUnicodeEnv { name: String },
     /// A shipped example secret on an address other machines can reach (PROTOCOL.md

@@ -312,7 +312,7 @@ pub(super) const KEYS: &[KeySpec] = &[
         "cluster",
         "redis_url",
         Kind::Str,
-        "\"\": single node; a Redis URL would be cluster mode (not implemented: refused)",
+        "\"\": single node; \"redis://host:port\": cluster mode over that Redis (docs/CLUSTER.md)",
     ),
     spec(
         "cluster",

@@ -303,7 +303,8 @@ impl Default for LimitsConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// Empty: single node. Anything else is refused by [`Config::validate`] for now.
+    /// Empty: single node. A `redis://` URL: cluster mode over that Redis
+    /// ([`crate::backend`], docs/CLUSTER.md).
     pub redis_url: String,
     /// The node's name in logs, metrics and `/healthz`; "": generated once and kept in
     /// `data_dir` (PROTOCOL.md section 13). Accepted on a single node too, so one file

@@ -135,7 +135,10 @@ impl Config {
             })?;
         }
         if !self.cluster.redis_url.is_empty() {
-            return Err(ConfigError::ClusterUnsupported);
+            check_redis_url(&self.cluster.redis_url).map_err(|reason| ConfigError::Invalid {
+                key: "cluster.redis_url",
+                reason,
+            })?;
         }
         self.check_shipped_secrets()
     }
@@ -184,6 +187,22 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+/// A Redis URL the cluster backend can use: `redis://[user:password@]host[:port][/db]`.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    if url.starts_with("rediss://") {
+        return Err(format!(
+            "'{url}': TLS to Redis is not supported; use redis:// (a local Redis, or a TLS \
+             tunnel)"
+        ));
+    }
+    match url.strip_prefix("redis://") {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => Ok(()),
+        _ => Err(format!(
+            "'{url}' is not a redis:// URL (e.g. \"redis://127.0.0.1:6379\")"
+        )),
     }
 }
 
@@ -339,13 +358,24 @@ mod tests {
     }
 
     #[test]
-    fn cluster_mode_is_refused() {
-        let err = load_err("[cluster]\nredis_url = \"redis://127.0.0.1:6379\"", &[]);
-        assert!(matches!(err, ConfigError::ClusterUnsupported));
+    fn redis_urls_are_checked() {
+        for good in [
+            "redis://127.0.0.1:6379",
+            "redis://localhost",
+            "redis://:pw@h:1/2",
+        ] {
+            let c = Config::from_toml_str(&format!("[cluster]\nredis_url = \"{good}\""), no_env())
+                .unwrap();
+            assert_eq!(c.cluster.redis_url, good);
+        }
+        let err = load_err("[cluster]\nredis_url = \"127.0.0.1:6379\"", &[]);
         assert_eq!(
             err.to_string(),
-            "cluster mode ('cluster.redis_url') is not implemented in this version; leave it empty"
+            "invalid value for 'cluster.redis_url': '127.0.0.1:6379' is not a redis:// URL \
+             (e.g. \"redis://127.0.0.1:6379\")"
         );
+        let err = load_err("[cluster]\nredis_url = \"rediss://h:6380\"", &[]);
+        assert!(err.to_string().contains("TLS"), "{err}");
     }
 
     #[test]

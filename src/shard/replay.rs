@@ -39,7 +39,15 @@ impl Shard {
     pub(super) fn catch_up(&mut self, seq: u64) {
         let deadline = Instant::now() + CATCH_UP_WAIT;
         while self.last_seq < seq {
+            // Every publication applied before this read was pushed to this shard first
+            // (the applier moves its mark after the pushes): once the queue is drained
+            // and idle, the shard holds everything up to it, including what a cluster
+            // node applied without delivering (its start-up window).
+            let applied = self.node.backend().applied_seq();
             self.drain_mailbox();
+            if self.mailbox.is_idle() {
+                self.last_seq = self.last_seq.max(applied);
+            }
             if self.last_seq >= seq {
                 break;
             }

@@ -4,6 +4,8 @@
 //! Nothing is mocked. Every wait is on a condition with a deadline, never a bare sleep.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -24,7 +26,7 @@ pub struct Server {
     pub child: Option<Child>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -1,0 +1,412 @@
+//! Cluster mode (PROTOCOL.md §14): the backend on one Redis that every node shares.
+//!
+//! - **One order.** Publications and entity writes are sequenced by Lua scripts
+//!   ([`writer`]): one call per publish request (a batch is one call) takes the next
+//!   `seq`s from a counter and appends the publications to one stream, entry id
+//!   `<seq>-0`; an entity write is one call that checks the version it was decided
+//!   against, stores the new state and version and appends its publication, atomically.
+//! - **Every node applies the stream** ([`reader`]), its own publications included, in
+//!   `seq` order, through the same [`crate::apply::Applier`] as the single node: replica,
+//!   history window, shards. Fan-out stays on the node: a delivery costs Redis nothing.
+//! - **Answers wait for the local applier**: a publisher or writer is answered once this
+//!   node has applied its `seq`, so a `GET` or a `since` on the node that answered
+//!   already sees it.
+//! - **Tickets** are Redis keys (`SET PX`, `GETDEL`): any node redeems them, once.
+//! - **Services, locks and channels** are not on Redis yet: on a cluster node they are
+//!   refused `UNAVAILABLE`, never served node-locally (see [`super::services_unavailable`]).
+//! - **Failures**: without Redis the node is not ready and refuses what needs Redis with
+//!   `UNAVAILABLE` (REST 503) at once, never queueing without bound; sockets stay open;
+//!   the reader resumes from the last id it applied. A gap in the stream (trimmed while
+//!   the node was away, or a Redis that lost its data: a new epoch, see `reseed.lua`)
+//!   makes the node reload entities from Redis and start its history window after the
+//!   gap, so a `since` from before answers `recovered: false`.
+//!
+//! Owned by the node (`Node::backend`). Two threads of its own (the writer, the reader),
+//! each with one Redis connection; shards only put jobs on the writer's queue and read
+//! the applier's replica, history and marks.
+
+mod reader;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use super::{refusal_answer, services_unavailable, Backend, PublishReply};
+use crate::apply::Applier;
+use crate::auth::jwt::Claims;
+use crate::config::Config;
+use crate::entities::{EntityWrite, Replica};
+use crate::ingest::{PublishItem, PublishOutcome};
+use crate::protocol::{ErrorCode, Refusal};
+use crate::publication::Publication;
+use crate::router::{Answer, ReplyTo, Router};
+use crate::services::ServiceCmd;
+
+/// Jobs waiting for the writer at most; beyond, requests are refused `UNAVAILABLE` at
+/// once (Redis is too slow or away): never an unbounded queue.
+const MAX_QUEUED: usize = 65_536;
+
+/// How long an answer waits for this node to apply its `seq` before it goes anyway (the
+/// write is durable in Redis; only read-your-writes on this node is given up).
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// The keys of one cluster in Redis.
+#[derive(Clone, Debug)]
+pub(super) struct Keys {
+    pub seq: String,
+    pub stream: String,
+    pub epoch: String,
+    entity_prefix: String,
+    ticket_prefix: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            seq: format!("{prefix}seq"),
+            stream: format!("{prefix}stream"),
+            epoch: format!("{prefix}epoch"),
+            entity_prefix: format!("{prefix}e:"),
+            ticket_prefix: format!("{prefix}t:"),
+        }
+    }
+
+    pub fn entity(&self, collection: &str, id: &str) -> String {
+        format!("{}{collection}/{id}", self.entity_prefix)
+    }
+
+    /// `SCAN` pattern of every entity key, and how to read a key back.
+    pub fn entity_pattern(&self) -> String {
+        format!("{}*", self.entity_prefix)
+    }
+
+    pub fn entity_of<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
+        key.strip_prefix(self.entity_prefix.as_str())?
+            .split_once('/')
+    }
+
+    pub fn ticket(&self, uuid: &str) -> String {
+        format!("{}{uuid}", self.ticket_prefix)
+    }
+}
+
+/// Answers by the `seq` they wait for, each with when it started waiting.
+type Waiting = BTreeMap<u64, Vec<(Instant, ReplyTo, Answer)>>;
+
+/// What the writer, the reader and the shards share.
+pub(super) struct Shared {
+    pub applier: Applier,
+    pub keys: Keys,
+    pub client: ::redis::Client,
+    /// The stream's length bound (`history.size`, at least 1).
+    pub stream_len: usize,
+    /// Answers waiting for this node to apply a `seq` (see [`Shared::answer_when_applied`]).
+    waiting: Mutex<Waiting>,
+    /// The newest `seq` this node has heard of (the writer's answers, the reader).
+    pub head: AtomicU64,
+    /// The writer has a connection with its scripts loaded.
+    pub writer_up: AtomicBool,
+    /// The reader is connected and has caught up once since it connected.
+    pub reader_up: AtomicBool,
+    pub stopping: AtomicBool,
+}
+
+impl Shared {
+    fn router(&self) -> &Arc<Router> {
+        self.applier.router()
+    }
+
+    /// Answers `to` once this node has applied `seq` (at once if it has).
+    pub fn answer_when_applied(&self, seq: u64, to: ReplyTo, answer: Answer) {
+        self.head.fetch_max(seq, Ordering::AcqRel);
+        let mut w = lock(&self.waiting);
+        // Checked under the lock the reader releases under, after it moves the mark:
+        // an answer is either released by the reader or sent here, never stranded.
+        if self.applier.applied() >= seq {
+            drop(w);
+            self.router().answer(to, answer);
+        } else {
+            w.entry(seq).or_default().push((Instant::now(), to, answer));
+        }
+    }
+
+    /// The reader applied everything up to `applied`: the answers that waited for it go.
+    pub fn release(&self, applied: u64) {
+        let ready = {
+            let mut w = lock(&self.waiting);
+            let later = w.split_off(&(applied + 1));
+            std::mem::replace(&mut *w, later)
+        };
+        for (_, to, answer) in ready.into_values().flatten() {
+            self.router().answer(to, answer);
+        }
+    }
+
+    /// Answers that waited longer than [`APPLY_WAIT`] go now (the reader is away).
+    pub fn release_stale(&self) {
+        let mut stale = Vec::new();
+        {
+            let mut w = lock(&self.waiting);
+            for answers in w.values_mut() {
+                let mut i = 0;
+                while i < answers.len() {
+                    if answers[i].0.elapsed() >= APPLY_WAIT {
+                        stale.push(answers.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            w.retain(|_, a| !a.is_empty());
+        }
+        for (_, to, answer) in stale {
+            self.router().answer(to, answer);
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.writer_up.load(Ordering::Acquire) && self.reader_up.load(Ordering::Acquire)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The refusal for anything that needs Redis while it cannot be reached.
+pub(super) fn unavailable(what: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::Unavailable,
+        format!("{what}: Redis cannot be reached (cluster mode); retry"),
+    )
+}
+
+/// A job for the writer thread.
+pub(super) enum Job {
+    Publish {
+        /// (path, event type, data JSON).
+        items: Vec<(String, String, String)>,
+        reply: PublishReply,
+    },
+    Entity {
+        write: EntityWrite,
+        reply: ReplyTo,
+        /// Times it was decided against a version that moved before it was applied.
+        conflicts: u32,
+    },
+    IssueTicket {
+        claims: Claims,
+        ttl_ms: u64,
+        reply: ReplyTo,
+    },
+    RedeemTicket {
+        ticket: String,
+        reply: ReplyTo,
+    },
+}
+
+impl Job {
+    /// Answers the job `UNAVAILABLE` (Redis away, or the writer's queue full).
+    fn refuse(self, router: &Router) {
+        match self {
+            Job::Publish { reply, .. } => super::publish_answered(
+                router,
+                reply,
+                PublishOutcome {
+                    accepted: 0,
+                    first_seq: 0,
+                    last_seq: 0,
+                },
+                Err((503, unavailable("publish"))),
+            ),
+            Job::Entity { reply, .. } => {
+                router.answer(reply, refusal_answer(503, &unavailable("entity write")))
+            }
+            Job::IssueTicket { reply, .. } => {
+                router.answer(reply, refusal_answer(503, &unavailable("ticket")))
+            }
+            Job::RedeemTicket { reply, .. } => {
+                // Refused like a bad ticket (close 4001), saying why.
+                router.answer(
+                    reply,
+                    Answer::Ticket(Err(crate::auth::tickets::TicketError::Unavailable)),
+                )
+            }
+        }
+    }
+}
+
+/// The cluster backend: see the module docs.
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+    jobs: Sender<Job>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl RedisBackend {
+    /// Starts the writer and the reader. Returns at once: the node reports ready once
+    /// both are connected and the reader has loaded entities and the history window.
+    pub fn open(config: &Config, router: Arc<Router>) -> Result<RedisBackend, String> {
+        let client = ::redis::Client::open(config.cluster.redis_url.as_str())
+            .map_err(|e| format!("cluster.redis_url: {e}"))?;
+        let shared = Arc::new(Shared {
+            applier: Applier::new(
+                router,
+                Arc::new(Replica::default()),
+                config.history.size,
+                config.history.ttl_ms,
+                0,
+            ),
+            keys: Keys::new("shardcast:"),
+            client,
+            stream_len: config.history.size.max(1),
+            waiting: Mutex::new(BTreeMap::new()),
+            head: AtomicU64::new(0),
+            writer_up: AtomicBool::new(false),
+            reader_up: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        });
+        let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED);
+        let span = tracing::Span::current();
+        let w = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("shardcast-redis-writer".into())
+            .spawn({
+                let span = span.clone();
+                move || span.in_scope(|| writer::run(w, rx))
+            })
+            .map_err(|e| format!("cannot start the Redis writer: {e}"))?;
+        let r = shared.clone();
+        std::thread::Builder::new()
+            .name("shardcast-redis-reader".into())
+            .spawn(move || span.in_scope(|| reader::run(r)))
+            .map_err(|e| format!("cannot start the Redis reader: {e}"))?;
+        tracing::info!(url = %redacted(&config.cluster.redis_url), "cluster mode: Redis backend started");
+        Ok(RedisBackend {
+            shared,
+            jobs: tx,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn submit(&self, job: Job) {
+        if !self.shared.writer_up.load(Ordering::Acquire) {
+            // Away: refused now rather than queued (the writer keeps trying to connect).
+            job.refuse(self.shared.router());
+            return;
+        }
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
+                job.refuse(self.shared.router())
+            }
+        }
+    }
+}
+
+/// The URL without its password, for the log.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+impl Backend for RedisBackend {
+    fn publish(&self, items: &[PublishItem], reply: PublishReply) -> Option<PublishOutcome> {
+        let items = items
+            .iter()
+            .map(|i| {
+                (
+                    i.path.clone(),
+                    i.event_type.clone(),
+                    i.data.get().to_string(),
+                )
+            })
+            .collect();
+        self.submit(Job::Publish { items, reply });
+        None
+    }
+
+    fn services(&self, cmd: ServiceCmd) {
+        services_unavailable(self.shared.router(), cmd);
+    }
+
+    fn write_entity(&self, write: EntityWrite, reply: ReplyTo) {
+        self.submit(Job::Entity {
+            write,
+            reply,
+            conflicts: 0,
+        });
+    }
+
+    fn issue_ticket(&self, claims: Claims, ttl_ms: u64, reply: ReplyTo) {
+        self.submit(Job::IssueTicket {
+            claims,
+            ttl_ms,
+            reply,
+        });
+    }
+
+    fn redeem_ticket(&self, ticket: &str, reply: ReplyTo) {
+        self.submit(Job::RedeemTicket {
+            ticket: ticket.to_string(),
+            reply,
+        });
+    }
+
+    fn applied_seq(&self) -> u64 {
+        self.shared.applier.applied()
+    }
+
+    fn head_seq(&self) -> u64 {
+        self.shared
+            .head
+            .load(Ordering::Acquire)
+            .max(self.shared.applier.applied())
+    }
+
+    fn replay(&self, since: u64, upto: u64, f: &mut dyn FnMut(&Arc<Publication>)) -> bool {
+        self.shared
+            .applier
+            .history()
+            .replay(since, upto, crate::time::unix_ms(), f)
+    }
+
+    fn replica(&self) -> &Replica {
+        self.shared.applier.replica()
+    }
+
+    fn ready(&self) -> bool {
+        self.shared.ready()
+    }
+
+    fn close(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        // The writer finishes what it holds (answered) and exits; the reader exits at its
+        // next read (at most its block time).
+        if let Some(h) = lock(&self.writer).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_redaction() {
+        let k = Keys::new("p:");
+        assert_eq!(k.entity("c", "x"), "p:e:c/x");
+        assert_eq!(k.entity_of("p:e:c/x"), Some(("c", "x")));
+        assert_eq!(k.entity_of("p:t:c/x"), None);
+        assert_eq!(k.ticket("u"), "p:t:u");
+        assert_eq!(redacted("redis://:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,514 @@
+//! The writer thread of the Redis backend: everything a node asks of Redis on behalf of
+//! a request (publishes, entity writes, tickets), in batches. It takes every job queued
+//! when it is free and sends them as one pipeline, so a busy node pays one round trip per
+//! batch, not per request (the group commit of the single node, on Redis).
+//!
+//! An entity write takes two round trips: the state and version it is decided against
+//! (`HMGET`), then `entity.lua`, which applies the decision only if the version has not
+//! moved; if it has, the write is read and decided again in the next batch. The answers
+//! go through [`Shared::answer_when_applied`].
+//!
+//! Runs on its own thread with its own connection; nothing else sends on it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use redis::Value;
+
+use super::{Job, Shared};
+use crate::auth::tickets::{self, TicketError};
+use crate::backend::{entity_answer, publish_answered, refusal_answer, PublishReply};
+use crate::entities::{decide, Decision};
+use crate::ingest::PublishOutcome;
+use crate::protocol::{ErrorCode, Refusal};
+use crate::router::Answer;
+
+const PUBLISH_LUA: &str = include_str!("publish.lua");
+const ENTITY_LUA: &str = include_str!("entity.lua");
+const RESEED_LUA: &str = include_str!("reseed.lua");
+
+/// Jobs sent in one pipeline at most.
+const BATCH: usize = 1024;
+
+/// An entity write decided against a version that moved this many times is refused
+/// (`UNAVAILABLE`: the entity is written faster than a decision round trip).
+const MAX_CONFLICTS: u32 = 100;
+
+/// An idle connection is checked (`PING`) this often, so that readiness and the first
+/// request after Redis comes back do not meet a connection that died meanwhile.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
+
+/// Reconnection backoff: from the first to the last, doubling.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+
+/// A connection with the scripts loaded and the epoch of the data behind it.
+struct Conn {
+    con: redis::Connection,
+    publish: String,
+    entity: String,
+    reseed: String,
+    epoch: String,
+}
+
+/// The thread's body: until the node stops, keep a connection and run what is queued.
+pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
+    let router = shared.applier.router().clone();
+    let mut conn: Option<Conn> = None;
+    let mut backoff = BACKOFF.0;
+    let mut retry: Vec<Job> = Vec::new();
+    let mut warned = false;
+    let mut used = Instant::now();
+    loop {
+        let stopping = shared.stopping.load(Ordering::Acquire);
+        if conn.is_none() {
+            match connect(&shared) {
+                Ok(c) => {
+                    tracing::info!(epoch = %c.epoch, "Redis writer connected");
+                    conn = Some(c);
+                    shared.writer_up.store(true, Ordering::Release);
+                    crate::metrics::redis_connected("writer", true);
+                    backoff = BACKOFF.0;
+                    warned = false;
+                }
+                Err(e) => {
+                    shared.writer_up.store(false, Ordering::Release);
+                    crate::metrics::redis_connected("writer", false);
+                    if !warned {
+                        tracing::warn!("Redis unreachable (writer): {e}; retrying");
+                        warned = true;
+                    }
+                    // Nothing waits for Redis: what is queued is refused now.
+                    for job in retry.drain(..).chain(rx.try_iter()) {
+                        job.refuse(&router);
+                    }
+                    shared.release_stale();
+                    if stopping {
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    continue;
+                }
+            }
+        }
+        let mut jobs = std::mem::take(&mut retry);
+        if jobs.is_empty() {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(j) => jobs.push(j),
+                Err(RecvTimeoutError::Timeout) => {
+                    shared.release_stale();
+                    if stopping {
+                        return;
+                    }
+                    if used.elapsed() >= IDLE_CHECK {
+                        used = Instant::now();
+                        let alive = conn.as_mut().is_some_and(|c| {
+                            redis::cmd("PING").query::<String>(&mut c.con).is_ok()
+                        });
+                        if !alive {
+                            tracing::warn!("Redis writer's idle connection is gone; reconnecting");
+                            shared.writer_up.store(false, Ordering::Release);
+                            crate::metrics::redis_connected("writer", false);
+                            conn = None;
+                        }
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        jobs.extend(rx.try_iter().take(BATCH.saturating_sub(jobs.len())));
+        let Some(c) = conn.as_mut() else { continue };
+        used = Instant::now();
+        match run_batch(&shared, c, jobs) {
+            Ok(again) => retry = again,
+            Err((e, unanswered)) => {
+                tracing::warn!("Redis writer lost its connection: {e}");
+                shared.writer_up.store(false, Ordering::Release);
+                crate::metrics::redis_connected("writer", false);
+                conn = None;
+                // Sent or not, these were not answered: refused (a publish that did reach
+                // Redis is still delivered; its publisher was told to retry).
+                for job in unanswered {
+                    job.refuse(&router);
+                }
+            }
+        }
+        shared.release_stale();
+    }
+}
+
+fn connect(shared: &Shared) -> redis::RedisResult<Conn> {
+    let mut con = shared
+        .client
+        .get_connection_with_timeout(Duration::from_secs(1))?;
+    con.set_read_timeout(Some(Duration::from_secs(5)))?;
+    con.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let load = |con: &mut redis::Connection, text: &str| -> redis::RedisResult<String> {
+        redis::cmd("SCRIPT").arg("LOAD").arg(text).query(con)
+    };
+    let publish = load(&mut con, PUBLISH_LUA)?;
+    let entity = load(&mut con, ENTITY_LUA)?;
+    let reseed = load(&mut con, RESEED_LUA)?;
+    let mut c = Conn {
+        con,
+        publish,
+        entity,
+        reseed,
+        epoch: String::new(),
+    };
+    reseed_epoch(shared, &mut c)?;
+    Ok(c)
+}
+
+/// Learns the data's epoch, naming it first if Redis has none (see `reseed.lua`).
+fn reseed_epoch(shared: &Shared, c: &mut Conn) -> redis::RedisResult<()> {
+    let seen = shared
+        .head
+        .load(Ordering::Acquire)
+        .max(shared.applier.applied());
+    let epoch: String = redis::cmd("EVALSHA")
+        .arg(&c.reseed)
+        .arg(2)
+        .arg(&shared.keys.seq)
+        .arg(&shared.keys.epoch)
+        .arg(seen)
+        .arg(tickets::uuid_v4())
+        .arg(crate::ingest::SEQ_BLOCK)
+        .query(&mut c.con)?;
+    if !c.epoch.is_empty() && c.epoch != epoch {
+        tracing::warn!(
+            old = %c.epoch,
+            new = %epoch,
+            seen,
+            "Redis lost its data (a new epoch): seq re-seeded above {seen}"
+        );
+    }
+    c.epoch = epoch;
+    Ok(())
+}
+
+/// What a job's first reply is for.
+enum Step {
+    /// A publish, answered from its reply.
+    Publish,
+    /// An entity write's state and version, to decide against.
+    Read,
+    IssueTicket {
+        uuid: String,
+        expires: u64,
+    },
+    Redeem,
+}
+
+/// An entity write decided, to apply in the second round trip.
+struct Decided {
+    job: Job,
+    decision: Decision,
+    version: String,
+    after: String,
+}
+
+type BatchError = (redis::RedisError, Vec<Job>);
+
+/// Runs one batch; returns the jobs to run again (an epoch or a version that moved).
+fn run_batch(shared: &Shared, c: &mut Conn, jobs: Vec<Job>) -> Result<Vec<Job>, BatchError> {
+    let keys = &shared.keys;
+    let now = crate::time::unix_ms();
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let mut steps = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        match job {
+            Job::Publish { items, .. } => {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(&c.publish)
+                    .arg(3)
+                    .arg(&keys.seq)
+                    .arg(&keys.stream)
+                    .arg(&keys.epoch)
+                    .arg(shared.stream_len)
+                    .arg(&c.epoch)
+                    .arg(items.len());
+                for (path, event_type, data) in items {
+                    cmd.arg(path).arg(event_type).arg(data);
+                }
+                steps.push(Step::Publish);
+            }
+            Job::Entity { write, .. } => {
+                pipe.cmd("HMGET")
+                    .arg(keys.entity(&write.collection, &write.id))
+                    .arg("s")
+                    .arg("v");
+                steps.push(Step::Read);
+            }
+            Job::IssueTicket { claims, ttl_ms, .. } => {
+                let uuid = tickets::uuid_v4();
+                let expires = tickets::expiry(claims, now, *ttl_ms);
+                // Kept a second past its expiry, so a late redemption is told "expired"
+                // rather than "unknown".
+                let px = expires.saturating_sub(now).max(1) + 1000;
+                pipe.cmd("SET")
+                    .arg(keys.ticket(&uuid))
+                    .arg(tickets::encode(claims, expires))
+                    .arg("PX")
+                    .arg(px);
+                steps.push(Step::IssueTicket { uuid, expires });
+            }
+            Job::RedeemTicket { ticket, .. } => {
+                pipe.cmd("GETDEL").arg(keys.ticket(ticket));
+                steps.push(Step::Redeem);
+            }
+        }
+    }
+    let started = Instant::now();
+    let replies: Vec<Value> = match pipe.query(&mut c.con) {
+        Ok(r) => r,
+        Err(e) => return Err((e, jobs)),
+    };
+    crate::metrics::redis_call(started.elapsed(), jobs.len());
+    let router = shared.applier.router();
+    let mut again = Vec::new();
+    let mut decided = Vec::new();
+    let mut epoch_moved = false;
+    for ((job, step), reply) in jobs.into_iter().zip(steps).zip(replies) {
+        match (job, step) {
+            (Job::Publish { items, reply: to }, Step::Publish) => match reply {
+                Value::Array(v) if v.len() == 2 => {
+                    let (first, last) = (int(&v[0]), int(&v[1]));
+                    let outcome = PublishOutcome {
+                        accepted: items.len(),
+                        first_seq: first,
+                        last_seq: last,
+                    };
+                    crate::metrics::publications(to.source(), items.len() as u64);
+                    answer_publish(shared, to, outcome);
+                }
+                Value::Int(-1) => {
+                    epoch_moved = true;
+                    again.push(Job::Publish { items, reply: to });
+                }
+                other => publish_answered(
+                    router,
+                    to,
+                    empty_outcome(),
+                    Err((500, internal("publish", &other))),
+                ),
+            },
+            (
+                Job::Entity {
+                    write,
+                    reply: to,
+                    conflicts,
+                },
+                Step::Read,
+            ) => {
+                let (state, version) = match &reply {
+                    Value::Array(v) if v.len() == 2 => (bytes(&v[0]), bytes(&v[1])),
+                    other => {
+                        router.answer(to, refusal_answer(500, &internal("entity read", other)));
+                        continue;
+                    }
+                };
+                let current: Option<serde_json::Value> =
+                    state.and_then(|s| serde_json::from_slice(s).ok());
+                let version = version
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .unwrap_or("0")
+                    .to_string();
+                // Decided on a copy: a version that moved means deciding again.
+                match decide(
+                    current.as_ref(),
+                    &write.collection,
+                    &write.id,
+                    write.op.clone(),
+                ) {
+                    Err(r) => router.answer(to, refusal_answer(404, &r)),
+                    Ok(decision) => {
+                        let after = decision
+                            .after
+                            .as_ref()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
+                        decided.push(Decided {
+                            job: Job::Entity {
+                                write,
+                                reply: to,
+                                conflicts,
+                            },
+                            decision,
+                            version,
+                            after,
+                        });
+                    }
+                }
+            }
+            (Job::IssueTicket { reply: to, .. }, Step::IssueTicket { uuid, expires }) => {
+                match reply {
+                    Value::Okay | Value::SimpleString(_) => {
+                        router.answer(to, crate::backend::ticket_issued(&uuid, expires))
+                    }
+                    other => router.answer(to, refusal_answer(500, &internal("ticket", &other))),
+                }
+            }
+            (Job::RedeemTicket { reply: to, .. }, Step::Redeem) => {
+                let redeemed = match reply {
+                    Value::BulkString(b) => match tickets::decode(&b) {
+                        Some((claims, expires)) => {
+                            tickets::check_expiry(expires, now).map(|()| claims)
+                        }
+                        None => Err(TicketError::Unknown),
+                    },
+                    Value::Nil => Err(TicketError::Unknown),
+                    other => {
+                        tracing::error!("ticket redemption: unexpected reply {other:?}");
+                        Err(TicketError::Unavailable)
+                    }
+                };
+                router.answer(to, Answer::Ticket(redeemed));
+            }
+            (job, _) => job.refuse(router),
+        }
+    }
+    if !decided.is_empty() {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for d in &decided {
+            let Job::Entity { write, .. } = &d.job else {
+                continue;
+            };
+            pipe.cmd("EVALSHA")
+                .arg(&c.entity)
+                .arg(4)
+                .arg(&keys.seq)
+                .arg(&keys.stream)
+                .arg(&keys.epoch)
+                .arg(keys.entity(&write.collection, &write.id))
+                .arg(shared.stream_len)
+                .arg(&c.epoch)
+                .arg(&d.version)
+                .arg(&d.after)
+                .arg(format!("{}/{}", write.collection, write.id))
+                .arg(d.decision.event_type)
+                .arg(&write.collection)
+                .arg(&write.id);
+        }
+        let started = Instant::now();
+        let replies: Vec<Value> = match pipe.query(&mut c.con) {
+            Ok(r) => r,
+            Err(e) => {
+                let jobs = decided.into_iter().map(|d| d.job).chain(again).collect();
+                return Err((e, jobs));
+            }
+        };
+        crate::metrics::redis_call(started.elapsed(), decided.len());
+        for (d, reply) in decided.into_iter().zip(replies) {
+            let Job::Entity {
+                write,
+                reply: to,
+                conflicts,
+            } = d.job
+            else {
+                continue;
+            };
+            match reply {
+                Value::Int(seq) if seq > 0 => {
+                    crate::metrics::entity_write(d.decision.event_type);
+                    let answer = entity_answer(seq as u64, d.decision.event_type);
+                    shared.answer_when_applied(seq as u64, to, answer);
+                }
+                Value::Int(-1) => {
+                    epoch_moved = true;
+                    again.push(Job::Entity {
+                        write,
+                        reply: to,
+                        conflicts,
+                    });
+                }
+                Value::Int(-2) if conflicts < MAX_CONFLICTS => again.push(Job::Entity {
+                    write,
+                    reply: to,
+                    conflicts: conflicts + 1,
+                }),
+                Value::Int(-2) => router.answer(
+                    to,
+                    refusal_answer(
+                        503,
+                        &Refusal::new(
+                            ErrorCode::Unavailable,
+                            format!(
+                                "entity '{}' in '{}' changed under {MAX_CONFLICTS} attempts \
+                                 to write it; retry",
+                                write.id, write.collection
+                            ),
+                        ),
+                    ),
+                ),
+                other => router.answer(to, refusal_answer(500, &internal("entity write", &other))),
+            }
+        }
+    }
+    if epoch_moved {
+        if let Err(e) = reseed_epoch(shared, c) {
+            return Err((e, again));
+        }
+    }
+    Ok(again)
+}
+
+fn answer_publish(shared: &Shared, to: PublishReply, outcome: PublishOutcome) {
+    let (reply, answer) = match to {
+        PublishReply::Rest(r) => (
+            r,
+            Answer::Http {
+                status: 202,
+                body: serde_json::json!({"accepted": outcome.accepted, "firstSeq": outcome.first_seq, "lastSeq": outcome.last_seq}),
+            },
+        ),
+        PublishReply::Socket(r, request_id) => (
+            r,
+            Answer::Ws(crate::protocol::published_message(
+                request_id.as_ref(),
+                outcome.last_seq,
+            )),
+        ),
+        PublishReply::Nobody => {
+            shared.head.fetch_max(outcome.last_seq, Ordering::AcqRel);
+            return;
+        }
+    };
+    shared.answer_when_applied(outcome.last_seq, reply, answer);
+}
+
+fn empty_outcome() -> PublishOutcome {
+    PublishOutcome {
+        accepted: 0,
+        first_seq: 0,
+        last_seq: 0,
+    }
+}
+
+fn int(v: &Value) -> u64 {
+    match v {
+        Value::Int(i) => *i as u64,
+        _ => 0,
+    }
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn internal(what: &str, reply: &Value) -> Refusal {
+    tracing::error!("Redis answered {what} unexpectedly: {reply:?}");
+    Refusal::new(
+        ErrorCode::Internal,
+        format!("{what}: unexpected answer from Redis"),
+    )
+}

@@ -1,0 +1,300 @@
+//! Cluster mode (PROTOCOL.md §14): three nodes on loopback over one `redis-server`
+//! (Debian's, installed by `scripts/test`) that the test starts on a free port, with the
+//! publisher and the subscriber on different nodes. Without `redis-server` the tests say
+//! SKIPPED loudly, and fail under `CI` (see `common::redis`). What a single node does is
+//! checked against a cluster node too, by `tests/backend_conformance.rs`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::*;
+use common::*;
+use serde_json::{json, Value};
+
+fn node(redis: &Redis, name: &str) -> Server {
+    cluster_node(redis, name, "[delivery]\nbatch_ms = 0")
+}
+
+fn cluster() -> Option<(Redis, Vec<Server>)> {
+    let redis = Redis::start()?;
+    let nodes = ["a", "b", "c"].iter().map(|n| node(&redis, n)).collect();
+    Some((redis, nodes))
+}
+
+/// Every event a client receives until the one with `seq` `last` (ping aside).
+fn events_until(c: &mut Client, last: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let m = c.recv_within(Duration::from_secs(20)).expect("an event");
+        match m["type"].as_str() {
+            Some("event") => {
+                let seq = m["seq"].as_u64().unwrap();
+                out.push(m);
+                if seq >= last {
+                    return out;
+                }
+            }
+            Some("ping") => {}
+            _ => panic!("unexpected {m}"),
+        }
+    }
+}
+
+/// 10k publications from three nodes at once arrive at every node in one identical
+/// `seq` order, each once; the answers' seqs are exactly the ones delivered.
+#[test]
+fn publications_from_three_nodes_arrive_everywhere_in_one_order() {
+    let Some((_redis, nodes)) = cluster() else {
+        return;
+    };
+    let tok = token("u", "user", &["*"]);
+    let mut subs: Vec<Client> = nodes
+        .iter()
+        .map(|n| {
+            let mut c = Client::authed(n, &tok, "");
+            c.subscribe(json!([{"id": "all", "path": "c"}]));
+            c
+        })
+        .collect();
+    // 3 nodes × 34 requests: 7 single publications and 27 batches of 125 (10,146).
+    let answered: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                scope.spawn(move || {
+                    let mut seqs = Vec::new();
+                    for r in 0..34 {
+                        let size = if r % 5 == 0 { 1 } else { 125 };
+                        let (first, last) = n.publish_batch(
+                            (0..size)
+                                .map(|i| json!({"path": format!("c/{k}"), "eventType": "e", "data": [k, r, i]}))
+                                .collect(),
+                        );
+                        assert_eq!(last - first + 1, size as u64);
+                        seqs.extend(first..=last);
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<u64> = answered.into_iter().flatten().collect();
+    all.sort_unstable();
+    let n = all.len();
+    assert!(n >= 10_000, "{n}");
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "a seq answered twice");
+    let last = *all.last().unwrap();
+    let mut orders = Vec::new();
+    for c in subs.iter_mut() {
+        let got: Vec<u64> = events_until(c, last)
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got.len(), n, "lost or duplicated");
+        assert_eq!(got, all, "not the answered seqs in order");
+        orders.push(got);
+    }
+    assert!(orders.windows(2).all(|w| w[0] == w[1]));
+}
+
+/// A client of a node that dies resumes on another with `since`, `recovered: true`,
+/// and gets exactly what it missed.
+#[test]
+fn since_resumes_on_another_node_after_the_first_is_killed() {
+    let Some((_redis, mut nodes)) = cluster() else {
+        return;
+    };
+    let tok = token("u", "user", &["*"]);
+    let mut c = Client::authed(&nodes[0], &tok, "");
+    c.subscribe(json!([{"id": "s", "path": "r"}]));
+    let seen = nodes[2].publish("r/x", "e", json!("before"));
+    assert_eq!(c.recv_type("event")["seq"], seen);
+    nodes[0].kill();
+    let missed: Vec<u64> = (0..5)
+        .map(|i| nodes[2].publish("r/x", "e", json!(i)))
+        .collect();
+    let mut c = Client::authed(&nodes[1], &tok, "");
+    let r = c.subscribe(json!([{"id": "s", "path": "r", "since": seen}]));
+    assert_eq!(r["subscriptions"][0]["recovered"], true, "{r}");
+    for want in &missed {
+        assert_eq!(c.recv_type("event")["seq"], *want);
+    }
+    let live = nodes[2].publish("r/x", "e", json!("live"));
+    c.expect_marker(live);
+}
+
+/// PATCHes of one entity from three nodes at once lose no field; every node's `GET`
+/// after the last answer shows all of them.
+#[test]
+fn concurrent_patches_from_three_nodes_lose_nothing() {
+    let Some((_redis, nodes)) = cluster() else {
+        return;
+    };
+    nodes[0].put_entity("things", "t", json!({"start": true}));
+    const EACH: usize = 40;
+    std::thread::scope(|scope| {
+        for (k, n) in nodes.iter().enumerate() {
+            scope.spawn(move || {
+                for i in 0..EACH {
+                    let (st, a) = n.http(
+                        "PATCH",
+                        "/api/v1/entities/things/t",
+                        Some(&json!({format!("n{k}_{i}"): i})),
+                        Some(&apikey()),
+                    );
+                    assert_eq!(st, 200, "{a}");
+                }
+            });
+        }
+    });
+    for n in &nodes {
+        let (st, e) = n.http("GET", "/api/v1/entities/things/t", None, Some(&apikey()));
+        assert_eq!(st, 200);
+        let fields = e.as_object().unwrap();
+        assert_eq!(fields.len(), 3 * EACH + 2, "a field was lost: {e}");
+    }
+}
+
+/// A ticket issued by one node is redeemed on another, once.
+#[test]
+fn a_ticket_from_one_node_is_redeemed_once_on_another() {
+    let Some((_redis, nodes)) = cluster() else {
+        return;
+    };
+    let tok = token("tk", "user", &["*"]);
+    let (st, t) = nodes[0].http(
+        "POST",
+        "/api/v1/ws-tickets",
+        None,
+        Some(&format!("Bearer {tok}")),
+    );
+    assert_eq!(st, 201, "{t}");
+    let uuid = t["uuid"].as_str().unwrap();
+    let mut c = Client::connect(&nodes[1], &format!("/ws?uuid={uuid}"));
+    assert_eq!(c.recv_type("authenticated")["type"], "authenticated");
+    let mut again = Client::connect(&nodes[2], &format!("/ws?uuid={uuid}"));
+    assert_eq!(again.error()["code"], "UNAUTHORIZED");
+    assert_eq!(again.expect_close(Duration::from_secs(5)).0, 4001);
+}
+
+/// Services, locks and channels are not in cluster mode yet: refused `UNAVAILABLE`,
+/// never served from one node alone.
+#[test]
+fn services_and_channels_are_unavailable_on_a_cluster_node() {
+    let Some(redis) = Redis::start() else { return };
+    let n = node(&redis, "solo");
+    let (st, a) = n.http(
+        "GET",
+        "/api/v1/realtime-subscriptions",
+        None,
+        Some(&format!("Bearer {}", token("u", "user", &["*"]))),
+    );
+    assert_eq!(
+        (st, a["error"]["code"].as_str()),
+        (503, Some("UNAVAILABLE")),
+        "{a}"
+    );
+    let mut s = Client::authed(&n, &token("svc", "service", &["*"]), "&group=g");
+    s.send(&json!({"type": "lock", "requestId": 1, "name": "l", "ttlMs": 1000}));
+    let e = s.error();
+    assert_eq!(
+        (e["code"].as_str(), &e["requestId"]),
+        (Some("UNAVAILABLE"), &json!(1)),
+        "{e}"
+    );
+}
+
+/// While Redis is away: `/readyz` 503, publishes and writes `UNAVAILABLE` (503) at once,
+/// sockets stay open; once it is back, what was answered before and after is delivered,
+/// once, in order.
+#[test]
+fn redis_away_makes_nodes_unready_and_refuse_then_they_resume() {
+    let Some((mut redis, nodes)) = cluster() else {
+        return;
+    };
+    let tok = token("u", "user", &["*"]);
+    let mut c = Client::authed(&nodes[1], &tok, "");
+    c.subscribe(json!([{"id": "s", "path": "f"}]));
+    let before = nodes[0].publish("f/x", "e", json!("before"));
+    assert_eq!(c.recv_type("event")["seq"], before);
+    redis.stop();
+    assert!(wait_until(Duration::from_secs(15), || {
+        nodes[0].try_http("GET", "/readyz", None, &[]).map(|r| r.0) == Some(503)
+    }));
+    let (st, a) = nodes[0].http(
+        "POST",
+        "/api/v1/publish",
+        Some(&json!({"path": "f/x", "eventType": "e", "data": "during"})),
+        Some(&apikey()),
+    );
+    assert_eq!(
+        (st, a["error"]["code"].as_str()),
+        (503, Some("UNAVAILABLE")),
+        "{a}"
+    );
+    let (st, a) = nodes[0].http(
+        "PUT",
+        "/api/v1/entities/k/1",
+        Some(&json!({})),
+        Some(&apikey()),
+    );
+    assert_eq!(
+        (st, a["error"]["code"].as_str()),
+        (503, Some("UNAVAILABLE")),
+        "{a}"
+    );
+    redis.spawn();
+    for n in &nodes {
+        wait_ready(n);
+    }
+    let after = nodes[2].publish("f/x", "e", json!("after"));
+    // The subscriber's socket stayed open: it gets the next publication, nothing else.
+    let got = events_until(&mut c, after);
+    assert_eq!(
+        got.iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![after],
+        "{got:?}"
+    );
+    assert!(after > before);
+}
+
+/// A Redis that lost its data: the nodes notice (a new epoch), `seq` goes on above
+/// everything seen, and `since` from before answers `recovered: false`.
+#[test]
+fn a_redis_restarted_empty_never_reuses_a_seq() {
+    let Some((mut redis, nodes)) = cluster() else {
+        return;
+    };
+    let before = nodes[0].publish("g/x", "e", json!(1));
+    for n in &nodes {
+        assert!(wait_until(Duration::from_secs(10), || {
+            n.http("GET", "/healthz", None, None).0 == 200
+        }));
+    }
+    redis.restart_empty();
+    for n in &nodes {
+        wait_ready(n);
+    }
+    let after = loop {
+        let (st, a) = nodes[1].http(
+            "POST",
+            "/api/v1/publish",
+            Some(&json!({"path": "g/x", "eventType": "e", "data": 2})),
+            Some(&apikey()),
+        );
+        if st == 202 {
+            break a["firstSeq"].as_u64().unwrap();
+        }
+        assert_eq!(st, 503, "{a}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(after > before, "seq reused: {after} after {before}");
+    let mut c = Client::authed(&nodes[2], &token("u", "user", &["*"]), "");
+    let r = c.subscribe(json!([{"id": "s", "path": "g", "since": before - 1}]));
+    assert_eq!(r["subscriptions"][0]["recovered"], false, "{r}");
+}
