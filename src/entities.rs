@@ -336,6 +336,28 @@ pub enum WriteOp {
     Delete,
 }
 
+/// An entity read (`GET` of one, or a list), checked, to be run against a replica: by the
+/// shard at once on a single node, or once a cluster node's replica reflects every write
+/// answered before the read arrived ([`crate::backend::Backend::read_entities`]).
+pub struct EntityRead(Box<dyn FnOnce(&Replica) -> crate::router::Answer + Send>);
+
+impl EntityRead {
+    pub fn new(f: impl FnOnce(&Replica) -> crate::router::Answer + Send + 'static) -> Self {
+        EntityRead(Box::new(f))
+    }
+
+    /// Runs the read on `replica`; its answer.
+    pub fn run(self, replica: &Replica) -> crate::router::Answer {
+        (self.0)(replica)
+    }
+}
+
+impl std::fmt::Debug for EntityRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EntityRead")
+    }
+}
+
 /// One entity write as the REST API parsed it.
 #[derive(Debug, Clone)]
 pub struct EntityWrite {
@@ -421,6 +443,7 @@ pub fn entity_key(collection: &str, id: &str) -> String {
 /// A list cursor: where the previous page ended, for the same query only. Opaque to
 /// clients: base64url of `{"q":<query hash>,"p":<position>}` and an HMAC over it, so a
 /// forged or edited cursor is refused (400) rather than silently paging elsewhere.
+#[derive(Clone)]
 pub struct Cursors {
     key: Vec<u8>,
 }

@@ -90,6 +90,8 @@ pub enum Answer {
         status: u16,
         body: serde_json::Value,
     },
+    /// A REST answer whose JSON body is written already (entity reads).
+    Json { status: u16, body: Vec<u8> },
     /// A WebSocket message (complete JSON text) for the connection.
     Ws(Vec<u8>),
     /// A `?uuid=` ticket redeemed (or refused) for an upgraded connection: it is

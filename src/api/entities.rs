@@ -1,19 +1,24 @@
 //! `/api/v1/entities/…` (PROTOCOL.md §8): parsing and checking entity requests, and
 //! answering reads from the replica.
 //!
-//! Runs on the shard that read the request. Reads are answered here, from the replica
-//! (under its read lock); a write is checked whole here and then handed to the backend
-//! as a [`Route::EntityWrite`], to be answered once it is durable. Nothing is applied
+//! Runs on the shard that read the request. A read is checked here and becomes a
+//! [`Route::EntityRead`] the shard runs on the replica (under its read lock) at once, or
+//! (cluster mode) the backend runs once the replica has caught up; a write is checked
+//! whole here and then handed to the backend as a [`Route::EntityWrite`], to be answered
+//! once it is durable. Nothing is applied
 //! before every check passed, so a bad request never half-applies.
 
 use serde_json::{Map, Value};
 
 use crate::auth::Principal;
-use crate::entities::{validate_segment, Cursors, EntityWrite, WriteOp, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::entities::{
+    validate_segment, Cursors, EntityRead, EntityWrite, Replica, WriteOp, DEFAULT_LIMIT, MAX_LIMIT,
+};
 use crate::filter::{Filter, OrderBy};
-use crate::http::{self, percent_decode, Request};
+use crate::http::{percent_decode, Request};
 use crate::node::Node;
-use crate::protocol::{truncate, Refusal};
+use crate::protocol::{truncate, ErrorCode, Refusal};
+use crate::router::Answer;
 
 use super::{authorize, error, query, Refused, Route, MAX_DATA_DEPTH};
 
@@ -81,15 +86,24 @@ pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
     }
     match (method, id) {
         ("GET", None) => list(req, node, collection, close),
-        ("GET", Some(id)) => match node.backend().replica().get(collection, id) {
-            Some(state) => Route::Respond(http::json_response(200, &state, close)),
-            None => error(
-                404,
-                "NOT_FOUND",
-                &format!("no entity '{id}' in collection '{collection}'"),
-                close,
-            ),
-        },
+        ("GET", Some(id)) => {
+            let (collection, id) = (collection.to_string(), id.to_string());
+            Route::EntityRead(EntityRead::new(move |replica: &Replica| {
+                match replica.get(&collection, &id) {
+                    Some(state) => Answer::Json {
+                        status: 200,
+                        body: serde_json::to_vec(&*state).unwrap_or_default(),
+                    },
+                    None => crate::backend::refusal_answer(
+                        404,
+                        &Refusal::new(
+                            ErrorCode::NotFound,
+                            format!("no entity '{id}' in collection '{collection}'"),
+                        ),
+                    ),
+                }
+            }))
+        }
         (_, Some(id)) => {
             let op = match method {
                 "DELETE" => WriteOp::Delete,
@@ -223,7 +237,16 @@ fn list(req: &Request, node: &Node, collection: &str, close: bool) -> Route {
         Ok(q) => q,
         Err((status, code, m)) => return error(status, code, &m, close),
     };
-    let (page, _seq) = node.backend().replica().query(
+    let cursors = node.cursors().clone();
+    let collection = collection.to_string();
+    Route::EntityRead(EntityRead::new(move |replica: &Replica| {
+        list_page(replica, &cursors, &collection, q)
+    }))
+}
+
+/// A list's page, from `replica`.
+fn list_page(replica: &Replica, cursors: &Cursors, collection: &str, q: EntityListQuery) -> Answer {
+    let (page, _seq) = replica.query(
         collection,
         q.filter.as_ref(),
         &q.order,
@@ -231,7 +254,7 @@ fn list(req: &Request, node: &Node, collection: &str, close: bool) -> Route {
         q.limit,
     );
     let next = match (page.more, page.data.last()) {
-        (true, Some(last)) => Value::String(node.cursors().encode(&q.query, &q.order, last)),
+        (true, Some(last)) => Value::String(cursors.encode(&q.query, &q.order, last)),
         _ => Value::Null,
     };
     // Written straight from the replica's values: no intermediate JSON tree of a page.
@@ -248,5 +271,5 @@ fn list(req: &Request, node: &Node, collection: &str, close: bool) -> Route {
     body.extend_from_slice(b",\"nextCursor\":");
     let _ = serde_json::to_writer(&mut body, &next);
     body.push(b'}');
-    Route::Respond(http::response(200, "application/json", &body, close))
+    Answer::Json { status: 200, body }
 }

@@ -47,6 +47,9 @@ pub enum Route {
     },
     /// Hand these validated items to ingest; answer when it has sequenced them.
     Publish(Vec<PublishItem>),
+    /// Run this entity read against the replica, at once or (cluster mode) once the
+    /// replica reflects every write answered before it.
+    EntityRead(crate::entities::EntityRead),
     /// Issue a WebSocket ticket for these claims through the backend; it answers.
     Ticket(crate::auth::jwt::Claims),
     /// Hand this checked entity write to the backend; answer when it is durable.

@@ -69,6 +69,18 @@ pub trait Backend: Send + Sync {
     /// through the shards' mailboxes.
     fn services(&self, cmd: ServiceCmd);
 
+    /// Whether entity reads must wait (cluster mode: until this node has applied every
+    /// write answered anywhere before the read) and so go through
+    /// [`Backend::read_entities`]; if not, the shard runs them on the replica at once.
+    fn reads_wait(&self) -> bool {
+        false
+    }
+
+    /// Runs `read` on the replica once it reflects every write answered before now, and
+    /// answers `reply` with what it returns (the shard calls it when
+    /// [`Backend::reads_wait`]).
+    fn read_entities(&self, read: crate::entities::EntityRead, reply: ReplyTo);
+
     /// A durable entity write; the answer always comes later, to `reply`, once durable.
     fn write_entity(&self, write: EntityWrite, reply: ReplyTo);
 

@@ -206,6 +206,21 @@ impl Shard {
                     self.node.backend().issue_ticket(claims, ttl, reply);
                 }
             }
+            Route::EntityRead(read) => {
+                if !self.node.backend().reads_wait() {
+                    // The replica is the truth here: answered now, from this thread.
+                    let bytes = match read.run(self.node.backend().replica()) {
+                        Answer::Json { status, body } => {
+                            http::response(status, "application/json", &body, close)
+                        }
+                        Answer::Http { status, body } => http::json_response(status, &body, close),
+                        Answer::Ws(_) | Answer::Ticket(_) => return,
+                    };
+                    self.answer_now(key, bytes, close);
+                } else if let Some(reply) = self.await_answer(key, close) {
+                    self.node.backend().read_entities(read, reply);
+                }
+            }
             Route::EntityWrite(write) => {
                 if let Some(reply) = self.await_answer(key, close) {
                     self.node.backend().write_entity(write, reply);
@@ -416,6 +431,9 @@ impl Shard {
         } || self.node.is_draining();
         let bytes = match answer {
             Answer::Http { status, body } => http::json_response(status, &body, close),
+            Answer::Json { status, body } => {
+                http::response(status, "application/json", &body, close)
+            }
             Answer::Ws(_) | Answer::Ticket(_) => return,
         };
         if close {

@@ -39,7 +39,7 @@ use super::{refusal_answer, services_unavailable, Backend, PublishReply};
 use crate::apply::Applier;
 use crate::auth::jwt::Claims;
 use crate::config::Config;
-use crate::entities::{EntityWrite, Replica};
+use crate::entities::{EntityRead, EntityWrite, Replica};
 use crate::ingest::{PublishItem, PublishOutcome};
 use crate::protocol::{ErrorCode, Refusal};
 use crate::publication::Publication;
@@ -94,8 +94,15 @@ impl Keys {
     }
 }
 
-/// Answers by the `seq` they wait for, each with when it started waiting.
-type Waiting = BTreeMap<u64, Vec<(Instant, ReplyTo, Answer)>>;
+/// What waits for this node to apply a `seq`: an answer to send, or an entity read to
+/// run on the replica then.
+pub(super) enum Pending {
+    Answer(Answer),
+    Read(EntityRead),
+}
+
+/// By the `seq` they wait for, each with when it started waiting and whom it answers.
+type Waiting = BTreeMap<u64, Vec<(Instant, ReplyTo, Pending)>>;
 
 /// What the writer, the reader and the shards share.
 pub(super) struct Shared {
@@ -120,33 +127,48 @@ impl Shared {
         self.applier.router()
     }
 
-    /// Answers `to` once this node has applied `seq` (at once if it has).
+    /// Answers `to` with `answer` once this node has applied `seq` (at once if it has).
     pub fn answer_when_applied(&self, seq: u64, to: ReplyTo, answer: Answer) {
+        self.when_applied(seq, to, Pending::Answer(answer));
+    }
+
+    /// Settles `what` for `to` once this node has applied `seq` (at once if it has).
+    pub fn when_applied(&self, seq: u64, to: ReplyTo, what: Pending) {
         self.head.fetch_max(seq, Ordering::AcqRel);
         let mut w = lock(&self.waiting);
         // Checked under the lock the reader releases under, after it moves the mark:
         // an answer is either released by the reader or sent here, never stranded.
         if self.applier.applied() >= seq {
             drop(w);
-            self.router().answer(to, answer);
+            self.settle(to, what);
         } else {
-            w.entry(seq).or_default().push((Instant::now(), to, answer));
+            w.entry(seq).or_default().push((Instant::now(), to, what));
         }
     }
 
-    /// The reader applied everything up to `applied`: the answers that waited for it go.
+    fn settle(&self, to: ReplyTo, what: Pending) {
+        let answer = match what {
+            Pending::Answer(a) => a,
+            Pending::Read(read) => read.run(self.applier.replica()),
+        };
+        self.router().answer(to, answer);
+    }
+
+    /// The reader applied everything up to `applied`: what waited for it goes.
     pub fn release(&self, applied: u64) {
         let ready = {
             let mut w = lock(&self.waiting);
             let later = w.split_off(&(applied + 1));
             std::mem::replace(&mut *w, later)
         };
-        for (_, to, answer) in ready.into_values().flatten() {
-            self.router().answer(to, answer);
+        for (_, to, what) in ready.into_values().flatten() {
+            self.settle(to, what);
         }
     }
 
-    /// Answers that waited longer than [`APPLY_WAIT`] go now (the reader is away).
+    /// What waited longer than [`APPLY_WAIT`] goes now (the reader is away): an answer
+    /// to a write (durable in Redis already), but a read is refused `UNAVAILABLE` rather
+    /// than answered from a replica that may miss a write answered before it.
     pub fn release_stale(&self) {
         let mut stale = Vec::new();
         {
@@ -163,8 +185,21 @@ impl Shared {
             }
             w.retain(|_, a| !a.is_empty());
         }
-        for (_, to, answer) in stale {
-            self.router().answer(to, answer);
+        for (_, to, what) in stale {
+            match what {
+                Pending::Answer(a) => self.router().answer(to, a),
+                Pending::Read(_) => self.router().answer(
+                    to,
+                    refusal_answer(
+                        503,
+                        &Refusal::new(
+                            ErrorCode::Unavailable,
+                            "this node is behind the cluster (it has not applied the writes \
+                             answered before this read); retry",
+                        ),
+                    ),
+                ),
+            }
         }
     }
 
@@ -207,6 +242,11 @@ pub(super) enum Job {
         ticket: String,
         reply: ReplyTo,
     },
+    /// An entity read, run once the replica reflects the head (`GET` of the counter).
+    Read {
+        read: EntityRead,
+        reply: ReplyTo,
+    },
 }
 
 impl Job {
@@ -228,6 +268,9 @@ impl Job {
             }
             Job::IssueTicket { reply, .. } => {
                 router.answer(reply, refusal_answer(503, &unavailable("ticket")))
+            }
+            Job::Read { reply, .. } => {
+                router.answer(reply, refusal_answer(503, &unavailable("entity read")))
             }
             Job::RedeemTicket { reply, .. } => {
                 // Refused like a bad ticket (close 4001), saying why.
@@ -342,6 +385,14 @@ impl Backend for RedisBackend {
             reply,
             conflicts: 0,
         });
+    }
+
+    fn reads_wait(&self) -> bool {
+        true
+    }
+
+    fn read_entities(&self, read: EntityRead, reply: ReplyTo) {
+        self.submit(Job::Read { read, reply });
     }
 
     fn issue_ticket(&self, claims: Claims, ttl_ms: u64, reply: ReplyTo) {

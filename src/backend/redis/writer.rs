@@ -201,6 +201,8 @@ enum Step {
         expires: u64,
     },
     Redeem,
+    /// An entity read's barrier: the counter, i.e. the newest `seq` answered anywhere.
+    Head,
 }
 
 /// An entity write decided, to apply in the second round trip.
@@ -261,6 +263,10 @@ fn run_batch(shared: &Shared, c: &mut Conn, jobs: Vec<Job>) -> Result<Vec<Job>, 
             Job::RedeemTicket { ticket, .. } => {
                 pipe.cmd("GETDEL").arg(keys.ticket(ticket));
                 steps.push(Step::Redeem);
+            }
+            Job::Read { .. } => {
+                pipe.cmd("GET").arg(&keys.seq);
+                steps.push(Step::Head);
             }
         }
     }
@@ -369,6 +375,17 @@ fn run_batch(shared: &Shared, c: &mut Conn, jobs: Vec<Job>) -> Result<Vec<Job>, 
                     }
                 };
                 router.answer(to, Answer::Ticket(redeemed));
+            }
+            (Job::Read { read, reply: to }, Step::Head) => {
+                let head = match reply {
+                    Value::BulkString(b) => std::str::from_utf8(&b)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                    Value::Int(i) => i as u64,
+                    _ => 0,
+                };
+                shared.when_applied(head, to, super::Pending::Read(read));
             }
             (job, _) => job.refuse(router),
         }
