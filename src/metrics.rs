@@ -69,6 +69,7 @@ pub const REDIS_CALL_SECONDS: &str = "shardcast_redis_call_seconds";
 pub const REDIS_COMMANDS: &str = "shardcast_redis_commands_total";
 pub const REDIS_CONNECTED: &str = "shardcast_redis_connected";
 pub const STREAM_LAG: &str = "shardcast_stream_lag";
+pub const CLUSTER_MODE: &str = "shardcast_cluster_mode";
 
 /// Roles as the `role` label spells them; `pending` is a socket not yet authenticated.
 pub const ROLES: [&str; 4] = ["pending", "user", "service", "admin"];
@@ -203,6 +204,10 @@ fn describe() {
     describe_gauge!(
         REDIS_CONNECTED,
         "Cluster mode: 1 while the connection (label conn: writer, reader) is up, else 0."
+    );
+    describe_gauge!(
+        CLUSTER_MODE,
+        "1 on a node in cluster mode (cluster.redis_url set), 0 on a single node."
     );
     describe_gauge!(
         STREAM_LAG,
@@ -345,6 +350,7 @@ fn preregister() {
         metrics::gauge!(REDIS_CONNECTED, "conn" => conn).set(0.0);
     }
     metrics::gauge!(STREAM_LAG).set(0.0);
+    metrics::gauge!(CLUSTER_MODE).set(0.0);
     let _ = metrics::histogram!(REDIS_CALL_SECONDS);
     metrics::gauge!(LIVE_QUERIES).set(0.0);
     history_size(0, 0);
@@ -547,6 +553,11 @@ pub fn redis_call(took: std::time::Duration, commands: usize) {
 /// Cluster mode: whether a connection to Redis (`writer` or `reader`) is up.
 pub fn redis_connected(conn: &'static str, up: bool) {
     metrics::gauge!(REDIS_CONNECTED, "conn" => conn).set(if up { 1.0 } else { 0.0 });
+}
+
+/// The node runs in cluster mode.
+pub fn cluster_mode() {
+    metrics::gauge!(CLUSTER_MODE).set(1.0);
 }
 
 /// Cluster mode: sequenced but not yet applied here.

@@ -310,7 +310,11 @@ fn a_read_on_another_node_reflects_every_write_answered_before_it() {
         let (w, r) = (&nodes[i % 3], &nodes[(i + 1) % 3]);
         w.put_entity("rw", "x", json!({"i": i}));
         let (st, got) = r.http("GET", "/api/v1/entities/rw/x", None, Some(&apikey()));
-        assert_eq!((st, &got["i"]), (200, &json!(i)), "read {i} on another node");
+        assert_eq!(
+            (st, &got["i"]),
+            (200, &json!(i)),
+            "read {i} on another node"
+        );
         let (st, list) = r.http("GET", "/api/v1/entities/rw?limit=5", None, Some(&apikey()));
         assert_eq!((st, &list["data"][0]["i"]), (200, &json!(i)), "{list}");
     }
@@ -353,7 +357,9 @@ fn a_live_query_on_one_node_matches_the_list_on_another() {
     let marker = nodes[1].put_entity("lqc", "zz-marker", json!({"n": 999, "open": true}));
     assert!(marker > 0);
     while !view.contains_key("zz-marker") {
-        let m = c.recv_within(Duration::from_secs(20)).expect("live query message");
+        let m = c
+            .recv_within(Duration::from_secs(20))
+            .expect("live query message");
         match m["type"].as_str() {
             Some("liveQueryAddedNode") | Some("liveQueryUpdatedNode") => {
                 view.insert(m["nodeId"].as_str().unwrap().to_string(), m["data"].clone());

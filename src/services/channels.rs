@@ -320,6 +320,9 @@ pub struct Channels {
     /// Channels by owner (`spec.owner`), those being created included: what the cap counts.
     owned: HashMap<String, usize>,
     public_url: String,
+    /// The newest `created_at` given (ms): each channel gets a later one, so the list's
+    /// "oldest first" is creation order even for channels created within one millisecond.
+    last_created_ms: u64,
     /// Totals for the metrics.
     pub dropped_total: u64,
     pub collected_total: u64,
@@ -380,6 +383,7 @@ impl Channels {
             };
             upto.insert(id.clone(), r["counted_upto"].as_u64().unwrap_or(0));
             *self.owned.entry(spec.owner.clone()).or_default() += 1;
+            self.last_created_ms = self.last_created_ms.max(spec.created_at_ms);
             let sub = DurableSub {
                 id: spec.channel_id.clone(),
                 path,
@@ -748,12 +752,13 @@ impl Channels {
                 // Counted from now: creations still on their way to the store count too, so
                 // concurrent requests cannot overshoot the cap.
                 *self.owned.entry(caller.sub.clone()).or_default() += 1;
+                self.last_created_ms = now.max(self.last_created_ms + 1);
                 let spec = ChannelSpec {
                     channel_id: crate::channels::new_channel_id(),
                     kind,
                     event_types,
                     owner: caller.sub.clone(),
-                    created_at_ms: now,
+                    created_at_ms: self.last_created_ms,
                 };
                 return Some((spec, reply));
             }

@@ -313,6 +313,7 @@ impl RedisBackend {
             reader_up: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
+        crate::metrics::cluster_mode();
         let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED);
         let span = tracing::Span::current();
         let w = shared.clone();
