@@ -201,27 +201,19 @@ def throughput(tmp):
     redis = Redis(tmp)
     nodes = [Node(tmp, n, redis) for n in "abc"]
     try:
-        got = []
-        threads = [threading.Thread(target=publish_batches, args=(n, 300, 100, got)) for n in nodes]
-        start = time.time()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        took = time.time() - start
-        total = sum(got)
-        print(f"three nodes, batches of 100: {total} publications in {took:.2f} s = {total / took:,.0f}/s")
-        got = []
-        threads = [threading.Thread(target=publish_batches, args=(n, 3000, 1, got)) for n in nodes]
-        start = time.time()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        took = time.time() - start
-        total = sum(got)
-        print(f"three nodes, single publications (one request each, one connection per node): "
-              f"{total} in {took:.2f} s = {total / took:,.0f}/s")
+        for what, batches, size in (("batches of 100", 300, 100),
+                                    ("single publications, one connection per node", 3000, 1)):
+            got = []
+            threads = [threading.Thread(target=publish_batches, args=(n, batches, size, got))
+                       for n in nodes]
+            start = time.time()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            took = time.time() - start
+            total = sum(got)
+            print(f"three nodes, {what}: {total} publications in {took:.2f} s = {total / took:,.0f}/s")
     finally:
         for n in nodes:
             n.stop()

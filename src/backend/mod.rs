@@ -125,6 +125,28 @@ pub fn ticket_issued(uuid: &str, expires_ms: u64) -> Answer {
     }
 }
 
+/// Where a publisher's answer goes and what it is, when it was published (`None`:
+/// nobody waits for it).
+pub(crate) fn published(reply: PublishReply, outcome: PublishOutcome) -> Option<(ReplyTo, Answer)> {
+    match reply {
+        PublishReply::Rest(to) => Some((
+            to,
+            Answer::Http {
+                status: 202,
+                body: serde_json::json!({"accepted": outcome.accepted, "firstSeq": outcome.first_seq, "lastSeq": outcome.last_seq}),
+            },
+        )),
+        PublishReply::Socket(to, request_id) => Some((
+            to,
+            Answer::Ws(crate::protocol::published_message(
+                request_id.as_ref(),
+                outcome.last_seq,
+            )),
+        )),
+        PublishReply::Nobody => None,
+    }
+}
+
 /// Answers a publisher: with `outcome`, or with why it was not published (the REST
 /// status and the refusal; a socket gets the refusal as an `error`).
 pub(crate) fn publish_answered(
@@ -134,25 +156,26 @@ pub(crate) fn publish_answered(
     result: Result<(), (u16, Refusal)>,
 ) {
     match (reply, result) {
-        (PublishReply::Rest(to), Ok(())) => router.answer(
-            to,
-            Answer::Http {
-                status: 202,
-                body: serde_json::json!({"accepted": outcome.accepted, "firstSeq": outcome.first_seq, "lastSeq": outcome.last_seq}),
-            },
-        ),
+        (reply, Ok(())) => {
+            if let Some((to, answer)) = published(reply, outcome) {
+                router.answer(to, answer)
+            }
+        }
         (PublishReply::Rest(to), Err((status, r))) => router.answer(to, refusal_answer(status, &r)),
-        (PublishReply::Socket(to, request_id), Ok(())) => router.answer(
-            to,
-            Answer::Ws(crate::protocol::published_message(request_id.as_ref(), outcome.last_seq)),
-        ),
         (PublishReply::Socket(to, request_id), Err((_, r))) => router.answer(
             to,
-            Answer::Ws(crate::protocol::error_message(r.code, &r.message, request_id.as_ref())),
+            Answer::Ws(crate::protocol::error_message(
+                r.code,
+                &r.message,
+                request_id.as_ref(),
+            )),
         ),
-        (PublishReply::Nobody, Ok(())) => {}
         (PublishReply::Nobody, Err((_, r))) => {
-            tracing::error!(seq = outcome.last_seq, "a publication nobody waits for failed: {}", r.message)
+            tracing::error!(
+                seq = outcome.last_seq,
+                "a publication nobody waits for failed: {}",
+                r.message
+            )
         }
     }
 }

@@ -477,27 +477,12 @@ fn run_batch(shared: &Shared, c: &mut Conn, jobs: Vec<Job>) -> Result<Vec<Job>, 
 }
 
 fn answer_publish(shared: &Shared, to: PublishReply, outcome: PublishOutcome) {
-    let (reply, answer) = match to {
-        PublishReply::Rest(r) => (
-            r,
-            Answer::Http {
-                status: 202,
-                body: serde_json::json!({"accepted": outcome.accepted, "firstSeq": outcome.first_seq, "lastSeq": outcome.last_seq}),
-            },
-        ),
-        PublishReply::Socket(r, request_id) => (
-            r,
-            Answer::Ws(crate::protocol::published_message(
-                request_id.as_ref(),
-                outcome.last_seq,
-            )),
-        ),
-        PublishReply::Nobody => {
+    match crate::backend::published(to, outcome) {
+        Some((reply, answer)) => shared.answer_when_applied(outcome.last_seq, reply, answer),
+        None => {
             shared.head.fetch_max(outcome.last_seq, Ordering::AcqRel);
-            return;
         }
-    };
-    shared.answer_when_applied(outcome.last_seq, reply, answer);
+    }
 }
 
 fn empty_outcome() -> PublishOutcome {
