@@ -422,6 +422,7 @@ pub const CLOSE_REASONS: &[&str] = &[
     "protocol_error",
     "draining",
     "server_full",
+    "unavailable",
     "read_error",
     "write_error",
     "linger",

@@ -220,6 +220,10 @@ fn redis_away_makes_nodes_unready_and_refuse_then_they_resume() {
     c.subscribe(json!([{"id": "s", "path": "f"}]));
     let before = nodes[0].publish("f/x", "e", json!("before"));
     assert_eq!(c.recv_type("event")["seq"], before);
+    let bearer = format!("Bearer {tok}");
+    let (st, t) = nodes[0].http("POST", "/api/v1/ws-tickets", None, Some(&bearer));
+    assert_eq!(st, 201, "{t}");
+    let ticket = t["uuid"].as_str().unwrap().to_string();
     redis.stop();
     assert!(wait_until(Duration::from_secs(15), || {
         nodes[0].try_http("GET", "/readyz", None, &[]).map(|r| r.0) == Some(503)
@@ -246,10 +250,22 @@ fn redis_away_makes_nodes_unready_and_refuse_then_they_resume() {
         (503, Some("UNAVAILABLE")),
         "{a}"
     );
+    let (st, a) = nodes[1].http("GET", "/api/v1/entities/k/1", None, Some(&apikey()));
+    assert_eq!(
+        (st, a["error"]["code"].as_str()),
+        (503, Some("UNAVAILABLE")),
+        "{a}"
+    );
+    // A ticket that cannot be checked: try again later, and it is not used up.
+    let mut t = Client::connect(&nodes[2], &format!("/ws?uuid={ticket}"));
+    assert_eq!(t.error()["code"], "UNAVAILABLE");
+    assert_eq!(t.expect_close(Duration::from_secs(5)).0, 1013);
     redis.spawn();
     for n in &nodes {
         wait_ready(n);
     }
+    let mut t = Client::connect(&nodes[2], &format!("/ws?uuid={ticket}"));
+    t.recv_type("authenticated");
     let after = nodes[2].publish("f/x", "e", json!("after"));
     // The subscriber's socket stayed open: it gets the next publication, nothing else.
     let got = events_until(&mut c, after);

@@ -258,7 +258,7 @@ pub(crate) fn services_unavailable(router: &Router, cmd: ServiceCmd) {
             ShardMsg::Close {
                 conn: at.conn,
                 gen: at.gen,
-                code: 1013,
+                code: crate::protocol::ws::close::SERVER_FULL,
                 reason: "try again later".into(),
                 error: Some(error_message(
                     ErrorCode::Unavailable,

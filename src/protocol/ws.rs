@@ -91,6 +91,8 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
+    /// RFC 6455's "try again later": `max_connections` reached, or (cluster mode) what
+    /// the connection needs is out of reach (Redis).
     pub const SERVER_FULL: u16 = 1013;
     pub const UNAUTHORIZED: u16 = 4001;
     pub const AUTH_TIMEOUT: u16 = 4002;

@@ -178,6 +178,14 @@ impl Shard {
     }
 
     fn refuse_auth(&mut self, key: usize, reason: &'static str, message: &str) {
+        if reason == crate::auth::tickets::TicketError::Unavailable.reason() {
+            // Not a bad credential: the ticket could not be checked (cluster mode, Redis
+            // away). `UNAVAILABLE` and 1013 (try again later), and the ticket is not used.
+            crate::auth::failures::refused(reason, || self.whence(key));
+            self.send_error(key, ErrorCode::Unavailable, message, None);
+            self.close_ws(key, close::SERVER_FULL, "try again later", "unavailable");
+            return;
+        }
         self.refuse_connection(key, reason, ErrorCode::Unauthorized, message, None);
     }
 
