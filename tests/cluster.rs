@@ -180,10 +180,10 @@ fn a_ticket_from_one_node_is_redeemed_once_on_another() {
     assert_eq!(again.expect_close(Duration::from_secs(5)).0, 4001);
 }
 
-/// Services, locks and channels are not in cluster mode yet: refused `UNAVAILABLE`,
+/// Service queues and channels are not in cluster mode yet: refused `UNAVAILABLE`,
 /// never served from one node alone.
 #[test]
-fn services_and_channels_are_unavailable_on_a_cluster_node() {
+fn service_queues_and_channels_are_unavailable_on_a_cluster_node() {
     let Some(redis) = Redis::start() else { return };
     let n = node(&redis, "solo");
     let (st, a) = n.http(
@@ -198,7 +198,8 @@ fn services_and_channels_are_unavailable_on_a_cluster_node() {
         "{a}"
     );
     let mut s = Client::authed(&n, &token("svc", "service", &["*"]), "&group=g");
-    s.send(&json!({"type": "lock", "requestId": 1, "name": "l", "ttlMs": 1000}));
+    s.send(&json!({"type": "subscribeEvents", "requestId": 1,
+        "subscriptions": [{"id": "q", "path": "jobs"}]}));
     let e = s.error();
     assert_eq!(
         (e["code"].as_str(), &e["requestId"]),
@@ -287,11 +288,11 @@ fn a_redis_restarted_empty_never_reuses_a_seq() {
         return;
     };
     let before = nodes[0].publish("g/x", "e", json!(1));
-    for n in &nodes {
-        assert!(wait_until(Duration::from_secs(10), || {
-            n.http("GET", "/healthz", None, None).0 == 200
-        }));
-    }
+    let mut s = Client::authed(&nodes[0], &token("svc", "service", &["*"]), "&group=g");
+    lock(&mut s, 1, "F", 0);
+    let t1 = lock_result(&mut s, 1)["fencingToken"].as_u64().unwrap();
+    s.send(&json!({"type": "unlock", "requestId": 2, "name": "F"}));
+    assert_eq!(s.recv_type("unlockResult")["released"], true);
     redis.restart_empty();
     for n in &nodes {
         wait_ready(n);
@@ -313,6 +314,10 @@ fn a_redis_restarted_empty_never_reuses_a_seq() {
     let mut c = Client::authed(&nodes[2], &token("u", "user", &["*"]), "");
     let r = c.subscribe(json!([{"id": "s", "path": "g", "since": before - 1}]));
     assert_eq!(r["subscriptions"][0]["recovered"], false, "{r}");
+    // Fencing tokens keep growing too.
+    lock(&mut s, 3, "F", 0);
+    let t2 = lock_result(&mut s, 3)["fencingToken"].as_u64().unwrap();
+    assert!(t2 > t1, "fencing token reused: {t2} after {t1}");
 }
 
 /// A write answered by one node is seen by a `GET` on another sent right after the
@@ -425,5 +430,132 @@ fn a_restarted_node_catches_up_before_it_is_ready() {
     assert_eq!(r["subscriptions"][0]["recovered"], true, "{r}");
     for want in &missed {
         assert_eq!(c.recv_type("event")["seq"], *want);
+    }
+}
+
+fn lock(c: &mut Client, id: u64, name: &str, wait_ms: u64) {
+    c.send(
+        &json!({"type": "lock", "requestId": id, "name": name, "ttlMs": 10000, "waitMs": wait_ms}),
+    );
+}
+
+/// The `lockResult` answering request `id` (anything else but pings is an error).
+fn lock_result(c: &mut Client, id: u64) -> Value {
+    loop {
+        let m = c.recv_within(Duration::from_secs(15)).expect("lockResult");
+        if m["type"] == "ping" {
+            continue;
+        }
+        assert_eq!(
+            (m["type"].as_str(), &m["requestId"]),
+            (Some("lockResult"), &json!(id)),
+            "{m}"
+        );
+        return m;
+    }
+}
+
+/// Locks across nodes: one holder cluster-wide, waiters on other nodes served first come
+/// first served when the holder disconnects or unlocks, fencing tokens that only grow.
+#[test]
+fn locks_have_one_holder_and_serve_waiters_across_nodes_in_order() {
+    let Some((_redis, nodes)) = cluster() else {
+        return;
+    };
+    let svc = |n: &Server, who: &str| Client::authed(n, &token(who, "service", &["*"]), "&group=g");
+    let mut a = svc(&nodes[0], "a");
+    let mut b = svc(&nodes[1], "b");
+    let mut c = svc(&nodes[2], "c");
+    let mut d = svc(&nodes[2], "d");
+    lock(&mut a, 1, "L", 0);
+    let first = lock_result(&mut a, 1);
+    assert_eq!(first["acquired"], true, "{first}");
+    let t1 = first["fencingToken"].as_u64().unwrap();
+    // Held on node a: node c cannot have it without waiting.
+    lock(&mut c, 2, "L", 0);
+    assert_eq!(lock_result(&mut c, 2)["acquired"], false);
+    // b (node b) waits first, then d (node c).
+    lock(&mut b, 3, "L", 10_000);
+    std::thread::sleep(Duration::from_millis(100));
+    lock(&mut d, 4, "L", 10_000);
+    // The holder disconnects: b's turn.
+    a.close();
+    let second = lock_result(&mut b, 3);
+    assert_eq!(second["acquired"], true, "{second}");
+    let t2 = second["fencingToken"].as_u64().unwrap();
+    assert!(t2 > t1, "{t2} after {t1}");
+    // b unlocks: d's turn.
+    b.send(&json!({"type": "unlock", "requestId": 5, "name": "L"}));
+    let u = b.recv_type("unlockResult");
+    assert_eq!(
+        (u["released"].as_bool(), &u["requestId"]),
+        (Some(true), &json!(5)),
+        "{u}"
+    );
+    let third = lock_result(&mut d, 4);
+    assert_eq!(third["acquired"], true, "{third}");
+    assert!(third["fencingToken"].as_u64().unwrap() > t2);
+    // Unlocking what one does not hold: released false.
+    c.send(&json!({"type": "unlock", "requestId": 6, "name": "L"}));
+    assert_eq!(c.recv_type("unlockResult")["released"], false);
+
+    // Contended from three nodes: a grant never comes while another client holds the
+    // lock (each marks it held from its grant until just before its unlock), and the
+    // tokens of successive grants strictly grow.
+    drop(d);
+    let held = std::sync::Mutex::new((false, Vec::new()));
+    std::thread::scope(|scope| {
+        for (k, n) in nodes.iter().enumerate() {
+            let held = &held;
+            scope.spawn(move || {
+                let mut s = svc(n, &format!("w{k}"));
+                for i in 0..15u64 {
+                    let id = 100 + i;
+                    lock(&mut s, id, "M", 10_000);
+                    let r = lock_result(&mut s, id);
+                    assert_eq!(r["acquired"], true, "{r}");
+                    let t = r["fencingToken"].as_u64().unwrap();
+                    {
+                        let mut h = held.lock().unwrap();
+                        assert!(!h.0, "granted {t} while another client holds the lock");
+                        assert!(h.1.last().is_none_or(|&l| l < t), "{t} after {:?}", h.1);
+                        h.0 = true;
+                        h.1.push(t);
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                    held.lock().unwrap().0 = false;
+                    s.send(&json!({"type": "unlock", "requestId": id, "name": "M"}));
+                    assert_eq!(s.recv_type("unlockResult")["released"], true);
+                }
+            });
+        }
+    });
+    assert_eq!(held.into_inner().unwrap().1.len(), 45);
+}
+
+/// A service's `log` on one node reaches admins subscribed to `$logs/{group}` on others.
+#[test]
+fn logs_reach_admins_on_every_node() {
+    let Some((_redis, nodes)) = cluster() else {
+        return;
+    };
+    let mut admins: Vec<Client> = nodes
+        .iter()
+        .map(|n| {
+            let mut c = Client::authed(n, &token("root", "admin", &["*"]), "");
+            c.subscribe(json!([{"id": "logs", "path": "$logs/g"}]));
+            c
+        })
+        .collect();
+    let mut s = Client::authed(&nodes[1], &token("svc", "service", &["*"]), "&group=g");
+    s.send(&json!({"type": "log", "level": "warn", "message": "disk almost full"}));
+    for a in admins.iter_mut() {
+        let m = a.recv_type("event");
+        assert_eq!(
+            (m["path"].as_str(), m["eventType"].as_str()),
+            (Some("$logs/g"), Some("warn")),
+            "{m}"
+        );
+        assert_eq!(m["data"]["message"], "disk almost full");
     }
 }

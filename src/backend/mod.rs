@@ -196,14 +196,14 @@ pub(crate) fn refusal_answer(status: u16, r: &Refusal) -> Answer {
     }
 }
 
-/// A service command on a node whose backend does not keep service queues, locks and
-/// channels (a cluster node, until they move to Redis): every request is answered
+/// A service command on a node whose backend does not keep service queues and channels
+/// (a cluster node, until they move to Redis; its locks are on Redis): every request is answered
 /// `UNAVAILABLE` — REST 503, an `error` on the socket, a channel socket closed 1013 (try
 /// again later) — never served from this node alone.
 pub(crate) fn services_unavailable(router: &Router, cmd: ServiceCmd) {
     use crate::protocol::{error_message, ErrorCode};
     use crate::router::ShardMsg;
-    const WHY: &str = "is not available in cluster mode yet (services, locks and channels \
+    const WHY: &str = "is not available in cluster mode yet (service queues and channels \
                        run on a single node)";
     let to = |at: crate::services::Addr| ReplyTo {
         shard: at.shard as usize,

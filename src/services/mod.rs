@@ -515,7 +515,7 @@ fn http_error(
     );
 }
 
-fn with_request_id(mut msg: Value, request_id: &Option<Value>) -> Value {
+pub(crate) fn with_request_id(mut msg: Value, request_id: &Option<Value>) -> Value {
     if let Some(r) = request_id {
         msg["requestId"] = r.clone();
     }

@@ -12,7 +12,10 @@
 //!   node has applied its `seq`, so a `GET` or a `since` on the node that answered
 //!   already sees it.
 //! - **Tickets** are Redis keys (`SET PX`, `GETDEL`): any node redeems them, once.
-//! - **Services, locks and channels** are not on Redis yet: on a cluster node they are
+//! - **Locks** are on Redis ([`locks`], `lock.lua`, `unlock.lua`): one holder, one
+//!   fencing counter and one first-come-first-served queue for the cluster. A service's
+//!   `log` is a publication, so it reaches admins on every node.
+//! - **Service queues and channels** are not on Redis yet: on a cluster node they are
 //!   refused `UNAVAILABLE`, never served node-locally (see [`super::services_unavailable`]).
 //! - **Failures**: without Redis the node is not ready and refuses what needs Redis with
 //!   `UNAVAILABLE` (REST 503) at once, never queueing without bound; sockets stay open;
@@ -25,6 +28,7 @@
 //! each with one Redis connection; shards only put jobs on the writer's queue and read
 //! the applier's replica, history and marks.
 
+mod locks;
 mod reader;
 mod writer;
 
@@ -62,6 +66,8 @@ pub(super) struct Keys {
     pub epoch: String,
     entity_prefix: String,
     ticket_prefix: String,
+    lock_prefix: String,
+    pub fence: String,
 }
 
 impl Keys {
@@ -72,6 +78,8 @@ impl Keys {
             epoch: format!("{prefix}epoch"),
             entity_prefix: format!("{prefix}e:"),
             ticket_prefix: format!("{prefix}t:"),
+            lock_prefix: format!("{prefix}l"),
+            fence: format!("{prefix}fence"),
         }
     }
 
@@ -92,6 +100,16 @@ impl Keys {
     pub fn ticket(&self, uuid: &str) -> String {
         format!("{}{uuid}", self.ticket_prefix)
     }
+
+    /// A lock's keys: the lock, its waiters (list), their deadlines and heartbeats.
+    pub fn lock(&self, name: &str) -> [String; 3] {
+        let p = &self.lock_prefix;
+        [
+            format!("{p}:{name}"),
+            format!("{p}w:{name}"),
+            format!("{p}m:{name}"),
+        ]
+    }
 }
 
 /// What waits for this node to apply a `seq`: an answer to send, or an entity read to
@@ -107,6 +125,8 @@ type Waiting = BTreeMap<u64, Vec<(Instant, ReplyTo, Pending)>>;
 /// What the writer, the reader and the shards share.
 pub(super) struct Shared {
     pub applier: Applier,
+    /// `cluster.node_id`: names this node's lock holders.
+    pub node_id: String,
     pub keys: Keys,
     pub client: ::redis::Client,
     /// The stream's length bound (`history.size`, at least 1).
@@ -115,6 +135,12 @@ pub(super) struct Shared {
     waiting: Mutex<Waiting>,
     /// The newest `seq` this node has heard of (the writer's answers, the reader).
     pub head: AtomicU64,
+    /// The epoch of Redis's data as this node last knew it (empty before it first
+    /// connected).
+    pub epoch: Mutex<String>,
+    /// The largest fencing token this node has seen (its grants, and the counter as its
+    /// reader last read it): a Redis that lost its data is re-seeded above it.
+    pub fence_seen: AtomicU64,
     /// The writer has a connection with its scripts loaded.
     pub writer_up: AtomicBool,
     /// The reader is connected and has caught up once since it connected.
@@ -247,6 +273,23 @@ pub(super) enum Job {
         read: EntityRead,
         reply: ReplyTo,
     },
+    /// A service connection's `lock`.
+    Lock {
+        at: crate::services::Addr,
+        request_id: Option<serde_json::Value>,
+        name: String,
+        ttl_ms: u64,
+        wait_ms: u64,
+    },
+    Unlock {
+        at: crate::services::Addr,
+        request_id: Option<serde_json::Value>,
+        name: String,
+    },
+    /// A service connection closed: its locks are released, its waits dropped.
+    Release {
+        at: crate::services::Addr,
+    },
 }
 
 impl Job {
@@ -272,6 +315,13 @@ impl Job {
             Job::Read { reply, .. } => {
                 router.answer(reply, refusal_answer(503, &unavailable("entity read")))
             }
+            Job::Lock { at, request_id, .. } | Job::Unlock { at, request_id, .. } => {
+                let r = unavailable("lock");
+                let m = crate::protocol::error_message(r.code, &r.message, request_id.as_ref());
+                router.answer(locks::reply_to(at), Answer::Ws(m))
+            }
+            // Held locks then expire with their ttl.
+            Job::Release { .. } => {}
             Job::RedeemTicket { reply, .. } => {
                 // Refused like a bad ticket (close 4001), saying why.
                 router.answer(
@@ -304,11 +354,14 @@ impl RedisBackend {
                 config.history.ttl_ms,
                 0,
             ),
+            node_id: config.cluster.node_id.clone(),
             keys: Keys::new("shardcast:"),
             client,
             stream_len: config.history.size.max(1),
             waiting: Mutex::new(BTreeMap::new()),
             head: AtomicU64::new(0),
+            fence_seen: AtomicU64::new(0),
+            epoch: Mutex::new(String::new()),
             writer_up: AtomicBool::new(false),
             reader_up: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -377,7 +430,33 @@ impl Backend for RedisBackend {
     }
 
     fn services(&self, cmd: ServiceCmd) {
-        services_unavailable(self.shared.router(), cmd);
+        // Locks are on Redis; the rest of the services engine is not yet.
+        match cmd {
+            ServiceCmd::Lock {
+                at,
+                request_id,
+                name,
+                ttl_ms,
+                wait_ms,
+            } => self.submit(Job::Lock {
+                at,
+                request_id,
+                name,
+                ttl_ms,
+                wait_ms,
+            }),
+            ServiceCmd::Unlock {
+                at,
+                request_id,
+                name,
+            } => self.submit(Job::Unlock {
+                at,
+                request_id,
+                name,
+            }),
+            ServiceCmd::Detach { at } => self.submit(Job::Release { at }),
+            other => services_unavailable(self.shared.router(), other),
+        }
     }
 
     fn write_entity(&self, write: EntityWrite, reply: ReplyTo) {

@@ -185,15 +185,18 @@ fn load_entities(shared: &Shared, con: &mut redis::Connection) -> redis::RedisRe
 }
 
 /// Reads what follows `last_id` (blocking up to [`BLOCK_MS`]) and applies it; returns how
-/// many entries came. Also learns the head (the counter) to report the lag.
+/// many entries came. Also learns the head (the counter) to report the lag, and the
+/// fencing counter (a Redis that lost its data is re-seeded above what any node saw).
 fn read(
     shared: &Shared,
     con: &mut redis::Connection,
     last_id: &mut String,
 ) -> redis::RedisResult<usize> {
-    let (head, reply): (Option<u64>, Value) = redis::pipe()
+    let (head, fence, reply): (Option<u64>, Option<u64>, Value) = redis::pipe()
         .cmd("GET")
         .arg(&shared.keys.seq)
+        .cmd("GET")
+        .arg(&shared.keys.fence)
         .cmd("XREAD")
         .arg("COUNT")
         .arg(COUNT)
@@ -205,6 +208,9 @@ fn read(
         .query(con)?;
     if let Some(h) = head {
         shared.head.fetch_max(h, Ordering::AcqRel);
+    }
+    if let Some(f) = fence {
+        shared.fence_seen.fetch_max(f, Ordering::AcqRel);
     }
     // XREAD answers [[stream, entries]] (or nil when nothing came in time).
     let entries = match &reply {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Value;
 
+use super::locks::{self, NodeLocks, Waiter};
 use super::{Job, Shared};
 use crate::auth::tickets::{self, TicketError};
 use crate::backend::{entity_answer, publish_answered, refusal_answer, PublishReply};
@@ -49,6 +50,8 @@ struct Conn {
     publish: String,
     entity: String,
     reseed: String,
+    lock: String,
+    unlock: String,
     epoch: String,
 }
 
@@ -60,6 +63,8 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
     let mut retry: Vec<Job> = Vec::new();
     let mut warned = false;
     let mut used = Instant::now();
+    let mut locks = NodeLocks::default();
+    let mut polled = Instant::now();
     loop {
         let stopping = shared.stopping.load(Ordering::Acquire);
         if conn.is_none() {
@@ -93,9 +98,24 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
                 }
             }
         }
+        if !locks.waiting.is_empty() && polled.elapsed() >= locks::RETRY {
+            polled = Instant::now();
+            if let Some(c) = conn.as_mut() {
+                if let Err(e) = poll_waiters(&shared, c, &mut locks) {
+                    tracing::warn!("Redis writer lost its connection: {e}");
+                    lost(&shared, &mut conn, &mut locks);
+                    continue;
+                }
+            }
+        }
         let mut jobs = std::mem::take(&mut retry);
         if jobs.is_empty() {
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            let wait = if locks.waiting.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                locks::RETRY
+            };
+            match rx.recv_timeout(wait) {
                 Ok(j) => jobs.push(j),
                 Err(RecvTimeoutError::Timeout) => {
                     shared.release_stale();
@@ -109,9 +129,7 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
                         });
                         if !alive {
                             tracing::warn!("Redis writer's idle connection is gone; reconnecting");
-                            shared.writer_up.store(false, Ordering::Release);
-                            crate::metrics::redis_connected("writer", false);
-                            conn = None;
+                            lost(&shared, &mut conn, &mut locks);
                         }
                     }
                     continue;
@@ -122,13 +140,11 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
         jobs.extend(rx.try_iter().take(BATCH.saturating_sub(jobs.len())));
         let Some(c) = conn.as_mut() else { continue };
         used = Instant::now();
-        match run_batch(&shared, c, jobs) {
+        match run_batch(&shared, c, jobs, &mut locks) {
             Ok(again) => retry = again,
             Err((e, unanswered)) => {
                 tracing::warn!("Redis writer lost its connection: {e}");
-                shared.writer_up.store(false, Ordering::Release);
-                crate::metrics::redis_connected("writer", false);
-                conn = None;
+                lost(&shared, &mut conn, &mut locks);
                 // Sent or not, these were not answered: refused (a publish that did reach
                 // Redis is still delivered; its publisher was told to retry).
                 for job in unanswered {
@@ -137,6 +153,93 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
             }
         }
         shared.release_stale();
+    }
+}
+
+/// The connection is gone: the node is not ready, and its waiting lock requests are
+/// answered `UNAVAILABLE` (they cannot be served in order without Redis).
+fn lost(shared: &Shared, conn: &mut Option<Conn>, locks: &mut NodeLocks) {
+    shared.writer_up.store(false, Ordering::Release);
+    crate::metrics::redis_connected("writer", false);
+    *conn = None;
+    let router = shared.applier.router();
+    for w in locks.waiting.drain(..) {
+        Job::Lock {
+            at: w.at,
+            request_id: w.request_id,
+            name: w.name,
+            ttl_ms: w.ttl_ms,
+            wait_ms: 0,
+        }
+        .refuse(router);
+    }
+}
+
+/// Asks again for every waiting lock request of this node (one pipeline); answers the
+/// ones granted or out of time.
+fn poll_waiters(shared: &Shared, c: &mut Conn, locks: &mut NodeLocks) -> redis::RedisResult<()> {
+    let now = crate::time::unix_ms();
+    let router = shared.applier.router();
+    let waiting = std::mem::take(&mut locks.waiting);
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for w in &waiting {
+        let [lock, queue, meta] = shared.keys.lock(&w.name);
+        pipe.cmd("EVALSHA")
+            .arg(&c.lock)
+            .arg(4)
+            .arg(lock)
+            .arg(queue)
+            .arg(meta)
+            .arg(&shared.keys.fence)
+            .arg(locks::holder_id(&shared.node_id, w.at))
+            .arg(w.ttl_ms)
+            .arg(now)
+            .arg(w.deadline);
+    }
+    let replies: Vec<Value> = match pipe.query(&mut c.con) {
+        Ok(r) => r,
+        Err(e) => {
+            locks.waiting = waiting;
+            return Err(e);
+        }
+    };
+    for (w, reply) in waiting.into_iter().zip(replies) {
+        match lock_reply(&reply) {
+            Some(LockReply::Granted(token)) => {
+                shared.fence_seen.fetch_max(token, Ordering::AcqRel);
+                locks.held.entry(w.at).or_default().insert(w.name.clone());
+                let answer =
+                    locks::lock_result(&w.name, &w.request_id, Some((token, now + w.ttl_ms)));
+                router.answer(locks::reply_to(w.at), answer);
+            }
+            Some(LockReply::Waiting) if w.deadline > now => locks.waiting.push(w),
+            _ => {
+                // Out of time (the script dropped it from the queue, or will).
+                router.answer(
+                    locks::reply_to(w.at),
+                    locks::lock_result(&w.name, &w.request_id, None),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `lock.lua` answered.
+enum LockReply {
+    Granted(u64),
+    Waiting,
+    NotAcquired,
+}
+
+fn lock_reply(v: &Value) -> Option<LockReply> {
+    let Value::Array(a) = v else { return None };
+    match a.first() {
+        Some(Value::Int(1)) | Some(Value::Int(2)) => Some(LockReply::Granted(int(a.get(1)?))),
+        Some(Value::Int(0)) => Some(LockReply::Waiting),
+        Some(Value::Int(-1)) => Some(LockReply::NotAcquired),
+        _ => None,
     }
 }
 
@@ -152,12 +255,18 @@ fn connect(shared: &Shared) -> redis::RedisResult<Conn> {
     let publish = load(&mut con, PUBLISH_LUA)?;
     let entity = load(&mut con, ENTITY_LUA)?;
     let reseed = load(&mut con, RESEED_LUA)?;
+    let lock = load(&mut con, locks::LOCK_LUA)?;
+    let unlock = load(&mut con, locks::UNLOCK_LUA)?;
     let mut c = Conn {
         con,
         publish,
         entity,
         reseed,
-        epoch: String::new(),
+        lock,
+        unlock,
+        // What this node knew before (empty at start): a node that lived through a
+        // loss of Redis's data raises the counters above what it saw, too.
+        epoch: super::lock(&shared.epoch).clone(),
     };
     reseed_epoch(shared, &mut c)?;
     Ok(c)
@@ -171,12 +280,15 @@ fn reseed_epoch(shared: &Shared, c: &mut Conn) -> redis::RedisResult<()> {
         .max(shared.applier.applied());
     let epoch: String = redis::cmd("EVALSHA")
         .arg(&c.reseed)
-        .arg(2)
+        .arg(3)
         .arg(&shared.keys.seq)
         .arg(&shared.keys.epoch)
+        .arg(&shared.keys.fence)
         .arg(seen)
         .arg(tickets::uuid_v4())
         .arg(crate::ingest::SEQ_BLOCK)
+        .arg(shared.fence_seen.load(Ordering::Acquire))
+        .arg(&c.epoch)
         .query(&mut c.con)?;
     if !c.epoch.is_empty() && c.epoch != epoch {
         tracing::warn!(
@@ -186,6 +298,7 @@ fn reseed_epoch(shared: &Shared, c: &mut Conn) -> redis::RedisResult<()> {
             "Redis lost its data (a new epoch): seq re-seeded above {seen}"
         );
     }
+    super::lock(&shared.epoch).clone_from(&epoch);
     c.epoch = epoch;
     Ok(())
 }
@@ -203,6 +316,31 @@ enum Step {
     Redeem,
     /// An entity read's barrier: the counter, i.e. the newest `seq` answered anywhere.
     Head,
+    /// A lock request, waiting until `deadline` (0: not waiting).
+    Lock {
+        deadline: u64,
+    },
+    Unlock,
+    /// A closed connection's locks and waits: this many `unlock.lua` calls.
+    Release(usize),
+}
+
+/// `unlock.lua` for connection `at` and lock `name`, added to `pipe`.
+fn unlock_cmd(
+    pipe: &mut redis::Pipeline,
+    shared: &Shared,
+    c: &Conn,
+    at: crate::services::Addr,
+    name: &str,
+) {
+    let [lock, queue, meta] = shared.keys.lock(name);
+    pipe.cmd("EVALSHA")
+        .arg(&c.unlock)
+        .arg(3)
+        .arg(lock)
+        .arg(queue)
+        .arg(meta)
+        .arg(locks::holder_id(&shared.node_id, at));
 }
 
 /// An entity write decided, to apply in the second round trip.
@@ -216,7 +354,12 @@ struct Decided {
 type BatchError = (redis::RedisError, Vec<Job>);
 
 /// Runs one batch; returns the jobs to run again (an epoch or a version that moved).
-fn run_batch(shared: &Shared, c: &mut Conn, jobs: Vec<Job>) -> Result<Vec<Job>, BatchError> {
+fn run_batch(
+    shared: &Shared,
+    c: &mut Conn,
+    jobs: Vec<Job>,
+    locks: &mut NodeLocks,
+) -> Result<Vec<Job>, BatchError> {
     let keys = &shared.keys;
     let now = crate::time::unix_ms();
     let mut pipe = redis::pipe();
@@ -268,6 +411,46 @@ fn run_batch(shared: &Shared, c: &mut Conn, jobs: Vec<Job>) -> Result<Vec<Job>, 
                 pipe.cmd("GET").arg(&keys.seq);
                 steps.push(Step::Head);
             }
+            Job::Lock {
+                at,
+                name,
+                ttl_ms,
+                wait_ms,
+                ..
+            } => {
+                let [lock, queue, meta] = keys.lock(name);
+                let deadline = if *wait_ms > 0 { now + wait_ms } else { 0 };
+                pipe.cmd("EVALSHA")
+                    .arg(&c.lock)
+                    .arg(4)
+                    .arg(lock)
+                    .arg(queue)
+                    .arg(meta)
+                    .arg(&keys.fence)
+                    .arg(locks::holder_id(&shared.node_id, *at))
+                    .arg(ttl_ms)
+                    .arg(now)
+                    .arg(deadline);
+                steps.push(Step::Lock { deadline });
+            }
+            Job::Unlock { at, name, .. } => {
+                unlock_cmd(&mut pipe, shared, c, *at, name);
+                steps.push(Step::Unlock);
+            }
+            Job::Release { at } => {
+                // Its locks, and the locks it waits for.
+                let mut names: Vec<String> = locks.held.remove(at).into_iter().flatten().collect();
+                locks.waiting.retain(|w| {
+                    if w.at == *at {
+                        names.push(w.name.clone());
+                    }
+                    w.at != *at
+                });
+                for name in &names {
+                    unlock_cmd(&mut pipe, shared, c, *at, name);
+                }
+                steps.push(Step::Release(names.len()));
+            }
         }
     }
     let started = Instant::now();
@@ -280,7 +463,14 @@ fn run_batch(shared: &Shared, c: &mut Conn, jobs: Vec<Job>) -> Result<Vec<Job>, 
     let mut again = Vec::new();
     let mut decided = Vec::new();
     let mut epoch_moved = false;
-    for ((job, step), reply) in jobs.into_iter().zip(steps).zip(replies) {
+    let mut replies = replies.into_iter();
+    for (job, step) in jobs.into_iter().zip(steps) {
+        if let Step::Release(n) = step {
+            // Nothing to answer: the connection is gone.
+            replies.by_ref().take(n).for_each(drop);
+            continue;
+        }
+        let reply = replies.next().unwrap_or(Value::Nil);
         match (job, step) {
             (Job::Publish { items, reply: to }, Step::Publish) => match reply {
                 Value::Array(v) if v.len() == 2 => {
@@ -386,6 +576,61 @@ fn run_batch(shared: &Shared, c: &mut Conn, jobs: Vec<Job>) -> Result<Vec<Job>, 
                     _ => 0,
                 };
                 shared.when_applied(head, to, super::Pending::Read(read));
+            }
+            (
+                Job::Lock {
+                    at,
+                    request_id,
+                    name,
+                    ttl_ms,
+                    ..
+                },
+                Step::Lock { deadline },
+            ) => {
+                let to = locks::reply_to(at);
+                match lock_reply(&reply) {
+                    Some(LockReply::Granted(token)) => {
+                        shared.fence_seen.fetch_max(token, Ordering::AcqRel);
+                        locks.held.entry(at).or_default().insert(name.clone());
+                        let granted = Some((token, now + ttl_ms));
+                        router.answer(to, locks::lock_result(&name, &request_id, granted));
+                    }
+                    Some(LockReply::Waiting) => locks.waiting.push(Waiter {
+                        at,
+                        request_id,
+                        name,
+                        ttl_ms,
+                        deadline,
+                    }),
+                    Some(LockReply::NotAcquired) => {
+                        router.answer(to, locks::lock_result(&name, &request_id, None))
+                    }
+                    None => {
+                        let r = internal("lock", &reply);
+                        let m =
+                            crate::protocol::error_message(r.code, &r.message, request_id.as_ref());
+                        router.answer(to, Answer::Ws(m));
+                    }
+                }
+            }
+            (
+                Job::Unlock {
+                    at,
+                    request_id,
+                    name,
+                },
+                Step::Unlock,
+            ) => {
+                let released = matches!(reply, Value::Int(1));
+                if released {
+                    if let Some(held) = locks.held.get_mut(&at) {
+                        held.remove(&name);
+                    }
+                }
+                router.answer(
+                    locks::reply_to(at),
+                    locks::unlock_result(&name, &request_id, released),
+                );
             }
             (job, _) => job.refuse(router),
         }
