@@ -471,6 +471,11 @@ fn locks_have_one_holder_and_serve_waiters_across_nodes_in_order() {
     let first = lock_result(&mut a, 1);
     assert_eq!(first["acquired"], true, "{first}");
     let t1 = first["fencingToken"].as_u64().unwrap();
+    // Each node reports its own connections' locks (the dashboard sums the nodes).
+    assert!(wait_until(Duration::from_secs(5), || {
+        nodes[0].metric("shardcast_service_locks_held") == Some(1.0)
+    }));
+    assert_eq!(nodes[1].metric("shardcast_service_locks_held"), Some(0.0));
     // Held on node a: node c cannot have it without waiting.
     lock(&mut c, 2, "L", 0);
     assert_eq!(lock_result(&mut c, 2)["acquired"], false);

@@ -106,6 +106,10 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
                     lost(&shared, &mut conn, &mut locks);
                     continue;
                 }
+                crate::metrics::service_locks(
+                    locks.held.values().map(|names| names.len()).sum(),
+                    locks.waiting.len(),
+                );
             }
         }
         let mut jobs = std::mem::take(&mut retry);
@@ -140,7 +144,13 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
         jobs.extend(rx.try_iter().take(BATCH.saturating_sub(jobs.len())));
         let Some(c) = conn.as_mut() else { continue };
         used = Instant::now();
-        match run_batch(&shared, c, jobs, &mut locks) {
+        let result = run_batch(&shared, c, jobs, &mut locks);
+        // This node's connections' locks and waits (the dashboard sums the nodes).
+        crate::metrics::service_locks(
+            locks.held.values().map(|names| names.len()).sum(),
+            locks.waiting.len(),
+        );
+        match result {
             Ok(again) => retry = again,
             Err((e, unanswered)) => {
                 tracing::warn!("Redis writer lost its connection: {e}");
@@ -206,8 +216,8 @@ fn poll_waiters(shared: &Shared, c: &mut Conn, locks: &mut NodeLocks) -> redis::
     };
     for (w, reply) in waiting.into_iter().zip(replies) {
         match lock_reply(&reply) {
-            Some(LockReply::Granted(token)) => {
-                shared.fence_seen.fetch_max(token, Ordering::AcqRel);
+            Some(LockReply::Granted { token, new }) => {
+                granted(shared, token, new);
                 locks.held.entry(w.at).or_default().insert(w.name.clone());
                 let answer =
                     locks::lock_result(&w.name, &w.request_id, Some((token, now + w.ttl_ms)));
@@ -228,15 +238,30 @@ fn poll_waiters(shared: &Shared, c: &mut Conn, locks: &mut NodeLocks) -> redis::
 
 /// What `lock.lua` answered.
 enum LockReply {
-    Granted(u64),
+    /// With its fencing token; `new`: a grant (not the holder's extension).
+    Granted {
+        token: u64,
+        new: bool,
+    },
     Waiting,
     NotAcquired,
+}
+
+/// A lock granted (or extended) here: the fencing token seen, the grant counted.
+fn granted(shared: &Shared, token: u64, new: bool) {
+    shared.fence_seen.fetch_max(token, Ordering::AcqRel);
+    if new {
+        crate::metrics::service_lock_grants(1);
+    }
 }
 
 fn lock_reply(v: &Value) -> Option<LockReply> {
     let Value::Array(a) = v else { return None };
     match a.first() {
-        Some(Value::Int(1)) | Some(Value::Int(2)) => Some(LockReply::Granted(int(a.get(1)?))),
+        Some(Value::Int(k @ (1 | 2))) => Some(LockReply::Granted {
+            token: int(a.get(1)?),
+            new: *k == 1,
+        }),
         Some(Value::Int(0)) => Some(LockReply::Waiting),
         Some(Value::Int(-1)) => Some(LockReply::NotAcquired),
         _ => None,
@@ -589,8 +614,8 @@ fn run_batch(
             ) => {
                 let to = locks::reply_to(at);
                 match lock_reply(&reply) {
-                    Some(LockReply::Granted(token)) => {
-                        shared.fence_seen.fetch_max(token, Ordering::AcqRel);
+                    Some(LockReply::Granted { token, new }) => {
+                        granted(shared, token, new);
                         locks.held.entry(at).or_default().insert(name.clone());
                         let granted = Some((token, now + ttl_ms));
                         router.answer(to, locks::lock_result(&name, &request_id, granted));
