@@ -194,18 +194,14 @@ fn poll_waiters(shared: &Shared, c: &mut Conn, locks: &mut NodeLocks) -> redis::
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for w in &waiting {
-        let [lock, queue, meta] = shared.keys.lock(&w.name);
-        pipe.cmd("EVALSHA")
-            .arg(&c.lock)
-            .arg(4)
-            .arg(lock)
-            .arg(queue)
-            .arg(meta)
-            .arg(&shared.keys.fence)
-            .arg(locks::holder_id(&shared.node_id, w.at))
-            .arg(w.ttl_ms)
-            .arg(now)
-            .arg(w.deadline);
+        lock_cmd(
+            &mut pipe,
+            shared,
+            c,
+            w.at,
+            &w.name,
+            (w.ttl_ms, now, w.deadline),
+        );
     }
     let replies: Vec<Value> = match pipe.query(&mut c.con) {
         Ok(r) => r,
@@ -350,6 +346,30 @@ enum Step {
     Release(usize),
 }
 
+/// `lock.lua` for connection `at` and lock `name`, added to `pipe`: `(ttl ms, now ms,
+/// wait until ms or 0)`.
+fn lock_cmd(
+    pipe: &mut redis::Pipeline,
+    shared: &Shared,
+    c: &Conn,
+    at: crate::services::Addr,
+    name: &str,
+    (ttl_ms, now, deadline): (u64, u64, u64),
+) {
+    let [lock, queue, meta] = shared.keys.lock(name);
+    pipe.cmd("EVALSHA")
+        .arg(&c.lock)
+        .arg(4)
+        .arg(lock)
+        .arg(queue)
+        .arg(meta)
+        .arg(&shared.keys.fence)
+        .arg(locks::holder_id(&shared.node_id, at))
+        .arg(ttl_ms)
+        .arg(now)
+        .arg(deadline);
+}
+
 /// `unlock.lua` for connection `at` and lock `name`, added to `pipe`.
 fn unlock_cmd(
     pipe: &mut redis::Pipeline,
@@ -443,19 +463,8 @@ fn run_batch(
                 wait_ms,
                 ..
             } => {
-                let [lock, queue, meta] = keys.lock(name);
                 let deadline = if *wait_ms > 0 { now + wait_ms } else { 0 };
-                pipe.cmd("EVALSHA")
-                    .arg(&c.lock)
-                    .arg(4)
-                    .arg(lock)
-                    .arg(queue)
-                    .arg(meta)
-                    .arg(&keys.fence)
-                    .arg(locks::holder_id(&shared.node_id, *at))
-                    .arg(ttl_ms)
-                    .arg(now)
-                    .arg(deadline);
+                lock_cmd(&mut pipe, shared, c, *at, name, (*ttl_ms, now, deadline));
                 steps.push(Step::Lock { deadline });
             }
             Job::Unlock { at, name, .. } => {
