@@ -4,6 +4,7 @@
 //! Nothing is mocked. Every wait is on a condition with a deadline, never a bare sleep.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod redis;
 
 use std::io::{Read, Write};

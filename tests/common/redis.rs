@@ -105,9 +105,13 @@ impl Drop for Redis {
 /// A node of a cluster on `redis` (`extra`: more TOML, sections allowed), ready: it has
 /// loaded from Redis.
 pub fn cluster_node(redis: &Redis, name: &str, extra: &str) -> Server {
+    cluster_node_at(&redis.url(), name, extra)
+}
+
+/// A node of the cluster whose Redis is at `url` (e.g. through a test's proxy), ready.
+pub fn cluster_node_at(url: &str, name: &str, extra: &str) -> Server {
     let s = Server::start(&format!(
-        "{extra}\n[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"",
-        redis.url()
+        "{extra}\n[cluster]\nredis_url = \"{url}\"\nnode_id = \"{name}\""
     ));
     wait_ready(&s);
     s
