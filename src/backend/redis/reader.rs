@@ -30,6 +30,11 @@ const BLOCK_MS: u64 = 1000;
 
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
+/// How often the reader also asks for the counters (the head for the lag gauge and
+/// `since` bounds, the fencing counter for a re-seed): not with every read, which at low
+/// rates would double the reads' commands.
+const COUNTERS_EVERY: Duration = Duration::from_millis(100);
+
 /// One stream entry's fields.
 #[derive(Default, Debug)]
 struct Entry {
@@ -84,11 +89,16 @@ pub(super) fn run(shared: Arc<Shared>) {
             }
         }
         let Some(id) = last_id.as_mut() else { continue };
+        let mut counters_at: Option<Instant> = None;
         loop {
             if shared.stopping.load(Ordering::Acquire) {
                 return;
             }
-            match read(&shared, &mut con, id) {
+            let counters = counters_at.is_none_or(|t| t.elapsed() >= COUNTERS_EVERY);
+            if counters {
+                counters_at = Some(Instant::now());
+            }
+            match read(&shared, &mut con, id, counters) {
                 Ok(n) => {
                     if n < COUNT {
                         // Read to the end of the stream: caught up.
@@ -191,26 +201,32 @@ fn read(
     shared: &Shared,
     con: &mut redis::Connection,
     last_id: &mut String,
+    counters: bool,
 ) -> redis::RedisResult<usize> {
-    let (head, fence, reply): (Option<u64>, Option<u64>, Value) = redis::pipe()
-        .cmd("GET")
-        .arg(&shared.keys.seq)
-        .cmd("GET")
-        .arg(&shared.keys.fence)
-        .cmd("XREAD")
+    let mut pipe = redis::pipe();
+    if counters {
+        pipe.cmd("GET")
+            .arg(&shared.keys.seq)
+            .cmd("GET")
+            .arg(&shared.keys.fence);
+    }
+    pipe.cmd("XREAD")
         .arg("COUNT")
         .arg(COUNT)
         .arg("BLOCK")
         .arg(BLOCK_MS)
         .arg("STREAMS")
         .arg(&shared.keys.stream)
-        .arg(last_id.as_str())
-        .query(con)?;
-    if let Some(h) = head {
-        shared.head.fetch_max(h, Ordering::AcqRel);
-    }
-    if let Some(f) = fence {
-        shared.fence_seen.fetch_max(f, Ordering::AcqRel);
+        .arg(last_id.as_str());
+    let mut replies: Vec<Value> = pipe.query(con)?;
+    let reply = replies.pop().unwrap_or(Value::Nil);
+    if let [head, fence] = &replies[..] {
+        if let Ok(Some(h)) = redis::from_redis_value::<Option<u64>>(head.clone()) {
+            shared.head.fetch_max(h, Ordering::AcqRel);
+        }
+        if let Ok(Some(f)) = redis::from_redis_value::<Option<u64>>(fence.clone()) {
+            shared.fence_seen.fetch_max(f, Ordering::AcqRel);
+        }
     }
     // XREAD answers [[stream, entries]] (or nil when nothing came in time).
     let entries = match &reply {
