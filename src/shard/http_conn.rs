@@ -209,14 +209,10 @@ impl Shard {
             Route::EntityRead(read) => {
                 if !self.node.backend().reads_wait() {
                     // The replica is the truth here: answered now, from this thread.
-                    let bytes = match read.run(self.node.backend().replica()) {
-                        Answer::Json { status, body } => {
-                            http::response(status, "application/json", &body, close)
-                        }
-                        Answer::Http { status, body } => http::json_response(status, &body, close),
-                        Answer::Ws(_) | Answer::Ticket(_) => return,
-                    };
-                    self.answer_now(key, bytes, close);
+                    if let Some(bytes) = http_bytes(read.run(self.node.backend().replica()), close)
+                    {
+                        self.answer_now(key, bytes, close);
+                    }
                 } else if let Some(reply) = self.await_answer(key, close) {
                     self.node.backend().read_entities(read, reply);
                 }
@@ -429,12 +425,8 @@ impl Shard {
                 .is_some_and(|s| s.close),
             _ => false,
         } || self.node.is_draining();
-        let bytes = match answer {
-            Answer::Http { status, body } => http::json_response(status, &body, close),
-            Answer::Json { status, body } => {
-                http::response(status, "application/json", &body, close)
-            }
-            Answer::Ws(_) | Answer::Ticket(_) => return,
+        let Some(bytes) = http_bytes(answer, close) else {
+            return;
         };
         if close {
             if let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) {
@@ -490,3 +482,14 @@ impl Shard {
 /// of its input: enough for a pipelining client to fill a group commit, few enough that
 /// one connection cannot queue unbounded work.
 const MAX_PIPELINED: usize = 64;
+
+/// A REST answer's bytes (`None`: not a REST answer).
+fn http_bytes(answer: Answer, close: bool) -> Option<Vec<u8>> {
+    match answer {
+        Answer::Http { status, body } => Some(http::json_response(status, &body, close)),
+        Answer::Json { status, body } => {
+            Some(http::response(status, "application/json", &body, close))
+        }
+        Answer::Ws(_) | Answer::Ticket(_) => None,
+    }
+}
