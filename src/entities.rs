@@ -336,18 +336,22 @@ pub enum WriteOp {
     Delete,
 }
 
-/// An entity read (`GET` of one, or a list), checked, to be run against a replica: by the
-/// shard at once on a single node, or once a cluster node's replica reflects every write
-/// answered before the read arrived ([`crate::backend::Backend::read_entities`]).
-pub struct EntityRead(Box<dyn FnOnce(&Replica) -> crate::router::Answer + Send>);
+/// An entity read (`GET` of one, or a list), checked, to be run on a replica by the shard
+/// that read it: at once on a single node, or once a cluster node's replica reflects
+/// every write answered before the read arrived
+/// ([`crate::backend::Backend::read_entities`]). It answers a status and a JSON body.
+pub struct EntityRead(Box<ReadFn>);
+
+/// What an [`EntityRead`] runs: the replica in, the REST status and JSON body out.
+type ReadFn = dyn FnOnce(&Replica) -> (u16, Vec<u8>) + Send;
 
 impl EntityRead {
-    pub fn new(f: impl FnOnce(&Replica) -> crate::router::Answer + Send + 'static) -> Self {
+    pub fn new(f: impl FnOnce(&Replica) -> (u16, Vec<u8>) + Send + 'static) -> Self {
         EntityRead(Box::new(f))
     }
 
-    /// Runs the read on `replica`; its answer.
-    pub fn run(self, replica: &Replica) -> crate::router::Answer {
+    /// Runs the read on `replica`: the REST status and JSON body.
+    pub fn run(self, replica: &Replica) -> (u16, Vec<u8>) {
         (self.0)(replica)
     }
 }

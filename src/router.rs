@@ -94,6 +94,9 @@ pub enum Answer {
     Json { status: u16, body: Vec<u8> },
     /// A WebSocket message (complete JSON text) for the connection.
     Ws(Vec<u8>),
+    /// An entity read whose wait is over (cluster mode: this node has applied every
+    /// write answered before it): the shard runs it on the replica and answers with that.
+    Read(crate::entities::EntityRead),
     /// A `?uuid=` ticket redeemed (or refused) for an upgraded connection: it is
     /// authenticated with these claims, or refused with close 4001.
     Ticket(Result<crate::auth::jwt::Claims, crate::auth::tickets::TicketError>),

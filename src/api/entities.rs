@@ -8,7 +8,7 @@
 //! once it is durable. Nothing is applied
 //! before every check passed, so a bad request never half-applies.
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::auth::Principal;
 use crate::entities::{
@@ -18,7 +18,6 @@ use crate::filter::{Filter, OrderBy};
 use crate::http::{percent_decode, Request};
 use crate::node::Node;
 use crate::protocol::{truncate, ErrorCode, Refusal};
-use crate::router::Answer;
 
 use super::{authorize, error, query, Refused, Route, MAX_DATA_DEPTH};
 
@@ -90,17 +89,16 @@ pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
             let (collection, id) = (collection.to_string(), id.to_string());
             Route::EntityRead(EntityRead::new(move |replica: &Replica| {
                 match replica.get(&collection, &id) {
-                    Some(state) => Answer::Json {
-                        status: 200,
-                        body: serde_json::to_vec(&*state).unwrap_or_default(),
-                    },
-                    None => crate::backend::refusal_answer(
-                        404,
-                        &Refusal::new(
+                    Some(state) => (200, serde_json::to_vec(&*state).unwrap_or_default()),
+                    None => {
+                        let r = Refusal::new(
                             ErrorCode::NotFound,
                             format!("no entity '{id}' in collection '{collection}'"),
-                        ),
-                    ),
+                        );
+                        let body =
+                            json!({"error": {"code": r.code.as_str(), "message": r.message}});
+                        (404, serde_json::to_vec(&body).unwrap_or_default())
+                    }
                 }
             }))
         }
@@ -245,7 +243,12 @@ fn list(req: &Request, node: &Node, collection: &str, close: bool) -> Route {
 }
 
 /// A list's page, from `replica`.
-fn list_page(replica: &Replica, cursors: &Cursors, collection: &str, q: EntityListQuery) -> Answer {
+fn list_page(
+    replica: &Replica,
+    cursors: &Cursors,
+    collection: &str,
+    q: EntityListQuery,
+) -> (u16, Vec<u8>) {
     let (page, _seq) = replica.query(
         collection,
         q.filter.as_ref(),
@@ -271,5 +274,5 @@ fn list_page(replica: &Replica, cursors: &Cursors, collection: &str, q: EntityLi
     body.extend_from_slice(b",\"nextCursor\":");
     let _ = serde_json::to_writer(&mut body, &next);
     body.push(b'}');
-    Answer::Json { status: 200, body }
+    (200, body)
 }

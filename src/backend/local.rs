@@ -210,8 +210,10 @@ impl Backend for LocalBackend {
 
     fn read_entities(&self, read: crate::entities::EntityRead, reply: ReplyTo) {
         // Never needed here (the replica is the truth, `reads_wait` is false), but right.
-        let answer = read.run(self.ingest.replica());
-        self.ingest.router().answer(reply, answer);
+        let (status, body) = read.run(self.ingest.replica());
+        self.ingest
+            .router()
+            .answer(reply, Answer::Json { status, body });
     }
 
     fn issue_ticket(&self, claims: Claims, ttl_ms: u64, reply: ReplyTo) {

@@ -209,10 +209,9 @@ impl Shard {
             Route::EntityRead(read) => {
                 if !self.node.backend().reads_wait() {
                     // The replica is the truth here: answered now, from this thread.
-                    if let Some(bytes) = http_bytes(read.run(self.node.backend().replica()), close)
-                    {
-                        self.answer_now(key, bytes, close);
-                    }
+                    let (status, body) = read.run(self.node.backend().replica());
+                    let bytes = http::response(status, "application/json", &body, close);
+                    self.answer_now(key, bytes, close);
                 } else if let Some(reply) = self.await_answer(key, close) {
                     self.node.backend().read_entities(read, reply);
                 }
@@ -412,6 +411,11 @@ impl Shard {
                 self.ticket_redeemed(key, gen, redeemed);
                 return;
             }
+            // Run here, on the shard, not on the thread that saw the wait end.
+            Answer::Read(read) => {
+                let (status, body) = read.run(self.node.backend().replica());
+                Answer::Json { status, body }
+            }
             other => other,
         };
         match self.conns.get(key) {
@@ -490,6 +494,6 @@ fn http_bytes(answer: Answer, close: bool) -> Option<Vec<u8>> {
         Answer::Json { status, body } => {
             Some(http::response(status, "application/json", &body, close))
         }
-        Answer::Ws(_) | Answer::Ticket(_) => None,
+        Answer::Ws(_) | Answer::Ticket(_) | Answer::Read(_) => None,
     }
 }

@@ -175,7 +175,8 @@ impl Shared {
     fn settle(&self, to: ReplyTo, what: Pending) {
         let answer = match what {
             Pending::Answer(a) => a,
-            Pending::Read(read) => read.run(self.applier.replica()),
+            // The shard runs it (not this thread, which applies the stream).
+            Pending::Read(read) => Answer::Read(read),
         };
         self.router().answer(to, answer);
     }
