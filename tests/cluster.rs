@@ -607,3 +607,29 @@ fn a_node_cut_off_from_redis_resumes_without_gap_or_duplicate() {
         .collect();
     assert_eq!(got, published, "a gap or a duplicate across the cut");
 }
+
+/// Two running nodes cannot share a node id (it names lock holders and metrics): a second
+/// node started with a running node's id is not ready, says why, and becomes ready once
+/// the first is gone.
+#[test]
+fn a_second_node_with_the_same_id_waits_until_the_first_is_gone() {
+    let Some(redis) = Redis::start() else { return };
+    let mut first = node(&redis, "same");
+    let second = Server::start(&format!(
+        "[delivery]\nbatch_ms = 0\n[cluster]\nredis_url = \"{}\"\nnode_id = \"same\"",
+        redis.url()
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || second
+            .log()
+            .contains("is in use by another running node")),
+        "{}",
+        second.log()
+    );
+    assert_eq!(
+        second.try_http("GET", "/readyz", None, &[]).map(|r| r.0),
+        Some(503)
+    );
+    first.kill();
+    wait_ready(&second);
+}

@@ -68,6 +68,7 @@ pub(super) struct Keys {
     ticket_prefix: String,
     lock_prefix: String,
     pub fence: String,
+    node_prefix: String,
 }
 
 impl Keys {
@@ -80,6 +81,7 @@ impl Keys {
             ticket_prefix: format!("{prefix}t:"),
             lock_prefix: format!("{prefix}l"),
             fence: format!("{prefix}fence"),
+            node_prefix: format!("{prefix}node:"),
         }
     }
 
@@ -99,6 +101,11 @@ impl Keys {
 
     pub fn ticket(&self, uuid: &str) -> String {
         format!("{}{uuid}", self.ticket_prefix)
+    }
+
+    /// A running node's registration (its `node_id` is taken while it lives).
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}{node_id}", self.node_prefix)
     }
 
     /// A lock's keys: the lock, its waiters (list), their deadlines and heartbeats.
@@ -127,6 +134,8 @@ pub(super) struct Shared {
     pub applier: Applier,
     /// `cluster.node_id`: names this node's lock holders.
     pub node_id: String,
+    /// This process's registration under `node_id` (random per start).
+    pub instance: String,
     pub keys: Keys,
     pub client: ::redis::Client,
     /// The stream's length bound (`history.size`, at least 1).
@@ -356,6 +365,7 @@ impl RedisBackend {
                 0,
             ),
             node_id: config.cluster.node_id.clone(),
+            instance: crate::auth::tickets::uuid_v4(),
             keys: Keys::new("shardcast:"),
             client,
             stream_len: config.history.size.max(1),

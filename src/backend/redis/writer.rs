@@ -41,6 +41,13 @@ const MAX_CONFLICTS: u32 = 100;
 /// request after Redis comes back do not meet a connection that died meanwhile.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
 
+/// A node registers its `node_id` in Redis for this long and renews it every
+/// [`REGISTRATION_RENEW`]: a second node started with the same id is not ready until the
+/// first is gone (lock holders and metrics are named by the id). A node restarted within
+/// this time of its death waits for its old registration to expire.
+const REGISTRATION_TTL_MS: u64 = 5000;
+const REGISTRATION_RENEW: Duration = Duration::from_secs(1);
+
 /// Reconnection backoff: from the first to the last, doubling.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
 
@@ -65,6 +72,7 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
     let mut used = Instant::now();
     let mut locks = NodeLocks::default();
     let mut polled = Instant::now();
+    let mut registered = Instant::now();
     loop {
         let stopping = shared.stopping.load(Ordering::Acquire);
         if conn.is_none() {
@@ -72,6 +80,7 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
                 Ok(c) => {
                     tracing::info!(epoch = %c.epoch, "Redis writer connected");
                     conn = Some(c);
+                    registered = Instant::now();
                     shared.writer_up.store(true, Ordering::Release);
                     crate::metrics::redis_connected("writer", true);
                     backoff = BACKOFF.0;
@@ -81,7 +90,7 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
                     shared.writer_up.store(false, Ordering::Release);
                     crate::metrics::redis_connected("writer", false);
                     if !warned {
-                        tracing::warn!("Redis unreachable (writer): {e}; retrying");
+                        tracing::warn!("Redis writer not ready: {e}; retrying");
                         warned = true;
                     }
                     // Nothing waits for Redis: what is queued is refused now.
@@ -94,6 +103,16 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(BACKOFF.1);
+                    continue;
+                }
+            }
+        }
+        if registered.elapsed() >= REGISTRATION_RENEW {
+            registered = Instant::now();
+            if let Some(c) = conn.as_mut() {
+                if let Err(e) = register(&shared, &mut c.con) {
+                    tracing::warn!("Redis writer: {e}");
+                    lost(&shared, &mut conn, &mut locks);
                     continue;
                 }
             }
@@ -264,7 +283,51 @@ fn lock_reply(v: &Value) -> Option<LockReply> {
     }
 }
 
-fn connect(shared: &Shared) -> redis::RedisResult<Conn> {
+/// Takes (or renews) this node's registration under its `node_id`; refused while another
+/// running node holds that id.
+fn register(shared: &Shared, con: &mut redis::Connection) -> Result<(), String> {
+    let key = shared.keys.node(&shared.node_id);
+    let taken: Value = redis::cmd("SET")
+        .arg(&key)
+        .arg(&shared.instance)
+        .arg("NX")
+        .arg("PX")
+        .arg(REGISTRATION_TTL_MS)
+        .query(con)
+        .map_err(|e| e.to_string())?;
+    if matches!(taken, Value::Okay | Value::SimpleString(_)) {
+        return Ok(());
+    }
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query(con)
+        .map_err(|e| e.to_string())?;
+    if holder.as_deref() == Some(shared.instance.as_str()) {
+        redis::cmd("PEXPIRE")
+            .arg(&key)
+            .arg(REGISTRATION_TTL_MS)
+            .query::<Value>(con)
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    Err(format!(
+        "cluster.node_id '{}' is in use by another running node (Redis key {key}): every \
+         node needs its own cluster.node_id (and data_dir); this one is not ready until \
+         that node is gone",
+        shared.node_id
+    ))
+}
+
+fn connect(shared: &Shared) -> Result<Conn, String> {
+    connect_redis(shared)
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| {
+            register(shared, &mut c.con)?;
+            Ok(c)
+        })
+}
+
+fn connect_redis(shared: &Shared) -> redis::RedisResult<Conn> {
     let mut con = shared
         .client
         .get_connection_with_timeout(Duration::from_secs(1))?;
