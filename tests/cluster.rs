@@ -735,3 +735,33 @@ fn nothing_answered_is_lost_when_redis_restarts_under_load() {
         );
     }
 }
+
+/// A lock whose holder disconnected while Redis was away is released once Redis is back,
+/// not held until its `ttlMs` runs out.
+#[test]
+fn a_lock_whose_holder_left_during_an_outage_is_released_when_redis_is_back() {
+    let Some((mut redis, nodes)) = cluster() else {
+        return;
+    };
+    let svc = |n: &Server, who: &str| Client::authed(n, &token(who, "service", &["*"]), "&group=g");
+    let mut holder = svc(&nodes[0], "h");
+    holder.send(&json!({"type": "lock", "requestId": 1, "name": "R", "ttlMs": 60000}));
+    assert_eq!(lock_result(&mut holder, 1)["acquired"], true);
+    redis.stop();
+    // Both of node a's connections to Redis know it is gone.
+    assert!(wait_until(Duration::from_secs(15), || {
+        nodes[0].metric("shardcast_redis_connected{") == Some(0.0)
+    }));
+    holder.close();
+    assert!(wait_until(Duration::from_secs(5), || {
+        nodes[0].metric_where("shardcast_connections", "role=\"service\"") == Some(0.0)
+    }));
+    redis.spawn();
+    for n in &nodes {
+        wait_ready(n);
+    }
+    // Well inside the 60 s ttl: the release reached Redis.
+    let mut other = svc(&nodes[1], "o");
+    lock(&mut other, 2, "R", 5000);
+    assert_eq!(lock_result(&mut other, 2)["acquired"], true);
+}

@@ -330,7 +330,7 @@ impl Job {
                 let m = crate::protocol::error_message(r.code, &r.message, request_id.as_ref());
                 router.answer(locks::reply_to(at), Answer::Ws(m))
             }
-            // Held locks then expire with their ttl.
+            // Only when the writer's queue is full: held locks then expire with their ttl.
             Job::Release { .. } => {}
             Job::RedeemTicket { reply, .. } => {
                 // Refused like a bad ticket (close 4001), saying why.
@@ -402,7 +402,10 @@ impl RedisBackend {
     }
 
     fn submit(&self, job: Job) {
-        if !self.shared.writer_up.load(Ordering::Acquire) {
+        // A closed connection's locks are released once Redis is back (nobody waits for
+        // an answer), rather than held until their ttl runs out.
+        let keep = matches!(job, Job::Release { .. });
+        if !keep && !self.shared.writer_up.load(Ordering::Acquire) {
             // Away: refused now rather than queued (the writer keeps trying to connect).
             job.refuse(self.shared.router());
             return;

@@ -93,9 +93,13 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
                         tracing::warn!("Redis writer not ready: {e}; retrying");
                         warned = true;
                     }
-                    // Nothing waits for Redis: what is queued is refused now.
-                    for job in retry.drain(..).chain(rx.try_iter()) {
-                        job.refuse(&router);
+                    // Nothing waits for Redis: what is queued is refused now, but a closed
+                    // connection's lock release is kept for when Redis is back.
+                    for job in std::mem::take(&mut retry).into_iter().chain(rx.try_iter()) {
+                        match job {
+                            Job::Release { .. } => retry.push(job),
+                            other => other.refuse(&router),
+                        }
                     }
                     shared.release_stale();
                     if stopping {
@@ -175,9 +179,13 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Job>) {
                 tracing::warn!("Redis writer lost its connection: {e}");
                 lost(&shared, &mut conn, &mut locks);
                 // Sent or not, these were not answered: refused (a publish that did reach
-                // Redis is still delivered; its publisher was told to retry).
+                // Redis is still delivered; its publisher was told to retry). Lock releases
+                // are sent again once Redis is back.
                 for job in unanswered {
-                    job.refuse(&router);
+                    match job {
+                        Job::Release { .. } => retry.push(job),
+                        other => other.refuse(&router),
+                    }
                 }
             }
         }
@@ -535,8 +543,12 @@ fn run_batch(
                 steps.push(Step::Unlock);
             }
             Job::Release { at } => {
-                // Its locks, and the locks it waits for.
-                let mut names: Vec<String> = locks.held.remove(at).into_iter().flatten().collect();
+                // Its locks (forgotten once Redis has answered), and the locks it waits for.
+                let mut names: Vec<String> = locks
+                    .held
+                    .get(at)
+                    .map(|held| held.iter().cloned().collect())
+                    .unwrap_or_default();
                 locks.waiting.retain(|w| {
                     if w.at == *at {
                         names.push(w.name.clone());
@@ -565,6 +577,9 @@ fn run_batch(
         if let Step::Release(n) = step {
             // Nothing to answer: the connection is gone.
             replies.by_ref().take(n).for_each(drop);
+            if let Job::Release { at } = job {
+                locks.held.remove(&at);
+            }
             continue;
         }
         let reply = replies.next().unwrap_or(Value::Nil);
