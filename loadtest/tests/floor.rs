@@ -4,18 +4,22 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Command, Stdio};
 
 use common::*;
 use serde_json::Value;
 
-struct Floor(Child);
+/// The floorwriter, and its stderr (kept open: it writes its summary there at the end).
+struct Floor {
+    child: Child,
+    _stderr: BufReader<ChildStderr>,
+}
 
 impl Drop for Floor {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -26,23 +30,33 @@ fn tmp(name: &str) -> std::path::PathBuf {
 /// Runs fanout against a floorwriter started with `floor_args`; returns (harness report,
 /// the floor's own summary).
 fn run(floor_args: &[&str], connections: &str) -> (Value, Value) {
-    let port = free_port();
-    let own = tmp(&format!("own-{port}"));
+    // A free port can be handed to a test running beside this one before our floorwriter
+    // binds it; then ours fails to bind and exits, and the port answers for the other
+    // test's. So the port is ours only once our floorwriter says it listens (its first
+    // line on stderr), else another is tried.
+    let (port, own, mut floor) = loop {
+        let port = free_port();
+        let own = tmp(&format!("own-{port}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_floorwriter"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(floor_args)
+            .args(["--json", own.to_str().unwrap(), "--lifetime", "60s"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let _ = stderr.read_line(&mut line);
+        let floor = Floor {
+            child,
+            _stderr: stderr,
+        };
+        if line.starts_with("floorwriter: listening") {
+            break (port, own, floor);
+        }
+    };
     let json = tmp(&format!("report-{port}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_floorwriter"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(floor_args)
-        .args(["--json", own.to_str().unwrap(), "--lifetime", "60s"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut floor = Floor(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "floorwriter does not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pid = floor.0.id().to_string();
+    let pid = floor.child.id().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args([
             "fanout",
@@ -70,9 +84,9 @@ fn run(floor_args: &[&str], connections: &str) -> (Value, Value) {
     // SIGTERM: the floor writes its summary and exits
     // SAFETY: plain kill(2) of our own child.
     unsafe {
-        libc::kill(floor.0.id() as libc::pid_t, libc::SIGTERM);
+        libc::kill(floor.child.id() as libc::pid_t, libc::SIGTERM);
     }
-    let status = floor.0.wait().unwrap();
+    let status = floor.child.wait().unwrap();
     assert!(status.success(), "floorwriter: {status}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(&own).unwrap()).unwrap();
