@@ -55,32 +55,49 @@ impl Server {
     }
 
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
-        let port = free_port();
         let dir = temp_dir();
         // SHARDCAST_TEST_IO=uring runs the same tests over the io_uring write path.
         let io = std::env::var("SHARDCAST_TEST_IO").unwrap_or_else(|_| "epoll".into());
-        let cfg = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nio = \"{io}\"\n{extra}\n",
-            dir.join("data").display()
-        );
-        let cfg = if cfg.contains("[auth]") {
-            cfg
-        } else {
-            format!("{cfg}\n[auth]\njwt_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\n")
-        };
-        std::fs::write(dir.join("shardcast.toml"), cfg).expect("write config");
-        let mut s = Server {
-            port,
-            dir,
-            child: None,
-        };
-        s.spawn(env);
-        s
+        // A free port can be handed to a test running beside this one before the server
+        // binds it: the server then refuses it ("already listening") and another is tried.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port();
+            let cfg = format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nio = \"{io}\"\n{extra}\n",
+                dir.join("data").display()
+            );
+            let cfg = if cfg.contains("[auth]") {
+                cfg
+            } else {
+                format!("{cfg}\n[auth]\njwt_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\n")
+            };
+            std::fs::write(dir.join("shardcast.toml"), cfg).expect("write config");
+            let _ = std::fs::remove_file(dir.join("server.log"));
+            let mut s = Server {
+                port,
+                dir: dir.clone(),
+                child: None,
+            };
+            match s.try_spawn(env) {
+                Ok(()) => return s,
+                Err(log) if attempt < 5 && log.contains("already listening") => continue,
+                Err(log) => panic!("{log}"),
+            }
+        }
     }
 
     /// Starts the binary on this server's config and data (a restart after
     /// [`Server::kill`]); waits until it is healthy.
     pub fn spawn(&mut self, env: &[(&str, &str)]) {
+        if let Err(log) = self.try_spawn(env) {
+            panic!("{log}");
+        }
+    }
+
+    /// [`Server::spawn`], or why the server did not come up.
+    fn try_spawn(&mut self, env: &[(&str, &str)]) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -103,16 +120,26 @@ impl Server {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("server exited at start ({status}): {}", self.log());
+                self.child = None;
+                return Err(format!("server exited at start ({status}): {}", self.log()));
             }
-            if self.try_http("GET", "/healthz", None, &[]).map(|r| r.0) == Some(200) {
-                return;
+            if let Some((200, body)) = self.try_http("GET", "/healthz", None, &[]) {
+                // Ours, not a process that had the port first: the node id it answers is
+                // the one this server keeps in its data_dir (unless the test set one).
+                let configured = env.iter().any(|(k, _)| *k == "SHARDCAST_CLUSTER__NODE_ID")
+                    || std::fs::read_to_string(self.dir.join("shardcast.toml"))
+                        .is_ok_and(|c| c.contains("node_id"));
+                let kept = std::fs::read_to_string(self.dir.join("data").join("node_id"));
+                let node = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["node"].as_str().map(str::to_string));
+                if configured || kept.is_ok_and(|k| Some(k.trim().to_string()) == node) {
+                    return Ok(());
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "server not healthy in time: {}",
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("server not healthy in time: {}", self.log()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
