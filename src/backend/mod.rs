@@ -201,10 +201,18 @@ pub(crate) fn refusal_answer(status: u16, r: &Refusal) -> Answer {
 /// `UNAVAILABLE` — REST 503, an `error` on the socket, a channel socket closed 1013 (try
 /// again later) — never served from this node alone.
 pub(crate) fn services_unavailable(router: &Router, cmd: ServiceCmd) {
+    services_refused(
+        router,
+        cmd,
+        "is not available in cluster mode yet (channels run on a single node)",
+    )
+}
+
+/// Answers `cmd` `UNAVAILABLE` (see [`services_unavailable`]), `why` following the name
+/// of what was refused.
+pub(crate) fn services_refused(router: &Router, cmd: ServiceCmd, why: &str) {
     use crate::protocol::{error_message, ErrorCode};
     use crate::router::ShardMsg;
-    const WHY: &str = "is not available in cluster mode yet (service queues and channels \
-                       run on a single node)";
     let to = |at: crate::services::Addr| ReplyTo {
         shard: at.shard as usize,
         conn: at.conn,
@@ -212,7 +220,7 @@ pub(crate) fn services_unavailable(router: &Router, cmd: ServiceCmd) {
         req: 0,
     };
     let ws = |at, what: &str, request_id: Option<&serde_json::Value>| {
-        let m = error_message(ErrorCode::Unavailable, &format!("{what} {WHY}"), request_id);
+        let m = error_message(ErrorCode::Unavailable, &format!("{what} {why}"), request_id);
         router.answer(to(at), Answer::Ws(m));
     };
     match cmd {
@@ -239,7 +247,7 @@ pub(crate) fn services_unavailable(router: &Router, cmd: ServiceCmd) {
                 503,
                 &Refusal::new(
                     ErrorCode::Unavailable,
-                    format!("the services REST API {WHY}"),
+                    format!("the services REST API {why}"),
                 ),
             ),
         ),
@@ -249,7 +257,7 @@ pub(crate) fn services_unavailable(router: &Router, cmd: ServiceCmd) {
                 503,
                 &Refusal::new(
                     ErrorCode::Unavailable,
-                    format!("the channels REST API {WHY}"),
+                    format!("the channels REST API {why}"),
                 ),
             ),
         ),
@@ -262,7 +270,7 @@ pub(crate) fn services_unavailable(router: &Router, cmd: ServiceCmd) {
                 reason: "try again later".into(),
                 error: Some(error_message(
                     ErrorCode::Unavailable,
-                    &format!("a channel socket {WHY}"),
+                    &format!("a channel socket {why}"),
                     None,
                 )),
             },

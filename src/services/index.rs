@@ -98,6 +98,8 @@ struct PathEntries {
 /// one subscription at a time, so creating the 10,000th channel costs what the first did.
 #[derive(Default)]
 pub struct GroupIndex {
+    /// Cluster mode: the version of Redis's index this copy is (0 on a single node).
+    pub version: u64,
     entries: Vec<Option<Entry>>,
     free: Vec<usize>,
     /// (is a channel, owner, subscription id) → slot.

@@ -6,6 +6,7 @@
 
 pub mod proxy;
 pub mod redis;
+pub mod services;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -15,8 +15,12 @@
 //! - **Locks** are on Redis ([`locks`], `lock.lua`, `unlock.lua`): one holder, one
 //!   fencing counter and one first-come-first-served queue for the cluster. A service's
 //!   `log` is a publication, so it reaches admins on every node.
-//! - **Service queues and channels** are not on Redis yet: on a cluster node they are
-//!   refused `UNAVAILABLE`, never served node-locally (see [`super::services_unavailable`]).
+//! - **Service groups** ([`services`]): durable subscriptions in Redis with a version
+//!   that the publish scripts check, so a publication's tasks go onto its groups' queues
+//!   (streams with a consumer group) in the call that sequences it; each node takes tasks
+//!   for its own instances.
+//! - **Channels** are not on Redis yet: on a cluster node they are refused
+//!   `UNAVAILABLE`, never served node-locally (see [`super::services_unavailable`]).
 //! - **Failures**: without Redis the node is not ready and refuses what needs Redis with
 //!   `UNAVAILABLE` (REST 503) at once, never queueing without bound; sockets stay open;
 //!   the reader resumes from the last id it applied. A gap in the stream (trimmed while
@@ -24,12 +28,13 @@
 //!   makes the node reload entities from Redis and start its history window after the
 //!   gap, so a `since` from before answers `recovered: false`.
 //!
-//! Owned by the node (`Node::backend`). Two threads of its own (the writer, the reader),
-//! each with one Redis connection; shards only put jobs on the writer's queue and read
+//! Owned by the node (`Node::backend`). Three threads of its own (the writer, the reader,
+//! the services thread), each with one Redis connection; shards only put jobs on the writer's queue and read
 //! the applier's replica, history and marks.
 
 mod locks;
 mod reader;
+mod services;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -69,6 +74,13 @@ pub(super) struct Keys {
     lock_prefix: String,
     pub fence: String,
     node_prefix: String,
+    /// Every key's prefix (the scripts that make a group's queue key need it).
+    pub prefix: String,
+    /// The durable subscription index (hash `group\0id` → JSON) and its version.
+    pub dsubs: String,
+    pub dsubs_version: String,
+    /// The set of service groups ever subscribed or attached.
+    pub groups: String,
 }
 
 impl Keys {
@@ -82,7 +94,40 @@ impl Keys {
             lock_prefix: format!("{prefix}l"),
             fence: format!("{prefix}fence"),
             node_prefix: format!("{prefix}node:"),
+            prefix: prefix.to_string(),
+            dsubs: format!("{prefix}dsubs"),
+            dsubs_version: format!("{prefix}dsubs:v"),
+            groups: format!("{prefix}groups"),
         }
+    }
+
+    /// A group's queue: a stream with the consumer group `w` (see `services`).
+    pub fn queue(&self, group: &str) -> String {
+        format!("{}q:{group}", self.prefix)
+    }
+
+    /// When a group's tasks that failed or were given back are due again.
+    pub fn due(&self, group: &str) -> String {
+        format!("{}qn:{group}", self.prefix)
+    }
+
+    /// The entry ids of a group's replayed tasks (others are `<seq>-0`).
+    pub fn replayed(&self, group: &str) -> String {
+        format!("{}qr:{group}", self.prefix)
+    }
+
+    /// A group's dead letters: their seqs (zset), and their records (hash).
+    pub fn dead(&self, group: &str) -> String {
+        format!("{}dl:{group}", self.prefix)
+    }
+
+    pub fn dead_records(&self, group: &str) -> String {
+        format!("{}dlv:{group}", self.prefix)
+    }
+
+    /// How many instances of a group each node has.
+    pub fn instances(&self, group: &str) -> String {
+        format!("{}gi:{group}", self.prefix)
     }
 
     pub fn entity(&self, collection: &str, id: &str) -> String {
@@ -152,6 +197,13 @@ pub(super) struct Shared {
     pub fence_seen: AtomicU64,
     /// The writer has a connection with its scripts loaded.
     pub writer_up: AtomicBool,
+    /// The services thread has a connection with its scripts loaded and the index.
+    pub services_up: AtomicBool,
+    /// This node's copy of the durable subscription index, with Redis's version of it
+    /// (the writer matches publications against it; see `services`).
+    pub durable: crate::services::DurableSubs,
+    /// The services thread's inbox (the reader wakes it for groups with new tasks).
+    services: Sender<services::Msg>,
     /// The reader is connected and has caught up once since it connected.
     pub reader_up: AtomicBool,
     pub stopping: AtomicBool,
@@ -239,8 +291,15 @@ impl Shared {
         }
     }
 
+    /// Tells the services thread that these groups have new tasks.
+    pub fn wake_services(&self, groups: Vec<String>) {
+        let _ = self.services.send(services::Msg::Woken(groups));
+    }
+
     pub fn ready(&self) -> bool {
-        self.writer_up.load(Ordering::Acquire) && self.reader_up.load(Ordering::Acquire)
+        self.writer_up.load(Ordering::Acquire)
+            && self.reader_up.load(Ordering::Acquire)
+            && self.services_up.load(Ordering::Acquire)
     }
 }
 
@@ -356,6 +415,7 @@ impl RedisBackend {
     pub fn open(config: &Config, router: Arc<Router>) -> Result<RedisBackend, String> {
         let client = ::redis::Client::open(config.cluster.redis_url.as_str())
             .map_err(|e| format!("cluster.redis_url: {e}"))?;
+        let (services_tx, services_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             applier: Applier::new(
                 router,
@@ -374,11 +434,27 @@ impl RedisBackend {
             fence_seen: AtomicU64::new(0),
             epoch: Mutex::new(String::new()),
             writer_up: AtomicBool::new(false),
+            services_up: AtomicBool::new(false),
+            durable: crate::services::DurableSubs::default(),
+            services: services_tx,
             reader_up: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
         crate::metrics::cluster_mode();
         let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED);
+        let r = shared.clone();
+        let settings = services::Settings {
+            ack_timeout_ms: config.services.ack_timeout_ms,
+            max_attempts: config.services.max_attempts,
+            prefetch: config.services.prefetch.max(1),
+        };
+        std::thread::Builder::new()
+            .name("shardcast-redis-services".into())
+            .spawn({
+                let span = tracing::Span::current();
+                move || span.in_scope(|| services::run(r, settings, services_rx))
+            })
+            .map_err(|e| format!("cannot start the Redis services thread: {e}"))?;
         let span = tracing::Span::current();
         let w = shared.clone();
         let writer = std::thread::Builder::new()
@@ -399,6 +475,15 @@ impl RedisBackend {
             jobs: tx,
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    fn to_services(&self, cmd: ServiceCmd) {
+        // Unbounded: one message per service command, which the shard rate-limits.
+        if let Err(e) = self.shared.services.send(services::Msg::Cmd(cmd)) {
+            if let services::Msg::Cmd(cmd) = e.into_inner() {
+                services_unavailable(self.shared.router(), cmd);
+            }
+        }
     }
 
     fn submit(&self, job: Job) {
@@ -444,7 +529,8 @@ impl Backend for RedisBackend {
     }
 
     fn services(&self, cmd: ServiceCmd) {
-        // Locks are on Redis; the rest of the services engine is not yet.
+        // Locks are the writer's (their waits are polled with its other jobs); queues
+        // and subscriptions the services thread's; channels are not on Redis yet.
         match cmd {
             ServiceCmd::Lock {
                 at,
@@ -468,8 +554,14 @@ impl Backend for RedisBackend {
                 request_id,
                 name,
             }),
-            ServiceCmd::Detach { at } => self.submit(Job::Release { at }),
-            other => services_unavailable(self.shared.router(), other),
+            ServiceCmd::Detach { at } => {
+                self.submit(Job::Release { at });
+                self.to_services(ServiceCmd::Detach { at });
+            }
+            cmd @ (ServiceCmd::ChannelAttach { .. }
+            | ServiceCmd::ChannelWritten { .. }
+            | ServiceCmd::Channels { .. }) => services_unavailable(self.shared.router(), cmd),
+            other => self.to_services(other),
         }
     }
 

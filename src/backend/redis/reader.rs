@@ -46,6 +46,8 @@ struct Entry {
     /// An entity write: collection, id, and the new state (empty: deleted).
     entity: Option<(String, String, String)>,
     ts_ms: u64,
+    /// The service groups it made tasks for, one per line.
+    groups: Option<String>,
 }
 
 pub(super) fn run(shared: Arc<Shared>) {
@@ -248,6 +250,15 @@ fn read(
     if let Some(e) = entries.last() {
         *last_id = format!("{}-0", e.seq);
     }
+    let woken: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.groups.as_deref())
+        .flat_map(|g| g.split('\n'))
+        .map(String::from)
+        .collect();
+    if !woken.is_empty() {
+        shared.wake_services(woken);
+    }
     apply(shared, con, entries, true)?;
     let applied = shared.applier.applied();
     let head = shared.head.load(Ordering::Acquire).max(applied);
@@ -382,6 +393,7 @@ fn entries_of(v: &Value) -> Vec<Entry> {
                 "c" => c = Some(v),
                 "i" => i = Some(v),
                 "a" => a = Some(v),
+                "g" => e.groups = Some(v),
                 _ => {}
             }
         }

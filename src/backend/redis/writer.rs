@@ -8,6 +8,11 @@
 //! moved; if it has, the write is read and decided again in the next batch. The answers
 //! go through [`Shared::answer_when_applied`].
 //!
+//! Both match their publications against this node's copy of the durable subscription
+//! index first: the scripts write the service tasks with the publication and refuse a
+//! copy older than Redis's version, in which case the writer reloads it and runs the
+//! jobs again.
+//!
 //! Runs on its own thread with its own connection; nothing else sends on it.
 
 use std::sync::atomic::Ordering;
@@ -24,10 +29,12 @@ use crate::backend::{entity_answer, publish_answered, refusal_answer, PublishRep
 use crate::entities::{decide, Decision};
 use crate::ingest::PublishOutcome;
 use crate::protocol::{ErrorCode, Refusal};
+use crate::publication::Publication;
 use crate::router::Answer;
+use crate::services::index::{GroupIndex, Owner};
 
-const PUBLISH_LUA: &str = include_str!("publish.lua");
-const ENTITY_LUA: &str = include_str!("entity.lua");
+const PUBLISH_LUA: &str = concat!(include_str!("tasks.lua"), include_str!("publish.lua"));
+const ENTITY_LUA: &str = concat!(include_str!("tasks.lua"), include_str!("entity.lua"));
 const RESEED_LUA: &str = include_str!("reseed.lua");
 
 /// Jobs sent in one pipeline at most.
@@ -397,8 +404,8 @@ fn reseed_epoch(shared: &Shared, c: &mut Conn) -> redis::RedisResult<()> {
 
 /// What a job's first reply is for.
 enum Step {
-    /// A publish, answered from its reply.
-    Publish,
+    /// A publish, answered from its reply, with the service tasks it makes.
+    Publish(u64),
     /// An entity write's state and version, to decide against.
     Read,
     IssueTicket {
@@ -465,6 +472,26 @@ struct Decided {
     decision: Decision,
     version: String,
     after: String,
+    /// The event's data (the state shown) when the write makes service tasks, the tasks,
+    /// and the index version they were matched against.
+    shown: String,
+    tasks: Tasks,
+    index_version: u64,
+}
+
+/// A publication's service tasks: per matched group, the subscription ids (JSON string
+/// literals joined by commas).
+type Tasks = Vec<(Arc<str>, Vec<u8>)>;
+
+fn tasks_of(ix: &GroupIndex, p: &Publication) -> Tasks {
+    let mut out = Vec::new();
+    ix.matches(p, &mut |owner, ids| {
+        // Channels are not on Redis yet (none are indexed in cluster mode).
+        if let Owner::Group(g) = owner {
+            out.push((g.clone(), ids.to_vec()));
+        }
+    });
+    out
 }
 
 type BatchError = (redis::RedisError, Vec<Job>);
@@ -481,23 +508,46 @@ fn run_batch(
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     let mut steps = Vec::with_capacity(jobs.len());
+    // Matched and sent under one read of the index, with its version.
+    let index = shared.durable.read();
+    let matching = !index.is_empty();
+    let at = Instant::now();
+    // Service tasks written by this batch (for the enqueued counter).
+    let mut tasks_made = 0u64;
     for job in &jobs {
         match job {
             Job::Publish { items, .. } => {
+                let mut n_tasks = 0;
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(&c.publish)
-                    .arg(3)
+                    .arg(4)
                     .arg(&keys.seq)
                     .arg(&keys.stream)
                     .arg(&keys.epoch)
+                    .arg(&keys.dsubs_version)
                     .arg(shared.stream_len)
                     .arg(&c.epoch)
+                    .arg(index.version)
+                    .arg(&keys.prefix)
                     .arg(items.len());
                 for (path, event_type, data) in items {
                     cmd.arg(path).arg(event_type).arg(data);
+                    let tasks = if matching {
+                        tasks_of(
+                            &index,
+                            &Publication::unsequenced(path, event_type, data, at),
+                        )
+                    } else {
+                        Vec::new()
+                    };
+                    cmd.arg(tasks.len());
+                    n_tasks += tasks.len() as u64;
+                    for (g, ids) in tasks {
+                        cmd.arg(&*g).arg(ids);
+                    }
                 }
-                steps.push(Step::Publish);
+                steps.push(Step::Publish(n_tasks));
             }
             Job::Entity { write, .. } => {
                 pipe.cmd("HMGET")
@@ -562,6 +612,7 @@ fn run_batch(
             }
         }
     }
+    drop(index);
     let started = Instant::now();
     let replies: Vec<Value> = match pipe.query(&mut c.con) {
         Ok(r) => r,
@@ -572,6 +623,7 @@ fn run_batch(
     let mut again = Vec::new();
     let mut decided = Vec::new();
     let mut epoch_moved = false;
+    let mut index_moved = false;
     let mut replies = replies.into_iter();
     for (job, step) in jobs.into_iter().zip(steps) {
         if let Step::Release(n) = step {
@@ -584,8 +636,9 @@ fn run_batch(
         }
         let reply = replies.next().unwrap_or(Value::Nil);
         match (job, step) {
-            (Job::Publish { items, reply: to }, Step::Publish) => match reply {
+            (Job::Publish { items, reply: to }, Step::Publish(n_tasks)) => match reply {
                 Value::Array(v) if v.len() == 2 => {
+                    tasks_made += n_tasks;
                     let (first, last) = (int(&v[0]), int(&v[1]));
                     let outcome = PublishOutcome {
                         accepted: items.len(),
@@ -597,6 +650,10 @@ fn run_batch(
                 }
                 Value::Int(-1) => {
                     epoch_moved = true;
+                    again.push(Job::Publish { items, reply: to });
+                }
+                Value::Int(-2) => {
+                    index_moved = true;
                     again.push(Job::Publish { items, reply: to });
                 }
                 other => publish_answered(
@@ -641,6 +698,8 @@ fn run_batch(
                             .as_ref()
                             .map(|a| a.to_string())
                             .unwrap_or_default();
+                        let (shown, tasks, index_version) =
+                            entity_tasks(shared, &write, &decision, current);
                         decided.push(Decided {
                             job: Job::Entity {
                                 write,
@@ -650,6 +709,9 @@ fn run_batch(
                             decision,
                             version,
                             after,
+                            shown,
+                            tasks,
+                            index_version,
                         });
                     }
                 }
@@ -754,13 +816,15 @@ fn run_batch(
             let Job::Entity { write, .. } = &d.job else {
                 continue;
             };
-            pipe.cmd("EVALSHA")
+            let cmd = pipe
+                .cmd("EVALSHA")
                 .arg(&c.entity)
-                .arg(4)
+                .arg(5)
                 .arg(&keys.seq)
                 .arg(&keys.stream)
                 .arg(&keys.epoch)
                 .arg(keys.entity(&write.collection, &write.id))
+                .arg(&keys.dsubs_version)
                 .arg(shared.stream_len)
                 .arg(&c.epoch)
                 .arg(&d.version)
@@ -768,7 +832,14 @@ fn run_batch(
                 .arg(format!("{}/{}", write.collection, write.id))
                 .arg(d.decision.event_type)
                 .arg(&write.collection)
-                .arg(&write.id);
+                .arg(&write.id)
+                .arg(d.index_version)
+                .arg(&keys.prefix)
+                .arg(&d.shown)
+                .arg(d.tasks.len());
+            for (g, ids) in &d.tasks {
+                cmd.arg(&**g).arg(ids);
+            }
         }
         let started = Instant::now();
         let replies: Vec<Value> = match pipe.query(&mut c.con) {
@@ -790,12 +861,21 @@ fn run_batch(
             };
             match reply {
                 Value::Int(seq) if seq > 0 => {
+                    tasks_made += d.tasks.len() as u64;
                     crate::metrics::entity_write(d.decision.event_type);
                     let answer = entity_answer(seq as u64, d.decision.event_type);
                     shared.answer_when_applied(seq as u64, to, answer);
                 }
                 Value::Int(-1) => {
                     epoch_moved = true;
+                    again.push(Job::Entity {
+                        write,
+                        reply: to,
+                        conflicts,
+                    });
+                }
+                Value::Int(-3) => {
+                    index_moved = true;
                     again.push(Job::Entity {
                         write,
                         reply: to,
@@ -830,7 +910,39 @@ fn run_batch(
             return Err((e, again));
         }
     }
+    if index_moved {
+        if let Err(e) = super::services::load_index(shared, &mut c.con) {
+            return Err((e, again));
+        }
+    }
+    if tasks_made > 0 {
+        crate::metrics::service_counts(tasks_made, &[], &[], 0);
+    }
     Ok(again)
+}
+
+/// An entity write's service tasks, matched against the index as the state it shows
+/// (the new state, or the old one for a delete), with that state's JSON text.
+fn entity_tasks(
+    shared: &Shared,
+    write: &crate::entities::EntityWrite,
+    decision: &Decision,
+    current: Option<serde_json::Value>,
+) -> (String, Tasks, u64) {
+    let index = shared.durable.read();
+    if index.is_empty() {
+        return (String::new(), Vec::new(), index.version);
+    }
+    let shown = decision
+        .after
+        .clone()
+        .or_else(|| current.map(Arc::new))
+        .unwrap_or_else(|| Arc::new(serde_json::Value::Null));
+    let text = shown.to_string();
+    let path = format!("{}/{}", write.collection, write.id);
+    let mut p = Publication::unsequenced(&path, decision.event_type, &text, Instant::now());
+    p.set_data(shown);
+    (text, tasks_of(&index, &p), index.version)
 }
 
 fn answer_publish(shared: &Shared, to: PublishReply, outcome: PublishOutcome) {
