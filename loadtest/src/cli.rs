@@ -49,6 +49,17 @@ SCENARIOS:
                SERVICES below): enqueue (durable enqueues per second), e2e (publish ->
                task -> taskComplete: tasks/s, latency, fairness, duplicates, lost),
                locks (lock/unlock pairs per second, fencing tokens, exclusion)
+    scale      as many subscribed connections as the machine holds (several worker
+               processes, source addresses spread, --sockbuf small client sockets), then
+               ONE publication to \"load/scale\" at the window's start, held for --duration
+               [default: 10s]: reports when it reached every connection (per worker
+               process and over all, p50/p99 per connection), each worker's RSS per
+               connection, the server processes' (--server-pid, several) RSS per
+               connection and open files, and the kernel's memory per socket
+               (/proc/net/sockstat, /proc/slabinfo, /proc/meminfo) before and after
+               connecting. Connecting stops early when MemAvailable falls below
+               --min-available-mib. loadtest/scale.sh starts Redis and the node
+               processes around it (README)
     soak       all of it at once for --duration (see SOAK below), sampling the server's
                RSS, open files, CPU, /metrics and store size every --sample-every into
                the report; fails when something acknowledged is lost or a series grows
@@ -113,6 +124,11 @@ OPTIONS:
                            (HTTP/1.1 pipelining; the server answers in order) [default: 1]
     --entities K           entities: ids cycle over e0..e{K-1} (creates first, then
                            updates) [default: 100000]
+    --sockbuf BYTES        scale: SO_RCVBUF and SO_SNDBUF of every client socket (0: the
+                           kernel's defaults) [default: 4096]
+    --min-available-mib N  scale: stop connecting (and go on with what is connected) once
+                           /proc/meminfo's MemAvailable is below N MiB (0: never)
+                           [default: 0]
     --json FILE            write the JSON report there (\"-\" for stdout)
     -h, --help             this text
 
@@ -228,6 +244,7 @@ pub enum ScenarioName {
     Entities,
     Services,
     Soak,
+    Scale,
 }
 
 impl ScenarioName {
@@ -241,6 +258,7 @@ impl ScenarioName {
             ScenarioName::Entities => "entities",
             ScenarioName::Services => "services",
             ScenarioName::Soak => "soak",
+            ScenarioName::Scale => "scale",
         }
     }
 
@@ -254,6 +272,7 @@ impl ScenarioName {
             "entities" => ScenarioName::Entities,
             "services" => ScenarioName::Services,
             "soak" => ScenarioName::Soak,
+            "scale" => ScenarioName::Scale,
             _ => return None,
         })
     }
@@ -261,7 +280,10 @@ impl ScenarioName {
     pub fn publishes(self) -> bool {
         matches!(
             self,
-            ScenarioName::Fanout | ScenarioName::Spread | ScenarioName::Overflow
+            ScenarioName::Fanout
+                | ScenarioName::Spread
+                | ScenarioName::Overflow
+                | ScenarioName::Scale
         )
     }
 }
@@ -461,6 +483,10 @@ pub struct Config {
     pub slow_readers: f64,
     pub pause: Duration,
     pub rcvbuf: usize,
+    /// scale: `SO_RCVBUF`/`SO_SNDBUF` of every client socket (None: the kernel's), and
+    /// the MemAvailable (bytes) below which connecting stops (0: never).
+    pub sockbuf: Option<usize>,
+    pub min_available: u64,
     /// idle `--storm N/D`: N connections every D.
     pub storm: Option<(u64, Duration)>,
     /// entities: requests in flight per HTTP connection at most, and the number of
@@ -575,6 +601,12 @@ impl Config {
                 format!("{share}/{}ms", every.as_secs_f64() * 1000.0),
             ]);
         }
+        if self.scenario == ScenarioName::Scale {
+            a.extend([
+                "--sockbuf".to_string(),
+                self.sockbuf.unwrap_or(0).to_string(),
+            ]);
+        }
         if self.scenario == ScenarioName::Overflow {
             a.extend([
                 "--slow-readers".to_string(),
@@ -663,6 +695,8 @@ const VALUE_FLAGS: &[&str] = &[
     "--slow-readers",
     "--pause-ms",
     "--rcvbuf",
+    "--sockbuf",
+    "--min-available-mib",
     "--storm",
     "--pipeline",
     "--entities",
@@ -855,7 +889,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         } else if scenario.is_none() {
             scenario = Some(ScenarioName::parse(a).ok_or_else(|| {
                 CliError(format!(
-                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow, entities, services, soak)"
+                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow, entities, services, soak, scale)"
                 ))
             })?);
         } else {
@@ -864,7 +898,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     }
     let Some(scenario) = scenario else {
         return err(
-            "missing scenario (fanout, spread, idle, churn, overflow, entities, services, soak); see --help",
+            "missing scenario (fanout, spread, idle, churn, overflow, entities, services, soak, scale); see --help",
         );
     };
     let get = |flag: &str| -> Option<&str> {
@@ -966,6 +1000,29 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     }
     if scenario != ScenarioName::Idle && get("--storm").is_some() {
         return err("--storm only applies to scenario idle");
+    }
+    if scenario == ScenarioName::Scale {
+        if target == Target::Nats {
+            return err("--target nats: scenario scale measures shardcast nodes");
+        }
+        for (flag, why) in [
+            (
+                "--rate",
+                "it publishes exactly one event, at the window's start",
+            ),
+            ("--paths", "every connection subscribes to \"load\""),
+            ("--threads", "each worker process runs one event loop"),
+        ] {
+            if get(flag).is_some() && !is_worker {
+                return err(format!("{flag} does not apply to scenario scale ({why})"));
+            }
+        }
+    } else {
+        for flag in ["--sockbuf", "--min-available-mib"] {
+            if get(flag).is_some() {
+                return err(format!("{flag} only applies to scenario scale"));
+            }
+        }
     }
     if scenario != ScenarioName::Overflow {
         for flag in ["--slow-readers", "--pause-ms", "--rcvbuf"] {
@@ -1085,12 +1142,23 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         ScenarioName::Overflow => "5000",
         _ => "100",
     };
-    let rate = parse_rate(get("--rate").unwrap_or(rate_default))?;
     let duration = match get("--duration") {
         Some(v) => parse_duration(v).map_err(|e| CliError(format!("--duration: {e}")))?,
         None if scenario == ScenarioName::Soak => Duration::from_secs(3600),
-        None if scenario == ScenarioName::Overflow => Duration::from_secs(10),
+        None if scenario == ScenarioName::Overflow || scenario == ScenarioName::Scale => {
+            Duration::from_secs(10)
+        }
         None => Duration::from_secs(30),
+    };
+    let rate = if scenario == ScenarioName::Scale {
+        // one publication: number 0 is due at the window's start, number 1 after twice
+        // the window, so never
+        if duration.is_zero() {
+            return err("--duration: scenario scale needs a window to publish in");
+        }
+        0.5 / duration.as_secs_f64()
+    } else {
+        parse_rate(get("--rate").unwrap_or(rate_default))?
     };
     let payload = parse_int("--payload", get("--payload").unwrap_or("128"), 0, 16 << 20)? as usize;
     // Not given: not sent, the server's default applies. The bounds are the harness's
@@ -1099,8 +1167,9 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     let batch_ms = match get("--batch-ms") {
         Some(v) => Some(parse_int("--batch-ms", v, 0, 3_600_000)?),
         // overflow measures the slow readers: with the server's batching (5 s shipped) and
-        // a ring smaller than batchMax, every reader's ring would fill between flushes
-        None if scenario == ScenarioName::Overflow => Some(0),
+        // a ring smaller than batchMax, every reader's ring would fill between flushes;
+        // scale measures when one publication reaches everyone, not the flush interval
+        None if scenario == ScenarioName::Overflow || scenario == ScenarioName::Scale => Some(0),
         None => None,
     };
     let batch_max = match get("--batch-max") {
@@ -1170,6 +1239,20 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         20_000,
     )?);
     let rcvbuf = parse_int("--rcvbuf", get("--rcvbuf").unwrap_or("4096"), 0, 64 << 20)? as usize;
+    let sockbuf = if scenario == ScenarioName::Scale {
+        match parse_int("--sockbuf", get("--sockbuf").unwrap_or("4096"), 0, 64 << 20)? {
+            0 => None,
+            v => Some(v as usize),
+        }
+    } else {
+        None
+    };
+    let min_available = parse_int(
+        "--min-available-mib",
+        get("--min-available-mib").unwrap_or("0"),
+        0,
+        1 << 30,
+    )? << 20;
     let storm = match get("--storm") {
         None => None,
         Some(v) => Some(parse_storm(v).map_err(|e| CliError(format!("--storm: {e}")))?),
@@ -1243,6 +1326,8 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         slow_readers,
         pause,
         rcvbuf,
+        sockbuf,
+        min_available,
         storm,
         pipeline,
         entities,
@@ -2162,6 +2247,51 @@ mod tests {
         assert_eq!(w.slow_readers, 0.3);
         assert_eq!(w.pause, Duration::from_millis(70));
         assert_eq!(w.rcvbuf, 4096);
+    }
+
+    #[test]
+    fn scale_publishes_once_and_passes_its_socket_size_to_workers() {
+        let c = run("scale --secret s --api-key k --connections 40000").unwrap();
+        assert_eq!(c.scenario, ScenarioName::Scale);
+        assert_eq!(c.duration, Duration::from_secs(10));
+        // exactly one publication due within the window: number 1 is due after 20 s
+        assert_eq!(c.rate, 0.05);
+        assert_eq!(c.batch_ms, Some(0));
+        assert_eq!(c.sockbuf, Some(4096));
+        assert_eq!(c.min_available, 0);
+        let c =
+            run("scale --secret s --api-key k --duration 2s --sockbuf 0 --min-available-mib 7168")
+                .unwrap();
+        assert_eq!(c.rate, 0.25);
+        assert_eq!(c.sockbuf, None);
+        assert_eq!(c.min_available, 7168 << 20);
+        let c = run("scale --secret s --api-key k --sockbuf 2048").unwrap();
+        let w = match parse(&c.worker_args(0, 500, 10)).unwrap() {
+            Command::Run(c) => *c,
+            Command::Help => unreachable!(),
+        };
+        assert_eq!(w.scenario, ScenarioName::Scale);
+        assert_eq!(w.sockbuf, Some(2048));
+        assert_eq!(w.batch_ms, Some(0));
+        for (extra, flag) in [
+            ("--rate 5", "--rate does not apply to scenario scale"),
+            ("--paths 3", "--paths does not apply"),
+            ("--threads 2", "--threads does not apply"),
+            ("--sockbuf x", "--sockbuf"),
+            ("--min-available-mib -1", "--min-available-mib"),
+            ("--duration 0s", "needs a window"),
+        ] {
+            fails(&format!("scale --secret s --api-key k {extra}"), flag);
+        }
+        fails("scale --target nats", "scenario scale measures shardcast");
+        fails(
+            &format!("{BASE} --sockbuf 4096"),
+            "--sockbuf only applies to scenario scale",
+        );
+        fails(
+            &format!("{BASE} --min-available-mib 1"),
+            "--min-available-mib only applies to scenario scale",
+        );
     }
 
     #[test]

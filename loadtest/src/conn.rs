@@ -71,6 +71,9 @@ pub struct LoopPlan {
     /// overflow: how long a slow reader stops reading, and its `SO_RCVBUF` (0: default).
     pub pause: Duration,
     pub rcvbuf: usize,
+    /// scale `--sockbuf`: `SO_RCVBUF` and `SO_SNDBUF` of every socket (None: the
+    /// kernel's defaults).
+    pub sockbuf: Option<usize>,
     /// idle `--storm`: open this process's connections on a schedule instead of keeping
     /// `inflight_per_thread` handshakes in flight: `.0` connections every `.1`, the first
     /// step at once, with no cap on those in flight (a reconnect storm); each one's setup
@@ -562,9 +565,10 @@ impl EventLoop {
         let rcvbuf = if slow && plan.rcvbuf > 0 {
             Some(plan.rcvbuf)
         } else {
-            None
+            plan.sockbuf
         };
-        let mut stream = match crate::net::connect_nonblocking_opts(plan.ws_addr, src, rcvbuf) {
+        let stream = crate::net::connect_nonblocking_opts(plan.ws_addr, src, rcvbuf, plan.sockbuf);
+        let mut stream = match stream {
             Ok(s) => s,
             Err(e) => {
                 self.ctx.fail_count(format!("connect: {}", short_io(&e)));

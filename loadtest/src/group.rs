@@ -95,8 +95,13 @@ pub trait ClientGroup {
     fn window_start(&mut self, unix_ns: u64);
     /// The window is over (churn stops, slow readers read normally).
     fn window_end(&mut self);
+    /// Start closing everything without waiting, so that many worker processes close
+    /// their connections at the same time rather than one after the other in `finish`.
+    fn stop(&mut self) {}
     /// Close everything and collect the results.
     fn finish(self: Box<Self>) -> Result<ClientStats, String>;
+    /// The process holding the group's sockets (its RSS is the client side's memory).
+    fn pid(&self) -> u32;
 }
 
 /// The event-loop threads of this process.
@@ -140,6 +145,10 @@ impl LocalGroup {
 }
 
 impl ClientGroup for LocalGroup {
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
     fn progress(&self) -> Progress {
         let mut p = Progress {
             connect_done: true,
@@ -281,6 +290,10 @@ impl WorkerGroup {
 }
 
 impl ClientGroup for WorkerGroup {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn progress(&self) -> Progress {
         let s = self.state.lock().expect("not poisoned");
         let mut p = s.progress;
@@ -304,6 +317,10 @@ impl ClientGroup for WorkerGroup {
 
     fn window_end(&mut self) {
         self.tell("window-end");
+    }
+
+    fn stop(&mut self) {
+        self.tell("stop");
     }
 
     fn finish(mut self: Box<Self>) -> Result<ClientStats, String> {

@@ -9,7 +9,7 @@
 //! `entities` (scenario entities: pipelined HTTP writers of the entity API, its report),
 //! `services` (scenario services: service instances and lockers, its run and report),
 //! `soak` (scenario soak: the whole mix at once, sampled, with its checks),
-//! `procstat` (server stats), `report` (results), `run` (the coordinator).
+//! `procstat` (server stats), `kernel` (the machine's socket memory), `report` (results), `run` (the coordinator).
 
 pub mod cli;
 pub mod conn;
@@ -17,6 +17,7 @@ pub mod entities;
 pub mod floor;
 pub mod group;
 pub mod jwt;
+pub mod kernel;
 pub mod nats;
 pub mod net;
 pub mod procstat;

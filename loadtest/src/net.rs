@@ -154,15 +154,17 @@ pub fn connect_nonblocking(
     dst: SocketAddr,
     src: Option<Ipv4Addr>,
 ) -> io::Result<mio::net::TcpStream> {
-    connect_nonblocking_opts(dst, src, None)
+    connect_nonblocking_opts(dst, src, None, None)
 }
 
-/// [`connect_nonblocking`] with a receive buffer size set before the connect (so that the
-/// advertised window stays small: slow readers of scenario overflow).
+/// [`connect_nonblocking`] with receive and send buffer sizes set before the connect (so
+/// that the advertised window stays small: slow readers of scenario overflow; small
+/// sockets on both sides: scenario scale).
 pub fn connect_nonblocking_opts(
     dst: SocketAddr,
     src: Option<Ipv4Addr>,
     rcvbuf: Option<usize>,
+    sndbuf: Option<usize>,
 ) -> io::Result<mio::net::TcpStream> {
     let family = if dst.is_ipv4() {
         libc::AF_INET
@@ -183,14 +185,15 @@ pub fn connect_nonblocking_opts(
     // From here the fd is owned by `stream`, closed on every error path by its Drop.
     // SAFETY: fd is a fresh, valid socket that nothing else owns.
     let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    if let Some(size) = rcvbuf {
+    for (option, size) in [(libc::SO_RCVBUF, rcvbuf), (libc::SO_SNDBUF, sndbuf)] {
+        let Some(size) = size else { continue };
         let v = size.min(i32::MAX as usize) as libc::c_int;
         // SAFETY: valid fd, option value points to a c_int of the given size.
         let rc = unsafe {
             libc::setsockopt(
                 fd,
                 libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
+                option,
                 (&v as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
@@ -383,7 +386,7 @@ mod tests {
         let (_peer, from) = l.accept().unwrap();
         assert_eq!(from.ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
         drop(s);
-        let s = connect_nonblocking_opts(dst, None, Some(4096)).unwrap();
+        let s = connect_nonblocking_opts(dst, None, Some(4096), None).unwrap();
         let _ = l.accept().unwrap();
         let mut v: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;

@@ -46,6 +46,12 @@ pub fn parse_status_rss(status: &str) -> Option<u64> {
     })
 }
 
+/// Open files of a process (entries of /proc/PID/fd); None when they cannot be listed.
+pub fn open_files(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(dir.count() as u64)
+}
+
 /// Reads one process; `Err` names what could not be read.
 pub fn read_pid(pid: u32) -> Result<(u64, u64), String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -7,6 +7,7 @@ use std::io::Write;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
+use crate::kernel::{KernelSample, PerSocket};
 use crate::util::{human_bytes, human_count};
 
 /// Latency histogram in microseconds: 1 µs .. 1 h, 3 significant digits.
@@ -219,6 +220,169 @@ pub struct Report {
     pub cycles_scheduled: u64,
     /// idle `--storm` (the latency histogram then holds setup times).
     pub storm: Option<Storm>,
+    /// scenario scale: client processes, kernel and node readings.
+    pub scale: Option<Scale>,
+}
+
+/// scale: one client process (a worker, or this process when there is one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientProcess {
+    pub pid: u32,
+    pub ready: u64,
+    pub delivered: u64,
+    /// VmRSS once connected (None: could not be read).
+    pub rss_bytes: Option<u64>,
+    /// From the publication's send to its last delivery in this process, µs (None:
+    /// nothing delivered).
+    pub reach_us: Option<u64>,
+}
+
+/// scale: what the run measured around its one publication.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scale {
+    pub processes: Vec<ClientProcess>,
+    pub kernel_before: Option<KernelSample>,
+    pub kernel_connected: Option<KernelSample>,
+    /// Open files of each server process (`--server-pid`) once connected: how evenly
+    /// the kernel spread the connections over the nodes, and how near each came to its
+    /// open-file limit.
+    pub server_open_files: Vec<(u32, u64)>,
+    /// Why connecting ended before every connection was set up (None: it did not).
+    pub connect_stopped: Option<String>,
+    pub connect_secs: f64,
+    /// Setups that failed, and subscribed connections closed before the end, over all
+    /// processes (what a machine past its limit shows first).
+    pub failed: u64,
+    pub disconnected: u64,
+}
+
+impl Scale {
+    /// Σ RSS / Σ connections of the client processes.
+    pub fn client_rss_per_connection(&self) -> Option<f64> {
+        let rss: u64 = self.processes.iter().filter_map(|p| p.rss_bytes).sum();
+        let ready: u64 = self.processes.iter().map(|p| p.ready).sum();
+        (ready > 0 && rss > 0).then(|| rss as f64 / ready as f64)
+    }
+
+    /// Slowest process's reach (µs): when the publication had reached every connection.
+    pub fn reach_all_us(&self) -> Option<u64> {
+        self.processes.iter().filter_map(|p| p.reach_us).max()
+    }
+
+    pub fn per_socket(&self) -> Option<PerSocket> {
+        crate::kernel::per_socket(
+            self.kernel_before.as_ref()?,
+            self.kernel_connected.as_ref()?,
+        )
+    }
+
+    fn open_files_range(&self) -> Option<(u64, u64)> {
+        let it = self.server_open_files.iter().map(|(_, n)| *n);
+        Some((it.clone().min()?, it.max()?))
+    }
+
+    pub fn to_json(&self) -> Value {
+        let (min, max) = self.open_files_range().unzip();
+        json!({
+            "connect_secs": round3(self.connect_secs),
+            "connect_stopped": self.connect_stopped,
+            "failed": self.failed,
+            "disconnected": self.disconnected,
+            "reach_all_us": self.reach_all_us(),
+            "client_rss_bytes_per_connection": self.client_rss_per_connection().map(round2),
+            "server_open_files": {
+                "min": min,
+                "max": max,
+                "per_pid": self.server_open_files.iter()
+                    .map(|(pid, n)| json!({"pid": pid, "open_files": n}))
+                    .collect::<Vec<_>>(),
+            },
+            "kernel": {
+                "before": self.kernel_before.as_ref().map(KernelSample::to_json),
+                "connected": self.kernel_connected.as_ref().map(KernelSample::to_json),
+                "per_socket": self.per_socket().map(|p| p.to_json()),
+            },
+            "workers": self.processes.iter().map(|p| json!({
+                "pid": p.pid,
+                "connections": p.ready,
+                "delivered": p.delivered,
+                "rss_bytes": p.rss_bytes,
+                "reach_us": p.reach_us,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    fn print_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let ready: u64 = self.processes.iter().map(|p| p.ready).sum();
+        row(
+            out,
+            "connect phase",
+            format!(
+                "{:.1} s ({}/s){}",
+                self.connect_secs,
+                human_count(per_sec(ready, self.connect_secs)),
+                self.connect_stopped
+                    .as_ref()
+                    .map_or(String::new(), |w| format!(", stopped: {w}"))
+            ),
+        )?;
+        row(
+            out,
+            "reached all after",
+            self.reach_all_us()
+                .map_or("-".into(), |v| format!("{:.1} ms", v as f64 / 1000.0)),
+        )?;
+        let reach: Vec<String> = self
+            .processes
+            .iter()
+            .map(|p| {
+                p.reach_us
+                    .map_or("-".into(), |v| format!("{:.0}", v as f64 / 1000.0))
+            })
+            .collect();
+        row(out, "per worker reach ms", reach.join(" "))?;
+        row(
+            out,
+            "client rss per connection",
+            self.client_rss_per_connection()
+                .map_or("-".into(), |v| format!("{v:.0} B")),
+        )?;
+        if let Some((min, max)) = self.open_files_range() {
+            row(
+                out,
+                "server open files",
+                format!(
+                    "{min} .. {max} over {} processes",
+                    self.server_open_files.len()
+                ),
+            )?;
+        }
+        if let Some(p) = self.per_socket() {
+            row(
+                out,
+                "kernel per socket",
+                format!(
+                    "{} sockets added: slab {:.0} B ({} socket caches), tcp buffers {:.0} B",
+                    p.sockets_added,
+                    p.slab,
+                    p.socket_caches.map_or("-".into(), |v| format!("{v:.0} B")),
+                    p.tcp_buffers
+                ),
+            )?;
+        }
+        if let (Some(a), Some(b)) = (&self.kernel_before, &self.kernel_connected) {
+            row(
+                out,
+                "MemAvailable before/conn",
+                format!(
+                    "{} / {}",
+                    human_bytes(a.mem_available as f64),
+                    human_bytes(b.mem_available as f64)
+                ),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// idle `--storm`: the schedule and what the connect phase took.
@@ -380,6 +544,7 @@ impl Report {
                     "dropped_on_fast_readers": c.dropped_fast,
                 }),
             )),
+            "scale" => self.scale.as_ref().map(|sc| ("scale", sc.to_json())),
             _ => self.storm.map(|st| {
                 (
                     "storm",
@@ -497,6 +662,9 @@ impl Report {
             "latency"
         };
         self.quantile_rows(out, what, c)?;
+        if let Some(sc) = &self.scale {
+            sc.print_table(out)?;
+        }
         let s = &self.server;
         row(
             out,
@@ -673,6 +841,17 @@ impl Report {
                     "server_cpu_us_per_handshake",
                     "setup_us",
                 ][..],
+                "scale" => &[
+                    "connect_secs",
+                    "connect_stopped",
+                    "failed",
+                    "disconnected",
+                    "reach_all_us",
+                    "client_rss_bytes_per_connection",
+                    "server_open_files",
+                    "kernel",
+                    "workers",
+                ][..],
                 _ => &["slow_readers", "dropped_on_fast_readers"][..],
             };
             debug_assert_eq!(keys.len(), order.len());
@@ -761,6 +940,89 @@ mod tests {
     }
 
     #[test]
+    fn scale_reports_each_process_the_kernel_and_the_nodes() {
+        let kernel = |inuse, slab| KernelSample {
+            tcp_inuse: inuse,
+            tcp_mem_pages: 10,
+            mem_available: 8 << 30,
+            slab,
+            slab_unreclaimable: 0,
+            caches: vec![("TCP".into(), slab / 2)],
+        };
+        let sc = Scale {
+            processes: vec![
+                ClientProcess {
+                    pid: 10,
+                    ready: 100,
+                    delivered: 100,
+                    rss_bytes: Some(200_000),
+                    reach_us: Some(5_000),
+                },
+                ClientProcess {
+                    pid: 11,
+                    ready: 100,
+                    delivered: 100,
+                    rss_bytes: Some(100_000),
+                    reach_us: Some(7_000),
+                },
+            ],
+            kernel_before: Some(kernel(10, 1_000_000)),
+            kernel_connected: Some(kernel(410, 3_000_000)),
+            server_open_files: vec![(1, 120), (2, 90)],
+            connect_stopped: None,
+            connect_secs: 2.0,
+            failed: 0,
+            disconnected: 0,
+        };
+        assert_eq!(sc.reach_all_us(), Some(7_000));
+        assert_eq!(sc.client_rss_per_connection(), Some(1500.0));
+        let v = sc.to_json();
+        assert_eq!(v["reach_all_us"], 7_000);
+        assert_eq!(v["server_open_files"]["min"], 90);
+        assert_eq!(v["server_open_files"]["max"], 120);
+        assert_eq!(v["kernel"]["per_socket"]["sockets_added"], 400);
+        assert_eq!(v["kernel"]["per_socket"]["slab_bytes_per_socket"], 5000.0);
+        assert_eq!(
+            v["kernel"]["per_socket"]["socket_caches_bytes_per_socket"],
+            2500.0
+        );
+        assert_eq!(v["workers"][1]["reach_us"], 7_000);
+        let mut r = Report {
+            scenario: "scale".into(),
+            target: "shardcast".into(),
+            requested: 200,
+            clients: sample_stats(),
+            published: 1,
+            publish_errors: BTreeMap::new(),
+            expected: 200,
+            delivery_window_secs: 2.0,
+            publish_window_secs: 2.0,
+            server: ServerStats::default(),
+            processes: 2,
+            loadtest_cpu_seconds: 0.1,
+            cycles_scheduled: 0,
+            storm: None,
+            scale: Some(sc),
+        };
+        let text = r.to_json_string();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["scale"]["workers"][0]["pid"], 10);
+        assert!(text.find("\"connect_secs\"").unwrap() < text.find("\"workers\"").unwrap());
+        let mut table = Vec::new();
+        r.print_table(&mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(
+            table.contains("reached all after            7.0 ms"),
+            "{table}"
+        );
+        // nothing connected: no figures, and no panic
+        r.scale = Some(Scale::default());
+        assert!(r.to_json()["scale"]["reach_all_us"].is_null());
+        let mut table = Vec::new();
+        r.print_table(&mut table).unwrap();
+    }
+
+    #[test]
     fn report_json_has_exactly_the_contract_keys() {
         let r = Report {
             scenario: "fanout".into(),
@@ -783,6 +1045,7 @@ mod tests {
             loadtest_cpu_seconds: 0.1,
             cycles_scheduled: 0,
             storm: None,
+            scale: None,
         };
         let v = r.to_json();
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();

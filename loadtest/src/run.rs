@@ -10,7 +10,7 @@ use crate::conn::LoopPlan;
 use crate::group::{worker_main, ClientGroup, LocalGroup, Progress, WorkerGroup};
 use crate::procstat;
 use crate::publish::{NatsPublish, PublishPlan, PublishResult, Publisher};
-use crate::report::{ClientStats, Report, ServerStats, Storm};
+use crate::report::{ClientProcess, ClientStats, Report, Scale, ServerStats, Storm};
 use crate::scenario::{self, Scenario};
 use crate::util::{human_count, unix_nanos};
 
@@ -25,6 +25,23 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 pub fn connect_cap(count: u64) -> Duration {
     Duration::from_secs(60.max(count / 200)) + ATTEMPT_TIMEOUT
 }
+
+/// scale: how long the coordinator lets the whole machine connect `total` connections:
+/// at least 60 s, and enough for 1000 per second over all worker processes. (A worker's
+/// share of a ramp shared by dozens of processes goes far slower than `connect_cap`
+/// assumes for one process.)
+pub fn scale_connect_cap(total: u64) -> Duration {
+    Duration::from_secs(60.max(total / 1000)) + ATTEMPT_TIMEOUT
+}
+
+/// A scale worker's own bound on connecting: the coordinator ends the phase (its cap, or
+/// memory running low) and a worker whose coordinator is gone sees EOF and stops, so this
+/// only bounds a worker that nobody tells anything.
+const SCALE_WORKER_CONNECT_CAP: Duration = Duration::from_secs(3600);
+
+/// scale: connecting ends when no connection was subscribed for this long (a setup has
+/// `ATTEMPT_TIMEOUT`; twice that without one success means the machine took no more).
+const SCALE_STALL: Duration = Duration::from_secs(30);
 
 pub fn loop_plan(
     cfg: &Config,
@@ -59,6 +76,7 @@ pub fn loop_plan(
         window: cfg.duration,
         pause: cfg.pause,
         rcvbuf: cfg.rcvbuf,
+        sockbuf: cfg.sockbuf,
         storm: cfg.storm,
     }
 }
@@ -69,7 +87,12 @@ pub fn worker(cfg: &Config) -> i32 {
     let scenario: Arc<dyn Scenario> = scenario::build(cfg).into();
     let offset = cfg.worker_offset.unwrap_or(0);
     let plan = loop_plan(cfg, scenario, offset, cfg.connections, cfg.max_inflight);
-    worker_main(plan, connect_cap(cfg.connections))
+    let cap = if cfg.scenario == ScenarioName::Scale {
+        SCALE_WORKER_CONNECT_CAP
+    } else {
+        connect_cap(cfg.connections)
+    };
+    worker_main(plan, cap)
 }
 
 /// How the connections are spread: (processes, connections per process).
@@ -194,6 +217,11 @@ pub fn run(cfg: &Config) -> i32 {
     let mut server = ServerStats::default();
     let before = procstat::sample(pids);
     server.rss_before = before.map(|s| s.rss_bytes);
+    let is_scale = cfg.scenario == ScenarioName::Scale;
+    let mut scale = is_scale.then(|| Scale {
+        kernel_before: crate::kernel::sample(),
+        ..Scale::default()
+    });
 
     // start the client groups
     let mut groups: Vec<Box<dyn ClientGroup>> = Vec::new();
@@ -228,12 +256,21 @@ pub fn run(cfg: &Config) -> i32 {
     ticker.churn = cfg.scenario == ScenarioName::Churn;
 
     // connect phase
-    let cap = connect_cap(shares.iter().copied().max().unwrap_or(0)) + Duration::from_secs(10);
+    let cap = if cfg.scenario == ScenarioName::Scale {
+        scale_connect_cap(cfg.connections)
+    } else {
+        connect_cap(shares.iter().copied().max().unwrap_or(0)) + Duration::from_secs(10)
+    };
     let connect_start = Instant::now();
     let mut ended_connect = false;
+    // scale: the last time the subscribed count grew
+    let (mut last_ready, mut grew) = (0u64, Instant::now());
     let connect_secs = loop {
         let p = progress(&groups);
         ticker.tick("connecting", &p, 0);
+        if p.ready > last_ready {
+            (last_ready, grew) = (p.ready, Instant::now());
+        }
         if p.connect_done {
             break connect_start.elapsed().as_secs_f64();
         }
@@ -246,6 +283,47 @@ pub fn run(cfg: &Config) -> i32 {
                 g.end_connect();
             }
             ended_connect = true;
+            if let Some(sc) = scale.as_mut() {
+                sc.connect_stopped = Some(format!("the connect phase's cap of {cap:?}"));
+            }
+        }
+        // scale: a machine that stopped taking connections (every handshake times out)
+        // is the measurement's end, not something to wait out until the cap: publish to
+        // what is connected while it is still connected
+        if is_scale && !ended_connect && grew.elapsed() >= SCALE_STALL {
+            let why = format!(
+                "no connection subscribed for {}s, at {} ({} failed)",
+                SCALE_STALL.as_secs(),
+                p.ready,
+                p.failed
+            );
+            eprintln!("loadtest: {why}: going on with what is connected");
+            for g in groups.iter_mut() {
+                g.end_connect();
+            }
+            ended_connect = true;
+            if let Some(sc) = scale.as_mut() {
+                sc.connect_stopped = Some(why);
+            }
+        }
+        // scale: the machine's memory is what runs out first; stop before it does
+        if cfg.min_available > 0 && !ended_connect {
+            if let Some(avail) = crate::kernel::mem_available().filter(|&a| a < cfg.min_available) {
+                let why = format!(
+                    "MemAvailable {} MiB below --min-available-mib {} with {} subscribed",
+                    avail >> 20,
+                    cfg.min_available >> 20,
+                    p.ready
+                );
+                eprintln!("loadtest: {why}: going on with what is connected");
+                for g in groups.iter_mut() {
+                    g.end_connect();
+                }
+                ended_connect = true;
+                if let Some(sc) = scale.as_mut() {
+                    sc.connect_stopped = Some(why);
+                }
+            }
         }
         if waited > cap + Duration::from_secs(15) {
             eprintln!("loadtest: some client groups did not finish connecting; going on");
@@ -266,6 +344,19 @@ pub fn run(cfg: &Config) -> i32 {
     }
     let connected = procstat::sample(pids);
     server.rss_connected = connected.map(|s| s.rss_bytes);
+    // scale: the client processes' memory and the kernel's, with everything connected
+    let client_rss: Vec<Option<u64>> = groups
+        .iter()
+        .map(|g| procstat::read_pid(g.pid()).ok().map(|(_, rss)| rss))
+        .collect();
+    if let Some(sc) = scale.as_mut() {
+        sc.connect_secs = connect_secs;
+        sc.kernel_connected = crate::kernel::sample();
+        sc.server_open_files = pids
+            .iter()
+            .filter_map(|&pid| procstat::open_files(pid).map(|n| (pid, n)))
+            .collect();
+    }
     let p = progress(&groups);
     if !ticker.churn {
         eprintln!(
@@ -389,14 +480,33 @@ pub fn run(cfg: &Config) -> i32 {
     // collect
     let mut clients = ClientStats::new(scenario.path_count());
     let mut collect_failed = false;
-    for g in groups {
+    for g in groups.iter_mut() {
+        g.stop();
+    }
+    for (g, rss_bytes) in groups.into_iter().zip(client_rss) {
+        let pid = g.pid();
         match g.finish() {
-            Ok(s) => clients.merge(&s),
+            Ok(s) => {
+                if let Some(sc) = scale.as_mut() {
+                    sc.processes.push(ClientProcess {
+                        pid,
+                        ready: s.ready,
+                        delivered: s.delivered,
+                        rss_bytes,
+                        reach_us: (!s.latency.is_empty()).then(|| s.latency.max()),
+                    });
+                }
+                clients.merge(&s)
+            }
             Err(e) => {
                 eprintln!("loadtest: {e}");
                 collect_failed = true;
             }
         }
+    }
+    if let Some(sc) = scale.as_mut() {
+        sc.failed = clients.failed;
+        sc.disconnected = clients.disconnected;
     }
     // subscribers that took part: the final per-path counts (connecting ended before the
     // window, so these are the subscribers publications could reach)
@@ -451,6 +561,7 @@ pub fn run(cfg: &Config) -> i32 {
                 _ => None,
             },
         }),
+        scale,
     };
     let _ = report.print_table(&mut std::io::stderr().lock());
     if let Some(path) = &cfg.json {
@@ -498,6 +609,8 @@ mod tests {
     fn caps() {
         assert_eq!(connect_cap(1000), Duration::from_secs(75));
         assert_eq!(connect_cap(100_000), Duration::from_secs(515));
+        assert_eq!(scale_connect_cap(10_000), Duration::from_secs(75));
+        assert_eq!(scale_connect_cap(1_000_000), Duration::from_secs(1015));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod entities;
 mod fanout;
 mod idle;
 mod overflow;
+mod scale;
 pub mod services;
 pub mod soak;
 mod spread;
@@ -18,6 +19,7 @@ pub use entities::Entities;
 pub use fanout::Fanout;
 pub use idle::Idle;
 pub use overflow::{is_slow, Overflow};
+pub use scale::Scale;
 pub use services::Services;
 pub use soak::SoakPart;
 pub use spread::Spread;
@@ -91,6 +93,7 @@ pub fn build(c: &Config) -> Box<dyn Scenario> {
             entities: c.entities,
         }),
         ScenarioName::Services => Box::new(Services),
+        ScenarioName::Scale => Box::new(Scale),
         // soak builds its parts itself (`crate::soak`); this is the fan-out part
         ScenarioName::Soak => Box::new(SoakPart::Fan(c.soak.paths)),
     }

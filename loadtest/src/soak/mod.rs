@@ -75,6 +75,7 @@ fn loop_plan(
         window: cfg.duration,
         pause: cfg.pause,
         rcvbuf: cfg.rcvbuf,
+        sockbuf: None,
         storm: None,
     }
 }
