@@ -209,6 +209,26 @@ fn channels_are_unavailable_on_a_cluster_node() {
     );
 }
 
+/// A service connection that held no lock closes: its release has nothing to send to
+/// Redis, which once passed for a lost connection (retried forever, the node flapping
+/// between ready and not).
+#[test]
+fn a_service_connection_without_locks_closing_leaves_the_writer_connected() {
+    let Some(redis) = Redis::start() else { return };
+    let n = node(&redis, "solo");
+    service(&n, "svc").close();
+    for i in 0..20 {
+        let (st, a) = n.http(
+            "POST",
+            "/api/v1/publish",
+            Some(&json!({"path": "p", "eventType": "e", "data": i})),
+            Some(&apikey()),
+        );
+        assert_eq!(st, 202, "{a}");
+    }
+    assert!(!n.log().contains("lost its connection"), "{}", n.log());
+}
+
 /// While Redis is away: `/readyz` 503, publishes and writes `UNAVAILABLE` (503) at once,
 /// sockets stay open; once it is back, what was answered before and after is delivered,
 /// once, in order.

@@ -23,14 +23,14 @@ use crate::ingest::{Ingest, IngestSetup, PublishItem, PublishOutcome, SeqMarks};
 use crate::protocol::{ErrorCode, Refusal};
 use crate::publication::{EntityChange, Publication};
 use crate::router::{Answer, ReplyTo, Router};
-use crate::services::{ServiceCmd, Services};
+use crate::services::{ServiceCmd, ServicesEngine};
 use crate::store::{Job, JobOutcome, Store, StoreError, StoreOptions, Table, WriteTx};
 
 /// The single-node backend: see the module docs.
 pub struct LocalBackend {
     ingest: Arc<Ingest>,
     store: Store,
-    services: Services,
+    services: Box<dyn ServicesEngine>,
     /// In memory: a ticket lives seconds and a restart may forget it (the client asks
     /// for another).
     tickets: Tickets,
@@ -163,7 +163,7 @@ impl LocalBackend {
         Ok(LocalBackend {
             ingest,
             store,
-            services,
+            services: Box::new(services),
             tickets: Tickets::default(),
         })
     }

@@ -353,21 +353,31 @@ pub fn prepare(store: Store) -> (Arc<Intake>, Pending) {
     (intake, Pending { tx, rx, durable })
 }
 
+/// The services engine as a backend holds it: the embedded one ([`Services`], this
+/// module, on the store) or the cluster's (`backend::redis::services`, on Redis). Both
+/// take the same [`ServiceCmd`]s and answer through the shards' mailboxes, so shards and
+/// the REST API never know which one serves them.
+pub trait ServicesEngine: Send + Sync {
+    fn send(&self, cmd: ServiceCmd);
+    /// Stops the engine after what it was sent.
+    fn close(&self);
+}
+
 /// The running services thread (held by the backend).
 pub struct Services {
     tx: Sender<Msg>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl Services {
-    pub fn send(&self, cmd: ServiceCmd) {
+impl ServicesEngine for Services {
+    fn send(&self, cmd: ServiceCmd) {
         // A closed channel means the node is stopping; the command has no one to serve it.
         let _ = self.tx.send(Msg::Cmd(cmd));
     }
 
     /// Stops the thread after what it was sent (its last writes are queued in the store,
     /// which the caller closes next).
-    pub fn close(&self) {
+    fn close(&self) {
         let _ = self.tx.send(Msg::Stop);
         let t = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = t {

@@ -53,7 +53,7 @@ use crate::ingest::{PublishItem, PublishOutcome};
 use crate::protocol::{ErrorCode, Refusal};
 use crate::publication::Publication;
 use crate::router::{Answer, ReplyTo, Router};
-use crate::services::ServiceCmd;
+use crate::services::{ServiceCmd, ServicesEngine};
 
 /// Jobs waiting for the writer at most; beyond, requests are refused `UNAVAILABLE` at
 /// once (Redis is too slow or away): never an unbounded queue.
@@ -407,6 +407,7 @@ pub struct RedisBackend {
     shared: Arc<Shared>,
     jobs: Sender<Job>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    services: Box<dyn ServicesEngine>,
 }
 
 impl RedisBackend {
@@ -442,19 +443,12 @@ impl RedisBackend {
         });
         crate::metrics::cluster_mode();
         let (tx, rx) = crossbeam_channel::bounded(MAX_QUEUED);
-        let r = shared.clone();
         let settings = services::Settings {
             ack_timeout_ms: config.services.ack_timeout_ms,
             max_attempts: config.services.max_attempts,
             prefetch: config.services.prefetch.max(1),
         };
-        std::thread::Builder::new()
-            .name("shardcast-redis-services".into())
-            .spawn({
-                let span = tracing::Span::current();
-                move || span.in_scope(|| services::run(r, settings, services_rx))
-            })
-            .map_err(|e| format!("cannot start the Redis services thread: {e}"))?;
+        let services = services::start(shared.clone(), settings, services_rx)?;
         let span = tracing::Span::current();
         let w = shared.clone();
         let writer = std::thread::Builder::new()
@@ -474,16 +468,12 @@ impl RedisBackend {
             shared,
             jobs: tx,
             writer: Mutex::new(Some(writer)),
+            services: Box::new(services),
         })
     }
 
     fn to_services(&self, cmd: ServiceCmd) {
-        // Unbounded: one message per service command, which the shard rate-limits.
-        if let Err(e) = self.shared.services.send(services::Msg::Cmd(cmd)) {
-            if let services::Msg::Cmd(cmd) = e.into_inner() {
-                services_unavailable(self.shared.router(), cmd);
-            }
-        }
+        self.services.send(cmd);
     }
 
     fn submit(&self, job: Job) {
@@ -629,6 +619,7 @@ impl Backend for RedisBackend {
         if let Some(h) = lock(&self.writer).take() {
             let _ = h.join();
         }
+        self.services.close();
     }
 }
 

@@ -26,10 +26,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::Value;
 use serde_json::{json, Value as Json};
 
@@ -37,7 +38,7 @@ use super::Shared;
 use crate::router::{Answer, ReplyTo, ShardMsg};
 use crate::services::index::{DurableSub, GroupIndex};
 use crate::services::record::{self, Record};
-use crate::services::{with_request_id, Addr, OpsRequest, ServiceCmd};
+use crate::services::{with_request_id, Addr, OpsRequest, ServiceCmd, ServicesEngine};
 
 /// How often a node looks for tasks that came due (timeouts, retries, instances that
 /// closed) when nothing woke it.
@@ -114,8 +115,50 @@ struct Engine {
     metrics_at: u64,
 }
 
+/// The running thread, as the backend holds it.
+pub(super) struct RedisServices {
+    tx: Sender<Msg>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ServicesEngine for RedisServices {
+    fn send(&self, cmd: ServiceCmd) {
+        // Unbounded like the embedded engine's: one message per service command, which
+        // the shards rate-limit. Closed only when the node stops.
+        let _ = self.tx.send(Msg::Cmd(cmd));
+    }
+
+    fn close(&self) {
+        // The thread sees `stopping` within one wait (at most POLL / 2).
+        let t = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the thread; `rx` is the inbox whose sender the reader also holds.
+pub(super) fn start(
+    shared: Arc<Shared>,
+    settings: Settings,
+    rx: Receiver<Msg>,
+) -> Result<RedisServices, String> {
+    let tx = shared.services.clone();
+    let thread = std::thread::Builder::new()
+        .name("shardcast-redis-services".into())
+        .spawn({
+            let span = tracing::Span::current();
+            move || span.in_scope(|| run(shared, settings, rx))
+        })
+        .map_err(|e| format!("cannot start the Redis services thread: {e}"))?;
+    Ok(RedisServices {
+        tx,
+        thread: Mutex::new(Some(thread)),
+    })
+}
+
 /// The thread's body.
-pub(super) fn run(shared: Arc<Shared>, settings: Settings, rx: Receiver<Msg>) {
+fn run(shared: Arc<Shared>, settings: Settings, rx: Receiver<Msg>) {
     let mut e = Engine {
         shared,
         settings,

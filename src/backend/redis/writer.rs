@@ -301,28 +301,23 @@ fn lock_reply(v: &Value) -> Option<LockReply> {
 /// Takes (or renews) this node's registration under its `node_id`; refused while another
 /// running node holds that id.
 fn register(shared: &Shared, con: &mut redis::Connection) -> Result<(), String> {
+    // One call: taken when free or already ours, renewed if ours. (A SET NX then a GET
+    // could see the key expire in between, and a starved node took its own id for
+    // another node's.)
+    const REGISTER: &str = "local cur = redis.call('GET', KEYS[1]) \
+        if not cur or cur == ARGV[1] then \
+          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
+        return 0";
     let key = shared.keys.node(&shared.node_id);
-    let taken: Value = redis::cmd("SET")
+    let ours: i64 = redis::cmd("EVAL")
+        .arg(REGISTER)
+        .arg(1)
         .arg(&key)
         .arg(&shared.instance)
-        .arg("NX")
-        .arg("PX")
         .arg(REGISTRATION_TTL_MS)
         .query(con)
         .map_err(|e| e.to_string())?;
-    if matches!(taken, Value::Okay | Value::SimpleString(_)) {
-        return Ok(());
-    }
-    let holder: Option<String> = redis::cmd("GET")
-        .arg(&key)
-        .query(con)
-        .map_err(|e| e.to_string())?;
-    if holder.as_deref() == Some(shared.instance.as_str()) {
-        redis::cmd("PEXPIRE")
-            .arg(&key)
-            .arg(REGISTRATION_TTL_MS)
-            .query::<Value>(con)
-            .map_err(|e| e.to_string())?;
+    if ours == 1 {
         return Ok(());
     }
     Err(format!(
@@ -614,9 +609,15 @@ fn run_batch(
     }
     drop(index);
     let started = Instant::now();
-    let replies: Vec<Value> = match pipe.query(&mut c.con) {
-        Ok(r) => r,
-        Err(e) => return Err((e, jobs)),
+    // Only releases of connections that held nothing: no command to send (Redis refuses
+    // an empty pipeline, which must not pass for a lost connection).
+    let replies: Vec<Value> = if pipe.is_empty() {
+        Vec::new()
+    } else {
+        match pipe.query(&mut c.con) {
+            Ok(r) => r,
+            Err(e) => return Err((e, jobs)),
+        }
     };
     crate::metrics::redis_call(started.elapsed(), jobs.len());
     let router = shared.applier.router();
