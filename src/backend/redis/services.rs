@@ -112,6 +112,9 @@ struct Engine {
     instances: HashMap<Addr, Arc<str>>,
     /// Per-group counts of this node's instances already written to Redis.
     registered: HashMap<Arc<str>, usize>,
+    /// `taskComplete`s not yet sent: per group the seqs, and the ack times of those this
+    /// node sent.
+    completing: BTreeMap<Arc<str>, (Vec<u64>, Vec<f64>)>,
     metrics_at: u64,
 }
 
@@ -166,6 +169,7 @@ fn run(shared: Arc<Shared>, settings: Settings, rx: Receiver<Msg>) {
         groups: BTreeMap::new(),
         instances: HashMap::new(),
         registered: HashMap::new(),
+        completing: BTreeMap::new(),
         metrics_at: 0,
     };
     let mut backoff = BACKOFF.0;
@@ -404,6 +408,8 @@ impl Engine {
     fn lost(&mut self, err: &redis::RedisError) {
         tracing::warn!("Redis services connection lost: {err}");
         self.conn = None;
+        // Not sent: those tasks come back after their ack timeout (at least once).
+        self.completing.clear();
         self.shared.services_up.store(false, Ordering::Release);
         crate::metrics::redis_connected("services", false);
     }
@@ -600,31 +606,20 @@ impl Engine {
                 ws(&self.shared, at, &with_request_id(m, &request_id));
             }
             ServiceCmd::Complete { group, ids } => {
+                // Gathered, and sent once per group at the end of the batch of messages
+                // (`flush_completions`): one round trip for many acknowledgements.
                 let seqs = own_seqs(&group, &ids);
-                if seqs.is_empty() {
-                    return Ok(());
-                }
-                let mut acked = Vec::new();
-                if let Some(g) = self.groups.get_mut(&group) {
+                let lg = self.groups.get_mut(&group);
+                let (pending, timed) = self.completing.entry(group).or_default();
+                if let Some(g) = lg {
                     for s in &seqs {
                         if let Some(h) = g.held.remove(s) {
-                            acked.push(now.saturating_sub(h.sent_at) as f64 / 1000.0);
+                            timed.push(now.saturating_sub(h.sent_at) as f64 / 1000.0);
                             g.woken = true;
                         }
                     }
                 }
-                let shared = self.shared.clone();
-                let c = self.con()?;
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(&c.complete).arg(3);
-                queue_keys(&mut cmd, &shared, &group);
-                for s in &seqs {
-                    cmd.arg(*s);
-                }
-                let n: u64 = cmd.query(&mut c.con)?;
-                // Ack times are known for tasks this node sent; the count is Redis's.
-                acked.resize(n as usize, 0.0);
-                crate::metrics::service_counts(0, &acked, &[], 0);
+                pending.extend(seqs);
             }
             ServiceCmd::Failed {
                 group,
@@ -715,8 +710,42 @@ impl Engine {
         Ok(n as usize)
     }
 
-    /// Deadlines, then tasks for every group whose instances have room.
+    /// One script call per group for the completions gathered.
+    fn flush_completions(&mut self) -> redis::RedisResult<()> {
+        let completing: Vec<_> = std::mem::take(&mut self.completing)
+            .into_iter()
+            .filter(|(_, (seqs, _))| !seqs.is_empty())
+            .collect();
+        if completing.is_empty() {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let c = self.con()?;
+        let mut pipe = redis::pipe();
+        for (group, (seqs, _)) in &completing {
+            let cmd = pipe.cmd("EVALSHA").arg(&c.complete).arg(3);
+            let k = &shared.keys;
+            cmd.arg(k.queue(group))
+                .arg(k.due(group))
+                .arg(k.replayed(group));
+            for s in seqs {
+                cmd.arg(*s);
+            }
+        }
+        let counts: Vec<u64> = pipe.query(&mut c.con)?;
+        for ((_, (_, mut timed)), n) in completing.into_iter().zip(counts) {
+            // The count is Redis's (what was still pending); ack times are known for the
+            // tasks this node sent.
+            timed.truncate(n as usize);
+            crate::metrics::service_counts(0, &timed, &[], 0);
+            crate::metrics::service_completed_untimed(n - timed.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Completions, deadlines, then tasks for every group whose instances have room.
     fn step(&mut self) -> redis::RedisResult<()> {
+        self.flush_completions()?;
         let now = crate::time::unix_ms();
         let poll_ms = POLL.as_millis() as u64;
         let prefetch = self.settings.prefetch;
@@ -856,8 +885,11 @@ impl Engine {
         let shared = self.shared.clone();
         let k = &shared.keys;
         let c = self.con()?;
-        let names: Vec<String> = redis::cmd("SMEMBERS").arg(&k.groups).query(&mut c.con)?;
-        let mut names = names;
+        let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(&k.groups).query(&mut c.con)?;
+        if names.is_empty() {
+            // (Redis refuses an empty pipeline.)
+            return Ok(Vec::new());
+        }
         names.sort();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
