@@ -7,8 +7,11 @@
              on node B, at ~10k and ~100k deliveries/s, against a single node.
   throughput publications per second one Redis takes from three nodes at once
              (batches of 100, keep-alive, one publisher thread per node).
+  services   service tasks end to end (loadtest services --mode e2e: publish -> task
+             -> taskComplete), the instances on node A and the publisher on node B,
+             against a single node; and Redis commands per task.
 
-Usage: scripts/cluster_bench.py [commands|latency|throughput|all]
+Usage: scripts/cluster_bench.py [commands|latency|throughput|services|all]
 Needs: release builds (cargo build --release -p shardcast -p loadtest), redis-server.
 SHARDCAST_BIN=path runs another shardcast build. Everything it starts it stops.
 """
@@ -220,6 +223,42 @@ def throughput(tmp):
         redis.stop()
 
 
+def services(tmp):
+    runs = []
+    for mode in ("single", "cluster"):
+        redis = Redis(tmp) if mode == "cluster" else None
+        if redis:
+            a, b = Node(tmp, "sa", redis), Node(tmp, "sb", redis)
+        else:
+            a = b = Node(tmp, "ss")
+        try:
+            before = redis.calls() if redis else {}
+            r = loadtest(["services", "--mode", "e2e", "--ws", f"ws://127.0.0.1:{a.port}/ws",
+                          "--http", f"http://127.0.0.1:{b.port}", "--secret", SECRET,
+                          "--api-key", KEY, "--instances", "4", "--batch-ms", "0",
+                          "--batch", "100", "--connections", "2", "--pipeline", "2",
+                          "--rate", os.environ.get("SERVICES_RATE", "20000"), "--duration", "10s"])
+            per_task = None
+            if redis:
+                d = delta(redis.calls(), before)
+                done = max(1, r["tasks"]["completed"])
+                per_task = sum(d.values()) / done
+            runs.append((mode, r, per_task))
+        finally:
+            a.stop()
+            if b is not a:
+                b.stop()
+            if redis:
+                redis.stop()
+    for mode, r, per_task in runs:
+        t, lat = r["tasks"], r["tasks"].get("latency_ms") or {}
+        extra = f", Redis commands per task {per_task:.2f}" if per_task is not None else ""
+        print(f"services e2e {mode}: accepted {r['publish']['events_accepted']}, completed "
+              f"{t['completed']}, lost {t.get('lost')}, duplicates {t.get('duplicates')}, "
+              f"{t.get('tasks_per_sec') or 0:,.0f} tasks/s, latency p50 {lat.get('p50')} ms, "
+              f"p99 {lat.get('p99')} ms{extra}")
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     for b in (BIN, LOADTEST):
@@ -232,6 +271,8 @@ def main():
             latency(tmp)
         if what in ("throughput", "all"):
             throughput(tmp)
+        if what in ("services", "all"):
+            services(tmp)
 
 
 if __name__ == "__main__":

@@ -221,6 +221,36 @@ impl ChannelView<'_> {
 }
 
 /// A new channel id: `chan_` and 16 random hex digits (not guessable).
+/// `GET /realtime-subscriptions`: the channels `caller` sees that match `q`, oldest
+/// first (creation order), one page of them (both implementations of the services
+/// engine answer with it).
+pub fn list_page(caller: &Caller, q: &ListQuery, mut rows: Vec<ChannelView<'_>>) -> Value {
+    rows.retain(|c| {
+        caller.sees(c.spec)
+            && q.status.is_none_or(|s| c.status == s)
+            && q.user_id.as_deref().is_none_or(|u| match &c.spec.kind {
+                ChannelKind::OrganisationClaims { user_id, .. }
+                | ChannelKind::UserClaims { user_id } => user_id == u,
+                ChannelKind::Custom { .. } => c.spec.owner == u,
+            })
+            && q.organisation_id.as_deref().is_none_or(|o| {
+                matches!(&c.spec.kind,
+                    ChannelKind::OrganisationClaims { organisation_id, .. } if organisation_id == o)
+            })
+    });
+    rows.sort_by(|a, b| {
+        (a.spec.created_at_ms, &a.spec.channel_id).cmp(&(b.spec.created_at_ms, &b.spec.channel_id))
+    });
+    let total = rows.len();
+    let data: Vec<Value> = rows
+        .into_iter()
+        .skip((q.page - 1).saturating_mul(q.limit))
+        .take(q.limit)
+        .map(|c| c.listed())
+        .collect();
+    json!({"data": data, "pagination": {"page": q.page, "limit": q.limit, "total": total}})
+}
+
 pub fn new_channel_id() -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::getrandom(&mut b);

@@ -603,6 +603,14 @@ pub fn service_group(group: &str, pending: u64, in_flight: usize, dead: u64, ins
 }
 
 /// Counters of the service queues (the services thread, per loop iteration).
+/// Completions whose ack time this node does not know (cluster mode: a task another
+/// node sent, completed through this one): counted, not timed.
+pub fn service_completed_untimed(n: u64) {
+    if n > 0 {
+        metrics::counter!(SERVICE_COMPLETED).increment(n);
+    }
+}
+
 pub fn service_counts(enqueued: u64, completed: &[f64], redelivered: &[&'static str], dead: u64) {
     if enqueued > 0 {
         metrics::counter!(SERVICE_ENQUEUED).increment(enqueued);

@@ -192,23 +192,6 @@ fn a_ticket_from_one_node_is_redeemed_once_on_another() {
 
 /// Service queues and channels are not in cluster mode yet: refused `UNAVAILABLE`,
 /// never served from one node alone.
-#[test]
-fn channels_are_unavailable_on_a_cluster_node() {
-    let Some(redis) = Redis::start() else { return };
-    let n = node(&redis, "solo");
-    let (st, a) = n.http(
-        "GET",
-        "/api/v1/realtime-subscriptions",
-        None,
-        Some(&format!("Bearer {}", token("u", "user", &["*"]))),
-    );
-    assert_eq!(
-        (st, a["error"]["code"].as_str()),
-        (503, Some("UNAVAILABLE")),
-        "{a}"
-    );
-}
-
 /// A service connection that held no lock closes: its release has nothing to send to
 /// Redis, which once passed for a lost connection (retried forever, the node flapping
 /// between ready and not).

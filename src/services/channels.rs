@@ -823,36 +823,6 @@ impl Channels {
     }
 
     fn list(&self, caller: &Caller, q: &ListQuery) -> Value {
-        let mut rows: Vec<&Channel> = self
-            .map
-            .values()
-            .filter(|c| caller.sees(&c.spec))
-            .filter(|c| q.status.is_none_or(|s| c.status == s))
-            .filter(|c| {
-                q.user_id.as_deref().is_none_or(|u| match &c.spec.kind {
-                    crate::channels::ChannelKind::OrganisationClaims { user_id, .. }
-                    | crate::channels::ChannelKind::UserClaims { user_id } => user_id == u,
-                    crate::channels::ChannelKind::Custom { .. } => c.spec.owner == u,
-                })
-            })
-            .filter(|c| {
-                q.organisation_id.as_deref().is_none_or(|o| {
-                    matches!(&c.spec.kind,
-                        crate::channels::ChannelKind::OrganisationClaims { organisation_id, .. } if organisation_id == o)
-                })
-            })
-            .collect();
-        rows.sort_by(|a, b| {
-            (a.spec.created_at_ms, &a.spec.channel_id)
-                .cmp(&(b.spec.created_at_ms, &b.spec.channel_id))
-        });
-        let total = rows.len();
-        let data: Vec<Value> = rows
-            .into_iter()
-            .skip((q.page - 1).saturating_mul(q.limit))
-            .take(q.limit)
-            .map(|c| c.view().listed())
-            .collect();
-        json!({"data": data, "pagination": {"page": q.page, "limit": q.limit, "total": total}})
+        crate::channels::list_page(caller, q, self.map.values().map(|c| c.view()).collect())
     }
 }

@@ -4,6 +4,7 @@
 //! Nothing is mocked. Every wait is on a condition with a deadline, never a bare sleep.
 #![allow(dead_code)]
 
+pub mod channels;
 pub mod proxy;
 pub mod redis;
 pub mod services;

@@ -5,13 +5,16 @@
 -- Returns how many were completed now.
 local n = 0
 for _, seq in ipairs(ARGV) do
-  local id = redis.call('HGET', KEYS[3], seq) or (seq .. '-0')
+  local replayed = redis.call('HGET', KEYS[3], seq)
+  local id = replayed or (seq .. '-0')
   local a = redis.call('XACK', KEYS[1], 'w', id)
   if a > 0 then
     n = n + a
     redis.call('XDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], seq)
+    if replayed then
+      redis.call('HDEL', KEYS[3], seq)
+    end
   end
 end
 return n

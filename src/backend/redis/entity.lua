@@ -7,8 +7,8 @@
 -- ARGV: 1 the stream's length bound, 2 the epoch the node knows, 3 the version read
 --       ("0": absent), 4 the new state (JSON text; "": deleted), 5 path, 6 event type,
 --       7 collection, 8 id, 9 the index version the node matched against, 10 the key
---       prefix, 11 the event's data (JSON text, for tasks), 12 the number of tasks k,
---       then k × (group, ids)
+--       prefix, 11 the event's data (JSON text, for tasks), 12 a channel backlog's
+--       bound, 13 the number of tasks k, then k × (owner, ids)
 -- Returns the write's seq, -1 (epoch: re-seed and retry), -2 (the version moved:
 -- read and decide again) or -3 (the durable index moved: reload it and retry).
 if redis.call('GET', KEYS[3]) ~= ARGV[2] then
@@ -30,13 +30,13 @@ else
   redis.call('HSET', KEYS[4], 's', ARGV[4], 'v', string.format('%d', seq))
 end
 local id = string.format('%d-0', seq)
-local k = tonumber(ARGV[12])
+local k = tonumber(ARGV[13])
 if k == 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id,
     'p', ARGV[5], 'e', ARGV[6], 'c', ARGV[7], 'i', ARGV[8], 'a', ARGV[4], 't', ms)
 else
   local groups = add_tasks(ARGV[10], string.format('%d', seq), ARGV[5], ARGV[6], ARGV[11],
-    ms, ARGV, 13, k)
+    ms, ARGV, 14, k, tonumber(ARGV[12]))
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id,
     'p', ARGV[5], 'e', ARGV[6], 'c', ARGV[7], 'i', ARGV[8], 'a', ARGV[4], 't', ms,
     'g', groups)

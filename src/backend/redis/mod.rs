@@ -32,6 +32,7 @@
 //! the services thread), each with one Redis connection; shards only put jobs on the writer's queue and read
 //! the applier's replica, history and marks.
 
+mod channels;
 mod locks;
 mod reader;
 mod services;
@@ -44,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use super::{refusal_answer, services_unavailable, Backend, PublishReply};
+use super::{refusal_answer, Backend, PublishReply};
 use crate::apply::Applier;
 use crate::auth::jwt::Claims;
 use crate::config::Config;
@@ -81,6 +82,11 @@ pub(super) struct Keys {
     pub dsubs_version: String,
     /// The set of service groups ever subscribed or attached.
     pub groups: String,
+    /// Every channel (zset by creation time), their subscriptions (hash id → JSON), the
+    /// newest creation time given.
+    pub channels: String,
+    pub channel_subs: String,
+    pub channel_last: String,
 }
 
 impl Keys {
@@ -98,7 +104,23 @@ impl Keys {
             dsubs: format!("{prefix}dsubs"),
             dsubs_version: format!("{prefix}dsubs:v"),
             groups: format!("{prefix}groups"),
+            channels: format!("{prefix}chs"),
+            channel_subs: format!("{prefix}csubs"),
+            channel_last: format!("{prefix}chlast"),
         }
+    }
+
+    /// A channel's hash (see `channel.lua`) and its backlog stream.
+    pub fn channel(&self, id: &str) -> [String; 2] {
+        [
+            format!("{}ch:{id}", self.prefix),
+            format!("{}cb:{id}", self.prefix),
+        ]
+    }
+
+    /// How many channels an owner has.
+    pub fn channel_owner(&self, owner: &str) -> String {
+        format!("{}cho:{owner}", self.prefix)
     }
 
     /// A group's queue: a stream with the consumer group `w` (see `services`).
@@ -185,6 +207,8 @@ pub(super) struct Shared {
     pub client: ::redis::Client,
     /// The stream's length bound (`history.size`, at least 1).
     pub stream_len: usize,
+    /// A channel backlog's bound (`channels.backlog`, at least 1).
+    pub channel_backlog: usize,
     /// Answers waiting for this node to apply a `seq` (see [`Shared::answer_when_applied`]).
     waiting: Mutex<Waiting>,
     /// The newest `seq` this node has heard of (the writer's answers, the reader).
@@ -430,6 +454,7 @@ impl RedisBackend {
             keys: Keys::new("shardcast:"),
             client,
             stream_len: config.history.size.max(1),
+            channel_backlog: config.channels.backlog.max(1),
             waiting: Mutex::new(BTreeMap::new()),
             head: AtomicU64::new(0),
             fence_seen: AtomicU64::new(0),
@@ -447,6 +472,8 @@ impl RedisBackend {
             ack_timeout_ms: config.services.ack_timeout_ms,
             max_attempts: config.services.max_attempts,
             prefetch: config.services.prefetch.max(1),
+            max_per_user: config.channels.max_per_user,
+            public_url: config.public_url.clone(),
         };
         let services = services::start(shared.clone(), settings, services_rx)?;
         let span = tracing::Span::current();
@@ -519,8 +546,8 @@ impl Backend for RedisBackend {
     }
 
     fn services(&self, cmd: ServiceCmd) {
-        // Locks are the writer's (their waits are polled with its other jobs); queues
-        // and subscriptions the services thread's; channels are not on Redis yet.
+        // Locks are the writer's (their waits are polled with its other jobs); queues,
+        // subscriptions and channels the services thread's.
         match cmd {
             ServiceCmd::Lock {
                 at,
@@ -548,9 +575,6 @@ impl Backend for RedisBackend {
                 self.submit(Job::Release { at });
                 self.to_services(ServiceCmd::Detach { at });
             }
-            cmd @ (ServiceCmd::ChannelAttach { .. }
-            | ServiceCmd::ChannelWritten { .. }
-            | ServiceCmd::Channels { .. }) => services_unavailable(self.shared.router(), cmd),
             other => self.to_services(other),
         }
     }

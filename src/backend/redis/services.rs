@@ -22,7 +22,7 @@
 //!
 //! Owned by the Redis backend: one thread (`shardcast-redis-services`) with its own
 //! connection; shards reach it only through [`ServiceCmd`]s, the reader only through
-//! [`Msg::Woken`]. Channels are not here yet (they answer `UNAVAILABLE`).
+//! [`Msg::Woken`]. REST-created channels are here too ([`super::channels`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -34,7 +34,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::Value;
 use serde_json::{json, Value as Json};
 
-use super::Shared;
+use super::{channels, Shared};
 use crate::router::{Answer, ReplyTo, ShardMsg};
 use crate::services::index::{DurableSub, GroupIndex};
 use crate::services::record::{self, Record};
@@ -54,9 +54,10 @@ const COMPLETE_LUA: &str = include_str!("complete.lua");
 const RETRY_LUA: &str = include_str!("retry.lua");
 const SUBS_LUA: &str = include_str!("subs.lua");
 const REPLAY_LUA: &str = include_str!("replay.lua");
-/// The whole index and its version, read together.
+const CHANNEL_LUA: &str = include_str!("channel.lua");
+/// The whole index (groups' and channels' subscriptions) and its version, read together.
 const READ_INDEX_LUA: &str = "return {redis.call('GET', KEYS[2]) or '0', \
-     redis.call('HGETALL', KEYS[1])}";
+     redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3])}";
 
 /// The services thread's inbox.
 pub(super) enum Msg {
@@ -65,12 +66,14 @@ pub(super) enum Msg {
     Woken(Vec<String>),
 }
 
-/// The settings the engine reads (`[services]`).
-#[derive(Clone, Copy)]
+/// The settings the engine reads (`[services]`, `[channels]`, `public_url`).
+#[derive(Clone)]
 pub(super) struct Settings {
     pub ack_timeout_ms: u64,
     pub max_attempts: u32,
     pub prefetch: usize,
+    pub max_per_user: usize,
+    pub public_url: String,
 }
 
 /// Scripts loaded on the current connection.
@@ -81,6 +84,7 @@ struct Conn {
     retry: String,
     subs: String,
     replay: String,
+    channel: String,
 }
 
 /// A task an instance of this node holds.
@@ -112,6 +116,13 @@ struct Engine {
     instances: HashMap<Addr, Arc<str>>,
     /// Per-group counts of this node's instances already written to Redis.
     registered: HashMap<Arc<str>, usize>,
+    /// `taskComplete`s not yet sent: per group the seqs, and the ack times of those this
+    /// node sent.
+    completing: BTreeMap<Arc<str>, (Vec<u64>, Vec<f64>)>,
+    /// This node's channel sockets.
+    channels: channels::Channels,
+    /// When the channel sockets were last all pumped (ms).
+    channels_polled_at: u64,
     metrics_at: u64,
 }
 
@@ -166,6 +177,9 @@ fn run(shared: Arc<Shared>, settings: Settings, rx: Receiver<Msg>) {
         groups: BTreeMap::new(),
         instances: HashMap::new(),
         registered: HashMap::new(),
+        completing: BTreeMap::new(),
+        channels: channels::Channels::default(),
+        channels_polled_at: 0,
         metrics_at: 0,
     };
     let mut backoff = BACKOFF.0;
@@ -224,7 +238,7 @@ fn connect(shared: &Shared) -> redis::RedisResult<Conn> {
         redis::cmd("SCRIPT").arg("LOAD").arg(text).query(&mut con)
     };
     let (take, complete, retry) = (load(TAKE_LUA)?, load(COMPLETE_LUA)?, load(RETRY_LUA)?);
-    let (subs, replay) = (load(SUBS_LUA)?, load(REPLAY_LUA)?);
+    let (subs, replay, channel) = (load(SUBS_LUA)?, load(REPLAY_LUA)?, load(CHANNEL_LUA)?);
     Ok(Conn {
         con,
         take,
@@ -232,17 +246,19 @@ fn connect(shared: &Shared) -> redis::RedisResult<Conn> {
         retry,
         subs,
         replay,
+        channel,
     })
 }
 
 /// Loads the durable subscription index from Redis into this node's copy (if newer).
 pub(super) fn load_index(shared: &Shared, con: &mut redis::Connection) -> redis::RedisResult<()> {
     let k = &shared.keys;
-    let (version, flat): (String, Vec<Vec<u8>>) = redis::cmd("EVAL")
+    let (version, flat, channel_flat): (String, Vec<Vec<u8>>, Vec<Vec<u8>>) = redis::cmd("EVAL")
         .arg(READ_INDEX_LUA)
-        .arg(2)
+        .arg(3)
         .arg(&k.dsubs)
         .arg(&k.dsubs_version)
+        .arg(&k.channel_subs)
         .query(con)?;
     let version: u64 = version.parse().unwrap_or(0);
     let mut groups: BTreeMap<Arc<str>, BTreeMap<String, DurableSub>> = BTreeMap::new();
@@ -271,7 +287,21 @@ pub(super) fn load_index(shared: &Shared, con: &mut redis::Connection) -> redis:
             ),
         }
     }
-    let mut ix = GroupIndex::build(&groups, &[]);
+    let mut channels: Vec<(Arc<str>, DurableSub)> = Vec::new();
+    for kv in channel_flat.chunks(2) {
+        let [id, value] = kv else { continue };
+        let id = String::from_utf8_lossy(id);
+        match serde_json::from_slice::<Json>(value)
+            .ok()
+            .and_then(|v| DurableSub::from_json(&id, &v))
+        {
+            Some(sub) => channels.push((id.as_ref().into(), sub)),
+            None => {
+                tracing::error!(channel = %id, "a channel's subscription in Redis could not be read")
+            }
+        }
+    }
+    let mut ix = GroupIndex::build(&groups, &channels);
     ix.version = version;
     // Installed as read, even over a copy another thread installed meanwhile: an older
     // copy is refused by the next publish, which loads it again (and after Redis lost its
@@ -404,6 +434,8 @@ impl Engine {
     fn lost(&mut self, err: &redis::RedisError) {
         tracing::warn!("Redis services connection lost: {err}");
         self.conn = None;
+        // Not sent: those tasks come back after their ack timeout (at least once).
+        self.completing.clear();
         self.shared.services_up.store(false, Ordering::Release);
         crate::metrics::redis_connected("services", false);
     }
@@ -431,6 +463,7 @@ impl Engine {
         for g in self.groups.values_mut() {
             g.woken = true;
         }
+        self.with_channels(|ch, cx, _| ch.on_connect(cx))?;
         self.register()?;
         self.shared.services_up.store(true, Ordering::Release);
         crate::metrics::redis_connected("services", true);
@@ -471,9 +504,11 @@ impl Engine {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Woken(groups) => {
-                for g in groups {
-                    if let Some(lg) = self.groups.get_mut(g.as_str()) {
+            Msg::Woken(owners) => {
+                for g in owners {
+                    if let Some(channel) = g.strip_prefix('\0') {
+                        self.channels.wake(channel);
+                    } else if let Some(lg) = self.groups.get_mut(g.as_str()) {
                         lg.woken = true;
                     }
                 }
@@ -508,6 +543,9 @@ impl Engine {
                 return self.register_if_up();
             }
             ServiceCmd::Detach { at } => {
+                if self.conn.is_some() {
+                    self.with_channels(|ch, cx, _| ch.detach(cx, at))?;
+                }
                 let Some(group) = self.instances.remove(&at) else {
                     return Ok(());
                 };
@@ -600,31 +638,20 @@ impl Engine {
                 ws(&self.shared, at, &with_request_id(m, &request_id));
             }
             ServiceCmd::Complete { group, ids } => {
+                // Gathered, and sent once per group at the end of the batch of messages
+                // (`flush_completions`): one round trip for many acknowledgements.
                 let seqs = own_seqs(&group, &ids);
-                if seqs.is_empty() {
-                    return Ok(());
-                }
-                let mut acked = Vec::new();
-                if let Some(g) = self.groups.get_mut(&group) {
+                let lg = self.groups.get_mut(&group);
+                let (pending, timed) = self.completing.entry(group).or_default();
+                if let Some(g) = lg {
                     for s in &seqs {
                         if let Some(h) = g.held.remove(s) {
-                            acked.push(now.saturating_sub(h.sent_at) as f64 / 1000.0);
+                            timed.push(now.saturating_sub(h.sent_at) as f64 / 1000.0);
                             g.woken = true;
                         }
                     }
                 }
-                let shared = self.shared.clone();
-                let c = self.con()?;
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(&c.complete).arg(3);
-                queue_keys(&mut cmd, &shared, &group);
-                for s in &seqs {
-                    cmd.arg(*s);
-                }
-                let n: u64 = cmd.query(&mut c.con)?;
-                // Ack times are known for tasks this node sent; the count is Redis's.
-                acked.resize(n as usize, 0.0);
-                crate::metrics::service_counts(0, &acked, &[], 0);
+                pending.extend(seqs);
             }
             ServiceCmd::Failed {
                 group,
@@ -645,11 +672,44 @@ impl Engine {
                 }
             }
             ServiceCmd::Ops { req, reply } => self.ops(req, reply)?,
-            // Locks are the writer's (see `RedisBackend::services`); channels are not on
-            // Redis yet (`RedisBackend::services` answers them).
+            ServiceCmd::ChannelAttach {
+                at,
+                channel,
+                caller,
+            } => self.with_channels(|ch, cx, _| ch.attach(cx, at, &channel, &caller))?,
+            ServiceCmd::ChannelWritten { at, upto } => {
+                self.with_channels(|ch, cx, _| ch.written(cx, at, upto))?
+            }
+            ServiceCmd::Channels { caller, req, reply } => self
+                .with_channels(|ch, cx, settings| ch.request(cx, settings, &caller, req, reply))?,
+            // Locks are the writer's (see `RedisBackend::services`).
             other => super::super::services_unavailable(self.shared.router(), other),
         }
         Ok(())
+    }
+
+    /// Runs `f` on the channels with this thread's connection.
+    fn with_channels(
+        &mut self,
+        f: impl FnOnce(
+            &mut channels::Channels,
+            &mut channels::Ctx<'_>,
+            &Settings,
+        ) -> redis::RedisResult<()>,
+    ) -> redis::RedisResult<()> {
+        let shared = self.shared.clone();
+        let Some(c) = self.conn.as_mut() else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "not connected to Redis",
+            )));
+        };
+        let mut cx = channels::Ctx {
+            shared: &shared,
+            con: &mut c.con,
+            sha: &c.channel,
+        };
+        f(&mut self.channels, &mut cx, &self.settings)
     }
 
     fn register_if_up(&mut self) -> redis::RedisResult<()> {
@@ -715,8 +775,42 @@ impl Engine {
         Ok(n as usize)
     }
 
-    /// Deadlines, then tasks for every group whose instances have room.
+    /// One script call per group for the completions gathered.
+    fn flush_completions(&mut self) -> redis::RedisResult<()> {
+        let completing: Vec<_> = std::mem::take(&mut self.completing)
+            .into_iter()
+            .filter(|(_, (seqs, _))| !seqs.is_empty())
+            .collect();
+        if completing.is_empty() {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let c = self.con()?;
+        let mut pipe = redis::pipe();
+        for (group, (seqs, _)) in &completing {
+            let cmd = pipe.cmd("EVALSHA").arg(&c.complete).arg(3);
+            let k = &shared.keys;
+            cmd.arg(k.queue(group))
+                .arg(k.due(group))
+                .arg(k.replayed(group));
+            for s in seqs {
+                cmd.arg(*s);
+            }
+        }
+        let counts: Vec<u64> = pipe.query(&mut c.con)?;
+        for ((_, (_, mut timed)), n) in completing.into_iter().zip(counts) {
+            // The count is Redis's (what was still pending); ack times are known for the
+            // tasks this node sent.
+            timed.truncate(n as usize);
+            crate::metrics::service_counts(0, &timed, &[], 0);
+            crate::metrics::service_completed_untimed(n - timed.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Completions, deadlines, then tasks for every group whose instances have room.
     fn step(&mut self) -> redis::RedisResult<()> {
+        self.flush_completions()?;
         let now = crate::time::unix_ms();
         let poll_ms = POLL.as_millis() as u64;
         let prefetch = self.settings.prefetch;
@@ -742,6 +836,13 @@ impl Engine {
         for (name, room) in due {
             self.take(&name, room, now)?;
         }
+        if self.channels.has_sockets() {
+            let all = now >= self.channels_polled_at + poll_ms;
+            if all {
+                self.channels_polled_at = now;
+            }
+            self.with_channels(|ch, cx, _| ch.pump(cx, all))?;
+        }
         self.register()?;
         if now >= self.metrics_at {
             self.metrics_at = now + 2000;
@@ -754,7 +855,7 @@ impl Engine {
     /// those below `prefetch`.
     fn take(&mut self, group: &Arc<str>, room: usize, now: u64) -> redis::RedisResult<()> {
         let shared = self.shared.clone();
-        let s = self.settings;
+        let s = self.settings.clone();
         let c = self.con()?;
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&c.take).arg(5);
@@ -856,8 +957,11 @@ impl Engine {
         let shared = self.shared.clone();
         let k = &shared.keys;
         let c = self.con()?;
-        let names: Vec<String> = redis::cmd("SMEMBERS").arg(&k.groups).query(&mut c.con)?;
-        let mut names = names;
+        let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(&k.groups).query(&mut c.con)?;
+        if names.is_empty() {
+            // (Redis refuses an empty pipeline.)
+            return Ok(Vec::new());
+        }
         names.sort();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -1103,7 +1207,9 @@ impl Asker {
             | ServiceCmd::Unsubscribe { at, request_id, .. } => {
                 Some(Asker::Ws(*at, request_id.clone()))
             }
-            ServiceCmd::Ops { reply, .. } => Some(Asker::Http(*reply)),
+            ServiceCmd::Ops { reply, .. } | ServiceCmd::Channels { reply, .. } => {
+                Some(Asker::Http(*reply))
+            }
             _ => None,
         }
     }

@@ -480,11 +480,10 @@ type Tasks = Vec<(Arc<str>, Vec<u8>)>;
 
 fn tasks_of(ix: &GroupIndex, p: &Publication) -> Tasks {
     let mut out = Vec::new();
-    ix.matches(p, &mut |owner, ids| {
-        // Channels are not on Redis yet (none are indexed in cluster mode).
-        if let Owner::Group(g) = owner {
-            out.push((g.clone(), ids.to_vec()));
-        }
+    ix.matches(p, &mut |owner, ids| match owner {
+        Owner::Group(g) => out.push((g.clone(), ids.to_vec())),
+        // A channel's name starts with a NUL byte (no group's does): see tasks.lua.
+        Owner::Channel(c) => out.push((format!("\0{c}").into(), Vec::new())),
     });
     out
 }
@@ -525,6 +524,7 @@ fn run_batch(
                     .arg(&c.epoch)
                     .arg(index.version)
                     .arg(&keys.prefix)
+                    .arg(shared.channel_backlog)
                     .arg(items.len());
                 for (path, event_type, data) in items {
                     cmd.arg(path).arg(event_type).arg(data);
@@ -837,6 +837,7 @@ fn run_batch(
                 .arg(d.index_version)
                 .arg(&keys.prefix)
                 .arg(&d.shown)
+                .arg(shared.channel_backlog)
                 .arg(d.tasks.len());
             for (g, ids) in &d.tasks {
                 cmd.arg(&**g).arg(ids);
