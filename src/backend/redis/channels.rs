@@ -409,6 +409,49 @@ impl Channels {
         Ok(())
     }
 
+    /// The cluster's channels for the metrics (every node reports the same values; the
+    /// dashboard takes the maximum): by status, events in backlogs, and the totals
+    /// collected and dropped (counters in Redis).
+    pub fn gauges(&self, cx: &mut Ctx<'_>) -> redis::RedisResult<()> {
+        let k = &cx.shared.keys;
+        let (ids, collected, dropped): (Vec<String>, Option<u64>, Option<u64>) = redis::pipe()
+            .cmd("ZRANGE")
+            .arg(&k.channels)
+            .arg(0)
+            .arg(-1)
+            .cmd("GET")
+            .arg(format!("{}chcollected", k.prefix))
+            .cmd("GET")
+            .arg(format!("{}chdropped", k.prefix))
+            .query(cx.con)?;
+        let (mut connected, mut backlog) = (0, 0);
+        if !ids.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                let [ch, cb] = k.channel(id);
+                pipe.cmd("HGET").arg(ch).arg("status").cmd("XLEN").arg(cb);
+            }
+            let rows: Vec<Value> = pipe.query(cx.con)?;
+            for pair in rows.chunks(2) {
+                if pair.first().and_then(text).as_deref() == Some("connected") {
+                    connected += 1;
+                }
+                if let Some(Value::Int(n)) = pair.get(1) {
+                    backlog += *n as usize;
+                }
+            }
+        }
+        crate::metrics::channels(
+            connected,
+            ids.len() - connected,
+            backlog,
+            0,
+            collected.unwrap_or(0),
+            dropped.unwrap_or(0),
+        );
+        Ok(())
+    }
+
     fn forget(&mut self, id: &str) {
         if let Some(s) = self.sockets.remove(id) {
             self.by_addr.remove(&s.at);

@@ -1044,6 +1044,7 @@ impl Engine {
     }
 
     fn gauges(&mut self) -> redis::RedisResult<()> {
+        self.with_channels(|ch, cx, _| ch.gauges(cx))?;
         let rows = self.group_rows()?;
         for r in rows {
             // Pending and dead are the cluster's (every node shows the same); in flight

@@ -21,7 +21,9 @@ local function add_tasks(prefix, seq, p, e, d, ms, argv, b, k, bound)
         if over > 0 then
           redis.call('XTRIM', cb, 'MAXLEN', bound)
           redis.call('HINCRBY', ck, 'dropped', over)
+          redis.call('INCRBY', prefix .. 'chdropped', over)
         end
+        redis.call('INCR', prefix .. 'chcollected')
         redis.call('HINCRBY', ck, 'event_count', 1)
         redis.call('HSET', ck, 'last_event_at_ms', ms)
         if status == 'disconnected' then
