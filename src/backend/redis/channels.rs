@@ -65,10 +65,19 @@ impl Ctx<'_> {
         owner: &str,
         args: &[&str],
     ) -> redis::RedisResult<Value> {
+        let mut pipe = redis::pipe();
+        self.add_call(&mut pipe, op, id, owner, args);
+        let mut v: Vec<Value> = pipe.query(self.con)?;
+        Ok(v.pop().unwrap_or(Value::Nil))
+    }
+
+    /// The same call, added to a pipeline.
+    fn add_call(&self, pipe: &mut redis::Pipeline, op: &str, id: &str, owner: &str, args: &[&str]) {
         let k = &self.shared.keys;
         let [ch, cb] = k.channel(id);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.sha)
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(self.sha)
             .arg(7)
             .arg(ch)
             .arg(cb)
@@ -81,7 +90,6 @@ impl Ctx<'_> {
         for a in args {
             cmd.arg(*a);
         }
-        cmd.query(self.con)
     }
 
     fn socket_name(&self, at: Addr) -> String {
@@ -318,6 +326,9 @@ impl Channels {
         } else {
             self.woken.drain().collect()
         };
+        // Every socket's read in one round trip.
+        let mut asked = Vec::with_capacity(ids.len());
+        let mut pipe = redis::pipe();
         for id in ids {
             let Some(s) = self.sockets.get(&id) else {
                 continue;
@@ -326,9 +337,24 @@ impl Channels {
             if room == 0 {
                 continue;
             }
-            let (at, cursor) = (s.at, s.cursor.clone());
-            let name = cx.socket_name(at);
-            let reply = cx.call("pump", &id, "", &[&name, &cursor, &room.to_string()])?;
+            let name = cx.socket_name(s.at);
+            cx.add_call(
+                &mut pipe,
+                "pump",
+                &id,
+                "",
+                &[&name, &s.cursor, &room.to_string()],
+            );
+            asked.push((id, s.at, room));
+        }
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let replies: Vec<Value> = pipe.query(cx.con)?;
+        for ((id, at, room), reply) in asked.into_iter().zip(replies) {
+            if self.sockets.get(&id).is_none_or(|s| s.at != at) {
+                continue;
+            }
             let entries = match reply {
                 Value::Int(-1) => {
                     self.forget(&id);
