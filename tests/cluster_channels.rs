@@ -179,3 +179,31 @@ fn the_per_user_cap_and_visibility_hold_across_nodes() {
     assert_eq!(ids.len(), 2, "{list}");
     assert_eq!(ids[1], three["channel_id"].as_str().unwrap(), "{list}");
 }
+
+#[test]
+fn a_node_that_restarts_disconnects_the_channels_its_previous_process_held() {
+    let Some(redis) = Redis::start() else { return };
+    let (mut a, b) = (node(&redis, "a", ""), node(&redis, "b", ""));
+    let t = user("u1", "org_1");
+    let ch = org_channel(&b, &t, "org_1", "u1", &["status_changed"]);
+    let id = ch["channel_id"].as_str().unwrap().to_string();
+    let mut s = attach(&a, &id, &t);
+    let first = claim(&b, "org_1", "u1", "status_changed", 1);
+    assert_eq!(s.recv_type("event")["seq"], first);
+    a.kill();
+    // Its socket died with it: still `connected` in Redis until the node comes back.
+    a.spawn(&[]);
+    wait_ready(&a);
+    let (_, d) = call(&b, "GET", &format!("{BASE}/{id}"), None, &t);
+    assert_eq!(d["status"], "disconnected", "{d}");
+    let missed = claim(&b, "org_1", "u1", "status_changed", 2);
+    let (_, r) = call(&a, "PUT", &format!("{BASE}/{id}/reconnect"), None, &t);
+    assert_eq!(r["missed_events"], 1, "{r}");
+    let mut again = attach(&b, &id, &t);
+    // `first` again only if the dead socket's write was not reported before the kill.
+    let mut got = vec![again.recv_type("event")["seq"].as_u64().unwrap()];
+    if got[0] == first {
+        got.push(again.recv_type("event")["seq"].as_u64().unwrap());
+    }
+    assert_eq!(*got.last().unwrap(), missed, "{got:?}");
+}

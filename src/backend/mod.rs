@@ -196,20 +196,9 @@ pub(crate) fn refusal_answer(status: u16, r: &Refusal) -> Answer {
     }
 }
 
-/// A service command on a node whose backend does not keep service queues and channels
-/// (a cluster node, until they move to Redis; its locks are on Redis): every request is answered
-/// `UNAVAILABLE` — REST 503, an `error` on the socket, a channel socket closed 1013 (try
-/// again later) — never served from this node alone.
-pub(crate) fn services_unavailable(router: &Router, cmd: ServiceCmd) {
-    services_refused(
-        router,
-        cmd,
-        "is not available in cluster mode yet (channels run on a single node)",
-    )
-}
-
-/// Answers `cmd` `UNAVAILABLE` (see [`services_unavailable`]), `why` following the name
-/// of what was refused.
+/// Answers a service command `UNAVAILABLE` — REST 503, an `error` on the socket, a
+/// channel socket closed 1013 (try again later) — `why` following the name of what was
+/// refused (cluster mode: Redis cannot be reached).
 pub(crate) fn services_refused(router: &Router, cmd: ServiceCmd, why: &str) {
     use crate::protocol::{error_message, ErrorCode};
     use crate::router::ShardMsg;

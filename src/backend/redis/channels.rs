@@ -116,21 +116,19 @@ struct Stored {
     status: Status,
     event_count: u64,
     last_event_at_ms: Option<u64>,
-    socket: String,
 }
 
 impl Stored {
-    const FIELDS: [&'static str; 6] = [
+    const FIELDS: [&'static str; 5] = [
         "spec",
         "created",
         "status",
         "event_count",
         "last_event_at_ms",
-        "socket",
     ];
 
     fn of(v: &[Option<String>]) -> Option<Stored> {
-        let [spec, created, status, count, last, socket] = v else {
+        let [spec, created, status, count, last] = v else {
             return None;
         };
         let mut spec: ChannelSpec = serde_json::from_str(spec.as_deref()?).ok()?;
@@ -145,7 +143,6 @@ impl Stored {
             },
             event_count: num(count).unwrap_or(0),
             last_event_at_ms: num(last),
-            socket: socket.clone().unwrap_or_default(),
         })
     }
 
@@ -220,10 +217,30 @@ impl Channels {
             .query(cx.con)?;
         let mine = format!("{}|", cx.shared.node_id);
         let this = format!("{mine}{}|", cx.shared.instance);
-        for id in ids {
-            let Some(st) = cx.read(&id)? else { continue };
-            if st.socket.starts_with(&mine) && !st.socket.starts_with(&this) {
-                cx.call("detach", &id, "", &[&st.socket])?;
+        if !ids.is_empty() {
+            // One round trip for every channel's socket, one for the stale ones.
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("HGET")
+                    .arg(&cx.shared.keys.channel(id)[0])
+                    .arg("socket");
+            }
+            let sockets: Vec<Option<String>> = pipe.query(cx.con)?;
+            let mut pipe = redis::pipe();
+            let mut stale = 0;
+            for (id, socket) in ids.iter().zip(sockets) {
+                let Some(socket) = socket else { continue };
+                if socket.starts_with(&mine) && !socket.starts_with(&this) {
+                    cx.add_call(&mut pipe, "detach", id, "", &[&socket]);
+                    stale += 1;
+                }
+            }
+            if stale > 0 {
+                pipe.query::<()>(cx.con)?;
+                tracing::info!(
+                    stale,
+                    "channels whose socket was this node's previous process are disconnected"
+                );
             }
         }
         self.woken.extend(self.sockets.keys().cloned());

@@ -19,8 +19,8 @@
 //!   that the publish scripts check, so a publication's tasks go onto its groups' queues
 //!   (streams with a consumer group) in the call that sequences it; each node takes tasks
 //!   for its own instances.
-//! - **Channels** are not on Redis yet: on a cluster node they are refused
-//!   `UNAVAILABLE`, never served node-locally (see [`super::services_unavailable`]).
+//! - **Channels** ([`channels`]): in Redis, fed by the same scripts; one socket per
+//!   channel cluster-wide.
 //! - **Failures**: without Redis the node is not ready and refuses what needs Redis with
 //!   `UNAVAILABLE` (REST 503) at once, never queueing without bound; sockets stay open;
 //!   the reader resumes from the last id it applied. A gap in the stream (trimmed while
@@ -29,8 +29,9 @@
 //!   gap, so a `since` from before answers `recovered: false`.
 //!
 //! Owned by the node (`Node::backend`). Three threads of its own (the writer, the reader,
-//! the services thread), each with one Redis connection; shards only put jobs on the writer's queue and read
-//! the applier's replica, history and marks.
+//! the services thread), each with one Redis connection; shards only put jobs on the
+//! writer's queue, commands in the services thread's inbox, and read the applier's
+//! replica, history and marks.
 
 mod channels;
 mod locks;

@@ -682,8 +682,15 @@ impl Engine {
             }
             ServiceCmd::Channels { caller, req, reply } => self
                 .with_channels(|ch, cx, settings| ch.request(cx, settings, &caller, req, reply))?,
-            // Locks are the writer's (see `RedisBackend::services`).
-            other => super::super::services_unavailable(self.shared.router(), other),
+            // Locks are the writer's: `RedisBackend::services` never sends them here.
+            other @ (ServiceCmd::Lock { .. } | ServiceCmd::Unlock { .. }) => {
+                tracing::error!("a lock command reached the services thread");
+                super::super::services_refused(
+                    self.shared.router(),
+                    other,
+                    "could not be served (reached the wrong thread: a bug, see the log)",
+                )
+            }
         }
         Ok(())
     }
