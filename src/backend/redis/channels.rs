@@ -47,6 +47,8 @@ pub(super) struct Channels {
     by_addr: HashMap<Addr, Arc<str>>,
     /// Channels with new events since the last pump.
     woken: HashSet<Arc<str>>,
+    /// Sockets that closed while Redis was away: (channel, socket name), to detach.
+    detached: Vec<(Arc<str>, String)>,
 }
 
 /// What the channel calls need: the connection and the script.
@@ -93,10 +95,7 @@ impl Ctx<'_> {
     }
 
     fn socket_name(&self, at: Addr) -> String {
-        format!(
-            "{}|{}|{}:{}:{}",
-            self.shared.node_id, self.shared.instance, at.shard, at.conn, at.gen
-        )
+        socket_name(self.shared, at)
     }
 
     /// A channel as Redis has it (None: no such channel).
@@ -108,6 +107,14 @@ impl Ctx<'_> {
             .query(self.con)?;
         Ok(Stored::of(&v))
     }
+}
+
+/// How a socket of this process is named in its channel's hash.
+fn socket_name(shared: &Shared, at: Addr) -> String {
+    format!(
+        "{}|{}|{}:{}:{}",
+        shared.node_id, shared.instance, at.shard, at.conn, at.gen
+    )
 }
 
 /// A channel's hash, read.
@@ -215,6 +222,10 @@ impl Channels {
             .arg(0)
             .arg(-1)
             .query(cx.con)?;
+        for (id, name) in std::mem::take(&mut self.detached) {
+            let r = cx.call("detach", &id, "", &[&name])?;
+            tracing::info!(channel = %id, ?r, "a socket that closed while Redis was away: detached");
+        }
         let mine = format!("{}|", cx.shared.node_id);
         let this = format!("{mine}{}|", cx.shared.instance);
         if !ids.is_empty() {
@@ -313,8 +324,24 @@ impl Channels {
         self.sockets.remove(&id);
         self.woken.remove(&id);
         let name = cx.socket_name(at);
-        cx.call("detach", &id, "", &[&name])?;
+        if let Err(e) = cx.call("detach", &id, "", &[&name]) {
+            // Told once Redis is back (see `on_connect`).
+            self.detached.push((id, name));
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// A socket closed while Redis is away: its channel is marked `disconnected` once
+    /// Redis is back (unless a newer socket took it over meanwhile).
+    pub fn detach_offline(&mut self, shared: &Shared, at: Addr) {
+        let Some(id) = self.by_addr.remove(&at) else {
+            return;
+        };
+        self.sockets.remove(&id);
+        self.woken.remove(&id);
+        tracing::debug!(channel = %id, "channel socket closed while Redis is away");
+        self.detached.push((id, socket_name(shared, at)));
     }
 
     /// The socket's shard wrote every event up to `upto`.

@@ -191,6 +191,7 @@ fn run(shared: Arc<Shared>, settings: Settings, rx: Receiver<Msg>) {
         if e.conn.is_none() {
             match connect(&e.shared) {
                 Ok(c) => {
+                    tracing::info!("Redis services connection up");
                     e.conn = Some(c);
                     e.registered.clear();
                     backoff = BACKOFF.0;
@@ -545,6 +546,8 @@ impl Engine {
             ServiceCmd::Detach { at } => {
                 if self.conn.is_some() {
                     self.with_channels(|ch, cx, _| ch.detach(cx, at))?;
+                } else {
+                    self.channels.detach_offline(&self.shared, at);
                 }
                 let Some(group) = self.instances.remove(&at) else {
                     return Ok(());
