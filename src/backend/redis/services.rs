@@ -64,6 +64,8 @@ pub(super) enum Msg {
     Cmd(ServiceCmd),
     /// Publications made tasks for these groups (from the reader).
     Woken(Vec<String>),
+    /// A message from another node on this node's control stream (from the reader).
+    Control(Vec<(String, String)>),
 }
 
 /// The settings the engine reads (`[services]`, `[channels]`, `public_url`).
@@ -514,6 +516,7 @@ impl Engine {
                     }
                 }
             }
+            Msg::Control(fields) => self.channels.control(&self.shared, &fields),
             Msg::Cmd(cmd) => {
                 let asker = Asker::of(&cmd);
                 if let Err(e) = self.command(cmd) {
