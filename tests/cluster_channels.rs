@@ -207,3 +207,42 @@ fn a_node_that_restarts_disconnects_the_channels_its_previous_process_held() {
     }
     assert_eq!(*got.last().unwrap(), missed, "{got:?}");
 }
+
+#[test]
+fn a_socket_that_closes_while_redis_is_away_disconnects_its_channel_once_back() {
+    let Some(redis) = Redis::start() else { return };
+    let proxy = common::proxy::Proxy::start(redis.port);
+    let a = node(&redis, "a", "");
+    let b = cluster_node_at(
+        &format!("redis://127.0.0.1:{}", proxy.port),
+        "b",
+        "[delivery]\nbatch_ms = 0",
+    );
+    let t = user("u1", "org_1");
+    let ch = org_channel(&a, &t, "org_1", "u1", &["status_changed"]);
+    let id = ch["channel_id"].as_str().unwrap().to_string();
+    let mut s = attach(&b, &id, &t);
+    // Attached as far as Redis knows: it gets the channel's events.
+    let first = claim(&a, "org_1", "u1", "status_changed", 0);
+    assert_eq!(s.recv_type("event")["seq"], first);
+    proxy.cut();
+    assert!(wait_until(Duration::from_secs(15), || {
+        b.try_http("GET", "/readyz", None, &[]).map(|r| r.0) == Some(503)
+    }));
+    s.close();
+    // Redis never heard of the close while the link was cut: the channel is still
+    // `connected` there until b is back.
+    proxy.restore();
+    wait_ready(&b);
+    let disconnected = wait_until(Duration::from_secs(10), || {
+        call(&a, "GET", &format!("{BASE}/{id}"), None, &t).1["status"] == "disconnected"
+    });
+    assert!(
+        disconnected,
+        "the close was never told to Redis: {}",
+        b.log()
+    );
+    claim(&a, "org_1", "u1", "status_changed", 1);
+    let (_, r) = call(&a, "PUT", &format!("{BASE}/{id}/reconnect"), None, &t);
+    assert_eq!(r["missed_events"], 1, "{r}");
+}

@@ -6,9 +6,11 @@
 //! reconnected and deleted on any node. Its events reach its backlog in the Lua call that
 //! sequences the publication (`tasks.lua`), whichever node published. Its one socket is
 //! named in the hash (`<node_id>|<process>|<shard>:<conn>:<gen>`): a socket attaching on
-//! any node takes it over, and the node of the socket it replaced learns so at its next
-//! read of the backlog (`pump`, at once when events come, else every [`super::services`]
-//! poll), which also tells it when the channel was deleted; it then closes its socket.
+//! any node takes it over, and the node of the socket it replaced is told by a message on
+//! its control stream (`ctl:{node_id}`, read by its reader), as it is when the channel is
+//! deleted; it then closes its socket. Its next read of the backlog (`pump`, which checks
+//! that its socket is still the channel's) would find out too: the fallback when the
+//! message was lost with a connection.
 //! Events leave the backlog once the socket's shard wrote them, and only while that
 //! socket is still the channel's.
 //!
@@ -31,6 +33,9 @@ use crate::services::Addr;
 /// Channel events sent to a socket and not yet reported written, at most.
 const CREDIT: usize = 8192;
 
+/// Messages kept on a node's control stream, about (a node reads them as they come).
+const CONTROL_LEN: usize = 1000;
+
 /// A socket of this node taking a channel's events.
 struct Socket {
     at: Addr,
@@ -47,6 +52,8 @@ pub(super) struct Channels {
     by_addr: HashMap<Addr, Arc<str>>,
     /// Channels with new events since the last pump.
     woken: HashSet<Arc<str>>,
+    /// Sockets that closed while Redis was away: (channel, socket name), to detach.
+    detached: Vec<(Arc<str>, String)>,
 }
 
 /// What the channel calls need: the connection and the script.
@@ -93,10 +100,32 @@ impl Ctx<'_> {
     }
 
     fn socket_name(&self, at: Addr) -> String {
-        format!(
-            "{}|{}|{}:{}:{}",
-            self.shared.node_id, self.shared.instance, at.shard, at.conn, at.gen
-        )
+        socket_name(self.shared, at)
+    }
+
+    /// Tells the node of `socket` (if another node's) that it no longer takes channel
+    /// `id`'s events: `why` is "replaced" or "deleted" (see `Channels::control`).
+    fn tell(&mut self, socket: &str, id: &str, why: &str) -> redis::RedisResult<()> {
+        let Some((node, _)) = socket.split_once('|') else {
+            return Ok(());
+        };
+        if node == self.shared.node_id {
+            return Ok(());
+        }
+        redis::cmd("XADD")
+            .arg(self.shared.keys.control(node))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(CONTROL_LEN)
+            .arg("*")
+            .arg("c")
+            .arg(id)
+            .arg("s")
+            .arg(socket)
+            .arg("w")
+            .arg(why)
+            .query::<Value>(self.con)?;
+        Ok(())
     }
 
     /// A channel as Redis has it (None: no such channel).
@@ -108,6 +137,14 @@ impl Ctx<'_> {
             .query(self.con)?;
         Ok(Stored::of(&v))
     }
+}
+
+/// How a socket of this process is named in its channel's hash.
+fn socket_name(shared: &Shared, at: Addr) -> String {
+    format!(
+        "{}|{}|{}:{}:{}",
+        shared.node_id, shared.instance, at.shard, at.conn, at.gen
+    )
 }
 
 /// A channel's hash, read.
@@ -215,6 +252,10 @@ impl Channels {
             .arg(0)
             .arg(-1)
             .query(cx.con)?;
+        for (id, name) in std::mem::take(&mut self.detached) {
+            let r = cx.call("detach", &id, "", &[&name])?;
+            tracing::info!(channel = %id, ?r, "a socket that closed while Redis was away: detached");
+        }
         let mine = format!("{}|", cx.shared.node_id);
         let this = format!("{mine}{}|", cx.shared.instance);
         if !ids.is_empty() {
@@ -274,11 +315,16 @@ impl Channels {
             return Ok(());
         }
         let name = cx.socket_name(at);
-        if matches!(cx.call("attach", id, "", &[&name])?, Value::Nil) {
-            // Deleted between the read and the attach.
-            close(cx.shared, at, 1000, "channel deleted", None);
-            return Ok(());
-        }
+        let replaced = match cx.call("attach", id, "", &[&name])? {
+            Value::Nil => {
+                // Deleted between the read and the attach.
+                close(cx.shared, at, 1000, "channel deleted", None);
+                return Ok(());
+            }
+            v => text(&v).unwrap_or_default(),
+        };
+        // A socket on another node is told by a message to that node.
+        cx.tell(&replaced, id, "replaced")?;
         let key: Arc<str> = id.into();
         if let Some(old) = self.sockets.insert(
             key.clone(),
@@ -288,8 +334,7 @@ impl Channels {
                 sent: VecDeque::new(),
             },
         ) {
-            // A newer socket on this node takes over; one on another node learns it at
-            // its next pump.
+            // A newer socket on this node takes over.
             self.by_addr.remove(&old.at);
             close(
                 cx.shared,
@@ -313,8 +358,24 @@ impl Channels {
         self.sockets.remove(&id);
         self.woken.remove(&id);
         let name = cx.socket_name(at);
-        cx.call("detach", &id, "", &[&name])?;
+        if let Err(e) = cx.call("detach", &id, "", &[&name]) {
+            // Told once Redis is back (see `on_connect`).
+            self.detached.push((id, name));
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// A socket closed while Redis is away: its channel is marked `disconnected` once
+    /// Redis is back (unless a newer socket took it over meanwhile).
+    pub fn detach_offline(&mut self, shared: &Shared, at: Addr) {
+        let Some(id) = self.by_addr.remove(&at) else {
+            return;
+        };
+        self.sockets.remove(&id);
+        self.woken.remove(&id);
+        tracing::debug!(channel = %id, "channel socket closed while Redis is away");
+        self.detached.push((id, socket_name(shared, at)));
     }
 
     /// The socket's shard wrote every event up to `upto`.
@@ -495,6 +556,32 @@ impl Channels {
         Ok(())
     }
 
+    /// A message from another node: if `s` is still this node's socket of channel `c`,
+    /// it is closed (`w`: "replaced" by a newer socket elsewhere, or the channel
+    /// "deleted").
+    pub fn control(&mut self, shared: &Shared, fields: &[(String, String)]) {
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(f, _)| f == k)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        let (id, socket, why) = (get("c"), get("s"), get("w"));
+        let Some(at) = self.sockets.get(id).map(|s| s.at) else {
+            return;
+        };
+        if socket_name(shared, at) != socket {
+            return;
+        }
+        self.forget(id);
+        let reason = if why == "deleted" {
+            "channel deleted"
+        } else {
+            "replaced by a newer socket on this channel"
+        };
+        close(shared, at, 1000, reason, None);
+    }
+
     fn forget(&mut self, id: &str) {
         if let Some(s) = self.sockets.remove(id) {
             self.by_addr.remove(&s.at);
@@ -574,7 +661,8 @@ impl Channels {
                     v => text(&v).unwrap_or_default(),
                 };
                 super::services::load_index(cx.shared, cx.con)?;
-                // Its socket closes: here at once, on another node at its next pump.
+                // Its socket closes: here at once, on another node by a message to it.
+                cx.tell(&socket, &id, "deleted")?;
                 if let Some(s) = self.sockets.get(id.as_str()) {
                     if socket == cx.socket_name(s.at) {
                         let at = s.at;

@@ -119,6 +119,11 @@ impl Keys {
         ]
     }
 
+    /// A node's control stream: messages from other nodes (see `channels`).
+    pub fn control(&self, node_id: &str) -> String {
+        format!("{}ctl:{node_id}", self.prefix)
+    }
+
     /// How many channels an owner has.
     pub fn channel_owner(&self, owner: &str) -> String {
         format!("{}cho:{owner}", self.prefix)
@@ -314,6 +319,11 @@ impl Shared {
                 ),
             }
         }
+    }
+
+    /// A control message from another node, for the services thread.
+    pub fn control_services(&self, fields: Vec<(String, String)>) {
+        let _ = self.services.send(services::Msg::Control(fields));
     }
 
     /// Tells the services thread that these groups have new tasks.

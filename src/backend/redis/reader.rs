@@ -9,6 +9,10 @@
 //! A gap in `seq` (the stream was trimmed past it while the node was away, or Redis lost
 //! its data) makes it reload the entities and start the history window after the gap.
 //!
+//! It also reads this node's control stream (`ctl:{node_id}`, messages from other nodes:
+//! a channel socket here was replaced or its channel deleted) in the same `XREAD`, and
+//! hands them to the services thread.
+//!
 //! Runs on its own thread with its own connection; it is the only writer of the replica,
 //! the history and the applied mark in cluster mode.
 
@@ -52,6 +56,7 @@ struct Entry {
 
 pub(super) fn run(shared: Arc<Shared>) {
     let mut last_id: Option<String> = None;
+    let mut control_id: Option<String> = None;
     let mut backoff = BACKOFF.0;
     let mut warned = false;
     while !shared.stopping.load(Ordering::Acquire) {
@@ -90,7 +95,20 @@ pub(super) fn run(shared: Arc<Shared>) {
                 }
             }
         }
-        let Some(id) = last_id.as_mut() else { continue };
+        if control_id.is_none() {
+            // Messages to an earlier process of this node id are not this one's.
+            match control_end(&shared, &mut con) {
+                Ok(id) => control_id = Some(id),
+                Err(e) => {
+                    tracing::warn!("cannot read the control stream: {e}; retrying");
+                    down(&shared);
+                    continue;
+                }
+            }
+        }
+        let (Some(id), Some(ctl)) = (last_id.as_mut(), control_id.as_mut()) else {
+            continue;
+        };
         let mut counters_at: Option<Instant> = None;
         loop {
             if shared.stopping.load(Ordering::Acquire) {
@@ -100,7 +118,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             if counters {
                 counters_at = Some(Instant::now());
             }
-            match read(&shared, &mut con, id, counters) {
+            match read(&shared, &mut con, id, ctl, counters) {
                 Ok(n) => {
                     if n < COUNT {
                         // Read to the end of the stream: caught up.
@@ -115,6 +133,20 @@ pub(super) fn run(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// The id of the newest message on this node's control stream ("0-0": none).
+fn control_end(shared: &Shared, con: &mut redis::Connection) -> redis::RedisResult<String> {
+    let reply: Value = redis::cmd("XREVRANGE")
+        .arg(shared.keys.control(&shared.node_id))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(con)?;
+    Ok(control_of(&reply)
+        .pop()
+        .map_or_else(|| "0-0".to_string(), |(id, _)| id))
 }
 
 fn down(shared: &Shared) {
@@ -203,8 +235,10 @@ fn read(
     shared: &Shared,
     con: &mut redis::Connection,
     last_id: &mut String,
+    control_id: &mut String,
     counters: bool,
 ) -> redis::RedisResult<usize> {
+    let control = shared.keys.control(&shared.node_id);
     let mut pipe = redis::pipe();
     if counters {
         pipe.cmd("GET")
@@ -219,7 +253,9 @@ fn read(
         .arg(BLOCK_MS)
         .arg("STREAMS")
         .arg(&shared.keys.stream)
-        .arg(last_id.as_str());
+        .arg(&control)
+        .arg(last_id.as_str())
+        .arg(control_id.as_str());
     let mut replies: Vec<Value> = pipe.query(con)?;
     let reply = replies.pop().unwrap_or(Value::Nil);
     if let [head, fence] = &replies[..] {
@@ -230,22 +266,19 @@ fn read(
             shared.fence_seen.fetch_max(f, Ordering::AcqRel);
         }
     }
-    // XREAD answers [[stream, entries]] (or nil when nothing came in time).
-    let entries = match &reply {
-        Value::Array(streams) => streams
-            .iter()
-            .filter_map(|s| match s {
-                Value::Array(pair) if pair.len() == 2 => Some(entries_of(&pair[1])),
-                _ => None,
-            })
-            .next()
-            .unwrap_or_default(),
-        Value::Map(streams) => streams
-            .first()
-            .map(|(_, e)| entries_of(e))
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
+    // XREAD answers [[stream, entries], ...] (RESP3: a map), or nil when nothing came
+    // in time: the publications, and the control messages to this node.
+    let mut entries = Vec::new();
+    for (name, items) in streams_of(&reply) {
+        if name == control {
+            for (id, fields) in control_of(items) {
+                *control_id = id;
+                shared.control_services(fields);
+            }
+        } else {
+            entries = entries_of(items);
+        }
+    }
     let n = entries.len();
     if let Some(e) = entries.last() {
         *last_id = format!("{}-0", e.seq);
@@ -359,6 +392,48 @@ fn publication(shared: &Shared, e: &Entry) -> Publication {
     };
     p.sequence(e.seq, &ts, at);
     p
+}
+
+/// The streams of an `XREAD` reply: (name, entries).
+fn streams_of(reply: &Value) -> Vec<(String, &Value)> {
+    match reply {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| match s {
+                Value::Array(pair) if pair.len() == 2 => Some((text(&pair[0])?, &pair[1])),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams
+            .iter()
+            .filter_map(|(k, v)| Some((text(k)?, v)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The control messages of an `XREAD` reply's stream: (entry id, fields).
+fn control_of(v: &Value) -> Vec<(String, Vec<(String, String)>)> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(pair) = item else {
+                return None;
+            };
+            let id = pair.first().and_then(text)?;
+            let Some(Value::Array(fields)) = pair.get(1) else {
+                return None;
+            };
+            let kv = fields
+                .chunks(2)
+                .filter_map(|kv| Some((kv.first().and_then(text)?, kv.get(1).and_then(text)?)))
+                .collect();
+            Some((id, kv))
+        })
+        .collect()
 }
 
 /// The entries of an `XRANGE` reply (or of one stream in an `XREAD` reply).

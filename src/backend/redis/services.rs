@@ -64,6 +64,8 @@ pub(super) enum Msg {
     Cmd(ServiceCmd),
     /// Publications made tasks for these groups (from the reader).
     Woken(Vec<String>),
+    /// A message from another node on this node's control stream (from the reader).
+    Control(Vec<(String, String)>),
 }
 
 /// The settings the engine reads (`[services]`, `[channels]`, `public_url`).
@@ -191,6 +193,7 @@ fn run(shared: Arc<Shared>, settings: Settings, rx: Receiver<Msg>) {
         if e.conn.is_none() {
             match connect(&e.shared) {
                 Ok(c) => {
+                    tracing::info!("Redis services connection up");
                     e.conn = Some(c);
                     e.registered.clear();
                     backoff = BACKOFF.0;
@@ -513,6 +516,7 @@ impl Engine {
                     }
                 }
             }
+            Msg::Control(fields) => self.channels.control(&self.shared, &fields),
             Msg::Cmd(cmd) => {
                 let asker = Asker::of(&cmd);
                 if let Err(e) = self.command(cmd) {
@@ -545,6 +549,8 @@ impl Engine {
             ServiceCmd::Detach { at } => {
                 if self.conn.is_some() {
                     self.with_channels(|ch, cx, _| ch.detach(cx, at))?;
+                } else {
+                    self.channels.detach_offline(&self.shared, at);
                 }
                 let Some(group) = self.instances.remove(&at) else {
                     return Ok(());
