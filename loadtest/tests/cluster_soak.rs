@@ -267,6 +267,12 @@ fn cluster_soak_crosses_nodes_and_its_checks_hold() {
     assert_eq!(growth.len(), 9, "three rules on three nodes");
     assert!(growth.iter().all(|g| g["grew"] == false), "{growth:?}");
 
+    // how the nodes behaved once every client left: recorded for every node (an
+    // observation, not one of the checks; printed for whoever reads the test's output)
+    let after = r["after_close"].as_array().unwrap();
+    assert_eq!(after.len(), 3, "{after:?}");
+    eprintln!("after every client left: {after:?}");
+
     drop(nodes);
     drop(redis);
     let _ = std::fs::remove_dir_all(dir);

@@ -313,6 +313,81 @@ fn lost(expected: u64, delivered: u64, dropped: u64) -> i64 {
     expected as i64 - delivered as i64 - dropped as i64
 }
 
+/// How long after every client left a node is watched, and from when.
+const QUIET_AFTER: Duration = Duration::from_secs(2);
+const QUIET_FOR: Duration = Duration::from_secs(5);
+/// A node with nothing to do spends well below this share of a core (its reader's
+/// blocking read and the registration renewed each second).
+const QUIET_CPU_PCT: f64 = 10.0;
+
+/// One node once every client has left: its CPU over [`QUIET_FOR`] (with its pid) and
+/// how many of its `/readyz` answers were not 200.
+struct Quiet {
+    cpu_pct: Option<f64>,
+    not_ready: u64,
+    polls: u64,
+}
+
+impl Quiet {
+    fn quiet(&self) -> bool {
+        self.not_ready == 0 && self.cpu_pct.is_none_or(|c| c < QUIET_CPU_PCT)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "cpu_pct": self.cpu_pct.map(|c| (c * 10.0).round() / 10.0),
+            "readyz_not_200": self.not_ready,
+            "readyz_polls": self.polls,
+            "quiet": self.quiet(),
+        })
+    }
+}
+
+/// Cluster mode, after everything is closed: each node should be idle and ready. A node
+/// that keeps working (e.g. a Redis connection it drops and opens again in a loop) shows
+/// here and not in the end checks, which all ran before the clients left. Warns on
+/// stderr for every node that is not quiet.
+fn quiet_after_close(sampler: &Sampler) -> Vec<Quiet> {
+    std::thread::sleep(QUIET_AFTER);
+    let cpu = |pids: &Vec<u32>| procstat::sample(pids).map(|s| s.cpu_seconds);
+    let start = Instant::now();
+    let cpu0: Vec<Option<f64>> = sampler.nodes.iter().map(|(_, p)| cpu(p)).collect();
+    let mut out: Vec<Quiet> = sampler
+        .nodes
+        .iter()
+        .map(|_| Quiet {
+            cpu_pct: None,
+            not_ready: 0,
+            polls: 0,
+        })
+        .collect();
+    while start.elapsed() < QUIET_FOR {
+        for ((c, _), q) in sampler.nodes.iter().zip(out.iter_mut()) {
+            q.polls += 1;
+            if !matches!(c.http("GET", "/readyz", b""), Ok((200, _))) {
+                q.not_ready += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for (k, (((_, pids), q), c0)) in sampler.nodes.iter().zip(&mut out).zip(cpu0).enumerate() {
+        q.cpu_pct = match (cpu(pids), c0) {
+            (Some(b), Some(a)) => Some((b - a) / secs * 100.0),
+            _ => None,
+        };
+        if !q.quiet() {
+            eprintln!(
+                "loadtest: soak: WARNING node {k} is not quiet after every client left: {:.0}% of a core over {secs:.1}s, /readyz not 200 in {} of {} polls",
+                q.cpu_pct.unwrap_or(f64::NAN),
+                q.not_ready,
+                q.polls
+            );
+        }
+    }
+    out
+}
+
 /// Runs the soak; returns the exit code.
 pub fn run(cfg: &Config) -> i32 {
     let o = &cfg.soak;
@@ -753,6 +828,13 @@ pub fn run(cfg: &Config) -> i32 {
     let fan = collect(parts.fan);
     let slow = collect(parts.slow);
     let churn = collect(parts.churn);
+    // cluster mode: how the nodes behave once every client has left (an observation for
+    // the report, not one of the end checks)
+    let quiet = if n > 1 {
+        quiet_after_close(&sampler)
+    } else {
+        Vec::new()
+    };
 
     // checks
     let mut checks = Vec::new();
@@ -990,6 +1072,7 @@ pub fn run(cfg: &Config) -> i32 {
                   "redelivered": get(&k.tasks_redelivered),
                   "queue_after": queue_after.map(|(p, f)| json!({"pending": p, "inFlight": f}))},
         "errors": errs,
+        "after_close": (n > 1).then(|| quiet.iter().map(Quiet::to_json).collect::<Vec<_>>()),
         "checks": checks,
         "growth": verdicts.iter().map(|(r, v)| v.to_json(r)).collect::<Vec<_>>(),
         "growth_per_node": node_verdicts.iter().map(|(k, r, v)| {
