@@ -211,6 +211,12 @@ SOAK (loadtest soak --secret S --api-key K [--server-pid PID] [--data-dir DIR] .
     --duration D           [default: 1h]
     --sample-every D       sampling interval [default: 30s]
     --data-dir DIR         the server's data_dir: its size is the store size series
+    --nodes H:P,H:P,...    cluster mode: 2 to 16 nodes sharing one Redis (ws://H:P/ws,
+                           http://H:P), instead of --url/--http. Every part is spread over
+                           the nodes and published or written through another node than
+                           its readers' (README, soak in cluster mode); --server-pid then
+                           names one pid per node, in this order (per-node series);
+                           not with --data-dir (a cluster node's data is in Redis)
     Checks: every acknowledged task event completed, every filtered delivery matching
     its filter and none missing, fan-out and slow readers lost = 0 after the overflow
     warnings, live query sets equal to the REST answer, sampled entities equal to their
@@ -377,6 +383,16 @@ pub struct SoakOpts {
     pub sample_every: Duration,
     /// The server's data directory: its size is the store size series.
     pub data_dir: Option<PathBuf>,
+    /// Cluster mode (`--nodes`): every node's WebSocket and REST endpoint, in the order
+    /// given (empty: one server at `--url`/`--http`).
+    pub nodes: Vec<SoakNode>,
+}
+
+/// One node of a cluster soak: `ws://host:port/ws` and `http://host:port`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoakNode {
+    pub ws: Endpoint,
+    pub http: Endpoint,
 }
 
 impl Default for SoakOpts {
@@ -402,6 +418,7 @@ impl Default for SoakOpts {
             batch_ms: 100,
             sample_every: Duration::from_secs(30),
             data_dir: None,
+            nodes: Vec::new(),
         }
     }
 }
@@ -723,6 +740,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--task-rate",
     "--sample-every",
     "--data-dir",
+    "--nodes",
 ];
 
 /// Flags only scenario soak takes.
@@ -740,6 +758,7 @@ const SOAK_ONLY: &[&str] = &[
     "--task-rate",
     "--sample-every",
     "--data-dir",
+    "--nodes",
 ];
 
 /// Every flag scenario soak takes: its own, the endpoints and credentials, the fan-out's
@@ -1515,6 +1534,12 @@ fn parse_soak<'a>(
         }
         None => None,
     };
+    let nodes = parse_soak_nodes(get)?;
+    if !nodes.is_empty() && data_dir.is_some() {
+        return err(
+            "--data-dir does not apply with --nodes (a cluster node keeps its data in Redis)",
+        );
+    }
     Ok(SoakOpts {
         scale,
         connections: count("--connections", d.connections, 1_000_000)?,
@@ -1543,7 +1568,53 @@ fn parse_soak<'a>(
         batch_ms: batch_ms.unwrap_or(d.batch_ms),
         sample_every,
         data_dir,
+        nodes,
     })
+}
+
+/// `--nodes H:P,H:P,...` (cluster mode), checked against `--url`/`--ws`/`--http` (one
+/// way to name the server) and `--server-pid` (none, or one per node).
+fn parse_soak_nodes<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> Result<Vec<SoakNode>, CliError> {
+    let Some(list) = get("--nodes") else {
+        return Ok(Vec::new());
+    };
+    for flag in ["--url", "--ws", "--http"] {
+        if get(flag).is_some() {
+            return err(format!(
+                "{flag} does not apply with --nodes (each node is ws://H:P/ws and http://H:P)"
+            ));
+        }
+    }
+    let mut nodes: Vec<SoakNode> = Vec::new();
+    for n in list.split(',').map(str::trim) {
+        if n.is_empty() || n.contains('/') {
+            return err(format!("--nodes: {n:?} is not host:port"));
+        }
+        let ws = parse_url(&format!("ws://{n}/ws"), "ws")
+            .map_err(|e| CliError(format!("--nodes: {n:?}: {e}")))?;
+        let http = parse_url(&format!("http://{n}"), "http")
+            .map_err(|e| CliError(format!("--nodes: {n:?}: {e}")))?;
+        if nodes.iter().any(|o| o.http.addr == http.addr) {
+            return err(format!("--nodes: {n:?} is given twice"));
+        }
+        nodes.push(SoakNode { ws, http });
+    }
+    if !(2..=16).contains(&nodes.len()) {
+        return err(format!(
+            "--nodes: {} nodes; a cluster soak takes 2 to 16 (one server: --url)",
+            nodes.len()
+        ));
+    }
+    if let Some(pids) = get("--server-pid") {
+        let count = pids.split(',').count();
+        if count != nodes.len() {
+            return err(format!(
+                "--server-pid: {count} pids for {} nodes; with --nodes give one per node, in the same order",
+                nodes.len()
+            ));
+        }
+    }
+    Ok(nodes)
 }
 
 fn parse_int(flag: &str, v: &str, min: u64, max: u64) -> Result<u64, CliError> {
@@ -2189,6 +2260,62 @@ mod tests {
         }
         assert!(USAGE.contains("SOAK"));
         assert!(USAGE.contains("--sample-every"));
+    }
+
+    #[test]
+    fn soak_cluster_nodes() {
+        let c = run(
+            "soak --secret s --api-key k --nodes 127.0.0.1:9001,127.0.0.1:9002,localhost:9003 \
+             --server-pid 11,12,13",
+        )
+        .unwrap();
+        let n = &c.soak.nodes;
+        assert_eq!(n.len(), 3);
+        assert_eq!(n[0].ws.addr.to_string(), "127.0.0.1:9001");
+        assert_eq!(
+            (n[0].ws.path.as_str(), n[0].http.path.as_str()),
+            ("/ws", "")
+        );
+        assert_eq!(n[2].http.host_header, "localhost:9003");
+        assert_eq!(c.server_pids, vec![11, 12, 13]);
+        assert!(run("soak --secret s --api-key k")
+            .unwrap()
+            .soak
+            .nodes
+            .is_empty());
+        for (extra, needle) in [
+            ("--nodes 127.0.0.1:9001", "2 to 16"),
+            ("--nodes 127.0.0.1:9001,127.0.0.1:9001", "given twice"),
+            ("--nodes 127.0.0.1:9001,", "is not host:port"),
+            (
+                "--nodes 127.0.0.1:9001,ws://127.0.0.1:9002/ws",
+                "is not host:port",
+            ),
+            ("--nodes 127.0.0.1:9001,127.0.0.1:x", "--nodes"),
+            (
+                "--nodes 127.0.0.1:9001,127.0.0.1:9002 --url ws://127.0.0.1:9/ws",
+                "--url does not apply with --nodes",
+            ),
+            (
+                "--nodes 127.0.0.1:9001,127.0.0.1:9002 --http http://127.0.0.1:9",
+                "--http does not apply with --nodes",
+            ),
+            (
+                "--nodes 127.0.0.1:9001,127.0.0.1:9002 --server-pid 7",
+                "1 pids for 2 nodes",
+            ),
+            (
+                "--nodes 127.0.0.1:9001,127.0.0.1:9002 --data-dir /tmp",
+                "--data-dir does not apply with --nodes",
+            ),
+        ] {
+            fails(&format!("soak --secret s --api-key k {extra}"), needle);
+        }
+        fails(
+            "fanout --api-key k --nodes 127.0.0.1:9001,127.0.0.1:9002",
+            "--nodes only applies to scenario soak",
+        );
+        assert!(USAGE.contains("--nodes H:P,H:P"));
     }
 
     #[test]

@@ -269,6 +269,8 @@ pub struct Counters {
     pub tasks_acknowledged: AtomicU64,
     pub tasks_received: AtomicU64,
     pub tasks_duplicates: AtomicU64,
+    /// Tasks whose `taskId` an instance had received before (the service's own dedupe).
+    pub tasks_duplicate_ids: AtomicU64,
     pub tasks_redelivered: AtomicU64,
     pub publish_failures: AtomicU64,
     /// Blocking clients whose connection ended before `stop` (each one also in `errors`).
@@ -662,14 +664,20 @@ pub fn entity_writer(ctx: Ctx, rate: f64, k: u64) -> Vec<Option<u64>> {
 /// What one live query holds, as its messages built it: node id → `i`.
 pub type LqSet = HashMap<String, u64>;
 
-/// One connection holding `n` live queries `lq{q}` over `soakent` (filter `g == q mod 4`),
+/// One connection holding the live queries `lq{q}` of `qs` over `soakent` (filter
+/// `g == q mod 4`; in cluster mode each node's connection holds some of them),
 /// on the workspace's Rust client (`clients/rust`, on a current-thread tokio runtime in
 /// this thread): each query's [`shardcast_client::LiveView`] is what a client library
 /// ends up holding, and the check compares it with the REST answer. These 4 queries at
 /// 100 writes/s are off every measured path, so using the client here costs the soak
-/// nothing. Publishes each query's set to `sets_out` (a few times a second) until `stop`.
-pub fn live_queries(ctx: Ctx, n: u64, ready: Arc<AtomicU64>, sets_out: Arc<Mutex<Vec<LqSet>>>) {
-    *sets_out.lock().expect("not poisoned") = vec![LqSet::new(); n as usize];
+/// nothing. Publishes each query's set to `sets_out[q]` (a few times a second) until
+/// `stop`; `sets_out` holds a set for every query of the run.
+pub fn live_queries(
+    ctx: Ctx,
+    qs: Vec<u64>,
+    ready: Arc<AtomicU64>,
+    sets_out: Arc<Mutex<Vec<LqSet>>>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -680,7 +688,7 @@ pub fn live_queries(ctx: Ctx, n: u64, ready: Arc<AtomicU64>, sets_out: Arc<Mutex
             return;
         }
     };
-    let failed = rt.block_on(live_queries_on_client(&ctx, n, &ready, &sets_out));
+    let failed = rt.block_on(live_queries_on_client(&ctx, &qs, &ready, &sets_out));
     if let Err(e) = failed {
         ctx.client_failed("live queries", &e);
     }
@@ -696,7 +704,7 @@ fn view_set(view: &shardcast_client::LiveView) -> LqSet {
 
 async fn live_queries_on_client(
     ctx: &Ctx,
-    n: u64,
+    qs: &[u64],
     ready: &AtomicU64,
     sets_out: &Arc<Mutex<Vec<LqSet>>>,
 ) -> Result<(), String> {
@@ -709,8 +717,8 @@ async fn live_queries_on_client(
     // other setup step of the soak on a loaded server.
     options.connect_timeout = SETUP_TIMEOUT;
     let client = Client::connect(options).await.map_err(|e| e.to_string())?;
-    let mut queries = Vec::with_capacity(n as usize);
-    for q in 0..n {
+    let mut queries = Vec::with_capacity(qs.len());
+    for &q in qs {
         let spec = LiveQuerySpec {
             edge: COLLECTION.to_string(),
             filter: Some(format!("g == {}", q % GROUPS)),
@@ -721,12 +729,12 @@ async fn live_queries_on_client(
             .live_query(format!("lq{q}"), spec)
             .await
             .map_err(|e| format!("lq{q}: {e}"))?;
-        queries.push(lq);
+        queries.push((q as usize, lq));
     }
     ready.fetch_add(1, Relaxed);
     // One task per query on this thread's runtime; each keeps its set in `sets_out`.
     let mut tasks = tokio::task::JoinSet::new();
-    for (q, mut lq) in queries.into_iter().enumerate() {
+    for (q, mut lq) in queries {
         let (ctx, sets_out) = (ctx.clone(), sets_out.clone());
         tasks.spawn(async move {
             let mut copied = Instant::now();
@@ -815,10 +823,12 @@ pub fn set_diff(a: &LqSet, b: &LqSet) -> usize {
 // ---------------------------------------------------------------------------------------
 // Services
 
-/// The tasks the instances received, by publication seq.
+/// The tasks the instances received, by publication seq and by task id (what a service
+/// would deduplicate on).
 #[derive(Default)]
 pub struct TaskBook {
     pub seen: HashSet<u64>,
+    pub ids: HashSet<String>,
 }
 
 /// Service instance `i` of `group`: subscribes `work` to `soak/job` (the group's durable
@@ -873,9 +883,15 @@ pub fn service_instance(
             if m["attempt"].as_u64().unwrap_or(1) > 1 {
                 c.tasks_redelivered.fetch_add(1, Relaxed);
             }
-            if let Some(seq) = m["seq"].as_u64() {
-                if !book.lock().expect("not poisoned").seen.insert(seq) {
-                    c.tasks_duplicates.fetch_add(1, Relaxed);
+            {
+                let mut b = book.lock().expect("not poisoned");
+                if let Some(seq) = m["seq"].as_u64() {
+                    if !b.seen.insert(seq) {
+                        c.tasks_duplicates.fetch_add(1, Relaxed);
+                    }
+                }
+                if !b.ids.insert(task.to_string()) {
+                    c.tasks_duplicate_ids.fetch_add(1, Relaxed);
                 }
             }
             if acks.is_empty() {

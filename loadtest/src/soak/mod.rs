@@ -16,11 +16,13 @@
 //! * filtered subscriptions, live queries, entity writes, service instances and the task
 //!   publisher: blocking threads in [`clients`].
 //!
-//! [`series`] holds the samples, the growth rule and the table. The run owns the order:
+//! [`series`] holds the samples, the growth rule and the table; [`cluster`] where each
+//! part runs when the soak is given several nodes (`--nodes`). The run owns the order:
 //! connect everything, open the window, sample, close the window, wait (bounded) for
 //! what is in flight, check, report.
 
 pub mod clients;
+pub mod cluster;
 pub mod series;
 
 use std::collections::BTreeMap;
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cli::{Auth, Config, Target};
+use crate::cli::{Auth, Config, SoakNode, Target};
 use crate::conn::LoopPlan;
 use crate::group::{ClientGroup, LocalGroup};
 use crate::procstat;
@@ -42,7 +44,8 @@ use crate::scenario::services::parse_group_stats;
 use crate::scenario::{Scenario, SoakPart};
 use crate::util::{human_bytes, human_count};
 use clients::{Counters, Ctx, Errors, Flags, LqSet, TaskBook};
-use series::{Sample, RULES};
+use cluster::{Multi, NodeFan, Placement, Publishers};
+use series::{Sample, NODE_RULES, RULES};
 
 /// After the window: how long the run waits at most for deliveries in flight, the task
 /// queue to drain, and the live queries to agree with the REST answer.
@@ -50,16 +53,17 @@ const SETTLE: Duration = Duration::from_secs(60);
 
 fn loop_plan(
     cfg: &Config,
-    part: SoakPart,
+    node: &SoakNode,
+    part: Arc<dyn Scenario>,
     offset: u64,
     count: u64,
     options: &str,
     churn: Option<f64>,
 ) -> LoopPlan {
     LoopPlan {
-        ws_addr: cfg.url.addr,
-        host_header: cfg.url.host_header.clone(),
-        ws_path: cfg.url.path.clone(),
+        ws_addr: node.ws.addr,
+        host_header: node.ws.host_header.clone(),
+        ws_path: node.ws.path.clone(),
         options_query: options.to_string(),
         auth: cfg.auth.clone(),
         token_ttl_secs: 3600 + cfg.duration.as_secs() + connect_cap(count).as_secs(),
@@ -69,7 +73,7 @@ fn loop_plan(
         threads: 1,
         inflight_per_thread: 200,
         attempt_timeout: ATTEMPT_TIMEOUT,
-        scenario: Arc::new(part),
+        scenario: part,
         target: Target::Shardcast,
         churn_rate: churn,
         window: cfg.duration,
@@ -102,8 +106,9 @@ fn options_query(options: &shardcast_client::ConnectionOptions) -> String {
     pairs.join("&")
 }
 
-/// Open files this process needs: every connection, publisher and spare.
-fn fds_needed(cfg: &Config) -> u64 {
+/// Open files this process needs: every connection, publisher and spare (per node: a
+/// churn group of at least 10 in flight, a live-query connection, the publishers).
+fn fds_needed(cfg: &Config, nodes: u64) -> u64 {
     let o = &cfg.soak;
     o.connections
         + 2 * o.slow_conns
@@ -112,6 +117,15 @@ fn fds_needed(cfg: &Config) -> u64 {
         + 1
         + o.instances
         + 16
+        + 20 * (nodes - 1)
+}
+
+/// `ctx` talking to `node`.
+fn on(ctx: &Ctx, node: &SoakNode) -> Ctx {
+    let mut c = ctx.clone();
+    c.ws = node.ws.clone();
+    c.http = node.http.clone();
+    c
 }
 
 struct Parts {
@@ -124,13 +138,45 @@ struct Parts {
 struct Sampler<'a> {
     cfg: &'a Config,
     ctx: &'a Ctx,
+    /// Per node: its context (`/metrics`) and the pids measured as that node (one server:
+    /// every `--server-pid`, summed).
+    nodes: Vec<(Ctx, Vec<u32>)>,
     t0: Instant,
-    cpu0: Option<f64>,
+    /// Per node: its CPU seconds when the window opened.
+    cpu0: Vec<Option<f64>>,
 }
 
 impl Sampler<'_> {
-    fn take(&self, parts: &Parts, pubs: &[&Option<Publisher>]) -> Sample {
-        let pids = &self.cfg.server_pids;
+    fn new<'a>(cfg: &'a Config, ctx: &'a Ctx, nodes: &[Ctx]) -> Sampler<'a> {
+        let cluster = nodes.len() > 1;
+        let nodes: Vec<(Ctx, Vec<u32>)> = nodes
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let pids = if cluster {
+                    cfg.server_pids.get(k).map(|p| vec![*p]).unwrap_or_default()
+                } else {
+                    cfg.server_pids.clone()
+                };
+                (c.clone(), pids)
+            })
+            .collect();
+        let cpu0 = nodes
+            .iter()
+            .map(|(_, pids)| procstat::sample(pids).map(|s| s.cpu_seconds))
+            .collect();
+        Sampler {
+            cfg,
+            ctx,
+            nodes,
+            t0: Instant::now(),
+            cpu0,
+        }
+    }
+
+    /// One node's process and `/metrics` (no harness counters, no store).
+    fn take_node(&self, k: usize, t: f64) -> Sample {
+        let (ctx, pids) = &self.nodes[k];
         let ps = procstat::sample(pids);
         let open_files = if pids.is_empty() {
             None
@@ -139,7 +185,7 @@ impl Sampler<'_> {
                 .map(|&p| series::open_files(p))
                 .sum::<Option<u64>>()
         };
-        let metrics = match self.ctx.http("GET", "/metrics", b"") {
+        let metrics = match ctx.http("GET", "/metrics", b"") {
             Ok((200, body)) => {
                 series::parse_metrics(&String::from_utf8_lossy(&body), series::METRICS)
             }
@@ -152,6 +198,24 @@ impl Sampler<'_> {
                 BTreeMap::new()
             }
         };
+        Sample {
+            t,
+            rss_bytes: ps.map(|p| p.rss_bytes),
+            open_files,
+            cpu_seconds: match (ps, self.cpu0[k]) {
+                (Some(p), Some(c0)) => Some(p.cpu_seconds - c0),
+                _ => None,
+            },
+            metrics,
+            ..Sample::default()
+        }
+    }
+
+    fn take(&self, parts: &Parts, pubs: &[&Publishers]) -> Sample {
+        let t = self.t0.elapsed().as_secs_f64();
+        let per_node: Vec<Sample> = (0..self.nodes.len())
+            .map(|k| self.take_node(k, t))
+            .collect();
         let store = self.cfg.soak.data_dir.as_ref().and_then(|d| {
             series::dir_bytes(d)
                 .map_err(|e| {
@@ -166,10 +230,7 @@ impl Sampler<'_> {
         );
         let k = &self.ctx.counters;
         let get = |a: &AtomicU64| a.load(Relaxed);
-        let published: u64 = pubs
-            .iter()
-            .map(|p| p.as_ref().map_or(0, Publisher::published))
-            .sum();
+        let published: u64 = pubs.iter().map(|p| p.published()).sum();
         let mut h = BTreeMap::new();
         h.insert("published", published);
         h.insert(
@@ -191,19 +252,16 @@ impl Sampler<'_> {
         h.insert("tasks_enqueued", get(&k.tasks_acknowledged));
         h.insert("tasks_completed", get(&k.tasks_received));
         h.insert("errors", get(&k.publish_failures) + get(&k.client_failures));
-        Sample {
-            t: self.t0.elapsed().as_secs_f64(),
-            rss_bytes: ps.map(|p| p.rss_bytes),
-            open_files,
-            cpu_seconds: match (ps, self.cpu0) {
-                (Some(p), Some(c0)) => Some(p.cpu_seconds - c0),
-                _ => None,
-            },
-            metrics,
-            store_bytes: store.map(|s| s.0),
-            store_allocated_bytes: store.map(|s| s.1),
-            harness: h,
+        // the cluster's (or the one server's) sample: the nodes summed
+        let mut total = series::sum_nodes(&per_node);
+        total.t = t;
+        total.store_bytes = store.map(|s| s.0);
+        total.store_allocated_bytes = store.map(|s| s.1);
+        total.harness = h;
+        if per_node.len() > 1 {
+            total.nodes = per_node;
         }
+        total
     }
 }
 
@@ -255,6 +313,81 @@ fn lost(expected: u64, delivered: u64, dropped: u64) -> i64 {
     expected as i64 - delivered as i64 - dropped as i64
 }
 
+/// How long after every client left a node is watched, and from when.
+const QUIET_AFTER: Duration = Duration::from_secs(2);
+const QUIET_FOR: Duration = Duration::from_secs(5);
+/// A node with nothing to do spends well below this share of a core (its reader's
+/// blocking read and the registration renewed each second).
+const QUIET_CPU_PCT: f64 = 10.0;
+
+/// One node once every client has left: its CPU over [`QUIET_FOR`] (with its pid) and
+/// how many of its `/readyz` answers were not 200.
+struct Quiet {
+    cpu_pct: Option<f64>,
+    not_ready: u64,
+    polls: u64,
+}
+
+impl Quiet {
+    fn quiet(&self) -> bool {
+        self.not_ready == 0 && self.cpu_pct.is_none_or(|c| c < QUIET_CPU_PCT)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "cpu_pct": self.cpu_pct.map(|c| (c * 10.0).round() / 10.0),
+            "readyz_not_200": self.not_ready,
+            "readyz_polls": self.polls,
+            "quiet": self.quiet(),
+        })
+    }
+}
+
+/// Cluster mode, after everything is closed: each node should be idle and ready. A node
+/// that keeps working (e.g. a Redis connection it drops and opens again in a loop) shows
+/// here and not in the end checks, which all ran before the clients left. Warns on
+/// stderr for every node that is not quiet.
+fn quiet_after_close(sampler: &Sampler) -> Vec<Quiet> {
+    std::thread::sleep(QUIET_AFTER);
+    let cpu = |pids: &Vec<u32>| procstat::sample(pids).map(|s| s.cpu_seconds);
+    let start = Instant::now();
+    let cpu0: Vec<Option<f64>> = sampler.nodes.iter().map(|(_, p)| cpu(p)).collect();
+    let mut out: Vec<Quiet> = sampler
+        .nodes
+        .iter()
+        .map(|_| Quiet {
+            cpu_pct: None,
+            not_ready: 0,
+            polls: 0,
+        })
+        .collect();
+    while start.elapsed() < QUIET_FOR {
+        for ((c, _), q) in sampler.nodes.iter().zip(out.iter_mut()) {
+            q.polls += 1;
+            if !matches!(c.http("GET", "/readyz", b""), Ok((200, _))) {
+                q.not_ready += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for (k, (((_, pids), q), c0)) in sampler.nodes.iter().zip(&mut out).zip(cpu0).enumerate() {
+        q.cpu_pct = match (cpu(pids), c0) {
+            (Some(b), Some(a)) => Some((b - a) / secs * 100.0),
+            _ => None,
+        };
+        if !q.quiet() {
+            eprintln!(
+                "loadtest: soak: WARNING node {k} is not quiet after every client left: {:.0}% of a core over {secs:.1}s, /readyz not 200 in {} of {} polls",
+                q.cpu_pct.unwrap_or(f64::NAN),
+                q.not_ready,
+                q.polls
+            );
+        }
+    }
+    out
+}
+
 /// Runs the soak; returns the exit code.
 pub fn run(cfg: &Config) -> i32 {
     let o = &cfg.soak;
@@ -262,8 +395,18 @@ pub fn run(cfg: &Config) -> i32 {
         eprintln!("loadtest: soak needs --secret");
         return 2;
     };
+    let nodes = cluster::nodes_of(cfg);
+    let n = nodes.len();
+    let place = Placement { nodes: n };
+    if n > 1 && o.paths < n as u64 {
+        eprintln!(
+            "loadtest: soak: --paths {} is fewer than the {n} nodes: every node needs fan-out paths of its own",
+            o.paths
+        );
+        return 2;
+    }
     let limit = crate::net::raise_nofile_limit();
-    let need = fds_needed(cfg);
+    let need = fds_needed(cfg, n as u64);
     if need + SPARE_FDS > limit {
         eprintln!(
             "loadtest: soak needs about {need} open files (+{SPARE_FDS} spare) and may open {limit}: lower --connections or --scale"
@@ -273,15 +416,15 @@ pub fn run(cfg: &Config) -> i32 {
     if cfg.server_pids.is_empty() {
         eprintln!("loadtest: soak: warning: without --server-pid there is no RSS, CPU or open-files series");
     }
-    if o.data_dir.is_none() {
+    if o.data_dir.is_none() && n == 1 {
         eprintln!("loadtest: soak: warning: without --data-dir there is no store size series");
     }
     let client_options = connection_options(cfg);
     let options = options_query(&client_options);
     let errors: Errors = Arc::default();
     let ctx = Ctx {
-        ws: cfg.url.clone(),
-        http: cfg.http.clone(),
+        ws: nodes[0].ws.clone(),
+        http: nodes[0].http.clone(),
         api_key: cfg.api_key.clone().unwrap_or_default(),
         secret: secret.clone(),
         options: options.clone(),
@@ -291,6 +434,8 @@ pub fn run(cfg: &Config) -> i32 {
         counters: Arc::new(Counters::default()),
         errors: Arc::clone(&errors),
     };
+    // the same run talking to each node
+    let node_ctx: Vec<Ctx> = nodes.iter().map(|nd| on(&ctx, nd)).collect();
     eprintln!(
         "loadtest: soak for {:.0}s: {} fan-out subscribers on {} paths at {}/s, {} slow + {} fast readers at {}/s x {} B, churn {}/s, {} filtered subscriptions at {}/s, {} live queries over {} entities at {} writes/s, {} instances of group {:?} at {} tasks/s; options {options}",
         cfg.duration.as_secs_f64(),
@@ -298,34 +443,89 @@ pub fn run(cfg: &Config) -> i32 {
         o.churn_rate, o.filtered, o.filtered_rate, o.live_queries, cfg.entities,
         o.entity_rate, o.instances, o.group, o.task_rate
     );
+    if n > 1 {
+        eprintln!(
+            "loadtest: soak: cluster mode over {n} nodes ({}): fan-out paths p mod {n} == k subscribed on node k and published through node k+1; slow stream published through node {}, read on nodes {:?}; filtered published through node {}, read on {:?}; entities written through node {}, live queries on {:?}; tasks published through node {}, instances round robin over all nodes; churn on every node",
+            nodes.iter().map(|nd| nd.http.host_header.as_str()).collect::<Vec<_>>().join(", "),
+            place.slow_publisher(),
+            place.readers_of(place.slow_publisher()),
+            place.filtered_publisher(),
+            place.readers_of(place.filtered_publisher()),
+            place.entity_writer(),
+            place.readers_of(place.entity_writer()),
+            place.task_publisher(),
+        );
+    }
 
-    // connect: the client loops and the blocking clients
+    // connect: the client loops (a group per node) and the blocking clients
     let setup_start = Instant::now();
+    let fan_part = |k: usize| -> Arc<dyn Scenario> {
+        if n == 1 {
+            Arc::new(SoakPart::Fan(o.paths))
+        } else {
+            Arc::new(NodeFan {
+                paths: o.paths,
+                nodes: n as u64,
+                node: k as u64,
+            })
+        }
+    };
+    let mut fan_groups: Vec<Box<dyn ClientGroup>> = Vec::new();
+    let mut offset = 0;
+    for (k, node) in nodes.iter().enumerate() {
+        let count = Placement::split(o.connections, n, k);
+        if count > 0 {
+            fan_groups.push(Box::new(LocalGroup::start(loop_plan(
+                cfg,
+                node,
+                fan_part(k),
+                offset,
+                count,
+                &options,
+                None,
+            ))));
+        }
+        offset += count;
+    }
+    let slow_nodes = place.readers_of(place.slow_publisher());
+    let mut slow_groups: Vec<Box<dyn ClientGroup>> = Vec::new();
+    let mut offset = 1_000_000;
+    for (j, &k) in slow_nodes.iter().enumerate() {
+        let count = Placement::split(o.slow_conns, slow_nodes.len(), j);
+        if count > 0 {
+            slow_groups.push(Box::new(LocalGroup::start(loop_plan(
+                cfg,
+                &nodes[k],
+                Arc::new(SoakPart::Slow),
+                offset,
+                count,
+                &options,
+                None,
+            ))));
+        }
+        offset += count;
+    }
+    // churn: the rate split over the nodes, each with at least 10 cycles in flight
+    let churn_groups: Vec<Box<dyn ClientGroup>> = nodes
+        .iter()
+        .enumerate()
+        .map(|(k, node)| {
+            let g: Box<dyn ClientGroup> = Box::new(LocalGroup::start(loop_plan(
+                cfg,
+                node,
+                Arc::new(SoakPart::Churn),
+                4_000_000 + 10_000 * k as u64,
+                (o.churn_inflight / n as u64).max(10),
+                &options,
+                Some(o.churn_rate / n as f64),
+            )));
+            g
+        })
+        .collect();
     let mut parts = Parts {
-        fan: Box::new(LocalGroup::start(loop_plan(
-            cfg,
-            SoakPart::Fan(o.paths),
-            0,
-            o.connections,
-            &options,
-            None,
-        ))),
-        slow: Box::new(LocalGroup::start(loop_plan(
-            cfg,
-            SoakPart::Slow,
-            1_000_000,
-            o.slow_conns,
-            &options,
-            None,
-        ))),
-        churn: Box::new(LocalGroup::start(loop_plan(
-            cfg,
-            SoakPart::Churn,
-            4_000_000,
-            o.churn_inflight,
-            &options,
-            Some(o.churn_rate),
-        ))),
+        fan: Box::new(Multi(fan_groups)),
+        slow: Box::new(Multi(slow_groups)),
+        churn: Box::new(Multi(churn_groups)),
     };
     let ready = Arc::new(AtomicU64::new(0));
     let mut client_threads: Vec<JoinHandle<()>> = Vec::new();
@@ -338,7 +538,7 @@ pub fn run(cfg: &Config) -> i32 {
     let book = Arc::new(Mutex::new(TaskBook::default()));
     for i in 0..o.instances {
         let (c, r, b, g) = (
-            ctx.clone(),
+            node_ctx[i as usize % n].clone(),
             Arc::clone(&ready),
             Arc::clone(&book),
             o.group.clone(),
@@ -349,7 +549,8 @@ pub fn run(cfg: &Config) -> i32 {
         ));
     }
     for i in 0..o.slow_conns {
-        let (x, r, rate) = (ctx.clone(), Arc::clone(&ready), o.slow_read_rate);
+        let x = node_ctx[place.reader_node(place.slow_publisher(), i)].clone();
+        let (r, rate) = (Arc::clone(&ready), o.slow_read_rate);
         client_threads.push(spawn(
             format!("soak-slow-{i}"),
             Box::new(move || clients::slow_reader(x, i, rate, r)),
@@ -359,26 +560,38 @@ pub fn run(cfg: &Config) -> i32 {
     for c in 0..filter_conns {
         let first = c * clients::FILTERS_PER_CONN;
         let count = clients::FILTERS_PER_CONN.min(o.filtered - first);
-        let (x, r) = (ctx.clone(), Arc::clone(&ready));
+        let x = node_ctx[place.reader_node(place.filtered_publisher(), c)].clone();
+        let r = Arc::clone(&ready);
         client_threads.push(spawn(
             format!("soak-flt-{c}"),
             Box::new(move || clients::filtered_conn(x, c, first, count, r)),
         ));
     }
-    let lq_sets: Arc<Mutex<Vec<LqSet>>> = Arc::default();
-    {
-        let (x, r, s, n) = (
-            ctx.clone(),
+    // live queries: one connection per node that reads the entity writer's writes, the
+    // queries round robin over them
+    let lq_sets: Arc<Mutex<Vec<LqSet>>> =
+        Arc::new(Mutex::new(vec![LqSet::new(); o.live_queries as usize]));
+    let lq_nodes = place.readers_of(place.entity_writer());
+    let mut lq_threads = 0;
+    for (j, &k) in lq_nodes.iter().enumerate() {
+        let qs: Vec<u64> = (0..o.live_queries)
+            .filter(|q| *q as usize % lq_nodes.len() == j)
+            .collect();
+        if qs.is_empty() {
+            continue;
+        }
+        lq_threads += 1;
+        let (x, r, s) = (
+            node_ctx[k].clone(),
             Arc::clone(&ready),
             Arc::clone(&lq_sets),
-            o.live_queries,
         );
         client_threads.push(spawn(
-            "soak-lq".into(),
-            Box::new(move || clients::live_queries(x, n, r, s)),
+            format!("soak-lq-{k}"),
+            Box::new(move || clients::live_queries(x, qs, r, s)),
         ));
     }
-    let blocking = o.instances + o.slow_conns + filter_conns + 1;
+    let blocking = o.instances + o.slow_conns + filter_conns + lq_threads;
     let cap = connect_cap(o.connections) + Duration::from_secs(10);
     loop {
         let done = parts.fan.progress().connect_done && parts.slow.progress().connect_done;
@@ -408,46 +621,73 @@ pub fn run(cfg: &Config) -> i32 {
     let slow_subs = parts.slow.subs_per_path();
 
     // the window
-    let sampler = Sampler {
-        cfg,
-        ctx: &ctx,
-        t0: Instant::now(),
-        cpu0: procstat::sample(&cfg.server_pids).map(|s| s.cpu_seconds),
-    };
+    let sampler = Sampler::new(cfg, &ctx, &node_ctx);
     let t0 = sampler.t0;
     let now_ns = crate::util::unix_nanos();
     parts.fan.window_start(now_ns);
     parts.slow.window_start(now_ns);
     parts.churn.window_start(now_ns);
-    let publisher = |part: SoakPart, rate: f64, payload: usize| {
-        Some(Publisher::start(PublishPlan {
-            http: cfg.http.clone(),
+    let publisher = |node: usize, part: Arc<dyn Scenario>, rate: f64, payload: usize| {
+        Publisher::start(PublishPlan {
+            http: nodes[node].http.clone(),
             api_key: ctx.api_key.clone(),
             rate,
             duration: cfg.duration,
             payload,
-            scenario: Arc::new(part),
+            scenario: part,
             nats: None,
-        }))
+        })
     };
-    let fan_pub = publisher(SoakPart::Fan(o.paths), o.rate, cfg.payload);
-    let slow_pub = publisher(SoakPart::Slow, o.slow_rate, o.slow_payload);
+    // fan-out: node k's paths through node k + 1, at their share of the rate (every path
+    // gets rate / paths)
+    let fan_pub = Publishers(
+        (0..n)
+            .filter_map(|k| {
+                let own = if n == 1 {
+                    o.paths
+                } else {
+                    NodeFan {
+                        paths: o.paths,
+                        nodes: n as u64,
+                        node: k as u64,
+                    }
+                    .own_paths()
+                };
+                let rate = o.rate * own as f64 / o.paths as f64;
+                (own > 0).then(|| publisher(place.fan_publisher(k), fan_part(k), rate, cfg.payload))
+            })
+            .collect(),
+    );
+    let slow_pub = Publishers(vec![publisher(
+        place.slow_publisher(),
+        Arc::new(SoakPart::Slow),
+        o.slow_rate,
+        o.slow_payload,
+    )]);
     let flt_pub = {
-        let (x, r, n) = (ctx.clone(), o.filtered_rate, o.filtered);
+        let (x, r, m) = (
+            node_ctx[place.filtered_publisher()].clone(),
+            o.filtered_rate,
+            o.filtered,
+        );
         spawn(
             "soak-flt-pub".into(),
-            Box::new(move || clients::filtered_publisher(x, r, n)),
+            Box::new(move || clients::filtered_publisher(x, r, m)),
         )
     };
     let entity_writer = {
-        let (x, r, k) = (ctx.clone(), o.entity_rate, cfg.entities);
+        let (x, r, k) = (
+            node_ctx[place.entity_writer()].clone(),
+            o.entity_rate,
+            cfg.entities,
+        );
         std::thread::Builder::new()
             .name("soak-entities".into())
             .spawn(move || clients::entity_writer(x, r, k))
             .expect("spawn a soak thread")
     };
     let task_pub = {
-        let (x, r) = (ctx.clone(), o.task_rate);
+        let (x, r) = (node_ctx[place.task_publisher()].clone(), o.task_rate);
         std::thread::Builder::new()
             .name("soak-task-pub".into())
             .spawn(move || clients::task_publisher(x, r))
@@ -476,9 +716,8 @@ pub fn run(cfg: &Config) -> i32 {
     parts.fan.window_end();
     parts.slow.window_end();
     parts.churn.window_end();
-    let finish = |p: Option<Publisher>| p.map(|p| p.finish(false)).unwrap_or_default();
-    let fan_res: PublishResult = finish(fan_pub);
-    let slow_res: PublishResult = finish(slow_pub);
+    let fan_res: PublishResult = fan_pub.finish();
+    let slow_res: PublishResult = slow_pub.finish();
     let _ = flt_pub.join();
     let entity_last = entity_writer.join().unwrap_or_default();
     let mut ranges = task_pub.join().unwrap_or_default();
@@ -513,44 +752,63 @@ pub fn run(cfg: &Config) -> i32 {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    // what the live queries hold must be what the server answers (writes have stopped)
+    // the queue as every node answers it (the operator REST is cluster-wide)
+    let queue_nodes: Vec<Option<(u64, u64)>> =
+        node_ctx.iter().map(|c| group_stats(c, &o.group)).collect();
+    // what the live queries hold must be what every node answers (writes have stopped):
+    // per node, the ids differing per query
     let lq_deadline = Instant::now() + Duration::from_secs(10);
-    let (lq_diff, lq_checked) = loop {
+    let (lq_diff_nodes, lq_checked) = loop {
         let sets = lq_sets.lock().expect("not poisoned").clone();
-        let mut diff = Vec::new();
+        let mut per_node = Vec::new();
         let mut checked = 0usize;
-        for (q, set) in sets.iter().enumerate() {
-            match clients::rest_set(&ctx, q as u64) {
-                Ok(rest) => {
-                    checked += rest.len();
-                    diff.push(clients::set_diff(set, &rest));
-                }
-                Err(e) => {
-                    clients::count_error(&errors, format!("live query check: {e}"));
-                    diff.push(usize::MAX);
+        for c in &node_ctx {
+            let mut diff = Vec::new();
+            for (q, set) in sets.iter().enumerate() {
+                match clients::rest_set(c, q as u64) {
+                    Ok(rest) => {
+                        checked += rest.len();
+                        diff.push(clients::set_diff(set, &rest));
+                    }
+                    Err(e) => {
+                        clients::count_error(&errors, format!("live query check: {e}"));
+                        diff.push(usize::MAX);
+                    }
                 }
             }
+            per_node.push(diff);
         }
-        if diff.iter().all(|&d| d == 0) || Instant::now() > lq_deadline {
-            break (diff, checked);
+        let agree = per_node.iter().flatten().all(|&d| d == 0);
+        if agree || Instant::now() > lq_deadline {
+            break (per_node, checked);
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    // sampled entities: the last acknowledged write is what GET returns
+    // per query: the ids differing on any node (usize::MAX: a node's answer failed)
+    let lq_diff: Vec<usize> = (0..o.live_queries as usize)
+        .map(|q| {
+            lq_diff_nodes
+                .iter()
+                .map(|d| d.get(q).copied().unwrap_or(usize::MAX))
+                .fold(0usize, usize::saturating_add)
+        })
+        .collect();
+    // sampled entities: the last acknowledged write is what GET returns, on every node
+    // in turn
     let step = (cfg.entities / 50).max(1) as usize;
     let (mut e_sampled, mut e_mismatched) = (0u64, Vec::new());
-    for (id, last) in entity_last.iter().enumerate().step_by(step) {
-        let Some(n) = last else { continue };
+    for (j, (id, last)) in entity_last.iter().enumerate().step_by(step).enumerate() {
+        let Some(last_i) = last else { continue };
         e_sampled += 1;
         let target = format!("/api/v1/entities/{}/e{id}", clients::COLLECTION);
-        let got = ctx
+        let got = node_ctx[j % n]
             .http("GET", &target, b"")
             .ok()
             .filter(|(s, _)| *s == 200)
             .and_then(|(_, b)| serde_json::from_slice::<Value>(&b).ok())
             .and_then(|v| v["i"].as_u64());
-        if got != Some(*n) {
-            e_mismatched.push(json!({"id": format!("e{id}"), "acknowledged_i": n, "got_i": got}));
+        if got != Some(*last_i) {
+            e_mismatched.push(json!({"id": format!("e{id}"), "node": j % n, "acknowledged_i": last_i, "got_i": got}));
         }
     }
     let after = sampler.take(&parts, &[]);
@@ -570,6 +828,13 @@ pub fn run(cfg: &Config) -> i32 {
     let fan = collect(parts.fan);
     let slow = collect(parts.slow);
     let churn = collect(parts.churn);
+    // cluster mode: how the nodes behave once every client has left (an observation for
+    // the report, not one of the end checks)
+    let quiet = if n > 1 {
+        quiet_after_close(&sampler)
+    } else {
+        Vec::new()
+    };
 
     // checks
     let mut checks = Vec::new();
@@ -650,12 +915,20 @@ pub fn run(cfg: &Config) -> i32 {
         ),
     );
     let acked = get(&k.tasks_acknowledged);
+    let (dups, dup_ids, redelivered) = (
+        get(&k.tasks_duplicates),
+        get(&k.tasks_duplicate_ids),
+        get(&k.tasks_redelivered),
+    );
     check(
         &mut checks,
         "tasks: every acknowledged task event received and completed",
-        tasks_lost == 0 && tasks_in_run == acked && queue_after == Some((0, 0)),
+        tasks_lost == 0
+            && tasks_in_run == acked
+            && queue_after == Some((0, 0))
+            && queue_nodes.iter().all(|q| *q == Some((0, 0))),
         format!(
-            "acknowledged {acked} completed {tasks_in_run} lost {tasks_lost}; group queue after (pending, inFlight) {queue_after:?}"
+            "acknowledged {acked} completed {tasks_in_run} lost {tasks_lost}; received twice {dups} by seq, {dup_ids} by task id (deduplicated, allowed), redelivered {redelivered}; group queue after (pending, inFlight) {queue_after:?}, per node {queue_nodes:?}"
         ),
     );
     let errs = errors.lock().expect("not poisoned").clone();
@@ -673,10 +946,57 @@ pub fn run(cfg: &Config) -> i32 {
             fan_res.errors, slow_res.errors
         ),
     );
+    // cluster mode: every node delivered during the window, and what the checks counted
+    // crossed nodes (every reader above is on another node than its publisher or writer)
+    let node_deliveries: Vec<Option<f64>> = (0..n)
+        .map(|k| {
+            let d = |s: &Sample| s.nodes.get(k)?.metric("shardcast_deliveries_total");
+            Some(d(&after)? - d(samples.first()?)?)
+        })
+        .collect();
+    let crossed = fan.delivered + slow.delivered + sd + fd;
+    if n > 1 {
+        check(
+            &mut checks,
+            "cluster: deliveries crossed nodes on every node",
+            crossed > 0 && node_deliveries.iter().all(|d| d.is_some_and(|d| d > 0.0)),
+            format!(
+                "{crossed} deliveries to readers on another node than their publisher (fan-out {}, fast {}, slow {sd}, filtered {fd}); deliveries per node during the run {:?}",
+                fan.delivered, slow.delivered, node_deliveries
+            ),
+        );
+    }
     let verdicts: Vec<_> = RULES
         .iter()
         .map(|r| (r, series::verdict(&samples, window_secs, r)))
         .collect();
+    // each node's own process and queues (a leak on one node hides in the sum)
+    let node_verdicts: Vec<(usize, &series::Rule, series::Verdict)> = if n > 1 {
+        (0..n)
+            .flat_map(|k| {
+                let mine: Vec<Sample> = samples
+                    .iter()
+                    .filter_map(|s| s.nodes.get(k).cloned())
+                    .collect();
+                NODE_RULES
+                    .iter()
+                    .map(move |r| (k, r, series::verdict(&mine, window_secs, r)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (k, _, v) in &node_verdicts {
+        if v.grew {
+            eprintln!(
+                "loadtest: soak: FAILED node {k}: {} grows: median {:.0} in the second quarter, {:.0} in the last",
+                v.series,
+                v.q2.unwrap_or(0.0),
+                v.q4.unwrap_or(0.0)
+            );
+        }
+    }
     for (_, v) in &verdicts {
         if v.grew {
             eprintln!(
@@ -687,14 +1007,14 @@ pub fn run(cfg: &Config) -> i32 {
             );
         }
     }
-    let grew = verdicts.iter().any(|(_, v)| v.grew);
+    let grew = verdicts.iter().any(|(_, v)| v.grew) || node_verdicts.iter().any(|(_, _, v)| v.grew);
     // No check that ran is no evidence: an empty list is not healthy.
     let healthy = !checks.is_empty() && checks.iter().all(|c| c["ok"] == true) && !grew;
 
     let report = json!({
         "scenario": "soak",
         "config": {
-            "url": cfg.url_raw, "http": cfg.http_raw, "duration_secs": cfg.duration.as_secs_f64(),
+            "url": (n == 1).then_some(&cfg.url_raw), "http": (n == 1).then_some(&cfg.http_raw), "duration_secs": cfg.duration.as_secs_f64(),
             "sample_every_secs": o.sample_every.as_secs_f64(), "scale": o.scale,
             "connection_options": options,
             "fanout": {"connections": o.connections, "paths": o.paths, "rate": o.rate, "payload": cfg.payload},
@@ -706,7 +1026,24 @@ pub fn run(cfg: &Config) -> i32 {
             "services": {"instances": o.instances, "group": o.group, "task_rate": o.task_rate},
             "server_pids": cfg.server_pids,
             "data_dir": o.data_dir.as_ref().map(|d| d.display().to_string()),
+            "nodes": nodes.iter().map(|nd| nd.http.host_header.clone()).collect::<Vec<_>>(),
         },
+        "cluster": (n > 1).then(|| json!({
+            "nodes": n,
+            "placement": {
+                "fanout": "paths p with p mod nodes == k subscribed on node k, published through node k+1",
+                "slow": {"publisher": place.slow_publisher(), "readers": place.readers_of(place.slow_publisher())},
+                "filtered": {"publisher": place.filtered_publisher(), "readers": place.readers_of(place.filtered_publisher())},
+                "entities": {"writer": place.entity_writer(), "live_queries": place.readers_of(place.entity_writer())},
+                "tasks": {"publisher": place.task_publisher(), "instances": "round robin over all nodes"},
+                "churn": "every node",
+                "channels": "not part of the soak's mix",
+            },
+            "cross_node_deliveries": crossed,
+            "node_deliveries": node_deliveries,
+            "live_query_differing_ids_per_node": lq_diff_nodes.iter().map(|d| d.iter().map(|&x| if x == usize::MAX { Value::Null } else { json!(x) }).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "queue_after_per_node": queue_nodes.iter().map(|q| q.map(|(p, f)| json!({"pending": p, "inFlight": f}))).collect::<Vec<_>>(),
+        })),
         "window_secs": window_secs,
         "samples": samples.iter().map(Sample::to_json).collect::<Vec<_>>(),
         "after_settle": after.to_json(),
@@ -731,15 +1068,24 @@ pub fn run(cfg: &Config) -> i32 {
                          "rest_ids_checked": lq_checked},
         "entities": {"writes_acknowledged": get(&k.entity_writes), "sampled": e_sampled, "mismatched": e_mismatched},
         "tasks": {"instances": o.instances, "group": o.group, "acknowledged": acked, "received": get(&k.tasks_received),
-                  "completed": tasks_in_run, "lost": tasks_lost, "duplicates": get(&k.tasks_duplicates),
+                  "completed": tasks_in_run, "lost": tasks_lost, "duplicates": dups, "duplicate_task_ids": dup_ids,
                   "redelivered": get(&k.tasks_redelivered),
                   "queue_after": queue_after.map(|(p, f)| json!({"pending": p, "inFlight": f}))},
         "errors": errs,
+        "after_close": (n > 1).then(|| quiet.iter().map(Quiet::to_json).collect::<Vec<_>>()),
         "checks": checks,
         "growth": verdicts.iter().map(|(r, v)| v.to_json(r)).collect::<Vec<_>>(),
+        "growth_per_node": node_verdicts.iter().map(|(k, r, v)| {
+            let mut j = v.to_json(r);
+            j["node"] = json!(k);
+            j
+        }).collect::<Vec<_>>(),
         "healthy": healthy,
     });
     println!("{}", series::markdown_table(&samples));
+    if n > 1 {
+        println!("{}", series::node_table(&samples));
+    }
     for c in &checks {
         eprintln!(
             "loadtest: soak: {} {}: {}",
@@ -751,6 +1097,23 @@ pub fn run(cfg: &Config) -> i32 {
     for (_, v) in &verdicts {
         eprintln!(
             "loadtest: soak: growth {}: {}",
+            v.series,
+            if v.q2.is_none() {
+                "not enough samples".to_string()
+            } else if v.grew {
+                "GROWS".to_string()
+            } else {
+                format!(
+                    "bounded (q2 median {:.0}, q4 median {:.0})",
+                    v.q2.unwrap_or(0.0),
+                    v.q4.unwrap_or(0.0)
+                )
+            }
+        );
+    }
+    for (k, _, v) in &node_verdicts {
+        eprintln!(
+            "loadtest: soak: growth node {k} {}: {}",
             v.series,
             if v.q2.is_none() {
                 "not enough samples".to_string()
