@@ -251,6 +251,11 @@ pub fn list_page(caller: &Caller, q: &ListQuery, mut rows: Vec<ChannelView<'_>>)
     json!({"data": data, "pagination": {"page": q.page, "limit": q.limit, "total": total}})
 }
 
+/// The 404 body for a channel that does not exist or that the caller may not see.
+pub fn not_found(id: &str) -> Value {
+    json!({"error": {"code": "NOT_FOUND", "message": format!("no channel '{id}'")}})
+}
+
 pub fn new_channel_id() -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::getrandom(&mut b);

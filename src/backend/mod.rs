@@ -201,7 +201,6 @@ pub(crate) fn refusal_answer(status: u16, r: &Refusal) -> Answer {
 /// refused (cluster mode: Redis cannot be reached).
 pub(crate) fn services_refused(router: &Router, cmd: ServiceCmd, why: &str) {
     use crate::protocol::{error_message, ErrorCode};
-    use crate::router::ShardMsg;
     let to = |at: crate::services::Addr| ReplyTo {
         shard: at.shard as usize,
         conn: at.conn,
@@ -250,19 +249,15 @@ pub(crate) fn services_refused(router: &Router, cmd: ServiceCmd, why: &str) {
                 ),
             ),
         ),
-        ServiceCmd::ChannelAttach { at, .. } => router.send_control(
-            at.shard as usize,
-            ShardMsg::Close {
-                conn: at.conn,
-                gen: at.gen,
-                code: crate::protocol::ws::close::SERVER_FULL,
-                reason: "try again later".into(),
-                error: Some(error_message(
-                    ErrorCode::Unavailable,
-                    &format!("a channel socket {why}"),
-                    None,
-                )),
-            },
+        ServiceCmd::ChannelAttach { at, .. } => at.close(
+            router,
+            crate::protocol::ws::close::SERVER_FULL,
+            "try again later",
+            Some(error_message(
+                ErrorCode::Unavailable,
+                &format!("a channel socket {why}"),
+                None,
+            )),
         ),
     }
 }

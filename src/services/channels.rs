@@ -328,30 +328,12 @@ pub struct Channels {
     pub collected_total: u64,
 }
 
-fn close(router: &Router, at: Addr, code: u16, reason: &str, error: Option<Vec<u8>>) {
-    router.send_control(
-        at.shard as usize,
-        ShardMsg::Close {
-            conn: at.conn,
-            gen: at.gen,
-            code,
-            reason: reason.to_string(),
-            error,
-        },
-    );
-}
-
 fn http(router: &Router, reply: ReplyTo, status: u16, body: Value) {
     router.answer(reply, Answer::Http { status, body });
 }
 
 fn not_found(router: &Router, reply: ReplyTo, id: &str) {
-    http(
-        router,
-        reply,
-        404,
-        json!({"error": {"code": "NOT_FOUND", "message": format!("no channel '{id}'")}}),
-    );
+    http(router, reply, 404, crate::channels::not_found(id));
 }
 
 impl Channels {
@@ -515,7 +497,7 @@ impl Channels {
                 &format!("no channel '{id}' (it may have been deleted)"),
                 None,
             );
-            close(router, at, 4001, "no such channel", Some(m));
+            at.close(router, 4001, "no such channel", Some(m));
             return;
         };
         if !caller.sees(&c.spec) {
@@ -524,7 +506,7 @@ impl Channels {
                 &format!("channel '{id}' is not yours"),
                 None,
             );
-            close(router, at, 4001, "forbidden", Some(m));
+            at.close(router, 4001, "forbidden", Some(m));
             return;
         }
         let key = key.clone();
@@ -533,9 +515,8 @@ impl Channels {
             // A newer socket takes over (the old one may be a dead connection the client
             // gave up on); what was on its way is sent again to the new one.
             self.by_socket.remove(&old);
-            close(
+            old.close(
                 router,
-                old,
                 1000,
                 "replaced by a newer socket on this channel",
                 None,
@@ -720,7 +701,7 @@ impl Channels {
                 self.full.remove(id.as_str());
                 if let Some(at) = c.socket {
                     self.by_socket.remove(&at);
-                    close(router, at, 1000, "channel deleted", None);
+                    at.close(router, 1000, "channel deleted", None);
                 }
                 fx.deletes.push((Table::Channels, id.as_bytes().to_vec()));
                 // Its stored entries go in `step` (which reads the store for their keys).

@@ -33,6 +33,29 @@ pub struct Addr {
     pub gen: u32,
 }
 
+impl Addr {
+    /// Asks the connection's shard to close it with `code` and `reason`, after sending
+    /// `error` (an `error` message) if given.
+    pub fn close(
+        self,
+        router: &crate::router::Router,
+        code: u16,
+        reason: &str,
+        error: Option<Vec<u8>>,
+    ) {
+        router.send_control(
+            self.shard as usize,
+            crate::router::ShardMsg::Close {
+                conn: self.conn,
+                gen: self.gen,
+                code,
+                reason: reason.to_string(),
+                error,
+            },
+        );
+    }
+}
+
 /// A task ready to go: its stored record and the attempt its next delivery is.
 #[derive(Debug)]
 pub struct Task {

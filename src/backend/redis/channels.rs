@@ -198,25 +198,11 @@ fn http(shared: &Shared, reply: ReplyTo, status: u16, body: Json) {
 }
 
 fn not_found(shared: &Shared, reply: ReplyTo, id: &str) {
-    http(
-        shared,
-        reply,
-        404,
-        json!({"error": {"code": "NOT_FOUND", "message": format!("no channel '{id}'")}}),
-    );
+    http(shared, reply, 404, crate::channels::not_found(id));
 }
 
 fn close(shared: &Shared, at: Addr, code: u16, reason: &str, error: Option<Vec<u8>>) {
-    shared.router().send_control(
-        at.shard as usize,
-        ShardMsg::Close {
-            conn: at.conn,
-            gen: at.gen,
-            code,
-            reason: reason.to_string(),
-            error,
-        },
-    );
+    at.close(shared.router(), code, reason, error);
 }
 
 /// The seq of a backlog entry id (`<seq>-0`).
