@@ -251,6 +251,45 @@ pub fn list_page(caller: &Caller, q: &ListQuery, mut rows: Vec<ChannelView<'_>>)
     json!({"data": data, "pagination": {"page": q.page, "limit": q.limit, "total": total}})
 }
 
+/// Why a socket on `/channels/{id}` is refused (`spec`: the channel, if it exists):
+/// the close reason and the `error` message sent before the close 4001; `None` when the
+/// caller may take the channel's events.
+pub fn attach_refusal(
+    spec: Option<&ChannelSpec>,
+    id: &str,
+    caller: &Caller,
+) -> Option<(&'static str, Vec<u8>)> {
+    use crate::protocol::{error_message, ErrorCode};
+    match spec {
+        None => Some((
+            "no such channel",
+            error_message(
+                ErrorCode::NotFound,
+                &format!("no channel '{id}' (it may have been deleted)"),
+                None,
+            ),
+        )),
+        Some(s) if !caller.sees(s) => Some((
+            "forbidden",
+            error_message(
+                ErrorCode::Forbidden,
+                &format!("channel '{id}' is not yours"),
+                None,
+            ),
+        )),
+        Some(_) => None,
+    }
+}
+
+/// The 429 body for a caller who owns `owned` channels, the most `max` allows.
+pub fn limit_exceeded(owner: &str, owned: impl std::fmt::Display, max: usize) -> Value {
+    json!({"error": {"code": "LIMIT_EXCEEDED", "message": format!(
+        "'{}' owns {owned} channels, the most channels.max_per_user ({max}) allows: delete \
+         one first",
+        crate::protocol::truncate(owner, 64),
+    )}})
+}
+
 /// The 404 body for a channel that does not exist or that the caller may not see.
 pub fn not_found(id: &str) -> Value {
     json!({"error": {"code": "NOT_FOUND", "message": format!("no channel '{id}'")}})

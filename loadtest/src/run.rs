@@ -290,13 +290,27 @@ pub fn run(cfg: &Config) -> i32 {
         // scale: a machine that stopped taking connections (every handshake times out)
         // is the measurement's end, not something to wait out until the cap: publish to
         // what is connected while it is still connected
+        let mut stop_why = None;
         if is_scale && !ended_connect && grew.elapsed() >= SCALE_STALL {
-            let why = format!(
+            stop_why = Some(format!(
                 "no connection subscribed for {}s, at {} ({} failed)",
                 SCALE_STALL.as_secs(),
                 p.ready,
                 p.failed
-            );
+            ));
+        }
+        // scale: the machine's memory is what runs out first; stop before it does
+        if cfg.min_available > 0 && !ended_connect && stop_why.is_none() {
+            if let Some(avail) = crate::kernel::mem_available().filter(|&a| a < cfg.min_available) {
+                stop_why = Some(format!(
+                    "MemAvailable {} MiB below --min-available-mib {} with {} subscribed",
+                    avail >> 20,
+                    cfg.min_available >> 20,
+                    p.ready
+                ));
+            }
+        }
+        if let Some(why) = stop_why {
             eprintln!("loadtest: {why}: going on with what is connected");
             for g in groups.iter_mut() {
                 g.end_connect();
@@ -304,25 +318,6 @@ pub fn run(cfg: &Config) -> i32 {
             ended_connect = true;
             if let Some(sc) = scale.as_mut() {
                 sc.connect_stopped = Some(why);
-            }
-        }
-        // scale: the machine's memory is what runs out first; stop before it does
-        if cfg.min_available > 0 && !ended_connect {
-            if let Some(avail) = crate::kernel::mem_available().filter(|&a| a < cfg.min_available) {
-                let why = format!(
-                    "MemAvailable {} MiB below --min-available-mib {} with {} subscribed",
-                    avail >> 20,
-                    cfg.min_available >> 20,
-                    p.ready
-                );
-                eprintln!("loadtest: {why}: going on with what is connected");
-                for g in groups.iter_mut() {
-                    g.end_connect();
-                }
-                ended_connect = true;
-                if let Some(sc) = scale.as_mut() {
-                    sc.connect_stopped = Some(why);
-                }
             }
         }
         if waited > cap + Duration::from_secs(15) {

@@ -491,24 +491,14 @@ impl Channels {
 
     /// A socket authenticated on `/channels/{id}`.
     pub fn attach(&mut self, router: &Router, at: Addr, id: &str, caller: &Caller) {
-        let Some((key, c)) = self.map.get_key_value(id) else {
-            let m = crate::protocol::error_message(
-                crate::protocol::ErrorCode::NotFound,
-                &format!("no channel '{id}' (it may have been deleted)"),
-                None,
-            );
-            at.close(router, 4001, "no such channel", Some(m));
-            return;
-        };
-        if !caller.sees(&c.spec) {
-            let m = crate::protocol::error_message(
-                crate::protocol::ErrorCode::Forbidden,
-                &format!("channel '{id}' is not yours"),
-                None,
-            );
-            at.close(router, 4001, "forbidden", Some(m));
+        let found = self.map.get_key_value(id);
+        if let Some((reason, m)) =
+            crate::channels::attach_refusal(found.map(|(_, c)| &c.spec), id, caller)
+        {
+            at.close(router, 4001, reason, Some(m));
             return;
         }
+        let Some((key, _)) = found else { return };
         let key = key.clone();
         let c = self.map.get_mut(&key).expect("looked up above");
         if let Some(old) = c.socket.replace(at) {
@@ -717,17 +707,9 @@ impl Channels {
             ChannelRequest::Create(NewChannel { kind, event_types }) => {
                 let owned = self.owned.get(&caller.sub).copied().unwrap_or(0);
                 if !caller.admin && owned >= self.max_per_user {
-                    http(
-                        router,
-                        reply,
-                        429,
-                        json!({"error": {"code": "LIMIT_EXCEEDED", "message": format!(
-                            "'{}' owns {owned} channels, the most channels.max_per_user ({}) \
-                             allows: delete one first",
-                            crate::protocol::truncate(&caller.sub, 64),
-                            self.max_per_user
-                        )}}),
-                    );
+                    let body =
+                        crate::channels::limit_exceeded(&caller.sub, owned, self.max_per_user);
+                    http(router, reply, 429, body);
                     return None;
                 }
                 // Counted from now: creations still on their way to the store count too, so

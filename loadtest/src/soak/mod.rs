@@ -389,6 +389,18 @@ fn quiet_after_close(sampler: &Sampler) -> Vec<Quiet> {
 }
 
 /// Runs the soak; returns the exit code.
+/// A growth verdict as the progress log states it.
+fn growth_text(v: &series::Verdict) -> String {
+    match (v.q2, v.q4) {
+        (None, _) => "not enough samples".to_string(),
+        _ if v.grew => "GROWS".to_string(),
+        (Some(q2), q4) => format!(
+            "bounded (q2 median {q2:.0}, q4 median {:.0})",
+            q4.unwrap_or(0.0)
+        ),
+    }
+}
+
 pub fn run(cfg: &Config) -> i32 {
     let o = &cfg.soak;
     let Auth::Secret(secret) = &cfg.auth else {
@@ -1095,37 +1107,13 @@ pub fn run(cfg: &Config) -> i32 {
         );
     }
     for (_, v) in &verdicts {
-        eprintln!(
-            "loadtest: soak: growth {}: {}",
-            v.series,
-            if v.q2.is_none() {
-                "not enough samples".to_string()
-            } else if v.grew {
-                "GROWS".to_string()
-            } else {
-                format!(
-                    "bounded (q2 median {:.0}, q4 median {:.0})",
-                    v.q2.unwrap_or(0.0),
-                    v.q4.unwrap_or(0.0)
-                )
-            }
-        );
+        eprintln!("loadtest: soak: growth {}: {}", v.series, growth_text(v));
     }
     for (k, _, v) in &node_verdicts {
         eprintln!(
             "loadtest: soak: growth node {k} {}: {}",
             v.series,
-            if v.q2.is_none() {
-                "not enough samples".to_string()
-            } else if v.grew {
-                "GROWS".to_string()
-            } else {
-                format!(
-                    "bounded (q2 median {:.0}, q4 median {:.0})",
-                    v.q2.unwrap_or(0.0),
-                    v.q4.unwrap_or(0.0)
-                )
-            }
+            growth_text(v)
         );
     }
     if let Some(path) = &cfg.json {

@@ -25,7 +25,7 @@ use serde_json::{json, Value as Json};
 
 use super::Shared;
 use crate::channels::{Caller, ChannelRequest, ChannelSpec, ChannelView, NewChannel, Status};
-use crate::protocol::{error_message, ErrorCode, EventHead};
+use crate::protocol::EventHead;
 use crate::router::{Answer, ReplyTo, ShardMsg};
 use crate::services::index::DurableSub;
 use crate::services::Addr;
@@ -282,22 +282,11 @@ impl Channels {
         id: &str,
         caller: &Caller,
     ) -> redis::RedisResult<()> {
-        let Some(st) = cx.read(id)? else {
-            let m = error_message(
-                ErrorCode::NotFound,
-                &format!("no channel '{id}' (it may have been deleted)"),
-                None,
-            );
-            close(cx.shared, at, 4001, "no such channel", Some(m));
-            return Ok(());
-        };
-        if !caller.sees(&st.spec) {
-            let m = error_message(
-                ErrorCode::Forbidden,
-                &format!("channel '{id}' is not yours"),
-                None,
-            );
-            close(cx.shared, at, 4001, "forbidden", Some(m));
+        let st = cx.read(id)?;
+        if let Some((reason, m)) =
+            crate::channels::attach_refusal(st.as_ref().map(|st| &st.spec), id, caller)
+        {
+            close(cx.shared, at, 4001, reason, Some(m));
             return Ok(());
         }
         let name = cx.socket_name(at);
@@ -728,17 +717,9 @@ impl Channels {
                         Value::Int(i) => *i,
                         _ => 0,
                     });
-                    http(
-                        cx.shared,
-                        reply,
-                        429,
-                        json!({"error": {"code": "LIMIT_EXCEEDED", "message": format!(
-                            "'{}' owns {owned} channels, the most channels.max_per_user ({}) \
-                             allows: delete one first",
-                            crate::protocol::truncate(&caller.sub, 64),
-                            settings.max_per_user
-                        )}}),
-                    );
+                    let body =
+                        crate::channels::limit_exceeded(&caller.sub, owned, settings.max_per_user);
+                    http(cx.shared, reply, 429, body);
                     return Ok(());
                 }
                 spec.created_at_ms = first as u64;
