@@ -383,11 +383,116 @@ fn main() {
         },
     );
 
+    // A batched flush of 200 event frames (231 B each, 46 KB) to a loopback socket whose
+    // reader drains on another thread: one iovec per frame (the flush before the feed's
+    // flat runs), the flat run built and written (a member alone at its cursor), and the
+    // flat run written (the other members of its cohort: the copy is shared).
+    let frames: Vec<Rc<Frame>> = (0..200u32)
+        .map(|i| {
+            Rc::new(Frame::build(
+                ws::OpCode::Text,
+                225,
+                Box::new([1]),
+                None,
+                i,
+                |b| b.resize(b.len() + 225, b'x'),
+            ))
+        })
+        .collect();
+    let mut sink = Sink::new();
+    bench(
+        &filter,
+        "flush 200 frames to a socket: 200 iovecs",
+        1,
+        4_000,
+        || {
+            let parts: Vec<std::io::IoSlice<'_>> = frames
+                .iter()
+                .map(|f| std::io::IoSlice::new(f.frame_bytes()))
+                .collect();
+            sink.write_all_vectored(&parts);
+        },
+    );
+    bench(
+        &filter,
+        "flush 200 frames to a socket: flatten + 1 write",
+        1,
+        4_000,
+        || {
+            let run =
+                shardcast::shard::feed::flatten(frames.iter(), shardcast::config::Framing::Frames);
+            sink.write_all_vectored(&[std::io::IoSlice::new(&run)]);
+        },
+    );
+    let run = shardcast::shard::feed::flatten(frames.iter(), shardcast::config::Framing::Frames);
+    bench(
+        &filter,
+        "flush 200 frames to a socket: shared flat run, 1 write",
+        1,
+        4_000,
+        || {
+            sink.write_all_vectored(&[std::io::IoSlice::new(&run)]);
+        },
+    );
+    drop(sink);
+
     // WebSocket unmask (client commands and echo).
     let mut buf = vec![0u8; 64 * 1024];
     bench(&filter, "unmask 64 KiB", 1, 2_000, || {
         ws::unmask(black_box(&mut buf), [1, 2, 3, 4]);
     });
+}
+
+/// A loopback TCP connection whose far end a thread reads and discards, for the flush
+/// benchmarks: what a write costs the writer, with a reader as fast as the kernel lets it.
+struct Sink {
+    sock: std::net::TcpStream,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    fn new() -> Sink {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        sock.set_nodelay(true).unwrap();
+        let (mut far, _) = listener.accept().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            while far.read(&mut buf).is_ok_and(|n| n > 0) {}
+        });
+        Sink {
+            sock,
+            reader: Some(reader),
+        }
+    }
+
+    /// Writes every byte of `parts` (blocking socket: a full buffer waits for the reader).
+    fn write_all_vectored(&mut self, parts: &[std::io::IoSlice<'_>]) {
+        use std::io::Write;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut n = self.sock.write_vectored(parts).unwrap();
+        if n < total {
+            // Rare (the socket buffer filled): the rest as one copy.
+            let rest: Vec<u8> = parts
+                .iter()
+                .flat_map(|p| p.iter().copied())
+                .skip(n)
+                .collect();
+            self.sock.write_all(&rest).unwrap();
+            n = total;
+        }
+        black_box(n);
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
 }
 
 /// Messages per round of the mailbox queue benchmarks.

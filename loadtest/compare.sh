@@ -6,7 +6,11 @@
 #
 # Environment: SCENARIO=fanout|spread|idle (default fanout; the floor runs with fanout
 # only), PATHS (spread, default 100), PAYLOAD (publish body bytes, default 128), FLUSH_K
-# (messages per writev for the second floor run, default 10), OUT (default target/compare).
+# (messages per writev for the second floor run, default 10), OUT (default target/compare),
+# SHARDCAST_BIN (another shardcast build, e.g. the one before a change: run right after
+# the new one, as column "shardcast-old" with the ratio new/old), NATS=0 (skip
+# nats-server), BIN_DIR (where shardcast, loadtest and floorwriter are; default
+# target/release).
 #
 # Each target runs alone: the server pinned to core 0 (taskset -c 0), the harness to
 # core 1 (taskset -c 1), then the server is stopped:
@@ -30,6 +34,9 @@ paths=${PATHS:-100}
 payload=${PAYLOAD:-128}
 k=${FLUSH_K:-10}
 out=${OUT:-target/compare}
+bin=${BIN_DIR:-target/release}
+old_bin=${SHARDCAST_BIN:-}
+with_nats=${NATS:-1}
 
 case "$scenario" in fanout | spread | idle) ;; *)
   echo "compare.sh: SCENARIO must be fanout, spread or idle (got $scenario)" >&2
@@ -38,14 +45,15 @@ case "$scenario" in fanout | spread | idle) ;; *)
 esac
 
 missing=()
-command -v nats-server >/dev/null ||
+[ "$with_nats" = 0 ] || command -v nats-server >/dev/null ||
   missing+=("nats-server: as root, apt-get update && apt-get install nats-server (Debian package, 2.9)")
 command -v taskset >/dev/null || missing+=("taskset: as root, apt-get install util-linux")
 command -v python3 >/dev/null || missing+=("python3 (free ports, the table): as root, apt-get install python3")
 command -v curl >/dev/null || missing+=("curl (waits for shardcast's /healthz): as root, apt-get install curl")
-for b in target/release/shardcast target/release/loadtest target/release/floorwriter; do
+for b in "$bin/shardcast" "$bin/loadtest" "$bin/floorwriter"; do
   [ -x "$b" ] || missing+=("$b: cargo build --release -p shardcast -p loadtest")
 done
+[ -z "$old_bin" ] || [ -x "$old_bin" ] || missing+=("SHARDCAST_BIN=$old_bin: not an executable")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "compare.sh: missing, nothing was run:" >&2
   printf '  - %s\n' "${missing[@]}" >&2
@@ -104,7 +112,7 @@ harness() {
   esac
   echo "== $name: loadtest $scenario, $conns connections, rate $rate, $dur" >&2
   local rc=0
-  taskset -c 1 target/release/loadtest "$scenario" "$@" "${extra[@]}" \
+  taskset -c 1 "$bin/loadtest" "$scenario" "$@" "${extra[@]}" \
     --connections "$conns" --rate "$rate" --duration "$dur" --payload "$payload" \
     --server-pid "$server_pid" --json "$out/$name.json" || rc=$?
   if [ "$rc" -ne 0 ]; then
@@ -113,29 +121,36 @@ harness() {
   echo "$rc" >"$out/$name.rc"
 }
 
-# 1. shardcast
-port=$(free_port)
-rm -rf "$out/shardcast-data"
-cat >"$out/shardcast.toml" <<TOML
+# 1. shardcast (and the other build, if given)
+# run_shardcast NAME BINARY
+run_shardcast() {
+  local name=$1 server=$2
+  port=$(free_port)
+  rm -rf "$out/$name-data"
+  cat >"$out/$name.toml" <<TOML
 listen = "127.0.0.1:$port"
 shards = 1
-data_dir = "$out/shardcast-data"
+data_dir = "$out/$name-data"
 [auth]
 jwt_secret = "compare-secret"
 api_keys = ["compare-key"]
 TOML
-taskset -c 0 target/release/shardcast serve --config "$out/shardcast.toml" >"$out/shardcast.log" 2>&1 &
-server_pid=$!
-wait_for shardcast curl -sf "http://127.0.0.1:$port/healthz"
-if [ "$scenario" = idle ]; then
-  harness shardcast --url "ws://127.0.0.1:$port/ws" --secret compare-secret --batch-ms "$batch_ms"
-else
-  harness shardcast --url "ws://127.0.0.1:$port/ws" --secret compare-secret --api-key compare-key \
-    --batch-ms "$batch_ms"
-fi
-stop_server
+  taskset -c 0 "$server" serve --config "$out/$name.toml" >"$out/$name.log" 2>&1 &
+  server_pid=$!
+  wait_for "$name" curl -sf "http://127.0.0.1:$port/healthz"
+  if [ "$scenario" = idle ]; then
+    harness "$name" --url "ws://127.0.0.1:$port/ws" --secret compare-secret --batch-ms "$batch_ms"
+  else
+    harness "$name" --url "ws://127.0.0.1:$port/ws" --secret compare-secret --api-key compare-key \
+      --batch-ms "$batch_ms"
+  fi
+  stop_server
+}
+run_shardcast shardcast "$bin/shardcast"
+[ -z "$old_bin" ] || run_shardcast shardcast-old "$old_bin"
 
 # 2. nats-server
+if [ "$with_nats" != 0 ]; then
 nport=$(free_port)
 wport=$(free_port)
 cat >"$out/nats.conf" <<CONF
@@ -150,6 +165,7 @@ server_pid=$!
 wait_for nats-server tcp_open "$wport"
 harness nats --target nats --url "ws://127.0.0.1:$wport/" --nats-url "nats://127.0.0.1:$nport"
 stop_server
+fi
 
 # 3, 4. the write floor (fanout: every subscriber gets every publication)
 if [ "$scenario" = fanout ]; then
@@ -162,7 +178,7 @@ if [ "$scenario" = fanout ]; then
       name=floor-$k
       fargs=(--write per-flush --batch "$k" --flush-ms 1000)
     fi
-    taskset -c 0 target/release/floorwriter --listen "127.0.0.1:$fport" "${fargs[@]}" \
+    taskset -c 0 "$bin/floorwriter" --listen "127.0.0.1:$fport" "${fargs[@]}" \
       --json "$out/$name.own.json" >"$out/$name.log" 2>&1 &
     server_pid=$!
     wait_for floorwriter curl -sf "http://127.0.0.1:$fport/healthz"
@@ -179,8 +195,8 @@ python3 - "$out" "$k" "$scenario" "$conns" "$rate" "$dur" "$batch_ms" "$payload"
 import json, os, sys
 
 out, k, scenario, conns, rate, dur, batch_ms, payload = sys.argv[1:]
-cols = [("shardcast", "shardcast"), ("nats", "nats-server"), ("floor-1", "floor 1 write/msg"),
-        (f"floor-{k}", f"floor writev x{k}")]
+cols = [("shardcast", "shardcast"), ("shardcast-old", "shardcast-old"), ("nats", "nats-server"),
+        ("floor-1", "floor 1 write/msg"), (f"floor-{k}", f"floor writev x{k}")]
 
 def load(name):
     try:
@@ -190,7 +206,7 @@ def load(name):
         return None
 
 reports = {name: load(name) for name, _ in cols}
-own = {name: load(name + ".own") for name, _ in cols[2:]}
+own = {name: load(name + ".own") for name, _ in cols if name.startswith("floor")}
 
 def cpu_per_m(r):
     c, d = r["server"]["cpu_seconds"], r["delivered"]
@@ -220,8 +236,11 @@ def val(name, f):
     except (KeyError, TypeError, ZeroDivisionError):
         return None
 
-ratio_cols = [("nats", "shardcast/nats"), ("floor-1", "shardcast/floor-1"),
-              (f"floor-{k}", f"shardcast/floor-{k}")]
+ratio_cols = [("shardcast-old", "new/old"), ("nats", "shardcast/nats"),
+              ("floor-1", "shardcast/floor-1"), (f"floor-{k}", f"shardcast/floor-{k}")]
+# Columns of runs that did not happen (no SHARDCAST_BIN, NATS=0, no floor) are left out.
+cols = [c for c in cols if reports.get(c[0]) is not None or c[0] == "shardcast"]
+ratio_cols = [c for c in ratio_cols if reports.get(c[0]) is not None]
 header = ["metric"] + [t for _, t in cols] + [t for _, t in ratio_cols]
 rows = []
 for label, f, fmt, with_ratio in metrics:
@@ -247,7 +266,7 @@ for r in rows:
     print(line(r))
 print("ratios are shardcast / other: below 1 is better for CPU per delivery, latency and RSS;"
       " above 1 is better for deliveries/s and deliveries per CPU-s")
-for name, title in cols[2:]:
+for name, title in cols:
     o = own.get(name)
     if o:
         print(f"{title}: its own count (/proc/self/stat): {o['writes']} writes, "

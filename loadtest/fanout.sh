@@ -4,13 +4,15 @@
 #   loadtest/fanout.sh NAME CONNECTIONS RATE BATCH_MS DURATION [OUTDIR]
 # e.g. loadtest/fanout.sh b0 10000 20 0 15s   → OUTDIR/b0.json (default OUTDIR: target/perf)
 # Needs: cargo build --release -p shardcast -p loadtest; taskset (util-linux).
-# SHARDCAST_BIN=path runs another shardcast build (before/after comparisons).
+# SHARDCAST_BIN=path runs another shardcast build (before/after comparisons);
+# LOADTEST_BIN=path another harness build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=$1 conns=$2 rate=$3 batch_ms=$4 dur=$5 out=${6:-target/perf}
 command -v taskset >/dev/null || { echo "taskset (util-linux) is missing" >&2; exit 2; }
 server_bin=${SHARDCAST_BIN:-target/release/shardcast}
-for b in "$server_bin" target/release/loadtest; do
+harness_bin=${LOADTEST_BIN:-target/release/loadtest}
+for b in "$server_bin" "$harness_bin"; do
   [ -x "$b" ] || { echo "$b is missing: cargo build --release -p shardcast -p loadtest" >&2; exit 2; }
 done
 mkdir -p "$out"
@@ -27,6 +29,6 @@ taskset -c 0 "$server_bin" serve --config "$out/$name.toml" > "$out/$name.server
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.05; done
-taskset -c 1 target/release/loadtest fanout --url "ws://127.0.0.1:$port/ws" --http "http://127.0.0.1:$port" \
+taskset -c 1 "$harness_bin" fanout --url "ws://127.0.0.1:$port/ws" --http "http://127.0.0.1:$port" \
   --secret perf-secret --api-key perf-key --connections "$conns" --rate "$rate" --duration "$dur" \
   --batch-ms "$batch_ms" --server-pid "$server" --json "$out/$name.json"

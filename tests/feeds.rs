@@ -255,3 +255,68 @@ fn random_operations_match_a_model() {
         c.expect_marker(marker);
     }
 }
+
+/// Batches of many messages are written as one flat run (the cohort's members share
+/// it; a ring connection makes its own): every connection still gets every message in
+/// order, one frame per message with `framing=frames` and one `batch` per flush with
+/// `framing=array`, and an overflow warning still comes first.
+#[test]
+fn long_batches_arrive_whole_and_in_order_in_both_framings() {
+    let s = Server::start("shards = 1\n[delivery]\nqueue_capacity = 40");
+    let tok = token("u", "user", &["*"]);
+    let frames_q = "&batchMs=700&batchMax=40";
+    let array_q = "&batchMs=700&batchMax=40&framing=array";
+    // Two members of one feed per framing, and a ring connection (two subscriptions).
+    let mut fa = Client::authed(&s, &tok, frames_q);
+    let mut fb = Client::authed(&s, &tok, frames_q);
+    let mut aa = Client::authed(&s, &tok, array_q);
+    let mut ab = Client::authed(&s, &tok, array_q);
+    let mut ring = Client::authed(&s, &tok, array_q);
+    for c in [&mut fa, &mut fb, &mut aa, &mut ab] {
+        c.subscribe(json!([{"id": "r", "path": "r"}]));
+    }
+    ring.subscribe(json!([{"id": "r", "path": "r"}, {"id": "o", "path": "other"}]));
+    let events = |range: std::ops::Range<i32>| -> Vec<Value> {
+        range
+            .map(|i| json!({"path": "r", "eventType": "e", "data": i}))
+            .collect()
+    };
+    // One request: all 30 reach the shard together and wait for one flush.
+    let before: Vec<usize> = [&fa, &fb, &aa, &ab, &ring]
+        .iter()
+        .map(|c| c.frames)
+        .collect();
+    s.publish_batch(events(0..30));
+    let want: Vec<Value> = (0..30).map(|i| json!(i)).collect();
+    for (c, was, per_message) in [
+        (&mut fa, before[0], true),
+        (&mut fb, before[1], true),
+        (&mut aa, before[2], false),
+        (&mut ab, before[3], false),
+        (&mut ring, before[4], false),
+    ] {
+        let (got, warnings) = collect(c, 30);
+        assert_eq!(got, want);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let frames = c.frames - was;
+        if per_message {
+            assert_eq!(frames, 30, "one frame per message");
+        } else {
+            assert_eq!(frames, 1, "one batch for the flush");
+        }
+    }
+    // 60 more while batching, past the capacity (40): the warning comes first, then the
+    // newest 40 as one run.
+    s.publish_batch(events(0..60));
+    let want: Vec<Value> = (20..60).map(|i| json!(i)).collect();
+    for c in [&mut fa, &mut fb, &mut aa, &mut ab, &mut ring] {
+        let (got, warnings) = collect(c, 40);
+        assert_eq!(warnings, [("r".to_string(), 20)]);
+        assert_eq!(got, want);
+    }
+    // Nothing else follows.
+    let marker = s.publish("r", "e", json!("end"));
+    for c in [&mut fa, &mut fb, &mut aa, &mut ab, &mut ring] {
+        c.expect_marker(marker);
+    }
+}

@@ -483,3 +483,21 @@ pub fn write_segments(
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Idle memory per subscribed connection is mostly its slab entry (docs/PERFORMANCE.md
+    /// "Idle memory"): a field added to every connection shows up here first. Raise the
+    /// bound only with the idle figure measured again.
+    #[test]
+    fn a_connection_entry_stays_within_its_idle_budget() {
+        assert!(
+            std::mem::size_of::<Conn>() <= 360,
+            "Conn is {} B (WsState {} B)",
+            std::mem::size_of::<Conn>(),
+            std::mem::size_of::<WsState>()
+        );
+    }
+}

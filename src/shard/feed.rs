@@ -66,12 +66,23 @@ pub struct Cohort {
     pub members: Vec<Member>,
 }
 
+/// A run of the log laid out as the bytes one flush writes (see [`Feed::flat`]).
+#[derive(Debug)]
+struct Flat {
+    start: u64,
+    n: usize,
+    bytes: Rc<Vec<u8>>,
+}
+
 /// One shared log. Positions count messages appended since the feed was made; `base` is
 /// the position of the oldest message still held.
 #[derive(Debug)]
 pub struct Feed {
     pub key: FeedKey,
     log: VecDeque<Rc<Frame>>,
+    /// The last run flattened for a flush: members of one cohort flush the same run, so
+    /// the first of them copies it and the others write the same bytes.
+    flat: Option<Flat>,
     base: u64,
     capacity: usize,
     /// Every member; a connection's `feed_pos` is its index here.
@@ -90,6 +101,7 @@ impl Feed {
         Feed {
             key,
             log: VecDeque::new(),
+            flat: None,
             base: 0,
             capacity: capacity.max(1),
             members: Vec::new(),
@@ -186,6 +198,31 @@ impl Feed {
         self.log.range(from..to)
     }
 
+    /// Messages `start..start + n` (within the log, see [`Feed::frames`]) as one run of
+    /// bytes in the feed's framing: whole WebSocket frames back to back (`frames`), or
+    /// the messages joined by commas (`array`: the inside of a `batch`, which the flush
+    /// wraps). Built once per run and shared by every member flushing that run.
+    ///
+    /// Why: a flush of 200 separate frames is 200 iovecs, and the kernel's copy of a
+    /// segmented write costs ~2x one contiguous write of the same bytes (the write floor,
+    /// docs/PERFORMANCE.md "Performance II"); one user-space copy per cohort buys back
+    /// most of it for every member.
+    pub fn flat(&mut self, start: u64, n: usize) -> Rc<Vec<u8>> {
+        if let Some(f) = &self.flat {
+            if f.start == start && f.n == n {
+                return f.bytes.clone();
+            }
+        }
+        let bytes = flatten(self.frames(start, n), self.key.framing);
+        let bytes = Rc::new(bytes);
+        self.flat = Some(Flat {
+            start,
+            n,
+            bytes: bytes.clone(),
+        });
+        bytes
+    }
+
     /// A member read from `start` to `to`: the log gives back what nobody needs any more.
     pub fn advance(&mut self, start: u64, to: u64) {
         self.uncount(start.max(self.base));
@@ -249,7 +286,42 @@ impl Feed {
         while self.base < low && self.log.pop_front().is_some() {
             self.base += 1;
         }
+        // A run nobody can flush any more (every member is past its start) is let go, so
+        // a quiet feed holds no copy.
+        if self
+            .flat
+            .as_ref()
+            .is_some_and(|f| f.start < self.base || self.log.is_empty())
+        {
+            self.flat = None;
+        }
     }
+}
+
+/// `frames` as one run of bytes in `framing` (see [`Feed::flat`]).
+pub fn flatten<'a>(
+    frames: impl Iterator<Item = &'a Rc<Frame>> + Clone,
+    framing: Framing,
+) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    match framing {
+        Framing::Frames => {
+            bytes.reserve(frames.clone().map(|f| f.frame_bytes().len()).sum());
+            for f in frames {
+                bytes.extend_from_slice(f.frame_bytes());
+            }
+        }
+        Framing::Array => {
+            bytes.reserve(frames.clone().map(|f| f.message().len() + 1).sum());
+            for (i, f) in frames.enumerate() {
+                if i > 0 {
+                    bytes.push(b',');
+                }
+                bytes.extend_from_slice(f.message());
+            }
+        }
+    }
+    bytes
 }
 
 /// How a connection leaves its feed.

@@ -40,6 +40,8 @@ pub struct PendingFlush {
     pub flushed: Flushed,
     /// Keeps the frames' bytes alive while the kernel may read them.
     _frames: Vec<Rc<Frame>>,
+    /// Or the feed's flat run of them (see `Feed::flat`).
+    _flat: Option<Rc<Vec<u8>>>,
     /// Keeps the head (warnings, batch header) alive likewise.
     _head: Vec<u8>,
     iov: Vec<libc::iovec>,
@@ -49,12 +51,13 @@ pub struct PendingFlush {
 
 impl PendingFlush {
     /// Takes the submission's buffers: `iov` (from [`iovecs`]) points into `frames`,
-    /// `head` or static data, all of which this value keeps alive.
+    /// `flat`, `head` or static data, all of which this value keeps alive.
     pub fn new(
         key: usize,
         gen: u32,
         flushed: Flushed,
         frames: Vec<Rc<Frame>>,
+        flat: Option<Rc<Vec<u8>>>,
         head: Vec<u8>,
         iov: Vec<libc::iovec>,
     ) -> PendingFlush {
@@ -68,6 +71,7 @@ impl PendingFlush {
             gen,
             flushed,
             _frames: frames,
+            _flat: flat,
             _head: head,
             iov,
             msg,

@@ -881,6 +881,12 @@ impl Shard {
                 replays.push((id, found));
             }
             if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) {
+                // Most connections hold one or two subscriptions: grow the list one by one
+                // up to four (a `Vec` would make room for four at once: 144 B more per
+                // idle single-subscription connection, docs/PERFORMANCE.md "Idle memory").
+                if ws.subscriptions.len() < 4 {
+                    ws.subscriptions.reserve_exact(1);
+                }
                 ws.subscriptions.push(sub);
             }
             accepted.push(answer);
