@@ -170,6 +170,12 @@ pub(super) const KEYS: &[KeySpec] = &[
         Kind::OneOf(&["frames", "array"]),
         "default framing: \"frames\" (one message per event) or \"array\"",
     ),
+    ext(
+        "delivery",
+        "compression",
+        Kind::OneOf(&["off", "on"]),
+        "accept permessage-deflate (RFC 7692) offers: \"off\" or \"on\"",
+    ),
     spec(
         "delivery",
         "queue_capacity",

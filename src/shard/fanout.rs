@@ -362,6 +362,10 @@ impl Shard {
                 warnings.push(protocol::overflow_warning(self.interner.name(id), count));
             }
         }
+        // permessage-deflate: the connection's agreement, and (`framing=array`) where the
+        // batch's payload starts in `head` and its length.
+        let agreed = ws.deflate.as_ref().map(|d| d.agreed);
+        let (mut batch_at, mut batch_len) = (0, 0);
         let mut head: Vec<u8> = Vec::new();
         let frames_written = match ws.framing {
             Framing::Frames => {
@@ -377,6 +381,7 @@ impl Shard {
                 let len = BATCH_OPEN.len() + msgs + count - 1 + BATCH_CLOSE.len();
                 let mut h = [0u8; ws::MAX_HEADER];
                 let hn = ws::encode_header(&mut h, ws::OpCode::Text, len);
+                (batch_at, batch_len) = (hn, len);
                 head.extend_from_slice(&h[..hn]);
                 head.extend_from_slice(BATCH_OPEN);
                 for w in &warnings {
@@ -386,11 +391,79 @@ impl Shard {
                 1
             }
         };
+        // A compressed batch replaces `head` with the whole compressed frame; so do the
+        // frames of a connection that asked for a smaller window than the shared form's.
+        let mut all_in_head = false;
+        if let (Framing::Frames, Some(a)) = (ws.framing, &agreed) {
+            if a.server_window_bits < 15 {
+                for f in frames.clone() {
+                    f.deflate_into(a, &mut self.compressor, &mut head);
+                }
+                all_in_head = true;
+            }
+        }
+        if let (Framing::Array, Some(a)) = (ws.framing, &agreed) {
+            // The shared cache holds 32 KiB-window batches only.
+            let bits = if a.fits_window(batch_len) {
+                15
+            } else {
+                a.server_window_bits
+            };
+            {
+                // Members of a feed flushing the same range without warnings get the
+                // same bytes: the feed keeps the last compressed batch for them.
+                let cache = match (start, warnings.is_empty() && bits == 15) {
+                    (Some(start), true) => ws
+                        .feed
+                        .checked_sub(1)
+                        .and_then(|slot| self.feeds.get(slot as usize))
+                        .map(|f| (start, &f.deflated_batch)),
+                    _ => None,
+                };
+                let cached = cache.and_then(|(start, c)| match &*c.borrow() {
+                    Some((s, m, d)) if *s == start && *m == n => Some(d.clone()),
+                    _ => None,
+                });
+                let deflated = match cached {
+                    Some(d) => d.map(|d| d.to_vec()),
+                    None => {
+                        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * n + 2);
+                        parts.push(&head[batch_at..]);
+                        for (i, f) in frames.clone().enumerate() {
+                            if i > 0 {
+                                parts.push(b",");
+                            }
+                            parts.push(f.message());
+                        }
+                        parts.push(BATCH_CLOSE);
+                        let mut out = Vec::new();
+                        let ok = self
+                            .compressor
+                            .frame(ws::OpCode::Text, &parts, bits, &mut out);
+                        if let Some((start, c)) = cache {
+                            let shared = ok.then(|| Rc::<[u8]>::from(&out[..]));
+                            *c.borrow_mut() = Some((start, n, shared));
+                        }
+                        ok.then_some(out)
+                    }
+                };
+                if let Some(d) = deflated {
+                    head = d;
+                    all_in_head = true;
+                }
+            }
+        }
         let mut segments: Vec<&[u8]> = Vec::with_capacity(2 * n + 2);
         if !head.is_empty() {
             segments.push(&head);
         }
         match ws.framing {
+            _ if all_in_head => {}
+            Framing::Frames if agreed.is_some() => {
+                // Each frame compressed once, by the first connection to flush it.
+                let c = &mut self.compressor;
+                segments.extend(frames.clone().map(|f| f.deflated_bytes(c)));
+            }
             Framing::Frames => segments.extend(frames.clone().map(|f| f.frame_bytes())),
             Framing::Array => {
                 for (i, f) in frames.clone().enumerate() {
