@@ -61,6 +61,8 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
 #[derive(Debug, PartialEq)]
 pub struct Frame<'a> {
     pub fin: bool,
+    /// RSV1: a permessage-deflate message's first frame.
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: &'a [u8],
 }
@@ -85,10 +87,14 @@ pub fn decode_frame(buf: &mut [u8]) -> Decode<'_> {
     let b0 = buf[0];
     let b1 = buf[1];
     let fin = b0 & 0x80 != 0;
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 {
         return Decode::Error("reserved bits set");
     }
     let opcode = b0 & 0x0F;
+    if rsv1 && !matches!(opcode, OP_TEXT | OP_BINARY) {
+        return Decode::Error("RSV1 on a control or continuation frame");
+    }
     match opcode {
         OP_CONT | OP_TEXT | OP_BINARY => {}
         OP_CLOSE | OP_PING | OP_PONG => {
@@ -146,6 +152,7 @@ pub fn decode_frame(buf: &mut [u8]) -> Decode<'_> {
     Decode::Frame(
         Frame {
             fin,
+            rsv1,
             opcode,
             payload,
         },
@@ -175,6 +182,68 @@ pub fn handshake_request(host: &str, path_and_query: &str, key: &str) -> Vec<u8>
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: shardcast-loadtest\r\n\r\n"
     )
     .into_bytes()
+}
+
+/// Adds a permessage-deflate offer (RFC 7692) to an upgrade request.
+pub fn offer_deflate(request: &mut Vec<u8>) {
+    let at = request.len() - 2;
+    request.splice(
+        at..at,
+        b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+            .iter()
+            .copied(),
+    );
+}
+
+/// Inflates server messages compressed without context (`server_no_context_takeover`):
+/// one per thread, started afresh for each message.
+pub struct Inflater {
+    z: flate2::Decompress,
+    out: Vec<u8>,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Inflater {
+            z: flate2::Decompress::new(false),
+            out: Vec::with_capacity(64 * 1024),
+        }
+    }
+}
+
+impl Inflater {
+    /// The plain message of one compressed payload (all its frames).
+    pub fn message(&mut self, payload: &[u8]) -> Result<&[u8], &'static str> {
+        self.z.reset(false);
+        self.out.clear();
+        for (input, flush) in [
+            (payload, flate2::FlushDecompress::None),
+            (&[0, 0, 0xff, 0xff][..], flate2::FlushDecompress::Sync),
+        ] {
+            let mut input = input;
+            loop {
+                if self.out.len() == self.out.capacity() {
+                    self.out.reserve(self.out.capacity().max(4096));
+                }
+                let before = self.z.total_in();
+                let status = self
+                    .z
+                    .decompress_vec(input, &mut self.out, flush)
+                    .map_err(|_| "bad deflate data")?;
+                input = &input[(self.z.total_in() - before) as usize..];
+                if status == flate2::Status::StreamEnd {
+                    return Ok(&self.out);
+                }
+                if input.is_empty() && self.out.len() < self.out.capacity() {
+                    break;
+                }
+                if self.out.len() > MAX_FRAME as usize {
+                    return Err("inflated message too large");
+                }
+            }
+        }
+        Ok(&self.out)
+    }
 }
 
 #[derive(Debug, PartialEq)]
