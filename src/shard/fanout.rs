@@ -391,68 +391,20 @@ impl Shard {
                 1
             }
         };
-        // A compressed batch replaces `head` with the whole compressed frame; so do the
-        // frames of a connection that asked for a smaller window than the shared form's.
-        let mut all_in_head = false;
-        if let (Framing::Frames, Some(a)) = (ws.framing, &agreed) {
-            if a.server_window_bits < 15 {
-                for f in frames.clone() {
-                    f.deflate_into(a, &mut self.compressor, &mut head);
-                }
-                all_in_head = true;
-            }
-        }
-        if let (Framing::Array, Some(a)) = (ws.framing, &agreed) {
-            // The shared cache holds 32 KiB-window batches only.
-            let bits = if a.fits_window(batch_len) {
-                15
-            } else {
-                a.server_window_bits
+        // permessage-deflate: the whole flush compressed into `head`, or (frames with
+        // the shared window) each frame's shared compressed form below.
+        let all_in_head = agreed.is_some_and(|agreed| {
+            let flush = super::deflate::DeflateFlush {
+                agreed,
+                framing: ws.framing,
+                feed: start
+                    .and_then(|s| Some((self.feeds.get(ws.feed.checked_sub(1)? as usize)?, s))),
+                no_warnings: warnings.is_empty(),
+                batch_at,
+                batch_len,
             };
-            {
-                // Members of a feed flushing the same range without warnings get the
-                // same bytes: the feed keeps the last compressed batch for them.
-                let cache = match (start, warnings.is_empty() && bits == 15) {
-                    (Some(start), true) => ws
-                        .feed
-                        .checked_sub(1)
-                        .and_then(|slot| self.feeds.get(slot as usize))
-                        .map(|f| (start, &f.deflated_batch)),
-                    _ => None,
-                };
-                let cached = cache.and_then(|(start, c)| match &*c.borrow() {
-                    Some((s, m, d)) if *s == start && *m == n => Some(d.clone()),
-                    _ => None,
-                });
-                let deflated = match cached {
-                    Some(d) => d.map(|d| d.to_vec()),
-                    None => {
-                        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * n + 2);
-                        parts.push(&head[batch_at..]);
-                        for (i, f) in frames.clone().enumerate() {
-                            if i > 0 {
-                                parts.push(b",");
-                            }
-                            parts.push(f.message());
-                        }
-                        parts.push(BATCH_CLOSE);
-                        let mut out = Vec::new();
-                        let ok = self
-                            .compressor
-                            .frame(ws::OpCode::Text, &parts, bits, &mut out);
-                        if let Some((start, c)) = cache {
-                            let shared = ok.then(|| Rc::<[u8]>::from(&out[..]));
-                            *c.borrow_mut() = Some((start, n, shared));
-                        }
-                        ok.then_some(out)
-                    }
-                };
-                if let Some(d) = deflated {
-                    head = d;
-                    all_in_head = true;
-                }
-            }
-        }
+            flush.write_head(frames.clone(), &mut self.compressor, &mut head)
+        });
         let mut segments: Vec<&[u8]> = Vec::with_capacity(2 * n + 2);
         if !head.is_empty() {
             segments.push(&head);
@@ -643,7 +595,7 @@ impl Shard {
 pub(super) const FLUSH_BUDGET: usize = 256;
 
 const BATCH_OPEN: &[u8] = b"{\"type\":\"batch\",\"messages\":[";
-const BATCH_CLOSE: &[u8] = b"]}";
+pub(super) const BATCH_CLOSE: &[u8] = b"]}";
 
 /// The frame for publication `p` listing subscription ids `ids` (sorted), built once
 /// per publication per distinct list.

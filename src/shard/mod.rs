@@ -15,6 +15,7 @@
 //! holding the same single subscription).
 
 pub mod conn;
+mod deflate;
 mod fanout;
 pub mod feed;
 pub mod filtered;
