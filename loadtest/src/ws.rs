@@ -492,8 +492,12 @@ mod tests {
 
     #[test]
     fn protocol_errors() {
-        let mut b = [0xC1u8, 0]; // RSV1
+        let mut b = [0xA1u8, 0]; // RSV2
         assert!(matches!(decode_frame(&mut b), Decode::Error(_)));
+        // RSV1 decodes (permessage-deflate); without --compression the connection
+        // refuses it (conn.rs).
+        let mut b = [0xC1u8, 0];
+        assert!(matches!(decode_frame(&mut b), Decode::Frame(f, 2) if f.rsv1));
         let mut b = [0x83u8, 0]; // opcode 3
         assert!(matches!(decode_frame(&mut b), Decode::Error(_)));
         let mut b = [0x09u8, 0]; // fragmented ping
@@ -572,5 +576,33 @@ mod tests {
     fn close_codes() {
         assert_eq!(close_code(&[0x0f, 0xa1, b'x']), 4001);
         assert_eq!(close_code(&[]), 1005);
+    }
+
+    #[test]
+    fn deflate_offer_and_inflate() {
+        let mut req = handshake_request("h:1", "/ws", "k");
+        offer_deflate(&mut req);
+        let req = String::from_utf8(req).unwrap();
+        assert!(req.ends_with("Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
+        // A message as the server sends it: raw deflate, sync flush, tail removed.
+        let plain = br#"{"type":"event","data":{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
+        let mut z = flate2::Compress::new(flate2::Compression::fast(), false);
+        let mut c = Vec::with_capacity(256);
+        z.compress_vec(plain, &mut c, flate2::FlushCompress::Sync)
+            .unwrap();
+        c.truncate(c.len() - 4);
+        let mut frame = vec![0x80 | 0x40 | OP_TEXT, c.len() as u8];
+        frame.extend_from_slice(&c);
+        let Decode::Frame(f, _) = decode_frame(&mut frame) else {
+            panic!("frame")
+        };
+        assert!(f.rsv1);
+        let mut inf = Inflater::default();
+        for _ in 0..2 {
+            assert_eq!(inf.message(f.payload).unwrap(), plain);
+        }
+        // RSV1 is for data frames only.
+        let mut ping = vec![0x80 | 0x40 | OP_PING, 0];
+        assert!(matches!(decode_frame(&mut ping), Decode::Error(_)));
     }
 }
