@@ -34,6 +34,9 @@ pub struct Agreed {
     /// (32 KiB window) is valid for this window when the message is at most `2^bits`
     /// long; a longer one is compressed for this connection with its window.
     pub server_window_bits: u8,
+    /// The offer named `server_max_window_bits`: the answer repeats it (RFC 7692
+    /// §7.1.2.1 accepts the parameter by including it), even at 15.
+    pub server_window_asked: bool,
     /// The client offered `client_no_context_takeover`: it compresses each message on
     /// its own, so its inflater need not be kept between messages.
     pub client_no_context_takeover: bool,
@@ -43,7 +46,7 @@ impl Agreed {
     /// The `Sec-WebSocket-Extensions` value of the answer.
     pub fn response(&self) -> String {
         let mut r = format!("{EXTENSION}; server_no_context_takeover");
-        if self.server_window_bits < 15 {
+        if self.server_window_asked {
             r.push_str(&format!(
                 "; server_max_window_bits={}",
                 self.server_window_bits
@@ -87,6 +90,7 @@ pub fn negotiate<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Agreed
 fn accept_offer<'a>(params: impl Iterator<Item = &'a str>) -> Option<Agreed> {
     let mut agreed = Agreed {
         server_window_bits: 15,
+        server_window_asked: false,
         client_no_context_takeover: false,
     };
     let mut seen = [false; 4];
@@ -109,7 +113,10 @@ fn accept_offer<'a>(params: impl Iterator<Item = &'a str>) -> Option<Agreed> {
             // We answer with it whether or not it was asked.
             0 if value.is_none() => {}
             1 if value.is_none() => agreed.client_no_context_takeover = true,
-            2 => agreed.server_window_bits = window_bits(value?).filter(|&b| b >= 9)?,
+            2 => {
+                agreed.server_window_bits = window_bits(value?).filter(|&b| b >= 9)?;
+                agreed.server_window_asked = true;
+            }
             // Any client window inflates with ours (32 KiB): the answer leaves it out.
             3 => {
                 if let Some(v) = value {
@@ -365,6 +372,7 @@ mod tests {
     fn agreed(bits: u8, client_nct: bool) -> Option<Agreed> {
         Some(Agreed {
             server_window_bits: bits,
+            server_window_asked: bits < 15,
             client_no_context_takeover: client_nct,
         })
     }
@@ -404,6 +412,12 @@ mod tests {
         assert_eq!(
             agreed(15, false).unwrap().response(),
             "permessage-deflate; server_no_context_takeover"
+        );
+        // Asked at 15: accepted by repeating it.
+        let a = negotiate(["permessage-deflate; server_max_window_bits=15"]).unwrap();
+        assert_eq!(
+            a.response(),
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=15"
         );
     }
 
