@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use shardcast::ingest::{Ingest, PublishItem};
 use shardcast::metrics::Source;
-use shardcast::protocol::{self, ws};
+use shardcast::protocol::{self, deflate, ws};
 use shardcast::publication::Publication;
 use shardcast::router::{Mailbox, Router};
 use shardcast::shard::conn::Frame;
@@ -261,6 +261,70 @@ fn main() {
             ));
         },
     );
+
+    // permessage-deflate: one event frame compressed once per shard (shared by every
+    // connection that negotiated it), and a `framing=array` batch of 200 events
+    // compressed per flush. Level and backend: docs/PERFORMANCE.md, "Compression".
+    let one = [interner.intern("my-jobs")];
+    let data = format!(
+        r#"{{"jobId":"550e","status":"done","pad":"{}"}}"#,
+        "x".repeat(60)
+    );
+    let pe = Publication::new(1303, "jobs/550e", "jobCompleted", &data, 1_774_512_862_123);
+    let event = Frame::build(ws::OpCode::Text, 300, one[..].into(), None, 0, |b| {
+        protocol::event_prefix(b, one.iter().map(|&i| interner.json(i)));
+        b.extend_from_slice(&pe.tail);
+    });
+    let mut compressor = deflate::Compressor::default();
+    let mut out = Vec::with_capacity(4096);
+    compressor.frame(ws::OpCode::Text, &[event.message()], 15, &mut out);
+    println!(
+        "(deflate: event frame {} B -> {} B compressed)",
+        event.frame_bytes().len(),
+        out.len()
+    );
+    bench(
+        &filter,
+        "deflate event frame (once per shard)",
+        1,
+        50_000,
+        || {
+            out.clear();
+            black_box(compressor.frame(ws::OpCode::Text, &[event.message()], 15, &mut out));
+        },
+    );
+    let mut parts: Vec<&[u8]> = vec![b"{\"type\":\"batch\",\"messages\":["];
+    for i in 0..200 {
+        if i > 0 {
+            parts.push(b",");
+        }
+        parts.push(event.message());
+    }
+    parts.push(b"]}");
+    out.clear();
+    compressor.frame(ws::OpCode::Text, &parts, 15, &mut out);
+    println!(
+        "(deflate: batch of 200 events {} B -> {} B compressed)",
+        parts.iter().map(|p| p.len()).sum::<usize>(),
+        out.len()
+    );
+    bench(
+        &filter,
+        "deflate batch of 200 events (framing=array, per flush)",
+        1,
+        2_000,
+        || {
+            out.clear();
+            black_box(compressor.frame(ws::OpCode::Text, &parts, 15, &mut out));
+        },
+    );
+    let compressed = out[4..].to_vec();
+    let mut inflater = deflate::Inflater::default();
+    let mut plain = Vec::with_capacity(64 * 1024);
+    bench(&filter, "inflate batch of 200 events", 1, 2_000, || {
+        plain.clear();
+        black_box(inflater.message(&compressed, 1 << 20, &mut plain).is_ok());
+    });
 
     // Command parse.
     let sub = br#"{"type":"subscribeEvents","requestId":"req-1","subscriptions":[{"id":"my-jobs","path":"jobs","events":["jobCompleted","jobFailed"]}]}"#;

@@ -105,7 +105,9 @@ async fn serve(mut stream: TcpStream, secret: &[u8]) -> io::Result<()> {
     };
     let accept = ws::accept_key(key);
     drop(req);
-    stream.write_all(&http::upgrade_response(&accept)).await?;
+    stream
+        .write_all(&http::upgrade_response(&accept, None))
+        .await?;
     let now = shardcast::time::unix_secs();
     let Ok(claims) = shardcast::auth::jwt::verify(secret, &token, now) else {
         return Ok(());

@@ -297,11 +297,15 @@ pub fn error_response(
     json_response(status, &json!({ "error": e }), close)
 }
 
-/// The `101 Switching Protocols` answer to a WebSocket upgrade.
-pub fn upgrade_response(accept: &str) -> Vec<u8> {
+/// The `101 Switching Protocols` answer to a WebSocket upgrade, with the accepted
+/// extension (`Sec-WebSocket-Extensions`) if one was negotiated.
+pub fn upgrade_response(accept: &str, extension: Option<&str>) -> Vec<u8> {
     metrics_http(101);
+    let ext = extension
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{ext}\r\n"
     )
     .into_bytes()
 }

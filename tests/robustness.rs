@@ -641,6 +641,8 @@ fn expected_header(
             mask,
             payload_len: len,
             header_len,
+            // `parse_header`: no extension negotiated, so RSV1 never passes.
+            rsv1: false,
         }),
         _ => Err(errs),
     }

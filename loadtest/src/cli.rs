@@ -92,6 +92,8 @@ OPTIONS:
     --batch-max N          connection option batchMax (the server refuses more than its
                            delivery.queue_capacity)
     --framing F            connection option framing: frames | array
+    --compression          offer permessage-deflate (RFC 7692) and inflate what the server
+                           compresses (the server needs delivery.compression = \"on\")
     --source-ips RANGE     source addresses, round robin: 127.0.0.1-127.0.0.40, a single
                            address, or a comma-separated list of both [default: kernel's
                            choice; when N > 25000 and --url is loopback IPv4:
@@ -492,6 +494,8 @@ pub struct Config {
     pub batch_ms: Option<u64>,
     pub batch_max: Option<u64>,
     pub framing: Option<Framing>,
+    /// `--compression`: the subscribers offer permessage-deflate.
+    pub compression: bool,
     /// `--target nats` with `--nats-url`: the publisher sends its `PUB`s over plain TCP
     /// there. Without it the publisher uses a WebSocket connection to `--url`, so the run
     /// needs nothing but the endpoint the subscribers use.
@@ -603,6 +607,9 @@ impl Config {
             }
             if let Some(f) = self.framing {
                 a.extend(["--framing".into(), f.as_str().into()]);
+            }
+            if self.compression {
+                a.push("--compression".into());
             }
         }
         if self.scenario == ScenarioName::Churn {
@@ -860,7 +867,7 @@ const ENTITIES_REFUSED: &[(&[&str], &str)] = &[
 ];
 
 /// Flags without a value.
-const BOOL_FLAGS: &[&str] = &["--worker"];
+const BOOL_FLAGS: &[&str] = &["--worker", "--compression"];
 
 /// Parses `args` (without the program name).
 pub fn parse(args: &[String]) -> Result<Command, CliError> {
@@ -1195,6 +1202,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         Some(v) => Some(parse_int("--batch-max", v, 1, 10_000_000)?),
         None => None,
     };
+    let compression = get("--compression").is_some();
     let framing = match get("--framing") {
         None => None,
         Some("frames") => Some(Framing::Frames),
@@ -1341,6 +1349,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         batch_ms,
         batch_max,
         framing,
+        compression,
         nats,
         slow_readers,
         pause,

@@ -48,6 +48,8 @@ pub struct LoopPlan {
     /// The connection options given (`batchMs=..&batchMax=..&framing=..`, each only when
     /// given; empty for none: the server's defaults apply).
     pub options_query: String,
+    /// `--compression`: offer permessage-deflate and inflate compressed messages.
+    pub compression: bool,
     pub auth: Auth,
     pub token_ttl_secs: u64,
     /// Empty: the kernel picks the source address.
@@ -159,6 +161,8 @@ struct Conn {
     pending: Vec<u8>,
     /// A fragmented message being put together.
     frag: Option<Vec<u8>>,
+    /// ... and it is compressed (RSV1 on its first frame).
+    frag_deflated: bool,
     /// In the `busy` list: it had more to read when its turn ended.
     busy: bool,
     /// Sec-WebSocket-Key, until the upgrade is checked.
@@ -205,6 +209,9 @@ struct Ctx {
     /// The window is over (slow readers no longer pause).
     draining: bool,
     nats_t: nats::TimeFinder,
+    /// `--compression`: the server compresses each message on its own
+    /// (`server_no_context_takeover`), so one inflater serves every connection.
+    inflater: Option<ws::Inflater>,
 }
 
 pub fn run_thread(
@@ -338,6 +345,7 @@ impl EventLoop {
                 storm: plan.storm.is_some(),
                 draining: false,
                 nats_t: nats::TimeFinder::default(),
+                inflater: plan.compression.then(ws::Inflater::default),
             },
             churn,
             connect_done: false,
@@ -603,7 +611,10 @@ impl EventLoop {
         } else {
             ws_target(&plan.ws_path, &token, &plan.options_query)
         };
-        let request = ws::handshake_request(&plan.host_header, &target, &key);
+        let mut request = ws::handshake_request(&plan.host_header, &target, &key);
+        if plan.compression {
+            ws::offer_deflate(&mut request);
+        }
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         self.conns[slot] = Some(Conn {
@@ -617,6 +628,7 @@ impl EventLoop {
             out: request,
             pending: Vec::new(),
             frag: None,
+            frag_deflated: false,
             key,
             path_idx,
             sub_path,
@@ -990,10 +1002,16 @@ fn process(
                                 "new message inside a fragmented one".into(),
                             ));
                         }
-                        if fin {
+                        if f.rsv1 && ctx.inflater.is_none() {
+                            return Err(End::Protocol("RSV1 without --compression".into()));
+                        }
+                        if fin && f.rsv1 {
+                            on_deflated(conn, f.payload, ctx, now_ns)?;
+                        } else if fin {
                             on_message(conn, f.payload, ctx, now_ns)?;
                         } else {
                             conn.frag = Some(f.payload.to_vec());
+                            conn.frag_deflated = f.rsv1;
                         }
                     }
                     ws::OP_CONT => {
@@ -1001,7 +1019,9 @@ fn process(
                             return Err(End::Protocol("continuation without a start".into()));
                         };
                         acc.extend_from_slice(f.payload);
-                        if fin {
+                        if fin && conn.frag_deflated {
+                            on_deflated(conn, &acc, ctx, now_ns)?;
+                        } else if fin {
                             on_message(conn, &acc, ctx, now_ns)?;
                         } else {
                             conn.frag = Some(acc);
@@ -1040,6 +1060,18 @@ fn process(
 }
 
 const PONG: &[u8] = br#"{"type":"pong"}"#;
+
+/// A whole compressed message: inflated, then handled like a plain one.
+fn on_deflated(conn: &mut Conn, payload: &[u8], ctx: &mut Ctx, now_ns: u64) -> Result<(), End> {
+    let Some(inf) = ctx.inflater.as_mut() else {
+        return Err(End::Protocol("RSV1 without --compression".into()));
+    };
+    let msg = inf
+        .message(payload)
+        .map_err(|e| End::Protocol(e.into()))?
+        .to_vec();
+    on_message(conn, &msg, ctx, now_ns)
+}
 
 /// One whole text message: count events and latencies, answer pings, step the setup.
 fn on_message(conn: &mut Conn, msg: &[u8], ctx: &mut Ctx, now_ns: u64) -> Result<(), End> {

@@ -55,6 +55,7 @@ pub fn loop_plan(
         host_header: cfg.url.host_header.clone(),
         ws_path: cfg.url.path.clone(),
         options_query: cfg.options_query(),
+        compression: cfg.compression,
         auth: cfg.auth.clone(),
         token_ttl_secs: 3600 + cfg.duration.as_secs() + connect_cap(count).as_secs(),
         source_ips: cfg.source_ips.clone(),

@@ -61,6 +61,8 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4]) {
 #[derive(Debug, PartialEq)]
 pub struct Frame<'a> {
     pub fin: bool,
+    /// RSV1: a permessage-deflate message's first frame.
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: &'a [u8],
 }
@@ -85,10 +87,14 @@ pub fn decode_frame(buf: &mut [u8]) -> Decode<'_> {
     let b0 = buf[0];
     let b1 = buf[1];
     let fin = b0 & 0x80 != 0;
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 {
         return Decode::Error("reserved bits set");
     }
     let opcode = b0 & 0x0F;
+    if rsv1 && !matches!(opcode, OP_TEXT | OP_BINARY) {
+        return Decode::Error("RSV1 on a control or continuation frame");
+    }
     match opcode {
         OP_CONT | OP_TEXT | OP_BINARY => {}
         OP_CLOSE | OP_PING | OP_PONG => {
@@ -146,6 +152,7 @@ pub fn decode_frame(buf: &mut [u8]) -> Decode<'_> {
     Decode::Frame(
         Frame {
             fin,
+            rsv1,
             opcode,
             payload,
         },
@@ -175,6 +182,68 @@ pub fn handshake_request(host: &str, path_and_query: &str, key: &str) -> Vec<u8>
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: shardcast-loadtest\r\n\r\n"
     )
     .into_bytes()
+}
+
+/// Adds a permessage-deflate offer (RFC 7692) to an upgrade request.
+pub fn offer_deflate(request: &mut Vec<u8>) {
+    let at = request.len() - 2;
+    request.splice(
+        at..at,
+        b"Sec-WebSocket-Extensions: permessage-deflate\r\n"
+            .iter()
+            .copied(),
+    );
+}
+
+/// Inflates server messages compressed without context (`server_no_context_takeover`):
+/// one per thread, started afresh for each message.
+pub struct Inflater {
+    z: flate2::Decompress,
+    out: Vec<u8>,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Inflater {
+            z: flate2::Decompress::new(false),
+            out: Vec::with_capacity(64 * 1024),
+        }
+    }
+}
+
+impl Inflater {
+    /// The plain message of one compressed payload (all its frames).
+    pub fn message(&mut self, payload: &[u8]) -> Result<&[u8], &'static str> {
+        self.z.reset(false);
+        self.out.clear();
+        for (input, flush) in [
+            (payload, flate2::FlushDecompress::None),
+            (&[0, 0, 0xff, 0xff][..], flate2::FlushDecompress::Sync),
+        ] {
+            let mut input = input;
+            loop {
+                if self.out.len() == self.out.capacity() {
+                    self.out.reserve(self.out.capacity().max(4096));
+                }
+                let before = self.z.total_in();
+                let status = self
+                    .z
+                    .decompress_vec(input, &mut self.out, flush)
+                    .map_err(|_| "bad deflate data")?;
+                input = &input[(self.z.total_in() - before) as usize..];
+                if status == flate2::Status::StreamEnd {
+                    return Ok(&self.out);
+                }
+                if input.is_empty() && self.out.len() < self.out.capacity() {
+                    break;
+                }
+                if self.out.len() > MAX_FRAME as usize {
+                    return Err("inflated message too large");
+                }
+            }
+        }
+        Ok(&self.out)
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -423,8 +492,12 @@ mod tests {
 
     #[test]
     fn protocol_errors() {
-        let mut b = [0xC1u8, 0]; // RSV1
+        let mut b = [0xA1u8, 0]; // RSV2
         assert!(matches!(decode_frame(&mut b), Decode::Error(_)));
+        // RSV1 decodes (permessage-deflate); without --compression the connection
+        // refuses it (conn.rs).
+        let mut b = [0xC1u8, 0];
+        assert!(matches!(decode_frame(&mut b), Decode::Frame(f, 2) if f.rsv1));
         let mut b = [0x83u8, 0]; // opcode 3
         assert!(matches!(decode_frame(&mut b), Decode::Error(_)));
         let mut b = [0x09u8, 0]; // fragmented ping
@@ -503,5 +576,33 @@ mod tests {
     fn close_codes() {
         assert_eq!(close_code(&[0x0f, 0xa1, b'x']), 4001);
         assert_eq!(close_code(&[]), 1005);
+    }
+
+    #[test]
+    fn deflate_offer_and_inflate() {
+        let mut req = handshake_request("h:1", "/ws", "k");
+        offer_deflate(&mut req);
+        let req = String::from_utf8(req).unwrap();
+        assert!(req.ends_with("Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
+        // A message as the server sends it: raw deflate, sync flush, tail removed.
+        let plain = br#"{"type":"event","data":{"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
+        let mut z = flate2::Compress::new(flate2::Compression::fast(), false);
+        let mut c = Vec::with_capacity(256);
+        z.compress_vec(plain, &mut c, flate2::FlushCompress::Sync)
+            .unwrap();
+        c.truncate(c.len() - 4);
+        let mut frame = vec![0x80 | 0x40 | OP_TEXT, c.len() as u8];
+        frame.extend_from_slice(&c);
+        let Decode::Frame(f, _) = decode_frame(&mut frame) else {
+            panic!("frame")
+        };
+        assert!(f.rsv1);
+        let mut inf = Inflater::default();
+        for _ in 0..2 {
+            assert_eq!(inf.message(f.payload).unwrap(), plain);
+        }
+        // RSV1 is for data frames only.
+        let mut ping = vec![0x80 | 0x40 | OP_PING, 0];
+        assert!(matches!(decode_frame(&mut ping), Decode::Error(_)));
     }
 }

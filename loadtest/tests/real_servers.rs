@@ -632,6 +632,56 @@ fn shardcast_churn_cycles() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--compression`: the subscribers negotiate permessage-deflate and inflate every
+/// compressed message, in both framings (an event that did not inflate would not be
+/// counted, so `lost` would not be 0).
+#[test]
+fn shardcast_fanout_with_compression() {
+    let dir = tmp_dir("compression");
+    let Some((server, port)) = start_shardcast(&dir, "[delivery]\ncompression = \"on\"\n") else {
+        return;
+    };
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let http = format!("http://127.0.0.1:{port}");
+    let pid = server.pid();
+    for framing in ["frames", "array"] {
+        let json = dir.join(format!("{framing}.json"));
+        let (code, err) = loadtest(&[
+            "fanout",
+            "--url",
+            &url,
+            "--http",
+            &http,
+            "--secret",
+            "e2e-secret",
+            "--api-key",
+            "e2e-key",
+            "--connections",
+            "20",
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+            "--batch-ms",
+            "100",
+            "--framing",
+            framing,
+            "--compression",
+            "--server-pid",
+            &pid,
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{framing}: {err}");
+        let r = report(&json);
+        assert!(r["delivered"].as_u64().unwrap() > 0, "{framing}: {r}");
+        assert_eq!(r["lost"], 0, "{framing}: {r}");
+        assert_eq!(r["delivered"], r["expected"], "{framing}: {r}");
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `GET path` with the api key (`Connection: close`): the status and the body as JSON.
 fn get_json(port: u16, path: &str, api_key: &str) -> (u16, Value) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -170,6 +170,12 @@ pub(super) const KEYS: &[KeySpec] = &[
         Kind::OneOf(&["frames", "array"]),
         "default framing: \"frames\" (one message per event) or \"array\"",
     ),
+    ext(
+        "delivery",
+        "compression",
+        Kind::OneOf(&["off", "on"]),
+        "accept permessage-deflate (RFC 7692) offers: \"off\" or \"on\"",
+    ),
     spec(
         "delivery",
         "queue_capacity",
@@ -645,6 +651,14 @@ mod tests {
                 .contains("'delivery.framing': expected one of \"frames\", \"array\""),
             "{err}"
         );
+        let err = load_err("[delivery]\ncompression = \"gzip\"", &[]);
+        assert!(
+            err.to_string()
+                .contains("'delivery.compression': expected one of \"off\", \"on\""),
+            "{err}"
+        );
+        let err = load_err("", &[("SHARDCAST_DELIVERY__COMPRESSION", "yes")]);
+        assert!(err.to_string().contains("'delivery.compression'"), "{err}");
         let err = load_err("log_format = \"xml\"", &[]);
         assert!(matches!(&err, ConfigError::InvalidValue { key, .. } if key == "log_format"));
         let err = load_err("[auth]\napi_keys = \"k\"", &[]);

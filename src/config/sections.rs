@@ -32,6 +32,18 @@ pub enum Io {
     Uring,
 }
 
+/// `delivery.compression` (extension): whether a client's permessage-deflate offer
+/// (RFC 7692) is accepted. `off`: declined, nothing changes on the wire. See
+/// docs/PERFORMANCE.md ("Compression (permessage-deflate)") for the measurement behind
+/// the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Off,
+    On,
+}
+
 /// `delivery.framing` and the `framing` connection option (PROTOCOL.md section 2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,6 +168,8 @@ pub struct DeliveryConfig {
     pub batch_max: usize,
     pub max_batch_ms: u64,
     pub framing: Framing,
+    /// Extension: accept permessage-deflate offers, see [`Compression`].
+    pub compression: Compression,
     /// Per-connection ring, in messages.
     pub queue_capacity: usize,
     pub heartbeat_ms: u64,
@@ -172,6 +186,7 @@ impl Default for DeliveryConfig {
             batch_max: 1_000,
             max_batch_ms: 60_000,
             framing: Framing::Frames,
+            compression: Compression::default(),
             queue_capacity: 10_000,
             heartbeat_ms: 30_000,
             pong_timeout_ms: 30_000,

@@ -6,6 +6,7 @@
 //! the shard wraps that shared tail with the per-connection `subscriptionIds` through
 //! [`event_prefix`]. Nothing here re-serializes a publication's `data`.
 
+pub mod deflate;
 pub mod ws;
 
 use serde_json::{json, Map, Value};

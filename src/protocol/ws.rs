@@ -107,19 +107,36 @@ pub struct FrameHeader {
     pub mask: [u8; 4],
     pub payload_len: u64,
     pub header_len: usize,
+    /// RSV1: the message is compressed (permessage-deflate, RFC 7692), set on the first
+    /// frame of a data message only.
+    pub rsv1: bool,
 }
+
+/// The first header byte's bit that marks a permessage-deflate message (RFC 7692 §6).
+pub const RSV1: u8 = 0x40;
 
 /// Parses a client frame header at the start of `buf`. `Ok(None)`: need more bytes.
 pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, WsError> {
+    parse_header_with(buf, false)
+}
+
+/// As [`parse_header`]; `deflate`: permessage-deflate was negotiated, so RSV1 is allowed
+/// on the first frame of a text or binary message (never on a control frame or a
+/// continuation, RFC 7692 §6.1).
+pub fn parse_header_with(buf: &[u8], deflate: bool) -> Result<Option<FrameHeader>, WsError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    let rsv1 = b0 & RSV1 != 0;
+    if b0 & 0x30 != 0 || (rsv1 && !deflate) {
         return Err(WsError::ReservedBits);
     }
     let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(WsError::UnknownOpcode(b0 & 0x0F))?;
+    if rsv1 && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(WsError::ReservedBits);
+    }
     let fin = b0 & 0x80 != 0;
     if b1 & 0x80 == 0 {
         return Err(WsError::Unmasked);
@@ -160,6 +177,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, WsError> {
         mask,
         payload_len,
         header_len: at,
+        rsv1,
     }))
 }
 
@@ -352,6 +370,20 @@ mod tests {
         let mut big = vec![0x82, 0xFF];
         big.extend_from_slice(&u64::MAX.to_be_bytes());
         assert_eq!(parse_header(&big), Err(WsError::BadLength));
+    }
+
+    #[test]
+    fn rsv1_only_with_deflate_and_only_on_data_frames() {
+        let text = [0x81 | RSV1, 0x80, 0, 0, 0, 0];
+        assert_eq!(parse_header(&text), Err(WsError::ReservedBits));
+        assert!(parse_header_with(&text, true).unwrap().unwrap().rsv1);
+        for b0 in [0x80 | RSV1, 0x89 | RSV1, 0x81 | 0x20, 0x81 | 0x10] {
+            assert_eq!(
+                parse_header_with(&[b0, 0x80, 0, 0, 0, 0], true),
+                Err(WsError::ReservedBits),
+                "{b0:#x}"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::auth::jwt::{Claims, Role};
 use crate::config::Framing;
 use crate::filter::{Filter, OrderBy};
+use crate::protocol::deflate::{Agreed, Compressor, Inflater};
 use crate::protocol::ws::{self, Utf8Check};
 use crate::publication::Publication;
 
@@ -42,6 +43,11 @@ pub struct Frame {
     /// Shard time (ms, wrapping) at which this frame entered the rings that hold it:
     /// the flush deadline of a ring is `batchMs` after its oldest frame's arrival.
     pub arrived_ms: u32,
+    /// Its permessage-deflate form (header with RSV1 and compressed payload), made the
+    /// first time a connection that negotiated the extension flushes it and then shared
+    /// by all of them: one deflate per message per shard, not one per connection.
+    /// `Some(None)`: compression does not make it smaller, it goes out plain.
+    pub deflated: std::cell::OnceCell<Option<Box<[u8]>>>,
 }
 
 impl Frame {
@@ -68,6 +74,7 @@ impl Frame {
             subs,
             ingested_at,
             arrived_ms,
+            deflated: std::cell::OnceCell::new(),
         }
     }
 
@@ -80,6 +87,49 @@ impl Frame {
     pub fn message(&self) -> &[u8] {
         &self.buf[HEADER_ROOM..]
     }
+
+    /// The frame's shared permessage-deflate form (32 KiB window), made once by the
+    /// first connection to flush it; the plain frame if the compressor failed.
+    pub fn deflated_bytes(&self, c: &mut Compressor) -> &[u8] {
+        let deflated = self.deflated.get_or_init(|| {
+            let mut out = Vec::new();
+            c.frame(self.opcode(), &[self.message()], 15, &mut out)
+                .then(|| out.into_boxed_slice())
+        });
+        deflated.as_deref().unwrap_or_else(|| self.frame_bytes())
+    }
+
+    /// Appends the frame as a connection with agreement `agreed` gets it: the shared
+    /// form where its window allows, else compressed for that window alone.
+    pub fn deflate_into(&self, agreed: &Agreed, c: &mut Compressor, out: &mut Vec<u8>) {
+        if agreed.fits_window(self.message().len()) {
+            out.extend_from_slice(self.deflated_bytes(c));
+        } else if !c.frame(
+            self.opcode(),
+            &[self.message()],
+            agreed.server_window_bits,
+            out,
+        ) {
+            out.extend_from_slice(self.frame_bytes());
+        }
+    }
+
+    pub fn opcode(&self) -> ws::OpCode {
+        if self.buf[self.start as usize] & 0x0F == 0x2 {
+            ws::OpCode::Binary
+        } else {
+            ws::OpCode::Text
+        }
+    }
+}
+
+/// A connection's permessage-deflate state (RFC 7692), boxed: most connections have none.
+#[derive(Debug)]
+pub struct WsDeflate {
+    pub agreed: Agreed,
+    /// Made on the first compressed client message; kept while the client keeps its
+    /// context, dropped after each message when it said it would not.
+    pub inflater: Option<Inflater>,
 }
 
 /// What the connection is doing at the HTTP level.
@@ -211,6 +261,8 @@ impl LiveQuery {
 #[derive(Debug)]
 pub struct Fragments {
     pub opcode: ws::OpCode,
+    /// RSV1 on its first frame: `data` is compressed, checked once inflated.
+    pub compressed: bool,
     pub data: Vec<u8>,
     pub utf8: Utf8Check,
 }
@@ -267,13 +319,17 @@ pub struct WsState {
     pub tokens: f32,
     pub tokens_at: u64,
     /// When the unanswered server `ping` was sent (shard ms).
-    pub ping_sent: Option<u64>,
+    /// Shard ms, wrapping (as `Frame::arrived_ms`): 8 B less per connection than a full
+    /// `u64` (the idle budget, `tests::a_connection_entry_stays_within_its_idle_budget`).
+    pub ping_sent: Option<u32>,
     /// A service connection's group (PROTOCOL.md §10), set once authenticated.
     pub group: Option<std::sync::Arc<str>>,
     /// A channel socket's channel (`/channels/{id}`, PROTOCOL.md §9), and the newest
     /// `seq` of its events queued here and not yet reported written.
     pub channel: Option<std::sync::Arc<str>>,
     pub channel_upto: u64,
+    /// permessage-deflate, when the client offered it and `delivery.compression` is on.
+    pub deflate: Option<Box<WsDeflate>>,
 }
 
 impl WsState {
@@ -302,6 +358,7 @@ impl WsState {
             group: None,
             channel: None,
             channel_upto: 0,
+            deflate: None,
             close_sent: false,
             flush_at: None,
             dirty: false,

@@ -338,12 +338,13 @@ impl Shard {
         // What waits: the connection's own ring, or its feed from its cursor on. A run of
         // many messages is written as one flat copy of it (one segment instead of one per
         // message: see `Feed::flat`): a feed member's from its feed, where the members of
-        // its cohort share it; a ring's made for this flush.
+        // its cohort share it; a ring's made for this flush. Not for a compressing
+        // connection: its bytes are the frames' compressed forms (`super::deflate`).
         let mut flat = None;
         let (frames, start) = match ws.feed.checked_sub(1) {
             None => {
                 let frames = ws.ring.front(ws.batch_max as usize);
-                if frames.len() >= FLAT_MIN {
+                if frames.len() >= FLAT_MIN && ws.deflate.is_none() {
                     flat = Some(Rc::new(flatten(frames.clone(), ws.framing)));
                 }
                 (frames, None)
@@ -359,9 +360,10 @@ impl Shard {
                     ws.cursor = start;
                 }
                 let n = feed.pending(start).min(ws.batch_max as u64) as usize;
-                if n >= FLAT_MIN {
+                if n >= FLAT_MIN && ws.deflate.is_none() {
                     flat = Some(feed.flat(start, n));
                 }
+                let feed = &self.feeds[slot as usize];
                 (feed.frames(start, n), Some(start))
             }
         };
@@ -376,6 +378,10 @@ impl Shard {
                 warnings.push(protocol::overflow_warning(self.interner.name(id), count));
             }
         }
+        // permessage-deflate: the connection's agreement, and (`framing=array`) where the
+        // batch's payload starts in `head` and its length.
+        let agreed = ws.deflate.as_ref().map(|d| d.agreed);
+        let (mut batch_at, mut batch_len) = (0, 0);
         let mut head: Vec<u8> = Vec::new();
         let frames_written = match ws.framing {
             Framing::Frames => {
@@ -391,6 +397,7 @@ impl Shard {
                 let len = BATCH_OPEN.len() + msgs + count - 1 + BATCH_CLOSE.len();
                 let mut h = [0u8; ws::MAX_HEADER];
                 let hn = ws::encode_header(&mut h, ws::OpCode::Text, len);
+                (batch_at, batch_len) = (hn, len);
                 head.extend_from_slice(&h[..hn]);
                 head.extend_from_slice(BATCH_OPEN);
                 for w in &warnings {
@@ -400,11 +407,31 @@ impl Shard {
                 1
             }
         };
+        // permessage-deflate: the whole flush compressed into `head`, or (frames with
+        // the shared window) each frame's shared compressed form below.
+        let all_in_head = agreed.is_some_and(|agreed| {
+            let flush = super::deflate::DeflateFlush {
+                agreed,
+                framing: ws.framing,
+                feed: start
+                    .and_then(|s| Some((self.feeds.get(ws.feed.checked_sub(1)? as usize)?, s))),
+                no_warnings: warnings.is_empty(),
+                batch_at,
+                batch_len,
+            };
+            flush.write_head(frames.clone(), &mut self.compressor, &mut head)
+        });
         let mut segments: Vec<&[u8]> = Vec::with_capacity(2 * n + 2);
         if !head.is_empty() {
             segments.push(&head);
         }
         match (ws.framing, flat.as_deref()) {
+            _ if all_in_head => {}
+            (Framing::Frames, _) if agreed.is_some() => {
+                // Each frame compressed once, by the first connection to flush it.
+                let c = &mut self.compressor;
+                segments.extend(frames.clone().map(|f| f.deflated_bytes(c)));
+            }
             (Framing::Frames, Some(run)) => segments.push(run),
             (Framing::Array, Some(run)) => {
                 segments.push(run);
@@ -599,7 +626,7 @@ pub(super) const FLUSH_BUDGET: usize = 256;
 const FLAT_MIN: usize = 8;
 
 const BATCH_OPEN: &[u8] = b"{\"type\":\"batch\",\"messages\":[";
-const BATCH_CLOSE: &[u8] = b"]}";
+pub(super) const BATCH_CLOSE: &[u8] = b"]}";
 
 /// The frame for publication `p` listing subscription ids `ids` (sorted), built once
 /// per publication per distinct list.

@@ -94,7 +94,15 @@ pub struct Feed {
     waiting: Vec<Member>,
     /// Members with messages waiting whose flush is not yet due, by cursor.
     cohorts: VecDeque<Cohort>,
+    /// permessage-deflate with `framing=array`: the compressed `batch` frame of the last
+    /// range (start, count) a compressing member flushed without warnings, so the members
+    /// of a cohort, which flush the same range, share one deflate (`None` inside: it
+    /// went plain). Written by `Shard::flush_with` only.
+    pub deflated_batch: std::cell::RefCell<Option<DeflatedBatch>>,
 }
+
+/// See [`Feed::deflated_batch`].
+pub type DeflatedBatch = (u64, usize, Option<Rc<[u8]>>);
 
 impl Feed {
     pub fn new(key: FeedKey, capacity: usize) -> Feed {
@@ -108,6 +116,7 @@ impl Feed {
             cursors: BTreeMap::new(),
             waiting: Vec::new(),
             cohorts: VecDeque::new(),
+            deflated_batch: Default::default(),
         }
     }
 

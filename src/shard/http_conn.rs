@@ -11,7 +11,9 @@ use serde_json::json;
 
 use crate::api::{self, Route};
 use crate::backend::PublishReply;
+use crate::config::Compression;
 use crate::http::{self, Parsed};
+use crate::protocol::deflate;
 use crate::router::{Answer, ReplyTo};
 
 use super::conn::{AnswerSlot, Ending, Kind};
@@ -178,8 +180,20 @@ impl Shard {
                         self.node.http_closed();
                     }
                 }
-                self.send_raw(key, &http::upgrade_response(&accept));
-                self.start_ws(key, echo, &req.query, channel);
+                // permessage-deflate when the client offers it and the node compresses.
+                let deflate = if self.node.config().delivery.compression == Compression::On {
+                    deflate::negotiate(
+                        req.headers
+                            .iter()
+                            .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+                            .map(|(_, v)| v.as_str()),
+                    )
+                } else {
+                    None
+                };
+                let extension = deflate.map(|a| a.response());
+                self.send_raw(key, &http::upgrade_response(&accept, extension.as_deref()));
+                self.start_ws(key, echo, &req.query, channel, deflate);
                 // Frames the client sent right behind its request are already here.
                 self.ws_input(key);
             }

@@ -15,6 +15,7 @@
 //! holding the same single subscription).
 
 pub mod conn;
+mod deflate;
 mod fanout;
 pub mod feed;
 pub mod filtered;
@@ -158,6 +159,9 @@ pub struct Shard {
     refreshes: Vec<(u32, u32)>,
     /// Per-publication cache: one frame per distinct `subscriptionIds` list.
     frame_cache: HashMap<Box<[u32]>, Rc<Frame>>,
+    /// permessage-deflate: compresses each message once for every connection of this
+    /// shard that negotiated it (see `Frame::frame_bytes_for`).
+    compressor: crate::protocol::deflate::Compressor,
     /// Shared logs of connections holding the same single subscription (`feed`).
     feeds: Slab<feed::Feed>,
     feed_slots: HashMap<feed::FeedKey, usize>,
@@ -226,6 +230,7 @@ impl Shard {
             matches: Vec::new(),
             refreshes: Vec::new(),
             frame_cache: HashMap::new(),
+            compressor: Default::default(),
             feeds: Slab::new(),
             feed_slots: HashMap::new(),
             last_seq,

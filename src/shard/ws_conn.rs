@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::auth::jwt::{self, Claims, Role};
 use crate::metrics;
 use crate::options::ConnOptions;
+use crate::protocol::deflate::{Agreed, InflateError};
 use crate::protocol::ws::{self, close, OpCode, WsError};
 use crate::protocol::{self, Command, ErrorCode, Refusal, SubscriptionRequest};
 
@@ -44,6 +45,7 @@ impl Shard {
         echo: bool,
         query: &str,
         channel: Option<String>,
+        deflate: Option<Agreed>,
     ) {
         let cfg = self.node.config();
         self.next_number += 1;
@@ -72,6 +74,12 @@ impl Shard {
             return;
         };
         state.channel = channel.map(|c| c.as_str().into());
+        state.deflate = deflate.map(|agreed| {
+            Box::new(super::conn::WsDeflate {
+                agreed,
+                inflater: None,
+            })
+        });
         // No longer an HTTP connection (the upgrade took it off the HTTP count):
         // `limits.max_connections` and the auth timeout govern it from here.
         conn.kind = Kind::Ws(state);
@@ -404,9 +412,14 @@ impl Shard {
     /// bytes were consumed.
     fn ws_frames(&mut self, key: usize, buf: &mut [u8]) -> (usize, Flow) {
         let max = self.max_message(key);
+        let deflate = self
+            .conns
+            .get(key)
+            .and_then(|c| c.ws())
+            .is_some_and(|w| w.deflate.is_some());
         let mut pos = 0;
         loop {
-            let h = match ws::parse_header(&buf[pos..]) {
+            let h = match ws::parse_header_with(&buf[pos..], deflate) {
                 Ok(Some(h)) => h,
                 Ok(None) => return (pos, Flow::Continue),
                 Err(e) => {
@@ -431,7 +444,7 @@ impl Shard {
             let payload = &mut buf[pos + h.header_len..end];
             ws::unmask(payload, h.mask);
             pos = end;
-            if let Flow::Stop = self.ws_frame(key, h.opcode, h.fin, payload) {
+            if let Flow::Stop = self.ws_frame(key, h.opcode, h.fin, h.rsv1, payload) {
                 return (pos, Flow::Stop);
             }
         }
@@ -451,7 +464,14 @@ impl Shard {
         }
     }
 
-    fn ws_frame(&mut self, key: usize, opcode: OpCode, fin: bool, payload: &[u8]) -> Flow {
+    fn ws_frame(
+        &mut self,
+        key: usize,
+        opcode: OpCode,
+        fin: bool,
+        compressed: bool,
+        payload: &[u8],
+    ) -> Flow {
         let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
             return Flow::Stop;
         };
@@ -499,6 +519,15 @@ impl Shard {
                     return Flow::Stop;
                 };
                 frag.data.extend_from_slice(payload);
+                if frag.compressed {
+                    if !fin {
+                        return Flow::Continue;
+                    }
+                    let Some(frag) = ws.fragments.take() else {
+                        return Flow::Stop;
+                    };
+                    return self.ws_compressed(key, frag.opcode, &frag.data);
+                }
                 if frag.opcode == OpCode::Text {
                     let r = if fin {
                         frag.utf8.finish(&frag.data)
@@ -523,6 +552,9 @@ impl Shard {
                     self.protocol_error(key, WsError::ExpectedContinuation);
                     return Flow::Stop;
                 }
+                if fin && compressed {
+                    return self.ws_compressed(key, opcode, payload);
+                }
                 if fin {
                     if opcode == OpCode::Text && std::str::from_utf8(payload).is_err() {
                         self.protocol_error(key, WsError::InvalidUtf8);
@@ -532,10 +564,11 @@ impl Shard {
                 }
                 let mut frag = Box::new(Fragments {
                     opcode,
+                    compressed,
                     data: payload.to_vec(),
                     utf8: ws::Utf8Check::default(),
                 });
-                if opcode == OpCode::Text {
+                if opcode == OpCode::Text && !compressed {
                     if let Err(e) = frag.utf8.feed(&frag.data) {
                         self.protocol_error(key, e);
                         return Flow::Stop;
@@ -545,6 +578,43 @@ impl Shard {
                 Flow::Continue
             }
         }
+    }
+
+    /// A whole compressed message (RSV1, permessage-deflate): inflated within the
+    /// message size limit (close 1009 as soon as it passes it), checked as UTF-8 if
+    /// text, then handled like a plain one.
+    fn ws_compressed(&mut self, key: usize, opcode: OpCode, payload: &[u8]) -> Flow {
+        let max = self.max_message(key);
+        let Some(d) = self
+            .conns
+            .get_mut(key)
+            .and_then(|c| c.ws_mut())
+            .and_then(|w| w.deflate.as_mut())
+        else {
+            return Flow::Stop;
+        };
+        let mut plain = Vec::new();
+        let r = d
+            .inflater
+            .get_or_insert_with(Default::default)
+            .message(payload, max, &mut plain);
+        if d.agreed.client_no_context_takeover || r.is_err() {
+            // Nothing to carry to the next message: the memory goes now.
+            d.inflater = None;
+        }
+        if let Err(e) = r {
+            let metric = match e {
+                InflateError::TooBig(_) => "too_big",
+                InflateError::Corrupt => "protocol_error",
+            };
+            self.close_ws(key, e.close_code(), &e.to_string(), metric);
+            return Flow::Stop;
+        }
+        if opcode == OpCode::Text && std::str::from_utf8(&plain).is_err() {
+            self.protocol_error(key, WsError::InvalidUtf8);
+            return Flow::Stop;
+        }
+        self.ws_message(key, opcode, &plain)
     }
 
     /// A violation of RFC 6455 or of the size limit: close with its code.
@@ -1008,7 +1078,7 @@ impl Shard {
             return;
         }
         if ws.ping_sent.is_none() {
-            ws.ping_sent = Some(now);
+            ws.ping_sent = Some(now as u32);
             self.arm(now + pong_timeout, key, gen, TimerKind::PongCheck);
             self.send_text(key, br#"{"type":"ping"}"#);
         }
@@ -1022,7 +1092,7 @@ impl Shard {
             .get(key)
             .and_then(|c| c.ws())
             .and_then(|w| w.ping_sent)
-            .is_some_and(|sent| self.now >= sent + pong_timeout);
+            .is_some_and(|sent| (self.now as u32).wrapping_sub(sent) as u64 >= pong_timeout);
         if late {
             self.close_ws(
                 key,

@@ -65,6 +65,7 @@ fn loop_plan(
         host_header: node.ws.host_header.clone(),
         ws_path: node.ws.path.clone(),
         options_query: options.to_string(),
+        compression: false,
         auth: cfg.auth.clone(),
         token_ttl_secs: 3600 + cfg.duration.as_secs() + connect_cap(count).as_secs(),
         source_ips: Vec::new(),
