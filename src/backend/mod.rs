@@ -65,6 +65,10 @@ pub trait Backend: Send + Sync {
     /// [`PublishReply::Nobody`] nobody is answered either way.
     fn publish(&self, items: &[PublishItem], reply: PublishReply) -> Option<PublishOutcome>;
 
+    /// The paths published through this node, counted per request off the shards
+    /// ([`crate::topk`]): the operator console's busiest paths.
+    fn busiest_paths(&self) -> &crate::topk::BusiestPaths;
+
     /// A command for the service queues and locks (PROTOCOL.md §10); answers come
     /// through the shards' mailboxes.
     fn services(&self, cmd: ServiceCmd);

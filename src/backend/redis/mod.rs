@@ -443,6 +443,9 @@ pub struct RedisBackend {
     jobs: Sender<Job>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     services: Box<dyn ServicesEngine>,
+    /// What was published through this node (not the cluster's), for the operator
+    /// console.
+    busiest: crate::topk::BusiestPaths,
 }
 
 impl RedisBackend {
@@ -507,6 +510,7 @@ impl RedisBackend {
             jobs: tx,
             writer: Mutex::new(Some(writer)),
             services: Box::new(services),
+            busiest: crate::topk::BusiestPaths::new(),
         })
     }
 
@@ -541,7 +545,12 @@ fn redacted(url: &str) -> String {
 }
 
 impl Backend for RedisBackend {
+    fn busiest_paths(&self) -> &crate::topk::BusiestPaths {
+        &self.busiest
+    }
+
     fn publish(&self, items: &[PublishItem], reply: PublishReply) -> Option<PublishOutcome> {
+        self.busiest.note(items.iter().map(|i| i.path.as_str()));
         let items = items
             .iter()
             .map(|i| {
