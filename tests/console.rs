@@ -395,3 +395,36 @@ fn the_console_in_chromium() {
         );
     }
 }
+
+#[test]
+fn in_cluster_mode_the_overview_has_one_row_per_node() {
+    let Some(redis) = common::redis::Redis::start() else {
+        return;
+    };
+    let a = common::redis::cluster_node(&redis, "a", "");
+    let b = common::redis::cluster_node(&redis, "b", "");
+    let _user = Client::authed(&b, &token("u", "user", &["*"]), "");
+    a.publish("jobs/1", "done", json!(1));
+    let rows = |s: &Server| {
+        let (st, o) = s.http("GET", "/api/v1/admin/overview", None, Some(&admin()));
+        assert_eq!(st, 200, "{o}");
+        assert_eq!(o["clusterMode"], true, "{o}");
+        o["nodes"].clone()
+    };
+    // Each node shares its row every 2 s; b's shows its one connection, seen from a.
+    let ok = wait_until(Duration::from_secs(15), || {
+        let r = rows(&a);
+        r.as_array().is_some_and(|r| r.len() == 2)
+            && r[0]["node"] == "a"
+            && r[1]["node"] == "b"
+            && r[1]["connections"] == 1
+            && r[0]["publications"] == 1
+    });
+    assert!(ok, "{}", rows(&a));
+    // The same rows from b.
+    let ok = wait_until(Duration::from_secs(15), || {
+        let r = rows(&b);
+        r.as_array().is_some_and(|r| r.len() == 2) && r[1]["connections"] == 1
+    });
+    assert!(ok, "{}", rows(&b));
+}

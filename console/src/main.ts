@@ -162,7 +162,9 @@ function renderOverview(o: Json): void {
       arr(o.nodes).map((n) => [String(n.node), fmtNumber(num(n.connections)), fmtNumber(num(n.publications)), fmtNumber(num(n.deliveries)), fmtDuration(num(n.uptimeSeconds))]),
       "ov-nodes",
     ),
-    el("p", { class: "muted" }, [o.clusterMode ? "Cluster mode: this node's row only." : "Single node."]),
+    el("p", { class: "muted" }, [
+      o.clusterMode ? "Cluster mode: one row per running node, as each last shared it (every 2 s)." : "Single node.",
+    ]),
   );
 }
 

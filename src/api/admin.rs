@@ -8,8 +8,9 @@
 //!
 //! - `GET /api/v1/admin/overview`: the node's health at a glance (connections by role and
 //!   shard, publication and delivery totals, drops by reason, queue depths, history
-//!   window, store size, uptime, version); `nodes` has one row, this node's (cluster-wide
-//!   rows are not gathered yet).
+//!   window, store size, uptime, version); `nodes` has one row per node: this node's, and
+//!   in cluster mode the others' as they last shared them through the backend
+//!   ([`node_row`], [`crate::backend::Backend::node_rows`]).
 //! - `GET /api/v1/admin/subscriptions?k=`: subscriptions and shared feeds per shard (as
 //!   of each shard's last upkeep, about a second old), live queries on the node (their
 //!   gauge has no shard label), and the `k` (1 to 64, default 10) busiest paths published
@@ -257,13 +258,17 @@ pub fn overview(node: &Node) -> Value {
         .collect();
     let cluster = !cfg.cluster.redis_url.is_empty();
     let uptime_ms = crate::time::unix_ms().saturating_sub(node.started_ms());
-    let row = json!({
-        "node": node.node_id(),
-        "connections": n(sum(&s, connections)),
-        "publications": n(sum(&s, crate::metrics::PUBLICATIONS)),
-        "deliveries": n(sum(&s, crate::metrics::DELIVERIES)),
-        "uptimeSeconds": uptime_ms / 1000,
-    });
+    let row = row_of(&s, node.node_id(), node.started_ms());
+    // Cluster mode: every node's row as last shared, this node's fresh.
+    let nodes = match node.backend().node_rows() {
+        Some(mut rows) => {
+            rows.retain(|r| r["node"] != row["node"]);
+            rows.push(row);
+            rows.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+            rows
+        }
+        None => vec![row],
+    };
     json!({
         "node": node.node_id(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -300,8 +305,30 @@ pub fn overview(node: &Node) -> Value {
             "inFlight": n(sum(&s, crate::metrics::SERVICE_IN_FLIGHT)),
             "deadLetters": n(sum(&s, crate::metrics::SERVICE_DEAD)),
         },
-        "nodes": [row],
+        "nodes": nodes,
     })
+}
+
+/// One node's row of the overview's `nodes`.
+fn row_of(s: &[Sample], node_id: &str, started_ms: u64) -> Value {
+    json!({
+        "node": node_id,
+        "connections": n(sum(s, crate::metrics::CONNECTIONS)),
+        "publications": n(sum(s, crate::metrics::PUBLICATIONS)),
+        "deliveries": n(sum(s, crate::metrics::DELIVERIES)),
+        "uptimeSeconds": crate::time::unix_ms().saturating_sub(started_ms) / 1000,
+    })
+}
+
+/// This node's row of the overview's `nodes`, from the registry alone (no shard, no
+/// request): what a cluster node shares with the others
+/// ([`crate::backend::Backend::share_node_row`]).
+pub fn node_row(
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+    node_id: &str,
+    started_ms: u64,
+) -> Value {
+    row_of(&parse_samples(&handle.render()), node_id, started_ms)
 }
 
 /// The body of `GET /api/v1/admin/subscriptions`.

@@ -16,7 +16,7 @@ mod services;
 // The pure parsers behind the routes of those modules (bytes or a query string in, a typed
 // value or a [`Refused`] out; no `Request`, no `Node`): the routes call them, and so do the
 // fuzz targets and tests/robustness.rs, which is why they are public.
-pub use admin::{parse_samples, Sample};
+pub use admin::{node_row, parse_samples, Sample};
 pub use channels::{parse_create as parse_channel_create, parse_list as parse_channel_list};
 pub use entities::{parse_entity_body, parse_entity_list, EntityListQuery, MAX_BODY_DEPTH};
 pub use services::{parse_dead_letters_query, DeadLettersQuery};

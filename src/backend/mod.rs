@@ -69,6 +69,17 @@ pub trait Backend: Send + Sync {
     /// ([`crate::topk`]): the operator console's busiest paths.
     fn busiest_paths(&self) -> &crate::topk::BusiestPaths;
 
+    /// Cluster mode: shares this node's overview row (`row`, called every few seconds off
+    /// the shards) with the other nodes, for the operator console. A single node has no
+    /// one to share it with.
+    fn share_node_row(&self, _row: Box<dyn Fn() -> serde_json::Value + Send + Sync>) {}
+
+    /// Cluster mode: every running node's latest overview row, as last read (never a
+    /// round trip: shards call it). `None` on a single node, or before the first read.
+    fn node_rows(&self) -> Option<Vec<serde_json::Value>> {
+        None
+    }
+
     /// A command for the service queues and locks (PROTOCOL.md §10); answers come
     /// through the shards' mailboxes.
     fn services(&self, cmd: ServiceCmd);

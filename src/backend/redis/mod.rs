@@ -31,10 +31,12 @@
 //! Owned by the node (`Node::backend`). Three threads of its own (the writer, the reader,
 //! the services thread), each with one Redis connection; shards only put jobs on the
 //! writer's queue, commands in the services thread's inbox, and read the applier's
-//! replica, history and marks.
+//! replica, history and marks. A fourth, the operator console's node rows ([`nodes`]),
+//! starts when the server hands over the row's source and touches nothing else.
 
 mod channels;
 mod locks;
+mod nodes;
 mod reader;
 mod services;
 mod writer;
@@ -446,6 +448,8 @@ pub struct RedisBackend {
     /// What was published through this node (not the cluster's), for the operator
     /// console.
     busiest: crate::topk::BusiestPaths,
+    /// Every node's overview row, for the operator console ([`nodes`]).
+    nodes: Arc<nodes::Nodes>,
 }
 
 impl RedisBackend {
@@ -511,6 +515,7 @@ impl RedisBackend {
             writer: Mutex::new(Some(writer)),
             services: Box::new(services),
             busiest: crate::topk::BusiestPaths::new(),
+            nodes: Arc::new(nodes::Nodes::default()),
         })
     }
 
@@ -547,6 +552,14 @@ fn redacted(url: &str) -> String {
 impl Backend for RedisBackend {
     fn busiest_paths(&self) -> &crate::topk::BusiestPaths {
         &self.busiest
+    }
+
+    fn share_node_row(&self, row: Box<dyn Fn() -> serde_json::Value + Send + Sync>) {
+        self.nodes.start(self.shared.clone(), row);
+    }
+
+    fn node_rows(&self) -> Option<Vec<serde_json::Value>> {
+        self.nodes.rows()
     }
 
     fn publish(&self, items: &[PublishItem], reply: PublishReply) -> Option<PublishOutcome> {
