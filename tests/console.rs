@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::channels::{claim, org_channel, user, BASE};
+use common::channels::{attach, claim, events, org_channel, user, BASE};
 use common::services::{instance, subscribe, tasks, wait_group};
 use common::*;
 use serde_json::{json, Value};
@@ -76,8 +76,17 @@ fn the_admin_api_is_for_admin_tokens_only() {
             "{q}: {b}"
         );
     }
-    let (st, b) = s.http("GET", "/api/v1/admin/overview?x=1", None, Some(&admin()));
-    assert_eq!(st, 400, "{b}");
+    for path in [
+        "/api/v1/admin/overview?x=1",
+        "/api/v1/admin/channels?page=1",
+    ] {
+        let (st, b) = s.http("GET", path, None, Some(&admin()));
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (400, Some("BAD_MESSAGE")),
+            "{b}"
+        );
+    }
 }
 
 #[test]
@@ -350,6 +359,8 @@ fn the_console_in_chromium() {
         "channels": 2,
         "closeChannel": id,
         "closeChannelEvents": 2,
+        // Never attached: both events wait for a socket.
+        "closeChannelBacklog": 2,
     });
     let shots = root.join("target/console-shots");
     let out = std::process::Command::new("node")
@@ -427,4 +438,76 @@ fn in_cluster_mode_the_overview_has_one_row_per_node() {
         r.as_array().is_some_and(|r| r.len() == 2) && r[1]["connections"] == 1
     });
     assert!(ok, "{}", rows(&b));
+}
+
+/// The admin channel view's counts through a channel's life: a bounded backlog with drops,
+/// emptied by a socket, then missed events once it dropped.
+fn channel_counts(s: &Server) {
+    let owner = user("usr_1", "org_1");
+    let c = org_channel(s, &owner, "org_1", "usr_1", &[]);
+    let id = c["channel_id"].as_str().unwrap().to_string();
+    let row = |s: &Server| {
+        let (st, b) = s.http("GET", "/api/v1/admin/channels", None, Some(&admin()));
+        assert_eq!(st, 200, "{b}");
+        assert_eq!(b["total"], 1, "{b}");
+        b["data"][0].clone()
+    };
+    let settle = |s: &Server, want: Value| {
+        let ok = wait_until(Duration::from_secs(10), || {
+            let r = row(s);
+            [
+                "status",
+                "event_count",
+                "backlog",
+                "missed_events",
+                "dropped",
+            ]
+            .iter()
+            .all(|k| r[*k] == want[*k])
+        });
+        assert!(ok, "wanted {want}, got {}", row(s));
+    };
+    for n in 1..=5 {
+        claim(s, "org_1", "usr_1", "status_changed", n);
+    }
+    // `channels.backlog = 3`: the oldest two dropped.
+    settle(
+        s,
+        json!({"status": "connected", "event_count": 5, "backlog": 3, "missed_events": 0, "dropped": 2}),
+    );
+    assert_eq!(row(s)["channel_id"], id.as_str());
+    let mut sock = attach(s, &id, &owner);
+    events(&mut sock, 3);
+    settle(
+        s,
+        json!({"status": "connected", "event_count": 5, "backlog": 0, "missed_events": 0, "dropped": 2}),
+    );
+    sock.close();
+    let ok = wait_until(Duration::from_secs(10), || {
+        row(s)["status"] == "disconnected"
+    });
+    assert!(ok, "{}", row(s));
+    claim(s, "org_1", "usr_1", "status_changed", 6);
+    claim(s, "org_1", "usr_1", "status_changed", 7);
+    settle(
+        s,
+        json!({"status": "disconnected", "event_count": 7, "backlog": 2, "missed_events": 2, "dropped": 2}),
+    );
+}
+
+#[test]
+fn the_admin_channel_view_counts_backlog_missed_and_dropped() {
+    channel_counts(&Server::start("[channels]\nbacklog = 3\n"));
+}
+
+#[test]
+fn the_admin_channel_view_in_cluster_mode() {
+    let Some(redis) = common::redis::Redis::start() else {
+        return;
+    };
+    channel_counts(&common::redis::cluster_node(
+        &redis,
+        "a",
+        "[channels]\nbacklog = 3\n[delivery]\nbatch_ms = 0",
+    ));
 }

@@ -252,16 +252,12 @@ async function refreshServices(): Promise<void> {
 let channelsNote = "";
 
 async function refreshChannels(): Promise<void> {
-  const list = await api("GET", "/api/v1/realtime-subscriptions?limit=100");
+  // Every channel with its counts (the admin view); closing is the channels REST API's.
+  const list = await api("GET", "/api/v1/admin/channels");
   const items = arr(list.data);
-  // The list has no counts; each channel's own answer has event_count.
-  const details = await Promise.all(
-    items.map((c) => api("GET", `/api/v1/realtime-subscriptions/${encodeURIComponent(String(c.channel_id))}`).catch(() => c)),
-  );
   const o = await api("GET", "/api/v1/admin/overview");
   const ch = (o.channels ?? {}) as Json;
-  const pagination = (list.pagination ?? {}) as Json;
-  const rows = details.map((c) => {
+  const rows = items.map((c) => {
     const id = String(c.channel_id);
     const close = el("button", { type: "button", class: "danger", "data-close": id }, ["Close"]);
     close.addEventListener("click", () => {
@@ -272,16 +268,27 @@ async function refreshChannels(): Promise<void> {
       );
     });
     const who = String(c.user_id ?? c.path ?? "");
-    return [id, String(c.subscription_type ?? ""), who, String(c.status ?? ""), fmtNumber(num(c.event_count)), String(c.last_event_at ?? "—"), close];
+    return [
+      id,
+      String(c.subscription_type ?? ""),
+      who,
+      String(c.status ?? ""),
+      fmtNumber(num(c.backlog)),
+      fmtNumber(num(c.missed_events)),
+      fmtNumber(num(c.dropped)),
+      fmtNumber(num(c.event_count)),
+      String(c.last_event_at ?? "—"),
+      close,
+    ];
   });
   $("channels-view").replaceChildren(
     el("h1", {}, ["Channels"]),
     el("div", { class: "cards" }, [
-      card("channels", fmtNumber(num(pagination.total)), "ch-total"),
+      card("channels", fmtNumber(num(list.total)), "ch-total"),
       card("backlog events (all channels)", fmtNumber(num(ch.backlogEvents)), "ch-backlog"),
     ]),
     el("p", { id: "ch-note" }, [channelsNote]),
-    table(["channel", "type", "user / path", "status", "events", "last event", ""], rows, "ch-table"),
+    table(["channel", "type", "user / path", "status", "backlog", "missed", "dropped", "events", "last event", ""], rows, "ch-table"),
   );
 }
 

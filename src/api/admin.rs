@@ -15,6 +15,9 @@
 //!   of each shard's last upkeep, about a second old), live queries on the node (their
 //!   gauge has no shard label), and the `k` (1 to 64, default 10) busiest paths published
 //!   through this node.
+//! - `GET /api/v1/admin/channels`: every channel with its backlog, missed and dropped
+//!   counts (the services thread owns the channels and answers, through whichever
+//!   backend holds them).
 
 use serde_json::{json, Map, Value};
 
@@ -27,12 +30,13 @@ use super::{authorize, error, query, Route};
 
 /// Routes a request under `/api/v1/admin/` (`rest`: what follows it).
 pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
-    let known = matches!(rest, "overview" | "subscriptions");
+    let known = matches!(rest, "overview" | "subscriptions" | "channels");
     if !known {
         return error(
             404,
             "NOT_FOUND",
-            "admin paths are /api/v1/admin/overview and /api/v1/admin/subscriptions",
+            "admin paths are /api/v1/admin/overview, /api/v1/admin/subscriptions and \
+             /api/v1/admin/channels",
             close,
         );
     }
@@ -47,22 +51,27 @@ pub fn route(req: &Request, node: &Node, rest: &str, close: bool) -> Route {
             close,
         );
     }
-    match authorize(req, node) {
+    let sub = match authorize(req, node) {
         Err(e) => return error(401, "UNAUTHORIZED", &e.to_string(), close),
-        Ok(Principal::Token(c)) if c.role == Role::Admin => {}
+        Ok(Principal::Token(c)) if c.role == Role::Admin => c.sub,
         Ok(_) => return error(403, "FORBIDDEN", "the admin API is for admin tokens", close),
+    };
+    if !req.query.is_empty() && rest != "subscriptions" {
+        return error(
+            400,
+            "BAD_MESSAGE",
+            &format!("GET /api/v1/admin/{rest} takes no query parameters"),
+            close,
+        );
     }
     let body = match rest {
-        "overview" => {
-            if !req.query.is_empty() {
-                return error(
-                    400,
-                    "BAD_MESSAGE",
-                    "GET /api/v1/admin/overview takes no query parameters",
-                    close,
-                );
+        "overview" => overview(node),
+        // The services thread owns the channels: it answers.
+        "channels" => {
+            return Route::Channels {
+                caller: crate::channels::Caller { sub, admin: true },
+                req: crate::channels::ChannelRequest::Stats,
             }
-            overview(node)
         }
         _ => match parse_k(&req.query) {
             Ok(k) => subscriptions(node, k),

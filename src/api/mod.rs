@@ -174,7 +174,7 @@ pub fn api_methods(path: &str) -> Option<&'static str> {
         ["entities", _] => "GET",
         ["entities", _, _] => "GET, PUT, PATCH, DELETE",
         ["services"] => "GET",
-        ["admin", "overview" | "subscriptions"] => "GET",
+        ["admin", "overview" | "subscriptions" | "channels"] => "GET",
         ["services", _, "dead-letters"] => "GET, DELETE",
         ["services", _, "dead-letters", "replay"] => "POST",
         ["realtime-subscriptions"] | ["realtime-subscriptions", ""] => "GET, POST",

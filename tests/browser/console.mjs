@@ -168,9 +168,13 @@ try {
   await until(page, `channels = ${want.channels}`, (n) => document.querySelector("#ch-total")?.textContent === String(n) && document.querySelectorAll("#ch-table tbody tr").length === n, want.channels);
   const counted = await until(page, "the channel's event count", (id) => {
     const row = [...document.querySelectorAll("#ch-table tbody tr")].find((r) => r.cells[0].textContent === id);
-    return row ? { status: row.cells[3].textContent, events: row.cells[4].textContent } : null;
+    return row
+      ? { status: row.cells[3].textContent, backlog: row.cells[4].textContent, missed: row.cells[5].textContent, events: row.cells[7].textContent }
+      : null;
   }, want.closeChannel);
   check(counted.events === String(want.closeChannelEvents), `event count: ${JSON.stringify(counted)}`);
+  check(counted.backlog === String(want.closeChannelBacklog), `backlog: ${JSON.stringify(counted)}`);
+  check(counted.missed === "0" && counted.status === "connected", `status, missed: ${JSON.stringify(counted)}`);
   await page.screenshot({ path: `${shots}/channels.png`, fullPage: true });
   await page.click(`button[data-close="${want.closeChannel}"]`);
   await until(page, "the channel is gone", ([id, n]) => {
