@@ -384,6 +384,8 @@ fn the_console_in_chromium() {
         serde_json::to_string_pretty(&report).unwrap(),
         s.log()
     );
+    // The page's steps (the live tail's delay among them), for the log.
+    eprintln!("console steps: {}", report["steps"]);
     // What the page did, seen from the REST API.
     let billing = common::services::group(&s, "billing");
     assert_eq!(
