@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the entity features' hot pieces (docs/PERFORMANCE.md, "Entities,
 //! filters, live queries, since"): filter evaluation, filtered matching with the equality
 //! index from 1k to 100k subscriptions, live-query creation over 100k entities, one write
-//! touching 10k live queries, and `since` replay of 100k retained publications.
+//! touching 10k live queries, `since` replay of 100k retained publications, and the
+//! operator console's busiest-paths sketch per publication.
 //!
 //! The same small harness as `hot_path.rs`: 7 rounds of a fixed number of iterations,
 //! the median reported. Run: `cargo bench --bench features` (optionally with a substring
@@ -190,6 +191,29 @@ fn main() {
             },
         );
     }
+
+    // The operator console's busiest paths (src/topk.rs): what each publish request adds
+    // (one lock, then a note per publication), on one hot path and on 10,000 distinct
+    // paths (every note past the 64th replaces the least counted). Compare with "ingest
+    // publish" in hot_path.rs, per publication.
+    let hot: Vec<String> = vec!["jobs/550e".to_string(); 1000];
+    let spread: Vec<String> = (0..10_000).map(|i| format!("jobs/{i}")).collect();
+    let busiest = shardcast::topk::BusiestPaths::new();
+    bench(
+        &filter,
+        "busiest paths note, 1000 items on one path (per publication)",
+        1000,
+        200,
+        || busiest.note(hot.iter().map(String::as_str)),
+    );
+    let busiest = shardcast::topk::BusiestPaths::new();
+    bench(
+        &filter,
+        "busiest paths note, 10000 distinct paths (per publication)",
+        10_000,
+        20,
+        || busiest.note(spread.iter().map(String::as_str)),
+    );
 
     // Filter evaluation on a small object.
     let f = Filter::parse("status == 'failed' && attempts >= 2").unwrap();

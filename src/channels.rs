@@ -118,6 +118,46 @@ pub enum ChannelRequest {
     Create(NewChannel),
     Reconnect(String),
     Delete(String),
+    /// The operator console's view of every channel (`GET /api/v1/admin/channels`, admins
+    /// only): the list's items with the counts the contract's answers do not carry.
+    Stats,
+}
+
+/// A channel's counts beside its contract answers, for the operator console.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelCounts {
+    /// Events waiting for the socket (at most `channels.backlog`).
+    pub backlog: u64,
+    /// Events matched since the socket dropped (what a reconnect would answer).
+    pub missed: u64,
+    /// Events dropped from the full backlog, oldest first.
+    pub dropped: u64,
+}
+
+/// Most channels in one `GET /api/v1/admin/channels` answer (oldest first; `total` says
+/// how many there are).
+pub const MAX_STATS: usize = 1000;
+
+/// The body of `GET /api/v1/admin/channels`: `{"data":[item + event_count, backlog,
+/// missed_events, dropped],"total"}`, oldest first, at most [`MAX_STATS`] items.
+pub fn stats_page(mut rows: Vec<(ChannelView<'_>, ChannelCounts)>) -> Value {
+    rows.sort_by(|(a, _), (b, _)| {
+        (a.spec.created_at_ms, &a.spec.channel_id).cmp(&(b.spec.created_at_ms, &b.spec.channel_id))
+    });
+    let total = rows.len();
+    let data: Vec<Value> = rows
+        .into_iter()
+        .take(MAX_STATS)
+        .map(|(v, c)| {
+            let mut item = v.listed();
+            item["event_count"] = json!(v.event_count);
+            item["backlog"] = json!(c.backlog);
+            item["missed_events"] = json!(c.missed);
+            item["dropped"] = json!(c.dropped);
+            item
+        })
+        .collect();
+    json!({"data": data, "total": total})
 }
 
 /// Who asks: admins (and api keys) see every channel, others their own.

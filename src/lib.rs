@@ -33,6 +33,8 @@
 //! - [`node`]: what all threads share, and who may change what. [`auth`]: JWT, tickets,
 //!   api keys. [`options`]: per-connection delivery options.
 //! - [`config`], [`cli`], [`metrics`], [`server`] (start and drain), [`time`].
+//! - [`console`]: the operator console's page at `/console` (its reads are
+//!   `/api/v1/admin/…` in [`api`]); [`topk`]: the busiest paths it shows.
 //!
 //! # Locks (which may be taken inside which)
 //!
@@ -40,6 +42,7 @@
 //! - the sequencer lock ([`ingest`]) → the history window's lock ([`history`], held for
 //!   an applied batch) → the replica's write lock ([`entities::Replica`], per change);
 //! - the sequencer lock → a router overflow list (a full shard queue, cold path).
+//! - the busiest-paths sketch ([`topk`]) is taken alone, before the sequencer lock.
 //!
 //! Readers take the replica's read lock or the history lock alone, never the sequencer
 //! lock. The store's writer thread takes the sequencer lock only after its commit, and
@@ -53,6 +56,7 @@ pub mod backend;
 pub mod channels;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod entities;
 pub mod filter;
 pub mod history;
@@ -71,3 +75,4 @@ pub mod services;
 pub mod shard;
 pub mod store;
 pub mod time;
+pub mod topk;

@@ -43,6 +43,8 @@ pub struct Node {
     origins: crate::origin::Origins,
     /// The token keys (`auth.jwt_secret`, `auth.jwt_public_key`), loaded at start-up.
     keys: crate::auth::jwt::Keys,
+    /// When the node was built (unix ms): the operator console's uptime.
+    started_ms: u64,
 }
 
 impl Node {
@@ -70,6 +72,7 @@ impl Node {
             ws_connections: AtomicUsize::new(0),
             http_connections: AtomicUsize::new(0),
             id,
+            started_ms: crate::time::unix_ms(),
         }
     }
 
@@ -102,6 +105,11 @@ impl Node {
     /// The node's stable id (`cluster.node_id`, resolved at start-up: [`crate::node_id`]).
     pub fn node_id(&self) -> &str {
         &self.config.cluster.node_id
+    }
+
+    /// When the node started (unix ms).
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
     }
 
     /// The node's tag (the first part of every `connectionId`).

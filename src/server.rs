@@ -132,6 +132,15 @@ impl Server {
         let open_files = raise_open_files();
         let conn_budget = connection_budget(open_files, shards);
         let node = Arc::new(Node::new(config, keys, backend, prometheus));
+        // Cluster mode: the operator console's row of this node, for the others' consoles.
+        let (handle, node_id, started) = (
+            node.prometheus().clone(),
+            node.node_id().to_string(),
+            node.started_ms(),
+        );
+        node.backend().share_node_row(Box::new(move || {
+            crate::api::node_row(&handle, &node_id, started)
+        }));
         let mut handles = Vec::with_capacity(shards);
         for (id, ((poll, l), mailbox)) in
             polls.into_iter().zip(listeners).zip(mailboxes).enumerate()

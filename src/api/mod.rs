@@ -7,6 +7,7 @@
 //! whole before anything is handed to ingest: one bad item refuses the batch with 400
 //! and the item's `index` (403 for an item on a `$` path: those are the server's).
 
+mod admin;
 mod channels;
 mod entities;
 mod query;
@@ -15,6 +16,7 @@ mod services;
 // The pure parsers behind the routes of those modules (bytes or a query string in, a typed
 // value or a [`Refused`] out; no `Request`, no `Node`): the routes call them, and so do the
 // fuzz targets and tests/robustness.rs, which is why they are public.
+pub use admin::{node_row, parse_samples, Sample};
 pub use channels::{parse_create as parse_channel_create, parse_list as parse_channel_list};
 pub use entities::{parse_entity_body, parse_entity_list, EntityListQuery, MAX_BODY_DEPTH};
 pub use services::{parse_dead_letters_query, DeadLettersQuery};
@@ -123,6 +125,12 @@ pub fn route(req: &Request, node: &Node, close: bool) -> Route {
         (_, p) if p.starts_with("/api/v1/entities/") => {
             entities::route(req, node, &p["/api/v1/entities/".len()..], close)
         }
+        (_, p) if p.starts_with("/api/v1/admin/") => {
+            admin::route(req, node, &p["/api/v1/admin/".len()..], close)
+        }
+        (_, p) if p == "/console" || p.starts_with("/console/") => {
+            crate::console::route(req, node, close)
+        }
         (_, "/api/v1/services") => services::route(req, node, "", close),
         (_, p) if p.starts_with("/api/v1/services/") => {
             services::route(req, node, &p["/api/v1/services/".len()..], close)
@@ -166,6 +174,7 @@ pub fn api_methods(path: &str) -> Option<&'static str> {
         ["entities", _] => "GET",
         ["entities", _, _] => "GET, PUT, PATCH, DELETE",
         ["services"] => "GET",
+        ["admin", "overview" | "subscriptions" | "channels"] => "GET",
         ["services", _, "dead-letters"] => "GET, DELETE",
         ["services", _, "dead-letters", "replay"] => "POST",
         ["realtime-subscriptions"] | ["realtime-subscriptions", ""] => "GET, POST",

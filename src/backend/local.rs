@@ -34,6 +34,8 @@ pub struct LocalBackend {
     /// In memory: a ticket lives seconds and a restart may forget it (the client asks
     /// for another).
     tickets: Tickets,
+    /// What was published through this node, for the operator console.
+    busiest: crate::topk::BusiestPaths,
 }
 
 /// Meta key of the durable `seq` reservation (8 bytes, big-endian).
@@ -165,6 +167,7 @@ impl LocalBackend {
             store,
             services: Box::new(services),
             tickets: Tickets::default(),
+            busiest: crate::topk::BusiestPaths::new(),
         })
     }
 
@@ -175,6 +178,8 @@ impl LocalBackend {
 
 impl Backend for LocalBackend {
     fn publish(&self, items: &[PublishItem], reply: PublishReply) -> Option<PublishOutcome> {
+        // Once per request, before the sequencer's lock: never under it.
+        self.busiest.note(items.iter().map(|i| i.path.as_str()));
         let router = self.ingest.router().clone();
         let source = reply.source();
         self.ingest.publish_with(items, source, &mut |outcome| {
@@ -185,6 +190,10 @@ impl Backend for LocalBackend {
                 publish_answered(&router, reply, outcome, result)
             })
         })
+    }
+
+    fn busiest_paths(&self) -> &crate::topk::BusiestPaths {
+        &self.busiest
     }
 
     fn services(&self, cmd: ServiceCmd) {

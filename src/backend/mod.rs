@@ -65,6 +65,21 @@ pub trait Backend: Send + Sync {
     /// [`PublishReply::Nobody`] nobody is answered either way.
     fn publish(&self, items: &[PublishItem], reply: PublishReply) -> Option<PublishOutcome>;
 
+    /// The paths published through this node, counted per request off the shards
+    /// ([`crate::topk`]): the operator console's busiest paths.
+    fn busiest_paths(&self) -> &crate::topk::BusiestPaths;
+
+    /// Cluster mode: shares this node's overview row (`row`, called every few seconds off
+    /// the shards) with the other nodes, for the operator console. A single node has no
+    /// one to share it with.
+    fn share_node_row(&self, _row: Box<dyn Fn() -> serde_json::Value + Send + Sync>) {}
+
+    /// Cluster mode: every running node's latest overview row, as last read (never a
+    /// round trip: shards call it). `None` on a single node, or before the first read.
+    fn node_rows(&self) -> Option<Vec<serde_json::Value>> {
+        None
+    }
+
     /// A command for the service queues and locks (PROTOCOL.md §10); answers come
     /// through the shards' mailboxes.
     fn services(&self, cmd: ServiceCmd);

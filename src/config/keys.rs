@@ -16,6 +16,7 @@ pub(super) enum Kind {
     StrList,
     Addr,
     OneOf(&'static [&'static str]),
+    Bool,
 }
 
 const U32: Kind = Kind::UInt {
@@ -332,6 +333,12 @@ pub(super) const KEYS: &[KeySpec] = &[
         Kind::Str,
         "\"\": off; e.g. \"/echo\": a WebSocket endpoint echoing every message (conformance runs)",
     ),
+    ext(
+        "console",
+        "enabled",
+        Kind::Bool,
+        "the operator console at /console (admin tokens only); false: /console is 404",
+    ),
 ];
 
 pub(super) const SECTIONS: &[&str] = &[
@@ -344,6 +351,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "limits",
     "cluster",
     "testing",
+    "console",
 ];
 
 pub(super) fn find_key(section: &str, key: &str) -> Option<&'static KeySpec> {
@@ -460,6 +468,10 @@ fn check_kind(spec: &KeySpec, value: &Value) -> Result<(), String> {
                 found()
             )),
         },
+        Kind::Bool => match value {
+            Value::Boolean(_) => Ok(()),
+            _ => Err(format!("expected true or false, found {}", found())),
+        },
         Kind::OneOf(options) => match value {
             Value::String(s) if options.contains(&s.as_str()) => Ok(()),
             _ => {
@@ -549,6 +561,7 @@ mod tests {
                 Kind::StrList => Value::Array(vec![Value::String("k".into())]),
                 Kind::Addr => Value::String("0.0.0.0:1".into()),
                 Kind::OneOf(options) => Value::String(options[options.len() - 1].into()),
+                Kind::Bool => Value::Boolean(false),
             };
             let mut table = Table::new();
             if spec.section.is_empty() {

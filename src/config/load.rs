@@ -41,7 +41,7 @@ fn env_value(kind: Kind, raw: &str) -> Value {
             _ if raw.trim().is_empty() => Value::Array(Vec::new()),
             _ => Value::Array(vec![as_string()]),
         },
-        Kind::UInt { .. } => parsed.unwrap_or_else(|| Value::String(raw.to_string())),
+        Kind::UInt { .. } | Kind::Bool => parsed.unwrap_or_else(|| Value::String(raw.to_string())),
     }
 }
 

@@ -31,7 +31,7 @@ pub(crate) use keys::edit_distance;
 pub use load::process_env;
 pub use reference::{default_toml, env_name, unknown_env_warning};
 pub use sections::{
-    AuthConfig, ChannelsConfig, ClusterConfig, Compression, Config, DeliveryConfig, Framing,
-    HistoryConfig, Io, LimitsConfig, LiveQueryConfig, LogFormat, ServicesConfig, TestingConfig,
-    SHIPPED_API_KEY, SHIPPED_JWT_SECRET,
+    AuthConfig, ChannelsConfig, ClusterConfig, Compression, Config, ConsoleConfig, DeliveryConfig,
+    Framing, HistoryConfig, Io, LimitsConfig, LiveQueryConfig, LogFormat, ServicesConfig,
+    TestingConfig, SHIPPED_API_KEY, SHIPPED_JWT_SECRET,
 };

@@ -96,6 +96,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub cluster: ClusterConfig,
     pub testing: TestingConfig,
+    /// Extension: the operator console ([`crate::console`]).
+    pub console: ConsoleConfig,
     /// Names of `SHARDCAST_<NAME>` variables (no `__`) that are not top-level keys and were
     /// therefore ignored: other tools share the prefix (`SHARDCAST_BIN`, `SHARDCAST_LOG`),
     /// so they must not stop start-up, but the caller logs [`Config::env_warnings`] in
@@ -123,6 +125,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             cluster: ClusterConfig::default(),
             testing: TestingConfig::default(),
+            console: ConsoleConfig::default(),
             ignored_env: Vec::new(),
         }
     }
@@ -333,6 +336,21 @@ pub struct ClusterConfig {
 pub struct TestingConfig {
     /// Empty: off. Otherwise the path of a WebSocket endpoint that echoes every message.
     pub echo_path: String,
+}
+
+/// `[console]` (extension)
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// The operator console at `/console`: a page for admin tokens, with no power the
+    /// REST API does not already give an admin. `false`: `/console` answers 404.
+    pub enabled: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { enabled: true }
+    }
 }
 
 impl Config {

@@ -18,7 +18,7 @@ fn at_least_one(key: &'static str, value: u64) -> Result<(), ConfigError> {
 
 /// Paths the server answers itself; an echo endpoint there would shadow or be shadowed.
 const RESERVED_PATHS: &[&str] = &["/ws", "/metrics", "/healthz", "/readyz"];
-const RESERVED_PREFIXES: &[&str] = &["/api", "/channels"];
+const RESERVED_PREFIXES: &[&str] = &["/api", "/channels", "/console"];
 
 fn check_echo_path(path: &str) -> Result<(), String> {
     if path.is_empty() {

@@ -649,6 +649,22 @@ impl Channels {
         let visible = |c: &Channel| caller.sees(&c.spec);
         match req {
             ChannelRequest::List(q) => http(router, reply, 200, self.list(caller, &q)),
+            ChannelRequest::Stats => {
+                let rows = self
+                    .map
+                    .values()
+                    .filter(|c| visible(c))
+                    .map(|c| {
+                        let counts = crate::channels::ChannelCounts {
+                            backlog: c.backlog.len() as u64,
+                            missed: c.missed,
+                            dropped: c.dropped,
+                        };
+                        (c.view(), counts)
+                    })
+                    .collect();
+                http(router, reply, 200, crate::channels::stats_page(rows));
+            }
             ChannelRequest::Get(id) => match self.map.get(id.as_str()).filter(|c| visible(c)) {
                 Some(c) => http(router, reply, 200, c.view().detail(&self.public_url)),
                 None => not_found(router, reply, &id),

@@ -600,6 +600,55 @@ impl Channels {
                     crate::channels::list_page(caller, &q, views),
                 );
             }
+            ChannelRequest::Stats => {
+                let ids: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&cx.shared.keys.channels)
+                    .arg(0)
+                    .arg(-1)
+                    .query(cx.con)?;
+                let ids = &ids[..ids.len().min(crate::channels::MAX_STATS)];
+                let (mut fields, mut lens) = (Vec::new(), Vec::new());
+                if !ids.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for id in ids {
+                        let [ch, _] = cx.shared.keys.channel(id);
+                        pipe.cmd("HMGET")
+                            .arg(ch)
+                            .arg(&Stored::FIELDS[..])
+                            .arg("missed")
+                            .arg("dropped");
+                    }
+                    fields = pipe.query(cx.con)?;
+                    let mut pipe = redis::pipe();
+                    for id in ids {
+                        let [_, backlog] = cx.shared.keys.channel(id);
+                        pipe.cmd("XLEN").arg(backlog);
+                    }
+                    lens = pipe.query(cx.con)?;
+                }
+                let num = |x: &Option<String>| {
+                    x.as_deref()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                let stored: Vec<(Stored, crate::channels::ChannelCounts)> = fields
+                    .iter()
+                    .zip(&lens)
+                    .filter_map(|(f, len): (&Vec<Option<String>>, &u64)| {
+                        let n = Stored::FIELDS.len();
+                        let st = Stored::of(f.get(..n)?)?;
+                        let counts = crate::channels::ChannelCounts {
+                            backlog: *len,
+                            missed: num(f.get(n)?),
+                            dropped: num(f.get(n + 1)?),
+                        };
+                        Some((st, counts))
+                    })
+                    .filter(|(st, _)| caller.sees(&st.spec))
+                    .collect();
+                let rows = stored.iter().map(|(st, c)| (st.view(), *c)).collect();
+                http(cx.shared, reply, 200, crate::channels::stats_page(rows));
+            }
             ChannelRequest::Get(id) => match cx.read(&id)? {
                 Some(st) if caller.sees(&st.spec) => {
                     http(cx.shared, reply, 200, st.view().detail(public_url))

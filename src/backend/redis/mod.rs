@@ -31,10 +31,12 @@
 //! Owned by the node (`Node::backend`). Three threads of its own (the writer, the reader,
 //! the services thread), each with one Redis connection; shards only put jobs on the
 //! writer's queue, commands in the services thread's inbox, and read the applier's
-//! replica, history and marks.
+//! replica, history and marks. A fourth, the operator console's node rows ([`nodes`]),
+//! starts when the server hands over the row's source and touches nothing else.
 
 mod channels;
 mod locks;
+mod nodes;
 mod reader;
 mod services;
 mod writer;
@@ -443,6 +445,11 @@ pub struct RedisBackend {
     jobs: Sender<Job>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     services: Box<dyn ServicesEngine>,
+    /// What was published through this node (not the cluster's), for the operator
+    /// console.
+    busiest: crate::topk::BusiestPaths,
+    /// Every node's overview row, for the operator console ([`nodes`]).
+    nodes: Arc<nodes::Nodes>,
 }
 
 impl RedisBackend {
@@ -507,6 +514,8 @@ impl RedisBackend {
             jobs: tx,
             writer: Mutex::new(Some(writer)),
             services: Box::new(services),
+            busiest: crate::topk::BusiestPaths::new(),
+            nodes: Arc::new(nodes::Nodes::default()),
         })
     }
 
@@ -541,7 +550,20 @@ fn redacted(url: &str) -> String {
 }
 
 impl Backend for RedisBackend {
+    fn busiest_paths(&self) -> &crate::topk::BusiestPaths {
+        &self.busiest
+    }
+
+    fn share_node_row(&self, row: Box<dyn Fn() -> serde_json::Value + Send + Sync>) {
+        self.nodes.start(self.shared.clone(), row);
+    }
+
+    fn node_rows(&self) -> Option<Vec<serde_json::Value>> {
+        self.nodes.rows()
+    }
+
     fn publish(&self, items: &[PublishItem], reply: PublishReply) -> Option<PublishOutcome> {
+        self.busiest.note(items.iter().map(|i| i.path.as_str()));
         let items = items
             .iter()
             .map(|i| {
