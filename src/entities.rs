@@ -340,19 +340,41 @@ pub enum WriteOp {
 /// that read it: at once on a single node, or once a cluster node's replica reflects
 /// every write answered before the read arrived
 /// ([`crate::backend::Backend::read_entities`]). It answers a status and a JSON body.
-pub struct EntityRead(Box<ReadFn>);
+pub struct EntityRead {
+    f: Box<ReadFn>,
+    /// A list: a scan of the whole collection, run off the shard ([`crate::offload`]);
+    /// a `GET` of one entity is a lookup, run where it is.
+    scan: bool,
+}
 
 /// What an [`EntityRead`] runs: the replica in, the REST status and JSON body out.
 type ReadFn = dyn FnOnce(&Replica) -> (u16, Vec<u8>) + Send;
 
 impl EntityRead {
+    /// A lookup (one entity).
     pub fn new(f: impl FnOnce(&Replica) -> (u16, Vec<u8>) + Send + 'static) -> Self {
-        EntityRead(Box::new(f))
+        EntityRead {
+            f: Box::new(f),
+            scan: false,
+        }
+    }
+
+    /// A list (a scan of the collection).
+    pub fn list(f: impl FnOnce(&Replica) -> (u16, Vec<u8>) + Send + 'static) -> Self {
+        EntityRead {
+            f: Box::new(f),
+            scan: true,
+        }
+    }
+
+    /// Whether it scans a collection (and so runs off the shard).
+    pub fn is_scan(&self) -> bool {
+        self.scan
     }
 
     /// Runs the read on `replica`: the REST status and JSON body.
     pub fn run(self, replica: &Replica) -> (u16, Vec<u8>) {
-        (self.0)(replica)
+        (self.f)(replica)
     }
 }
 

@@ -61,6 +61,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod node;
 pub mod node_id;
+pub mod offload;
 pub mod options;
 pub mod origin;
 pub mod protocol;

@@ -7,6 +7,8 @@
 //! - [`Node::backend`]: sequencing, history, entity state and everything durable
 //!   ([`crate::backend`]); any shard calls it for the requests it read.
 //! - the draining flag: set once, by the server at SIGTERM; read by every shard.
+//! - [`Node::offload`]: threads for whole-collection scans; any shard submits, each job
+//!   answers through the submitting shard's mailbox.
 //! - the WebSocket connection count: each shard adds and removes its own connections
 //!   (`max_connections` spans shards).
 //!
@@ -43,6 +45,8 @@ pub struct Node {
     origins: crate::origin::Origins,
     /// The token keys (`auth.jwt_secret`, `auth.jwt_public_key`), loaded at start-up.
     keys: crate::auth::jwt::Keys,
+    /// Threads for the scans no shard may run on its loop ([`crate::offload`]).
+    offload: crate::offload::Offload,
 }
 
 impl Node {
@@ -70,7 +74,13 @@ impl Node {
             ws_connections: AtomicUsize::new(0),
             http_connections: AtomicUsize::new(0),
             id,
+            offload: crate::offload::Offload::start(),
         }
+    }
+
+    /// The pool that runs whole-collection scans off the shards ([`crate::offload`]).
+    pub fn offload(&self) -> &crate::offload::Offload {
+        &self.offload
     }
 
     /// What tokens are checked with (PROTOCOL.md §1).
@@ -89,6 +99,11 @@ impl Node {
 
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
+    }
+
+    /// The backend as a handle a job on another thread can hold ([`crate::offload`]).
+    pub fn backend_handle(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
     pub fn cursors(&self) -> &Cursors {

@@ -62,6 +62,16 @@ pub enum ShardMsg {
         upto: u64,
         messages: Vec<Vec<u8>>,
     },
+    /// A live query's result, read off the shard ([`crate::offload`]) for the query
+    /// tagged `tag` of the connection, by its load number `load`: dropped if the
+    /// connection (`gen`), the query or that load is gone.
+    LiveQueryLoaded {
+        conn: u32,
+        gen: u32,
+        tag: u32,
+        load: u32,
+        result: Box<LoadedResult>,
+    },
     /// Close a WebSocket with `code` and `reason`, after `error` (a message) if any.
     Close {
         conn: u32,
@@ -70,6 +80,15 @@ pub enum ShardMsg {
         reason: String,
         error: Option<Vec<u8>>,
     },
+}
+
+/// A live query's result as read from the replica at its `seq`: the tracked ids and the
+/// messages (`liveQueryCreated`, then the `liveQueryData` pages), in order.
+#[derive(Debug)]
+pub struct LoadedResult {
+    pub seq: u64,
+    pub tracked: hashbrown::HashSet<Box<str>>,
+    pub messages: Vec<Vec<u8>>,
 }
 
 /// Where an answer goes: a connection of a shard.

@@ -7,6 +7,7 @@
 
 use std::io::{self, Write};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -164,6 +165,15 @@ pub struct LiveQuery {
     pub base_seq: u64,
     /// Ids of the entities in the tracked result.
     pub tracked: HashSet<Box<str>>,
+    /// Non-zero while its result is being read off the shard: the number of that load
+    /// (a result of any other number is stale and dropped).
+    pub loading: u32,
+    /// Entity publications of its collection that reached the shard while it loads, in
+    /// `seq` order: applied after its pages (those at or below the loaded `seq` skipped).
+    pub pending: Vec<Arc<Publication>>,
+    /// Its `pending` could not hold everything (bounded by `queue_capacity`) or the shard
+    /// missed publications meanwhile: the load under way is dropped and read again.
+    pub stale: bool,
 }
 
 impl LiveQuery {

@@ -179,6 +179,8 @@ pub struct Shard {
     conn_budget: usize,
     /// State for jitter (xorshift).
     rng: u64,
+    /// The number of the newest live-query load this shard started (never 0).
+    next_load: u32,
     /// The io_uring write path (`io = "uring"`), when the kernel allows it.
     uring: Option<uring::UringWriter>,
     _not_send: PhantomData<*const ()>,
@@ -236,6 +238,7 @@ impl Shard {
             unidentified: VecDeque::new(),
             conn_budget: seed.conn_budget.max(1),
             rng,
+            next_load: 0,
             uring: None,
             _not_send: PhantomData,
         }
@@ -313,7 +316,10 @@ impl Shard {
                     return;
                 }
             }
-            self.clock();
+            // The turn's work, from the end of the poll to the next poll: what every other
+            // connection of this shard waits for (`shardcast_shard_loop_turn_seconds`).
+            let turn = Instant::now();
+            self.now = turn.duration_since(self.epoch).as_millis() as u64;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -336,6 +342,7 @@ impl Shard {
             self.drain_mailbox();
             self.run_timers();
             self.flush_dirty();
+            self.metrics.loop_turns.record(turn.elapsed());
             if let Some(d) = &self.draining {
                 if self.conns.is_empty() || self.now >= d.deadline {
                     return;
@@ -600,6 +607,13 @@ impl Shard {
                 upto,
                 messages,
             } => self.on_channel_events(conn as usize, gen, upto, messages),
+            ShardMsg::LiveQueryLoaded {
+                conn,
+                gen,
+                tag,
+                load,
+                result,
+            } => self.live_query_loaded(conn as usize, gen, tag, load, *result),
             ShardMsg::Close {
                 conn,
                 gen,
