@@ -44,6 +44,8 @@ pub const REPLAYED: &str = "shardcast_replayed_total";
 pub const URING_WRITES: &str = "shardcast_uring_writes_total";
 pub const LOOP_TURN: &str = "shardcast_shard_loop_turn_seconds";
 pub const LOOP_TURN_MAX: &str = "shardcast_shard_loop_turn_max_seconds";
+/// Histograms `/metrics` renders itself ([`LoopTurns`]) rather than the exporter.
+pub const SELF_RENDERED_HISTOGRAMS: &[&str] = &[LOOP_TURN];
 pub const HISTORY_PUBLICATIONS: &str = "shardcast_history_publications";
 pub const HISTORY_BYTES: &str = "shardcast_history_bytes";
 pub const SERVICE_PENDING: &str = "shardcast_service_tasks_pending";
