@@ -9,6 +9,8 @@
 //! own thread. A job must hold nothing of the shard (`Send + 'static`): it reads shared
 //! state (the replica) and sends bytes back.
 //!
+//! The threads run at the lowest priority (nice 19, [`NICE`]): the shards come first.
+//!
 //! Jobs run in submission order per thread, first come first served; the queue is
 //! unbounded because every job is one request of a connection already admitted (and
 //! bounded by that connection's own limits, e.g. `limits.max_live_queries`).
@@ -40,6 +42,7 @@ impl Offload {
                 std::thread::Builder::new()
                     .name(format!("shardcast-offload-{i}"))
                     .spawn(move || {
+                        lower_priority();
                         span.in_scope(|| {
                             while let Ok(job) = rx.recv() {
                                 job();
@@ -67,6 +70,24 @@ impl Offload {
             if let Err(e) = tx.send(Box::new(job)) {
                 (e.0)();
             }
+        }
+    }
+}
+
+/// Nice value of the pool's threads: a scan takes whatever CPU the shards leave, so that
+/// on a machine with no idle core the kernel does not take a shard's core away for a
+/// scan's whole time slice (which would stall the shard as surely as running the scan
+/// on it).
+const NICE: i32 = 19;
+
+/// Lowers the calling thread's scheduling priority to [`NICE`] (Linux: a thread's nice
+/// value is its own). Best effort: on failure the thread runs at the process's priority.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority have no memory-safety preconditions.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, NICE) != 0 {
+            tracing::debug!("offload thread: setpriority failed; it runs at normal priority");
         }
     }
 }

@@ -72,6 +72,15 @@ pub enum ShardMsg {
         load: u32,
         result: Box<LoadedResult>,
     },
+    /// A `subscribedEvents` answer and the `since` replays it announced, prepared off the
+    /// shard ([`crate::offload`]) as WebSocket frames, `replayed` publications in all:
+    /// written, then the connection's flushes resume; dropped if `gen` no longer matches.
+    Replayed {
+        conn: u32,
+        gen: u32,
+        frames: Vec<u8>,
+        replayed: u64,
+    },
     /// Close a WebSocket with `code` and `reason`, after `error` (a message) if any.
     Close {
         conn: u32,

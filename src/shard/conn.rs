@@ -252,6 +252,10 @@ pub struct WsState {
     pub close_sent: bool,
     /// Already on the shard's list of connections to flush this iteration.
     pub dirty: bool,
+    /// `since` replays being prepared off the shard for this connection: while non-zero
+    /// nothing of its ring is flushed and it joins no feed, so a replay comes entirely
+    /// before anything live (`shard::replay`).
+    pub replaying: u32,
     /// The echo endpoint: no authentication, messages go back as they came.
     pub echo: bool,
     /// Reading is paused until the ring drains (echo back-pressure).
@@ -315,6 +319,7 @@ impl WsState {
             close_sent: false,
             flush_at: None,
             dirty: false,
+            replaying: 0,
             read_paused: false,
         }
     }

@@ -558,6 +558,21 @@ impl Shard {
         self.write_out(key);
     }
 
+    /// As [`Shard::send_raw`], taking the bytes: into an empty output buffer they go
+    /// without a copy (a replay prepared off the shard can be megabytes).
+    fn send_owned(&mut self, key: usize, bytes: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            conn.out = bytes;
+            conn.out_pos = 0;
+        } else {
+            conn.out.extend_from_slice(&bytes);
+        }
+        self.write_out(key);
+    }
+
     fn drain_mailbox(&mut self) {
         let mut handled = 0;
         while handled < MAILBOX_BUDGET {
@@ -614,6 +629,12 @@ impl Shard {
                 load,
                 result,
             } => self.live_query_loaded(conn as usize, gen, tag, load, *result),
+            ShardMsg::Replayed {
+                conn,
+                gen,
+                frames,
+                replayed,
+            } => self.replay_ready(conn as usize, gen, frames, replayed),
             ShardMsg::Close {
                 conn,
                 gen,
