@@ -124,14 +124,19 @@ impl ReplaySpec {
         upto: u64,
     ) -> (Replayed, bool) {
         let sub = self;
+        // The window's publications are taken out under the history's lock (a pointer
+        // copy each) and matched without it: ingest appends under the sequencer, so
+        // holding the lock for the matching would hold every shard's publishes.
+        let mut window: Vec<Arc<Publication>> = Vec::new();
+        let recovered = backend.replay(since, upto, &mut |p| window.push(p.clone()));
         let mut found: Replayed = Vec::new();
-        let recovered = backend.replay(since, upto, &mut |p| {
+        for p in &window {
             if !path_prefixes(&p.path).any(|pre| pre == &*sub.path) {
-                return;
+                continue;
             }
             if let Some(set) = &sub.events {
                 if !set.iter().any(|t| **t == *p.event_type) {
-                    return;
+                    continue;
                 }
             }
             match &sub.filter {
@@ -151,7 +156,7 @@ impl ReplaySpec {
                     }
                 }
             }
-        });
+        }
         (found, recovered)
     }
 }
