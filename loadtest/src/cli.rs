@@ -2076,9 +2076,33 @@ mod tests {
             );
             fails(
                 &format!("{sc} --entities 4"),
-                "--entities only applies to scenario entities",
+                "--entities only applies to scenarios entities and stalls",
             );
         }
+    }
+
+    #[test]
+    fn stalls_scenario() {
+        let c = run("stalls --secret s --api-key k").unwrap();
+        assert_eq!(c.scenario, ScenarioName::Stalls);
+        assert_eq!(
+            (c.entities, c.connections, c.rate, c.duration),
+            (150_000, 100, 200.0, Duration::from_secs(5))
+        );
+        let c = run("stalls --secret s --api-key k --entities 3000 --duration 1s").unwrap();
+        assert_eq!((c.entities, c.duration), (3000, Duration::from_secs(1)));
+        fails(
+            "stalls --secret s",
+            "--api-key is required for scenario stalls",
+        );
+        fails(
+            "stalls --secret s --api-key k --batch-ms 5",
+            "--batch-ms does not apply to scenario stalls",
+        );
+        fails(
+            "stalls --target nats",
+            "scenario stalls creates shardcast live queries",
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub const PHASES: [Phase; 4] = [
     Phase::Quiet,
     Phase::LiveQueries,
 ];
+/// Shortest time between two creations of one creator (two commands each).
+const MIN_CYCLE: Duration = Duration::from_millis(50);
 /// Longest a connect, a read or a seeding answer may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -449,12 +451,19 @@ fn run_inner(cfg: &Config) -> Result<i32, String> {
         creators.push(std::thread::spawn(move || -> Result<(), String> {
             let mut h = new_histogram();
             let mut n = 0u64;
+            let mut last = Instant::now() - MIN_CYCLE;
             while !stop.load(SeqCst) {
                 if !creating.load(SeqCst) {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 }
-                let t = Instant::now();
+                // At most one creation per MIN_CYCLE: a small collection loads at once, and
+                // a creator must stay under the server's command rate limit.
+                if let Some(wait) = MIN_CYCLE.checked_sub(last.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                last = Instant::now();
+                let t = last;
                 c.send(&json!({"type": "createLiveQuery", "id": "lq", "query": {
                     "edge": COLLECTION, "filter": "n >= 0",
                     "orderBy": "n desc", "limit": 1000}}))?;
