@@ -9,7 +9,7 @@
 //! own thread. A job must hold nothing of the shard (`Send + 'static`): it reads shared
 //! state (the replica) and sends bytes back.
 //!
-//! The threads run at the lowest priority (nice 19, [`NICE`]): the shards come first.
+//! The threads run at the lowest priority (nice 19, `NICE`): the shards come first.
 //!
 //! Jobs run in submission order per thread, first come first served; the queue is
 //! unbounded because every job is one request of a connection already admitted (and
