@@ -353,6 +353,9 @@ fn main() {
             cap: 1000,
             base_seq: 0,
             tracked: HashSet::from_iter([Box::<str>::from("o42")]),
+            loading: 0,
+            pending: Vec::new(),
+            stale: false,
         })
         .collect();
     let p = entity_pub(

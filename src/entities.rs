@@ -4,9 +4,10 @@
 //!
 //! Ownership: the [`Replica`] is written only by the sequencer ([`crate::ingest`]), under
 //! its lock, after the write's group commit is durable; shards read it under its
-//! `RwLock` (REST `GET` and lists, live-query snapshots). So a reader never sees a state
-//! that a crash could take back, and the replica is never behind a publication a shard
-//! has received: a snapshot taken at replica seq `S` plus every entity publication with
+//! `RwLock` (REST `GET`), and so do the offload threads for lists and live-query
+//! snapshots, which copy a collection's states out under the lock and scan the copy. So
+//! a reader never sees a state that a crash could take back, and the replica is never
+//! behind a publication a shard has received: a snapshot taken at replica seq `S` plus every entity publication with
 //! `seq > S` is exactly the current state (the live-query seam, PROTOCOL-NOTES.md).
 //!
 //! Writes are carried out by the backend (the local one: `backend::local::EntityJob`, on
@@ -276,6 +277,11 @@ impl Replica {
                 seq,
             );
         };
+        // The states at `seq`, taken out under the read lock (a pointer copy each, ~1 ms
+        // for 150k) and scanned without it: a write waiting for the write lock would hold
+        // the sequencer, and every shard's publishes behind it, for the whole scan.
+        let states: Vec<Arc<Value>> = c.states.clone();
+        drop(r);
         // The top `limit` + 1 (to know whether more follow) in a bounded max-heap: each
         // match is compared with the heap's worst, which stays in cache, instead of
         // sorting every match.
@@ -285,10 +291,10 @@ impl Replica {
             order.sort_key(a, &mut after_key);
         }
         let mut heap: std::collections::BinaryHeap<Ranked<'_>> =
-            std::collections::BinaryHeap::with_capacity(want.min(c.len()) + 1);
+            std::collections::BinaryHeap::with_capacity(want.min(states.len()) + 1);
         let mut key: Vec<Option<&Value>> = Vec::with_capacity(order.keys.len() + 1);
         let mut total = 0usize;
-        for v in &c.states {
+        for v in &states {
             if filter.is_some_and(|f| !f.matches(v)) {
                 continue;
             }
@@ -340,19 +346,41 @@ pub enum WriteOp {
 /// that read it: at once on a single node, or once a cluster node's replica reflects
 /// every write answered before the read arrived
 /// ([`crate::backend::Backend::read_entities`]). It answers a status and a JSON body.
-pub struct EntityRead(Box<ReadFn>);
+pub struct EntityRead {
+    f: Box<ReadFn>,
+    /// A list: a scan of the whole collection, run off the shard ([`crate::offload`]);
+    /// a `GET` of one entity is a lookup, run where it is.
+    scan: bool,
+}
 
 /// What an [`EntityRead`] runs: the replica in, the REST status and JSON body out.
 type ReadFn = dyn FnOnce(&Replica) -> (u16, Vec<u8>) + Send;
 
 impl EntityRead {
+    /// A lookup (one entity).
     pub fn new(f: impl FnOnce(&Replica) -> (u16, Vec<u8>) + Send + 'static) -> Self {
-        EntityRead(Box::new(f))
+        EntityRead {
+            f: Box::new(f),
+            scan: false,
+        }
+    }
+
+    /// A list (a scan of the collection).
+    pub fn list(f: impl FnOnce(&Replica) -> (u16, Vec<u8>) + Send + 'static) -> Self {
+        EntityRead {
+            f: Box::new(f),
+            scan: true,
+        }
+    }
+
+    /// Whether it scans a collection (and so runs off the shard).
+    pub fn is_scan(&self) -> bool {
+        self.scan
     }
 
     /// Runs the read on `replica`: the REST status and JSON body.
     pub fn run(self, replica: &Replica) -> (u16, Vec<u8>) {
-        (self.0)(replica)
+        (self.f)(replica)
     }
 }
 

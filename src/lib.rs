@@ -28,6 +28,9 @@
 //!   with one hash lookup per path prefix, builds each distinct message once, appends it
 //!   once per feed or queues a pointer in a connection's ring, and flushes a connection
 //!   with one vectored write.
+//! - [`offload`]: two low-priority threads for the work no shard may hold its loop for
+//!   (scans of a whole collection, `since` replays); each job answers through the
+//!   submitting shard's mailbox.
 //! - [`protocol`]: the wire contract (messages, codes, paths) and [`protocol::ws`], the
 //!   RFC 6455 codec. [`filter`]: the filter and `orderBy` languages.
 //! - [`node`]: what all threads share, and who may change what. [`auth`]: JWT, tickets,
@@ -45,7 +48,9 @@
 //! - the busiest-paths sketch ([`topk`]) is taken alone, before the sequencer lock.
 //!
 //! Readers take the replica's read lock or the history lock alone, never the sequencer
-//! lock. The store's writer thread takes the sequencer lock only after its commit, and
+//! lock, and hold it only to copy out what they scan (a pointer per entity or
+//! publication): a reader holding it longer would hold the sequencer through a writer
+//! waiting for it. The store's writer thread takes the sequencer lock only after its commit, and
 //! nothing holding the sequencer lock waits for the store (a `seq` reservation is asked
 //! for and waited on outside it).
 
@@ -65,6 +70,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod node;
 pub mod node_id;
+pub mod offload;
 pub mod options;
 pub mod origin;
 pub mod protocol;

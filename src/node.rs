@@ -7,6 +7,8 @@
 //! - [`Node::backend`]: sequencing, history, entity state and everything durable
 //!   ([`crate::backend`]); any shard calls it for the requests it read.
 //! - the draining flag: set once, by the server at SIGTERM; read by every shard.
+//! - [`Node::offload`]: threads for whole-collection scans; any shard submits, each job
+//!   answers through the submitting shard's mailbox.
 //! - the WebSocket connection count: each shard adds and removes its own connections
 //!   (`max_connections` spans shards).
 //!
@@ -45,6 +47,8 @@ pub struct Node {
     keys: crate::auth::jwt::Keys,
     /// When the node was built (unix ms): the operator console's uptime.
     started_ms: u64,
+    /// Threads for the scans no shard may run on its loop ([`crate::offload`]).
+    offload: crate::offload::Offload,
 }
 
 impl Node {
@@ -73,7 +77,13 @@ impl Node {
             http_connections: AtomicUsize::new(0),
             id,
             started_ms: crate::time::unix_ms(),
+            offload: crate::offload::Offload::start(),
         }
+    }
+
+    /// The pool that runs whole-collection scans off the shards ([`crate::offload`]).
+    pub fn offload(&self) -> &crate::offload::Offload {
+        &self.offload
     }
 
     /// What tokens are checked with (PROTOCOL.md §1).
@@ -92,6 +102,11 @@ impl Node {
 
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
+    }
+
+    /// The backend as a handle a job on another thread can hold ([`crate::offload`]).
+    pub fn backend_handle(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
     pub fn cursors(&self) -> &Cursors {

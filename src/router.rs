@@ -62,6 +62,25 @@ pub enum ShardMsg {
         upto: u64,
         messages: Vec<Vec<u8>>,
     },
+    /// A live query's result, read off the shard ([`crate::offload`]) for the query
+    /// tagged `tag` of the connection, by its load number `load`: dropped if the
+    /// connection (`gen`), the query or that load is gone.
+    LiveQueryLoaded {
+        conn: u32,
+        gen: u32,
+        tag: u32,
+        load: u32,
+        result: Box<LoadedResult>,
+    },
+    /// A `subscribedEvents` answer and the `since` replays it announced, prepared off the
+    /// shard ([`crate::offload`]) as WebSocket frames, `replayed` publications in all:
+    /// written, then the connection's flushes resume; dropped if `gen` no longer matches.
+    Replayed {
+        conn: u32,
+        gen: u32,
+        frames: Vec<u8>,
+        replayed: u64,
+    },
     /// Close a WebSocket with `code` and `reason`, after `error` (a message) if any.
     Close {
         conn: u32,
@@ -70,6 +89,15 @@ pub enum ShardMsg {
         reason: String,
         error: Option<Vec<u8>>,
     },
+}
+
+/// A live query's result as read from the replica at its `seq`: the tracked ids and the
+/// messages (`liveQueryCreated`, then the `liveQueryData` pages), in order.
+#[derive(Debug)]
+pub struct LoadedResult {
+    pub seq: u64,
+    pub tracked: hashbrown::HashSet<Box<str>>,
+    pub messages: Vec<Vec<u8>>,
 }
 
 /// Where an answer goes: a connection of a shard.

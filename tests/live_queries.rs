@@ -502,3 +502,250 @@ fn one_message_per_query_whatever_the_creation_order() {
     );
     assert_eq!(b.recv_type("liveQueryUpdatedNode")["id"], "other");
 }
+
+/// Writes `n` entities `{collection}/e{i}` with bodies `body(i)`: pipelined `PUT`s on a
+/// few keep-alive connections (one by one would take minutes).
+fn seed(s: &Server, collection: &str, n: usize, body: impl Fn(usize) -> Value + Sync) {
+    use std::io::{Read, Write};
+    const CONNS: usize = 4;
+    const CHUNK: usize = 500;
+    std::thread::scope(|sc| {
+        for c in 0..CONNS {
+            let body = &body;
+            sc.spawn(move || {
+                let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                let ids: Vec<usize> = (c..n).step_by(CONNS).collect();
+                for chunk in ids.chunks(CHUNK) {
+                    let mut req = Vec::new();
+                    for &i in chunk {
+                        let b = serde_json::to_vec(&body(i)).unwrap();
+                        req.extend_from_slice(
+                            format!(
+                                "PUT /api/v1/entities/{collection}/e{i} HTTP/1.1\r\nHost: t\r\n\
+                                 Authorization: {}\r\nContent-Type: application/json\r\n\
+                                 Content-Length: {}\r\n\r\n",
+                                apikey(),
+                                b.len()
+                            )
+                            .as_bytes(),
+                        );
+                        req.extend_from_slice(&b);
+                    }
+                    sock.write_all(&req).unwrap();
+                    // Every answer is `200` (a body holds no status line).
+                    let mut got = Vec::new();
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        let text = String::from_utf8_lossy(&got);
+                        let answers = text.matches("HTTP/1.1 ").count();
+                        let ok = text.matches("HTTP/1.1 200 ").count();
+                        assert_eq!(answers, ok, "a seeding PUT failed: {text}");
+                        if ok == chunk.len() && text.ends_with('}') {
+                            break;
+                        }
+                        let r = sock.read(&mut buf).expect("seeding answers");
+                        assert!(r > 0, "the server closed a seeding connection");
+                        got.extend_from_slice(&buf[..r]);
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A live query's initial data as received: `liveQueryCreated` and the nodes of its
+/// pages, in order (a query's pages follow its `liveQueryCreated` with nothing of another
+/// query between; queries loaded together may finish in any order).
+fn read_initial(c: &mut Client, id: &str) -> (Value, Vec<Value>) {
+    let created = c.recv_type("liveQueryCreated");
+    assert_eq!(created["id"], id, "{created}");
+    read_pages(c, created)
+}
+
+fn read_pages(c: &mut Client, created: Value) -> (Value, Vec<Value>) {
+    let id = created["id"].clone();
+    let mut nodes = Vec::new();
+    loop {
+        let d = c.recv_type("liveQueryData");
+        assert_eq!(d["id"], id, "{d}");
+        nodes.extend(d["data"].as_array().unwrap().iter().cloned());
+        if d["hasMore"] == false {
+            return (created, nodes);
+        }
+    }
+}
+
+/// Live queries over 60k entities load off the shard (issue 21: no shard stalls): an
+/// event published after the creations were sent reaches the creating connection before
+/// the last query's data (when the shard loaded them on its own thread, every page was
+/// written before it could take the publication in) and another connection of the same
+/// shard gets it too; each query's data is whole.
+#[test]
+fn loads_over_a_big_collection_do_not_hold_the_shard() {
+    let s = Server::start("shards = 1\n[delivery]\nbatch_ms = 0");
+    const N: usize = 60_000;
+    seed(&s, "big", N, |i| json!({"n": i, "v": 0}));
+    let tok = token("u", "user", &["*"]);
+    let mut b = Client::authed(&s, &tok, "");
+    b.subscribe(json!([{"id": "news", "path": "news"}]));
+    let mut a = Client::authed(&s, &tok, "");
+    a.subscribe(json!([{"id": "news", "path": "news"}]));
+    const QUERIES: usize = 8;
+    for q in 0..QUERIES {
+        a.send(
+            &json!({"type": "createLiveQuery", "id": format!("lq{q}"), "query": {
+            "edge": "big", "filter": "n >= 0", "orderBy": "n desc", "limit": 1000}}),
+        );
+    }
+    s.publish("news", "flash", json!({"k": 1}));
+    assert_eq!(b.recv_type("event")["data"], json!({"k": 1}));
+    // On the creating connection: which queries had their data when the event came.
+    let mut results = Vec::new();
+    let mut loaded_before_event = None;
+    while results.len() < QUERIES || loaded_before_event.is_none() {
+        let m = a.recv();
+        match m["type"].as_str() {
+            Some("event") => loaded_before_event = Some(results.len()),
+            Some("liveQueryCreated") => results.push(read_pages(&mut a, m)),
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert!(
+        loaded_before_event < Some(QUERIES),
+        "the event came after every query's data: the loads held the shard"
+    );
+    let mut ids: Vec<String> = results
+        .iter()
+        .map(|(c, _)| c["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        (0..QUERIES).map(|q| format!("lq{q}")).collect::<Vec<_>>()
+    );
+    for (created, nodes) in results {
+        assert_eq!(created["totalCount"], N as u64, "{created}");
+        assert_eq!(created["capped"], true);
+        let ns: Vec<u64> = nodes.iter().map(|n| n["n"].as_u64().unwrap()).collect();
+        let want: Vec<u64> = (0..1000).map(|k| (N - 1 - k) as u64).collect();
+        assert_eq!(ns, want, "the top 1000 by n desc");
+    }
+}
+
+/// Writes racing the load of a query over a big collection: its data, then every later
+/// change exactly once and in order (each write raises `v`, so an update that came twice
+/// or out of order would not raise it), ending equal to a list.
+#[test]
+fn writes_racing_a_big_load_arrive_once_in_order() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let s = Server::start("shards = 1\n[delivery]\nbatch_ms = 0");
+    const N: usize = 60_000;
+    // 600 hot entities: under the cap, so the whole result is tracked.
+    seed(&s, "big", N, |i| json!({"hot": i % 100 == 0, "v": 0}));
+    let tok = token("u", "user", &["big"]);
+    let written = AtomicU64::new(0);
+    let loaded = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            let mut extra = 0;
+            for k in 1..=5_000u64 {
+                // Updates of hot entities, some turned cold, some new hot ones.
+                let (id, hot) = match k % 10 {
+                    0 => (format!("new{k}"), true),
+                    5 => (format!("e{}", (k * 700) % N as u64), false),
+                    _ => (format!("e{}", ((k * 37) % 600) * 100), true),
+                };
+                s.put_entity("big", &id, json!({"hot": hot, "v": k}));
+                written.store(k, Ordering::SeqCst);
+                if loaded.load(Ordering::SeqCst) {
+                    extra += 1;
+                    if extra == 50 {
+                        break;
+                    }
+                }
+            }
+        });
+        assert!(wait_until(Duration::from_secs(20), || {
+            written.load(Ordering::SeqCst) >= 20
+        }));
+        let mut c = Client::authed(&s, &tok, "");
+        c.send(&json!({"type": "createLiveQuery", "id": "lq", "query": {"edge": "big", "filter": "hot", "limit": 1000}}));
+        let mut v = View::default();
+        while !v.loaded {
+            v.apply(&c.recv());
+        }
+        assert!(
+            v.nodes.values().any(|n| n["v"].as_u64() > Some(0)),
+            "the writer had not written before the creation"
+        );
+        loaded.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+        s.put_entity("big", "marker", json!({"hot": true, "v": u64::MAX / 2}));
+        let mut incremental = 0;
+        loop {
+            let m = c.recv_within(Duration::from_secs(10)).expect("message");
+            if m["type"] == "liveQueryUpdatedNode" {
+                let id = m["nodeId"].as_str().unwrap();
+                let before = v.nodes[id]["v"].as_u64().unwrap();
+                let after = m["data"]["v"].as_u64().unwrap();
+                assert!(after > before, "{id}: v {before} then {after}: {m}");
+            }
+            v.apply(&m);
+            if m["nodeId"] == "marker" {
+                break;
+            }
+            incremental += 1;
+        }
+        assert!(incremental > 0, "no write came after the load");
+        assert_eq!(v.created.len(), 1);
+        assert_eq!(v.nodes, list_ids(&s, "big", "hot"));
+    });
+}
+
+/// A query destroyed while it loads gets `liveQueryDestroyed` and nothing else: its
+/// result, when it comes, is dropped (the same id made again gets exactly one result);
+/// a connection closed while its queries load leaves nothing registered.
+#[test]
+fn destroy_or_close_while_loading() {
+    let s = Server::start("shards = 1\n[delivery]\nbatch_ms = 0");
+    seed(&s, "big", 40_000, |i| json!({"n": i}));
+    let tok = token("u", "user", &["*"]);
+    let mut c = Client::authed(&s, &tok, "");
+    // A scan of every entity, 10 of them in the result (under the cap: a new match is added).
+    let create = json!({"type": "createLiveQuery", "id": "lq", "query": {"edge": "big", "filter": "n >= 39990", "orderBy": "n desc"}});
+    c.send(&create);
+    c.send(&json!({"type": "destroyLiveQuery", "id": "lq", "requestId": "d"}));
+    let m = c.recv();
+    assert_eq!(m["type"], "liveQueryDestroyed", "before its data: {m}");
+    c.send(&create);
+    let (created, nodes) = read_initial(&mut c, "lq");
+    assert_eq!(created["totalCount"], 10);
+    assert_eq!(nodes.len(), 10);
+    s.put_entity("big", "marker", json!({"n": 1_000_000}));
+    // Nothing of the destroyed load came between: the next message is the marker.
+    let m = c.recv();
+    assert_eq!(
+        (m["type"].as_str(), m["nodeId"].as_str()),
+        (Some("liveQueryAddedNode"), Some("marker")),
+        "{m}"
+    );
+    assert_eq!(s.metric("shardcast_live_queries"), Some(1.0));
+
+    // Closed while loading: nothing stays registered, and the shard goes on.
+    let mut d = Client::authed(&s, &tok, "");
+    for q in 0..4 {
+        d.send(&json!({"type": "createLiveQuery", "id": format!("q{q}"), "query": {"edge": "big", "orderBy": "n desc"}}));
+    }
+    d.close();
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .metric("shardcast_live_queries")
+            == Some(1.0)),
+        "the closed connection's queries are still counted"
+    );
+    s.put_entity("big", "marker2", json!({"n": 1_000_001}));
+    let m = c.recv();
+    assert_eq!(m["nodeId"], "marker2", "{m}");
+}

@@ -210,12 +210,26 @@ fn exported_metrics() -> BTreeSet<String> {
         names.len() >= 10,
         "could not parse metric constants from src/metrics.rs: {names:?}"
     );
-    for part in src.split("describe_histogram!(").skip(1) {
-        let ident: String = part
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
+    // Histograms the exporter renders (described), and those `metrics.rs` renders itself.
+    let self_rendered = src
+        .split("pub const SELF_RENDERED_HISTOGRAMS: &[&str] = &[")
+        .nth(1)
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(list, _)| list.to_string())
+        .unwrap_or_default();
+    let idents = src
+        .split("describe_histogram!(")
+        .skip(1)
+        .chain(self_rendered.split(','))
+        .map(|part| {
+            part.trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|ident| !ident.is_empty())
+        .collect::<Vec<_>>();
+    for ident in idents {
         let name = consts
             .get(&ident)
             .unwrap_or_else(|| panic!("describe_histogram!({ident}): no such constant"));
@@ -636,6 +650,9 @@ fn a_fresh_node_exports_every_series_the_dashboards_use() {
             "shardcast_connections",
             "shardcast_deliveries_total",
             "shardcast_dropped_total",
+            "shardcast_shard_loop_turn_seconds_bucket",
+            "shardcast_shard_loop_turn_seconds_count",
+            "shardcast_shard_loop_turn_max_seconds",
         ] {
             assert!(
                 series
@@ -645,4 +662,51 @@ fn a_fresh_node_exports_every_series_the_dashboards_use() {
             );
         }
     }
+}
+
+/// `shardcast_shard_loop_turn_seconds`: one histogram per shard, cumulative buckets up to
+/// `+Inf` equal to `_count`, counting turns as the shard works (issue 21).
+#[test]
+fn loop_turn_histogram_counts_turns_per_shard() {
+    let server = Server::start("shards = 1");
+    let read = || {
+        let (status, text) = server
+            .try_http("GET", "/metrics", None, &[])
+            .expect("GET /metrics");
+        assert_eq!(status, 200);
+        let mut buckets: Vec<(String, f64)> = Vec::new();
+        let mut count = None;
+        let mut max = None;
+        for l in text.lines() {
+            let value = || l.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+            if l.starts_with("shardcast_shard_loop_turn_seconds_bucket{") {
+                assert!(l.contains("shard=\"0\"") && l.contains("node=\""), "{l}");
+                let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+                buckets.push((le.to_string(), value()));
+            } else if l.starts_with("shardcast_shard_loop_turn_seconds_count{") {
+                count = Some(value());
+            } else if l.starts_with("shardcast_shard_loop_turn_max_seconds{") {
+                max = Some(value());
+            }
+        }
+        (buckets, count.expect("_count"), max.expect("max"), text)
+    };
+    let (buckets, count, _, text) = read();
+    assert!(
+        buckets.iter().any(|(le, _)| le == "0.005"),
+        "a bucket at the 5 ms budget:\n{text}"
+    );
+    assert_eq!(buckets.last().map(|b| b.0.as_str()), Some("+Inf"));
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "cumulative: {buckets:?}"
+    );
+    assert_eq!(buckets.last().unwrap().1, count);
+    // Each request is at least one more turn of the loop.
+    for _ in 0..5 {
+        server.try_http("GET", "/healthz", None, &[]).unwrap();
+    }
+    let (_, later, max, _) = read();
+    assert!(later >= count + 5.0, "{count} turns, then {later}");
+    assert!(max > 0.0);
 }

@@ -370,3 +370,47 @@ fn since_older_than_the_history_ttl_is_not_recovered() {
     assert_eq!(r["subscriptions"][0]["recovered"], true, "{r}");
     d.expect_marker(marker);
 }
+
+/// A `since` replay of a big history is prepared off the shard (issue 21): it still comes
+/// whole, in order, right after `subscribedEvents` and before an event published while it
+/// was being prepared; another connection of the shard meanwhile gets that event too.
+#[test]
+fn a_big_replay_comes_whole_before_anything_live() {
+    let s = Server::start("shards = 1\n[delivery]\nbatch_ms = 0");
+    const N: u64 = 20_000;
+    let pad = "x".repeat(100);
+    let mut first = 0;
+    for b in 0..N / 1000 {
+        let events = (0..1000)
+            .map(|i| json!({"path": "hist/a", "eventType": "tick", "data": {"i": b * 1000 + i, "pad": pad}}))
+            .collect();
+        let (f, _) = s.publish_batch(events);
+        if b == 0 {
+            first = f;
+        }
+    }
+    let tok = token("u", "user", &["*"]);
+    let mut other = Client::authed(&s, &tok, "");
+    other.subscribe(json!([{"id": "h", "path": "hist"}]));
+    let mut c = Client::authed(&s, &tok, "");
+    c.send(
+        &json!({"type": "subscribeEvents", "requestId": "r", "subscriptions": [
+        {"id": "h", "path": "hist", "since": first - 1}]}),
+    );
+    let live = s.publish("hist/a", "live", json!({"i": -1}));
+    assert_eq!(other.recv_type("event")["seq"], live);
+    let answer = c.recv_type("subscribedEvents");
+    assert_eq!(answer["subscriptions"][0]["recovered"], true, "{answer}");
+    let mut seqs = Vec::new();
+    loop {
+        let m = c.recv_type("event");
+        let seq = m["seq"].as_u64().unwrap();
+        seqs.push(seq);
+        if seq == live {
+            break;
+        }
+    }
+    let want: Vec<u64> = (first..first + N).chain([live]).collect();
+    assert_eq!(seqs.len(), want.len());
+    assert!(seqs == want, "the replay, in order, then the live event");
+}

@@ -60,6 +60,19 @@ SCENARIOS:
                connecting. Connecting stops early when MemAvailable falls below
                --min-available-mib. loadtest/scale.sh starts Redis and the node
                processes around it (README)
+    stalls     issue 21's \"no shard stalls\" check: seeds --entities [default: 150000]
+               entities in collection \"stalls\" (PUT, pipelined; skipped when there),
+               subscribes --connections [default: 100] connections (batchMs 0) to
+               \"load\" and publishes to \"load/stalls\" at --rate [default: 200] for four
+               phases of --duration each [default: 5s]: quiet, live queries, quiet, live
+               queries. In a live-query phase two more connections create a live query
+               over the whole collection again and again (filter, orderBy n desc, limit
+               1000: a scan of every entity), destroying each after its last page. Reports
+               the fan-out's publish -> receive p50/p99/max per kind of phase, the
+               creations and their time to the last page, and, from /metrics, shard 0's
+               loop-turn p99 and max (shardcast_shard_loop_turn_seconds, absent before
+               issue 21: \"n/a\"). Run the server with shards = 1 so that everything
+               shares one loop
     soak       all of it at once for --duration (see SOAK below), sampling the server's
                RSS, open files, CPU, /metrics and store size every --sample-every into
                the report; fails when something acknowledged is lost or a series grows
@@ -253,6 +266,7 @@ pub enum ScenarioName {
     Services,
     Soak,
     Scale,
+    Stalls,
 }
 
 impl ScenarioName {
@@ -267,6 +281,7 @@ impl ScenarioName {
             ScenarioName::Services => "services",
             ScenarioName::Soak => "soak",
             ScenarioName::Scale => "scale",
+            ScenarioName::Stalls => "stalls",
         }
     }
 
@@ -281,6 +296,7 @@ impl ScenarioName {
             "services" => ScenarioName::Services,
             "soak" => ScenarioName::Soak,
             "scale" => ScenarioName::Scale,
+            "stalls" => ScenarioName::Stalls,
             _ => return None,
         })
     }
@@ -915,7 +931,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         } else if scenario.is_none() {
             scenario = Some(ScenarioName::parse(a).ok_or_else(|| {
                 CliError(format!(
-                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow, entities, services, soak, scale)"
+                    "unknown scenario {a:?} (fanout, spread, idle, churn, overflow, entities, services, soak, scale, stalls)"
                 ))
             })?);
         } else {
@@ -924,7 +940,7 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     }
     let Some(scenario) = scenario else {
         return err(
-            "missing scenario (fanout, spread, idle, churn, overflow, entities, services, soak, scale); see --help",
+            "missing scenario (fanout, spread, idle, churn, overflow, entities, services, soak, scale, stalls); see --help",
         );
     };
     let get = |flag: &str| -> Option<&str> {
@@ -972,8 +988,10 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             return err("--api-key is required for scenario entities (it writes entities)");
         }
     } else {
-        if get("--entities").is_some() && scenario != ScenarioName::Soak {
-            return err("--entities only applies to scenario entities");
+        if get("--entities").is_some()
+            && !matches!(scenario, ScenarioName::Soak | ScenarioName::Stalls)
+        {
+            return err("--entities only applies to scenarios entities and stalls");
         }
         if get("--pipeline").is_some() && scenario != ScenarioName::Services {
             return err("--pipeline only applies to scenario entities and services");
@@ -1023,6 +1041,38 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
         }
     } else if get("--nats-url").is_some() {
         return err("--nats-url only applies to --target nats");
+    }
+    if scenario == ScenarioName::Stalls {
+        if target == Target::Nats {
+            return err(
+                "--target nats: scenario stalls creates shardcast live queries (PROTOCOL.md §7)",
+            );
+        }
+        if get("--api-key").is_none() {
+            return err(
+                "--api-key is required for scenario stalls (it writes entities and publishes)",
+            );
+        }
+        for (flag, why) in [
+            ("--paths", "the fan-out is on one path"),
+            (
+                "--batch-ms",
+                "it measures latency: every connection has batchMs 0",
+            ),
+            ("--batch-max", "every connection has the server's batchMax"),
+            ("--framing", "every connection has framing frames"),
+            ("--payload", "events are small"),
+            ("--threads", "one thread per connection"),
+            ("--source-ips", "a few hundred connections at most"),
+            ("--worker", "it runs in one process"),
+            ("--worker-offset", "it runs in one process"),
+            ("--fd-budget", "it runs in one process"),
+            ("--max-inflight", "it connects one by one"),
+        ] {
+            if get(flag).is_some() {
+                return err(format!("{flag} does not apply to scenario stalls ({why})"));
+            }
+        }
     }
     if scenario != ScenarioName::Idle && get("--storm").is_some() {
         return err("--storm only applies to scenario idle");
@@ -1144,6 +1194,14 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             1,
             10_000,
         )?
+    } else if scenario == ScenarioName::Stalls {
+        // one thread per connection
+        parse_int(
+            "--connections",
+            get("--connections").unwrap_or("100"),
+            1,
+            2_000,
+        )?
     } else if scenario == ScenarioName::Overflow {
         // few connections at a high rate: each slow reader must fall behind by more than
         // the kernel's buffers hold (see the help), without the fan-out saturating the
@@ -1166,11 +1224,13 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     let rate_default = match scenario {
         ScenarioName::Services => "0",
         ScenarioName::Overflow => "5000",
+        ScenarioName::Stalls => "200",
         _ => "100",
     };
     let duration = match get("--duration") {
         Some(v) => parse_duration(v).map_err(|e| CliError(format!("--duration: {e}")))?,
         None if scenario == ScenarioName::Soak => Duration::from_secs(3600),
+        None if scenario == ScenarioName::Stalls => Duration::from_secs(5),
         None if scenario == ScenarioName::Overflow || scenario == ScenarioName::Scale => {
             Duration::from_secs(10)
         }
@@ -1287,6 +1347,8 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
     let pipeline = parse_int("--pipeline", get("--pipeline").unwrap_or("1"), 1, 1024)? as usize;
     let entities_default = if scenario == ScenarioName::Soak {
         "1000"
+    } else if scenario == ScenarioName::Stalls {
+        "150000"
     } else {
         "100000"
     };
@@ -2023,9 +2085,33 @@ mod tests {
             );
             fails(
                 &format!("{sc} --entities 4"),
-                "--entities only applies to scenario entities",
+                "--entities only applies to scenarios entities and stalls",
             );
         }
+    }
+
+    #[test]
+    fn stalls_scenario() {
+        let c = run("stalls --secret s --api-key k").unwrap();
+        assert_eq!(c.scenario, ScenarioName::Stalls);
+        assert_eq!(
+            (c.entities, c.connections, c.rate, c.duration),
+            (150_000, 100, 200.0, Duration::from_secs(5))
+        );
+        let c = run("stalls --secret s --api-key k --entities 3000 --duration 1s").unwrap();
+        assert_eq!((c.entities, c.duration), (3000, Duration::from_secs(1)));
+        fails(
+            "stalls --secret s",
+            "--api-key is required for scenario stalls",
+        );
+        fails(
+            "stalls --secret s --api-key k --batch-ms 5",
+            "--batch-ms does not apply to scenario stalls",
+        );
+        fails(
+            "stalls --target nats",
+            "scenario stalls creates shardcast live queries",
+        );
     }
 
     #[test]

@@ -200,6 +200,10 @@ pub fn run(cfg: &Config) -> i32 {
         // service instances or lockers, and pipelined publishers: its own run
         return crate::services::run(cfg);
     }
+    if cfg.scenario == ScenarioName::Stalls {
+        // a fan-out and live-query creations in alternating phases: its own run
+        return crate::scenario::stalls::run(cfg);
+    }
     let scenario: Arc<dyn Scenario> = scenario::build(cfg).into();
     let limit = crate::net::raise_nofile_limit();
     let budget = cfg

@@ -757,3 +757,51 @@ fn shardcast_entities_durable_writes() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Scenario stalls, briefly: seeds, fans out through both kinds of phase, creates live
+/// queries in the live-query phases, loses nothing and reads the loop-turn histogram.
+#[test]
+fn shardcast_stalls_phases() {
+    let dir = tmp_dir("stalls");
+    let Some((server, port)) = start_shardcast(&dir, "") else {
+        return;
+    };
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let json = dir.join("r.json");
+    let (code, err) = loadtest(&[
+        "stalls",
+        "--url",
+        &url,
+        "--secret",
+        "e2e-secret",
+        "--api-key",
+        "e2e-key",
+        "--entities",
+        "3000",
+        "--connections",
+        "5",
+        "--rate",
+        "50",
+        "--duration",
+        "500ms",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r = report(&json);
+    assert_eq!(r["entities"], 3000, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    let phases = r["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2, "{r}");
+    for p in phases {
+        assert!(p["events"].as_u64().unwrap() > 0, "{r}");
+        assert!(p["latency_ms"]["p99"].as_f64().is_some(), "{r}");
+        assert!(p["loop_turn_s"]["p99_bucket"].as_f64().is_some(), "{r}");
+    }
+    assert!(
+        phases[1]["live_queries_created"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -237,7 +237,7 @@ fn list(req: &Request, node: &Node, collection: &str, close: bool) -> Route {
     };
     let cursors = node.cursors().clone();
     let collection = collection.to_string();
-    Route::EntityRead(EntityRead::new(move |replica: &Replica| {
+    Route::EntityRead(EntityRead::list(move |replica: &Replica| {
         list_page(replica, &cursors, &collection, q)
     }))
 }

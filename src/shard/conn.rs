@@ -7,6 +7,7 @@
 
 use std::io::{self, Write};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -214,6 +215,15 @@ pub struct LiveQuery {
     pub base_seq: u64,
     /// Ids of the entities in the tracked result.
     pub tracked: HashSet<Box<str>>,
+    /// Non-zero while its result is being read off the shard: the number of that load
+    /// (a result of any other number is stale and dropped).
+    pub loading: u32,
+    /// Entity publications of its collection that reached the shard while it loads, in
+    /// `seq` order: applied after its pages (those at or below the loaded `seq` skipped).
+    pub pending: Vec<Arc<Publication>>,
+    /// Its `pending` could not hold everything (bounded by `queue_capacity`) or the shard
+    /// missed publications meanwhile: the load under way is dropped and read again.
+    pub stale: bool,
 }
 
 impl LiveQuery {
@@ -299,6 +309,12 @@ pub struct WsState {
     /// Reading is paused until the ring drains (echo back-pressure).
     pub read_paused: bool,
     pub framing: Framing,
+    /// `since` replays being prepared off the shard for this connection: while non-zero
+    /// nothing of its ring is flushed and it joins no feed, so a replay comes entirely
+    /// before anything live (`shard::replay`). A `u16` beside the flags keeps the session
+    /// within its idle budget; commands are rate-limited (`limits.commands_per_sec`) and
+    /// a replay lasts milliseconds, so 65,535 in flight cannot happen.
+    pub replaying: u16,
     /// Messages dropped per subscription (interned id → count) not yet reported with a
     /// `QUEUE_OVERFLOW` warning.
     pub dropped: Vec<(u32, u64)>,
@@ -362,6 +378,7 @@ impl WsState {
             close_sent: false,
             flush_at: None,
             dirty: false,
+            replaying: 0,
             read_paused: false,
         }
     }

@@ -318,6 +318,16 @@ impl Shard {
     /// [`Shard::complete_uring`] (only `flush_dirty` defers: it reaps before anything else
     /// can write to the same sockets).
     pub(super) fn flush_with(&mut self, key: usize, defer: bool) {
+        // A `since` replay being prepared off the shard goes out first (`replay_ready`
+        // flushes what waited).
+        if self
+            .conns
+            .get(key)
+            .and_then(|c| c.ws())
+            .is_some_and(|w| w.replaying > 0)
+        {
+            return;
+        }
         // A live query that lost a message starts over before anything else is written.
         self.reload_overflowed_live_queries(key);
         let Some(conn) = self.conns.get_mut(key) else {

@@ -361,6 +361,7 @@ impl Shard {
             || ws.subscriptions[0].filter.is_some()
             || !ws.live_queries.is_empty()
             || !ws.ring.is_empty()
+            || ws.replaying > 0
         {
             return;
         }

@@ -14,7 +14,7 @@ use crate::backend::PublishReply;
 use crate::config::Compression;
 use crate::http::{self, Parsed};
 use crate::protocol::deflate;
-use crate::router::{Answer, ReplyTo};
+use crate::router::{Answer, ReplyTo, ShardMsg};
 
 use super::conn::{AnswerSlot, Ending, Kind};
 use super::{Shard, TimerKind};
@@ -221,13 +221,20 @@ impl Shard {
                 }
             }
             Route::EntityRead(read) => {
-                if !self.node.backend().reads_wait() {
+                if self.node.backend().reads_wait() {
+                    if let Some(reply) = self.await_answer(key, close) {
+                        self.node.backend().read_entities(read, reply);
+                    }
+                } else if read.is_scan() {
+                    // A list scans the collection: off the shard (`crate::offload`).
+                    if let Some(reply) = self.await_answer(key, close) {
+                        self.read_off_shard(read, reply.conn, reply.gen, reply.req);
+                    }
+                } else {
                     // The replica is the truth here: answered now, from this thread.
                     let (status, body) = read.run(self.node.backend().replica());
                     let bytes = http::response(status, "application/json", &body, close);
                     self.answer_now(key, bytes, close);
-                } else if let Some(reply) = self.await_answer(key, close) {
-                    self.node.backend().read_entities(read, reply);
                 }
             }
             Route::EntityWrite(write) => {
@@ -410,6 +417,22 @@ impl Shard {
 
     /// An answer worked out off the shard, for connection `key` if it is still the
     /// one that asked (`gen`).
+    /// Runs an entity read on an offload thread ([`crate::offload`]); its answer comes
+    /// back through this shard's mailbox into the request's slot.
+    fn read_off_shard(&mut self, read: crate::entities::EntityRead, conn: u32, gen: u32, req: u32) {
+        let backend = self.node.backend_handle();
+        let mailbox = self.mailbox.clone();
+        self.node.offload().run(move || {
+            let (status, body) = read.run(backend.replica());
+            mailbox.send_control(ShardMsg::Answer {
+                conn,
+                gen,
+                req,
+                answer: Answer::Json { status, body },
+            });
+        });
+    }
+
     pub(super) fn on_answer(&mut self, key: usize, gen: u32, req: u32, answer: Answer) {
         let answer = match answer {
             Answer::Ws(bytes) => {
@@ -425,7 +448,12 @@ impl Shard {
                 self.ticket_redeemed(key, gen, redeemed);
                 return;
             }
-            // Run here, on the shard, not on the thread that saw the wait end.
+            // A scan runs off the shard and answers again; a lookup here, on the shard,
+            // not on the thread that saw the wait end.
+            Answer::Read(read) if read.is_scan() => {
+                self.read_off_shard(read, key as u32, gen, req);
+                return;
+            }
             Answer::Read(read) => {
                 let (status, body) = read.run(self.node.backend().replica());
                 Answer::Json { status, body }

@@ -8,12 +8,25 @@
 //! an entity write costs one lookup plus one filter evaluation per live query on its
 //! collection.
 //!
+//! **Read off the shard** (issue 21: no shard stalls): the result is a scan of the whole
+//! collection (151k entities: ~100 ms), so it is read and its pages serialized on a
+//! [`crate::offload`] thread, which answers through this shard's mailbox
+//! (`ShardMsg::LiveQueryLoaded`); the shard serves its other connections meanwhile. A
+//! query is *loading* from then until the answer (`LiveQuery::loading`, the load's
+//! number): the entity publications of its collection that reach the shard meanwhile
+//! wait in its `pending` list, in the order they came.
+//!
 //! **No update lost, duplicated or reordered** (the seam, designed with `seq`): the
 //! initial result is read from the replica at its `seq` `S` (the replica is written under
 //! the sequencer lock before a publication reaches any shard, so `S` is at least the
-//! newest `seq` this shard has seen). Entity publications with `seq <= S` are already in
-//! that result and are skipped for this query; every later one is applied, in `seq`
-//! order, as added / updated / removed.
+//! newest `seq` this shard had seen when the load began, and every publication the shard
+//! received before the load is in it). Once the result is in, its pages are written,
+//! then `pending` is applied: entity publications with `seq <= S` are already in the
+//! result and are skipped for this query; every later one is applied, in `seq` order, as
+//! added / updated / removed, as is everything after. A `destroyLiveQuery` or a close
+//! while loading drops the answer when it comes (nothing is written for that query after
+//! `liveQueryDestroyed`); a `pending` list that outgrows `queue_capacity`, or
+//! publications the shard missed meanwhile, make the load stale: it is read again.
 //!
 //! **A slow consumer never ends with a wrong view**: incremental messages wait in the
 //! connection's ring like events. If the ring drops one of them (oldest-drop), the query
@@ -29,9 +42,12 @@ use std::sync::Arc;
 use hashbrown::HashSet;
 use serde_json::{json, Value};
 
+use crate::entities::Replica;
+use crate::filter::{Filter, OrderBy};
 use crate::metrics;
 use crate::protocol::{self, ErrorCode, LiveQueryRequest};
 use crate::publication::Publication;
+use crate::router::{LoadedResult, ShardMsg};
 
 use super::conn::{Frame, LiveQuery, LQ_BIT};
 use super::Shard;
@@ -96,6 +112,9 @@ impl Shard {
             cap: req.limit.unwrap_or(cfg_cap).min(cfg_cap),
             base_seq: 0,
             tracked: HashSet::new(),
+            loading: 0,
+            pending: Vec::new(),
+            stale: false,
         });
         // Each connection once per collection, with how many of its queries are there:
         // an entity write then visits a connection once, whatever order its queries
@@ -112,44 +131,128 @@ impl Shard {
         self.load_live_query(key, tag);
     }
 
-    /// Reads the query's result from the replica and sends `liveQueryCreated` and the
-    /// `liveQueryData` pages (on creation, and again after an overflow).
+    /// Starts reading the query's result off the shard (on creation, and again after an
+    /// overflow); [`Shard::live_query_loaded`] sends `liveQueryCreated` and the
+    /// `liveQueryData` pages when it is in.
     fn load_live_query(&mut self, key: usize, tag: u32) {
         let page_size = self.node.config().live_query.page.max(1);
-        let replica = self.node.backend().replica();
-        let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) else {
+        self.next_load = self.next_load.wrapping_add(1).max(1);
+        let load = self.next_load;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        let Some(ws) = conn.ws_mut() else {
             return;
         };
         let Some(lq) = ws.live_queries.iter_mut().find(|q| q.tag == tag) else {
             return;
         };
-        let (page, seq) =
-            replica.query(&lq.collection, lq.filter.as_ref(), &lq.order, None, lq.cap);
-        lq.base_seq = seq;
-        lq.tracked = page
-            .data
-            .iter()
-            .filter_map(|v| v.get("id").and_then(Value::as_str).map(Box::from))
-            .collect();
-        let capped = page.total > lq.cap;
-        let id = lq.id.clone();
-        let mut msgs = vec![protocol::to_bytes(&json!({
-            "type": "liveQueryCreated", "id": &*id, "totalCount": page.total, "capped": capped,
-        }))];
-        let chunks: Vec<&[Arc<Value>]> = if page.data.is_empty() {
-            vec![&[]]
-        } else {
-            page.data.chunks(page_size).collect()
+        lq.loading = load;
+        lq.pending.clear();
+        lq.stale = false;
+        let (id, collection, filter, order, cap) = (
+            lq.id.clone(),
+            lq.collection.clone(),
+            lq.filter.clone(),
+            lq.order.clone(),
+            lq.cap,
+        );
+        let backend = self.node.backend_handle();
+        let mailbox = self.mailbox.clone();
+        self.node.offload().run(move || {
+            let result = read_live_query(
+                backend.replica(),
+                &id,
+                &collection,
+                filter.as_ref(),
+                &order,
+                cap,
+                page_size,
+            );
+            mailbox.send_control(ShardMsg::LiveQueryLoaded {
+                conn: key as u32,
+                gen,
+                tag,
+                load,
+                result: Box::new(result),
+            });
+        });
+    }
+
+    /// A load's answer: the pages are written, then what came meanwhile is applied (see
+    /// the module docs). Dropped if the connection, the query or this load is gone; read
+    /// again if it went stale.
+    pub(super) fn live_query_loaded(
+        &mut self,
+        key: usize,
+        gen: u32,
+        tag: u32,
+        load: u32,
+        result: LoadedResult,
+    ) {
+        let now32 = self.now as u32;
+        let Some(ws) = self
+            .conns
+            .get_mut(key)
+            .filter(|c| c.gen == gen)
+            .and_then(|c| c.ws_mut())
+        else {
+            return;
         };
-        let n = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let mut m = Vec::with_capacity(64 + chunk.len() * 128);
-            protocol::live_query_data(&mut m, &id, chunk.iter().map(|v| &**v), i + 1 < n, capped);
-            msgs.push(m);
+        if ws.close_sent {
+            return;
         }
-        for m in msgs {
-            self.send_text(key, &m);
+        let Some(lq) = ws
+            .live_queries
+            .iter_mut()
+            .find(|q| q.tag == tag && q.loading == load)
+        else {
+            return;
+        };
+        if lq.stale {
+            self.load_live_query(key, tag);
+            return;
         }
+        lq.loading = 0;
+        lq.base_seq = result.seq;
+        lq.tracked = result.tracked;
+        let pending = std::mem::take(&mut lq.pending);
+        let frames: Vec<Rc<Frame>> = pending
+            .iter()
+            .filter_map(|p| lq.message(p, now32))
+            .collect();
+        for m in &result.messages {
+            self.send_text(key, m);
+        }
+        self.queue_live_query_frames(key, frames);
+    }
+
+    /// Queues live-query messages in the connection's ring (oldest-drop counted) and
+    /// schedules its flush.
+    fn queue_live_query_frames(&mut self, key: usize, frames: Vec<Rc<Frame>>) {
+        if frames.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        let Some(ws) = conn.ws_mut() else {
+            return;
+        };
+        let was_empty = ws.ring.is_empty();
+        let mut dropped: Vec<Rc<Frame>> = Vec::new();
+        for frame in frames {
+            if let Some(old) = ws.ring.push(frame) {
+                dropped.push(old);
+            }
+        }
+        for old in dropped {
+            ws.count_dropped(&old.subs);
+            self.metrics.dropped_overflow.increment(1);
+        }
+        self.schedule_flush(key, gen, was_empty);
     }
 
     /// `destroyLiveQuery`: nothing for it arrives after `liveQueryDestroyed`.
@@ -199,8 +302,9 @@ impl Shard {
     }
 
     /// An entity publication: each live query on its collection that it changes gets
-    /// its message queued in the connection's ring.
-    pub(super) fn live_query_publication(&mut self, p: &Publication) {
+    /// its message queued in the connection's ring; one still loading keeps it for when
+    /// its result is in.
+    pub(super) fn live_query_publication(&mut self, p: &Arc<Publication>) {
         let Some(change) = &p.entity else { return };
         // Taken out for the walk (no copy per write) and put back after: queuing
         // messages needs the shard mutably, and nothing in the walk registers queries.
@@ -212,34 +316,34 @@ impl Shard {
             return;
         };
         let now32 = self.now as u32;
+        let pending_cap = self.node.config().delivery.queue_capacity.max(1);
         for &(k, _) in &holders {
-            let Some(conn) = self.conns.get_mut(k as usize) else {
+            let Some(ws) = self.conns.get_mut(k as usize).and_then(|c| c.ws_mut()) else {
                 continue;
             };
-            let gen = conn.gen;
-            let Some(ws) = conn.ws_mut() else { continue };
             if ws.close_sent {
                 continue;
             }
-            let was_empty = ws.ring.is_empty();
-            let mut queued = false;
-            let mut dropped: Vec<Rc<Frame>> = Vec::new();
+            let mut frames: Vec<Rc<Frame>> = Vec::new();
             for lq in ws.live_queries.iter_mut() {
-                let Some(frame) = lq.message(p, now32) else {
+                if lq.loading != 0 {
+                    if *lq.collection != *change.collection || lq.stale {
+                        continue;
+                    }
+                    if lq.pending.len() < pending_cap {
+                        lq.pending.push(p.clone());
+                    } else {
+                        // Read again rather than hold an unbounded list.
+                        lq.stale = true;
+                        lq.pending = Vec::new();
+                    }
                     continue;
-                };
-                if let Some(old) = ws.ring.push(frame) {
-                    dropped.push(old);
                 }
-                queued = true;
+                if let Some(frame) = lq.message(p, now32) {
+                    frames.push(frame);
+                }
             }
-            for old in dropped {
-                ws.count_dropped(&old.subs);
-                self.metrics.dropped_overflow.increment(1);
-            }
-            if queued {
-                self.schedule_flush(k as usize, gen, was_empty);
-            }
+            self.queue_live_query_frames(k as usize, frames);
         }
         if let Some(slot) = self.lq_by_collection.get_mut(&*change.collection) {
             *slot = holders;
@@ -283,9 +387,17 @@ impl Shard {
         });
         let mut warnings = Vec::new();
         for (tag, n) in lost {
-            let Some(lq) = ws.live_queries.iter().find(|q| q.tag == tag) else {
+            let Some(lq) = ws.live_queries.iter_mut().find(|q| q.tag == tag) else {
                 continue;
             };
+            if lq.loading != 0 {
+                // Publications missed while its result is being read: `pending` has a
+                // gap, so that result is read again (the client has nothing to discard
+                // yet beyond what a reload's `liveQueryCreated` already tells it).
+                lq.stale = true;
+                lq.pending = Vec::new();
+                continue;
+            }
             ws.ring.retain(|f| !f.subs.contains(&tag));
             warnings.push((tag, protocol::to_bytes(&json!({
                 "type": "warning", "code": "QUEUE_OVERFLOW", "liveQueryId": &*lq.id, "dropped": n,
@@ -300,5 +412,45 @@ impl Shard {
             self.load_live_query(key, tag);
         }
         true
+    }
+}
+
+/// Reads a live query's result from `replica` (on an offload thread): the tracked ids and
+/// the messages `liveQueryCreated` and `liveQueryData` (pages of `page_size`), at the
+/// replica's `seq`.
+fn read_live_query(
+    replica: &Replica,
+    id: &str,
+    collection: &str,
+    filter: Option<&Filter>,
+    order: &OrderBy,
+    cap: usize,
+    page_size: usize,
+) -> LoadedResult {
+    let (page, seq) = replica.query(collection, filter, order, None, cap);
+    let tracked: HashSet<Box<str>> = page
+        .data
+        .iter()
+        .filter_map(|v| v.get("id").and_then(Value::as_str).map(Box::from))
+        .collect();
+    let capped = page.total > cap;
+    let mut messages = vec![protocol::to_bytes(&json!({
+        "type": "liveQueryCreated", "id": id, "totalCount": page.total, "capped": capped,
+    }))];
+    let chunks: Vec<&[Arc<Value>]> = if page.data.is_empty() {
+        vec![&[]]
+    } else {
+        page.data.chunks(page_size.max(1)).collect()
+    };
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let mut m = Vec::with_capacity(64 + chunk.len() * 128);
+        protocol::live_query_data(&mut m, id, chunk.iter().map(|v| &**v), i + 1 < n, capped);
+        messages.push(m);
+    }
+    LoadedResult {
+        seq,
+        tracked,
+        messages,
     }
 }

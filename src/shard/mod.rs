@@ -183,6 +183,8 @@ pub struct Shard {
     conn_budget: usize,
     /// State for jitter (xorshift).
     rng: u64,
+    /// The number of the newest live-query load this shard started (never 0).
+    next_load: u32,
     /// The io_uring write path (`io = "uring"`), when the kernel allows it.
     uring: Option<uring::UringWriter>,
     _not_send: PhantomData<*const ()>,
@@ -241,6 +243,7 @@ impl Shard {
             unidentified: VecDeque::new(),
             conn_budget: seed.conn_budget.max(1),
             rng,
+            next_load: 0,
             uring: None,
             _not_send: PhantomData,
         }
@@ -318,7 +321,10 @@ impl Shard {
                     return;
                 }
             }
-            self.clock();
+            // The turn's work, from the end of the poll to the next poll: what every other
+            // connection of this shard waits for (`shardcast_shard_loop_turn_seconds`).
+            let turn = Instant::now();
+            self.now = turn.duration_since(self.epoch).as_millis() as u64;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
@@ -341,6 +347,7 @@ impl Shard {
             self.drain_mailbox();
             self.run_timers();
             self.flush_dirty();
+            self.metrics.loop_turns.record(turn.elapsed());
             if let Some(d) = &self.draining {
                 if self.conns.is_empty() || self.now >= d.deadline {
                     return;
@@ -556,6 +563,21 @@ impl Shard {
         self.write_out(key);
     }
 
+    /// As [`Shard::send_raw`], taking the bytes: into an empty output buffer they go
+    /// without a copy (a replay prepared off the shard can be megabytes).
+    fn send_owned(&mut self, key: usize, bytes: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            conn.out = bytes;
+            conn.out_pos = 0;
+        } else {
+            conn.out.extend_from_slice(&bytes);
+        }
+        self.write_out(key);
+    }
+
     fn drain_mailbox(&mut self) {
         let mut handled = 0;
         while handled < MAILBOX_BUDGET {
@@ -605,6 +627,19 @@ impl Shard {
                 upto,
                 messages,
             } => self.on_channel_events(conn as usize, gen, upto, messages),
+            ShardMsg::LiveQueryLoaded {
+                conn,
+                gen,
+                tag,
+                load,
+                result,
+            } => self.live_query_loaded(conn as usize, gen, tag, load, *result),
+            ShardMsg::Replayed {
+                conn,
+                gen,
+                frames,
+                replayed,
+            } => self.replay_ready(conn as usize, gen, frames, replayed),
             ShardMsg::Close {
                 conn,
                 gen,

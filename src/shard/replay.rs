@@ -14,6 +14,15 @@
 //! `subscribedEvents` answer, so they never meet the ring's oldest-drop: the history
 //! window bounds them. With `framing=array` they come as `batch` messages of at most
 //! `batchMax`.
+//!
+//! **Off the shard** (issue 21: no shard stalls): a replay of the whole window (100k
+//! publications) took ~300 ms to match and encode, so the scan and the encoding run on a
+//! [`crate::offload`] thread, which prepares the `subscribedEvents` answer (its
+//! `recovered` is known only then) and the replayed frames, and sends them back through
+//! the mailbox (`ShardMsg::Replayed`). The subscription is in the index from the answer's
+//! `last_seq` on, as before; while the replay is being prepared, the connection's
+//! flushes are held (`WsState::replaying`, and it joins no feed), so what arrives live
+//! waits in its ring (oldest-drop applies) and goes out after the replay.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,23 +72,71 @@ impl Shard {
         }
     }
 
-    /// The retained publications with `since < seq <= upto` that `sub` matches (`true`:
-    /// an event; `false`: a `subscriptionRefresh`), and whether the history reached back
-    /// to `since`.
-    pub(super) fn replay_matches(
-        &mut self,
-        sub: &Subscription,
+    /// A replay's answer and frames are in (see the module docs): written, then what
+    /// waited in the ring is flushed.
+    pub(super) fn replay_ready(&mut self, key: usize, gen: u32, frames: Vec<u8>, replayed: u64) {
+        let Some(ws) = self
+            .conns
+            .get_mut(key)
+            .filter(|c| c.gen == gen)
+            .and_then(|c| c.ws_mut())
+        else {
+            return;
+        };
+        ws.replaying = ws.replaying.saturating_sub(1);
+        if ws.close_sent {
+            return;
+        }
+        let resume = ws.replaying == 0 && !ws.ring.is_empty();
+        self.metrics.deliveries.increment(replayed);
+        self.metrics.replayed.increment(replayed);
+        self.send_owned(key, frames);
+        if resume {
+            self.mark_dirty(key, gen);
+        }
+        self.attach_feed(key);
+    }
+}
+
+/// What a replay needs of a subscription, owned (it runs on an offload thread).
+pub struct ReplaySpec {
+    pub path: Box<str>,
+    pub events: Option<Vec<Box<str>>>,
+    pub filter: Option<crate::filter::Filter>,
+}
+
+impl ReplaySpec {
+    pub fn of(sub: &Subscription) -> ReplaySpec {
+        ReplaySpec {
+            path: sub.path.clone(),
+            events: sub.events.as_ref().map(|e| e.to_vec()),
+            filter: sub.filter.as_deref().cloned(),
+        }
+    }
+
+    /// The retained publications with `since < seq <= upto` that the subscription
+    /// matches (`true`: an event; `false`: a `subscriptionRefresh`), and whether the
+    /// history reached back to `since`.
+    pub fn matches(
+        &self,
+        backend: &dyn crate::backend::Backend,
         since: u64,
         upto: u64,
     ) -> (Replayed, bool) {
+        let sub = self;
+        // The window's publications are taken out under the history's lock (a pointer
+        // copy each) and matched without it: ingest appends under the sequencer, so
+        // holding the lock for the matching would hold every shard's publishes.
+        let mut window: Vec<Arc<Publication>> = Vec::new();
+        let recovered = backend.replay(since, upto, &mut |p| window.push(p.clone()));
         let mut found: Replayed = Vec::new();
-        let recovered = self.node.backend().replay(since, upto, &mut |p| {
+        for p in &window {
             if !path_prefixes(&p.path).any(|pre| pre == &*sub.path) {
-                return;
+                continue;
             }
             if let Some(set) = &sub.events {
                 if !set.iter().any(|t| **t == *p.event_type) {
-                    return;
+                    continue;
                 }
             }
             match &sub.filter {
@@ -99,27 +156,8 @@ impl Shard {
                     }
                 }
             }
-        });
-        (found, recovered)
-    }
-
-    /// Writes replayed messages for subscription `id` to the connection.
-    pub(super) fn send_replay(&mut self, key: usize, id: u32, found: &Replayed) {
-        if found.is_empty() {
-            return;
         }
-        let Some(ws) = self.conns.get(key).and_then(|c| c.ws()) else {
-            return;
-        };
-        let out = encode_replay(
-            found,
-            self.interner.json(id),
-            ws.framing,
-            ws.batch_max as usize,
-        );
-        self.metrics.deliveries.increment(found.len() as u64);
-        self.metrics.replayed.increment(found.len() as u64);
-        self.send_raw(key, &out);
+        (found, recovered)
     }
 }
 

@@ -943,12 +943,16 @@ impl Shard {
                 events,
                 filter,
             };
-            let mut answer =
+            let answer =
                 json!({"id": req.id, "path": req.path, "events": req.events, "seq": last_seq});
             if let Some(since) = req.since {
-                let (found, recovered) = self.replay_matches(&sub, since, last_seq);
-                answer["recovered"] = json!(recovered);
-                replays.push((id, found));
+                // `recovered` is set by the replay, off the shard.
+                replays.push((
+                    accepted.len(),
+                    since,
+                    self.interner.json(id).to_vec(),
+                    super::replay::ReplaySpec::of(&sub),
+                ));
             }
             if let Some(ws) = self.conns.get_mut(key).and_then(|c| c.ws_mut()) {
                 // Most connections hold one or two subscriptions: grow the list one by one
@@ -968,13 +972,48 @@ impl Shard {
         if !rejected.is_empty() {
             msg["rejected"] = Value::Array(rejected);
         }
-        self.send_text(key, &protocol::to_bytes(&msg));
-        // Replayed publications follow the answer, before anything live (which is all
-        // after `last_seq`).
-        for (id, found) in replays {
-            self.send_replay(key, id, &found);
+        if replays.is_empty() {
+            self.send_text(key, &protocol::to_bytes(&msg));
+            self.attach_feed(key);
+            return;
         }
-        self.attach_feed(key);
+        // Replayed publications follow the answer, before anything live (which is all
+        // after `last_seq`): both are prepared off the shard while the connection's
+        // flushes are held (`shard::replay`).
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        let Some(ws) = conn.ws_mut() else {
+            return;
+        };
+        ws.replaying = ws.replaying.saturating_add(1);
+        let (framing, batch_max) = (ws.framing, ws.batch_max as usize);
+        let backend = self.node.backend_handle();
+        let mailbox = self.mailbox.clone();
+        self.node.offload().run(move || {
+            let mut replayed = 0u64;
+            let mut encoded = Vec::with_capacity(replays.len());
+            for (i, since, name, spec) in replays {
+                let (found, recovered) = spec.matches(&*backend, since, last_seq);
+                msg["subscriptions"][i]["recovered"] = json!(recovered);
+                replayed += found.len() as u64;
+                encoded.push(super::replay::encode_replay(
+                    &found, &name, framing, batch_max,
+                ));
+            }
+            let mut frames = Vec::with_capacity(256 + encoded.iter().map(Vec::len).sum::<usize>());
+            ws::write_frame(&mut frames, OpCode::Text, &protocol::to_bytes(&msg));
+            for e in encoded {
+                frames.extend_from_slice(&e);
+            }
+            mailbox.send_control(crate::router::ShardMsg::Replayed {
+                conn: key as u32,
+                gen,
+                frames,
+                replayed,
+            });
+        });
     }
 
     /// Removes subscription `id` of the connection, if it has one; true if it did.

@@ -13,6 +13,7 @@ mod scale;
 pub mod services;
 pub mod soak;
 mod spread;
+pub mod stalls;
 
 pub use churn::Churn;
 pub use entities::Entities;
@@ -96,6 +97,8 @@ pub fn build(c: &Config) -> Box<dyn Scenario> {
         ScenarioName::Scale => Box::new(Scale),
         // soak builds its parts itself (`crate::soak`); this is the fan-out part
         ScenarioName::Soak => Box::new(SoakPart::Fan(c.soak.paths)),
+        // stalls runs itself (`stalls::run`); its fan-out is this one
+        ScenarioName::Stalls => Box::new(Fanout),
     }
 }
 
