@@ -6,59 +6,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-/// One HTTP/1.1 request with `headers`; the status, the headers (lower-case names) and
-/// the body.
-fn raw(
-    s: &Server,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, HashMap<String, String>, String) {
-    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    c.write_all(req.as_bytes()).unwrap();
-    // Until the head is in; then the body to the end (`Connection: close`), except after
-    // a 101, whose connection stays open as a WebSocket.
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-        }
-    }
-    if !bytes.starts_with(b"HTTP/1.1 101") {
-        let _ = c.read_to_end(&mut bytes);
-    }
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
 
 fn upgrade_headers(origin: Option<&str>) -> Vec<(&str, &str)> {
     let mut h = vec![
@@ -85,7 +38,7 @@ fn upgrades_check_the_origin_before_anything_else() {
         Some("http://127.0.0.1:9"),
         Some("https://[::1]"),
     ] {
-        let (st, _, body) = raw(&s, "GET", &ws, &upgrade_headers(origin), "");
+        let (st, _, body) = raw_http(&s, "GET", &ws, &upgrade_headers(origin), "");
         assert_eq!(st, 101, "{origin:?}: {body}");
     }
     // Another site: 403 FORBIDDEN with a JSON body, on every upgrade path, even with a
@@ -96,7 +49,7 @@ fn upgrades_check_the_origin_before_anything_else() {
         "/channels/chan_0000000000000000",
         "/echo",
     ] {
-        let (st, h, body) = raw(
+        let (st, h, body) = raw_http(
             &s,
             "GET",
             path,
@@ -133,7 +86,7 @@ fn a_configured_list_or_star_replaces_the_loopback_default() {
         ("https://app.example.com:8443", 403),
     ] {
         assert_eq!(
-            raw(&s, "GET", &ws, &upgrade_headers(Some(origin)), "").0,
+            raw_http(&s, "GET", &ws, &upgrade_headers(Some(origin)), "").0,
             want,
             "{origin}"
         );
@@ -141,7 +94,7 @@ fn a_configured_list_or_star_replaces_the_loopback_default() {
     let star = Server::start("[auth]\njwt_secret = \"test-secret-0123456789abcdef\"\napi_keys = [\"test-api-key\"]\nallowed_origins = [\"*\"]\n");
     let ws = format!("/ws?token={}", token("u", "user", &["*"]));
     assert_eq!(
-        raw(
+        raw_http(
             &star,
             "GET",
             &ws,
@@ -174,7 +127,7 @@ fn the_rest_api_answers_preflights_and_names_allowed_origins() {
     let s = Server::start("");
     let origin = "http://localhost:5173";
     // A preflight for the ticket endpoint.
-    let (st, h, _) = raw(
+    let (st, h, _) = raw_http(
         &s,
         "OPTIONS",
         "/api/v1/ws-tickets",
@@ -216,7 +169,7 @@ fn the_rest_api_answers_preflights_and_names_allowed_origins() {
         ("/api/v1/realtime-subscriptions/chan_1/reconnect", "PUT"),
         ("/api/v1/services/g/dead-letters", "GET, DELETE"),
     ] {
-        let (st, h, _) = raw(
+        let (st, h, _) = raw_http(
             &s,
             "OPTIONS",
             path,
@@ -233,7 +186,7 @@ fn the_rest_api_answers_preflights_and_names_allowed_origins() {
         );
     }
     // A disallowed origin: 403 on the request, no CORS headers on the preflight.
-    let (st, h, _) = raw(
+    let (st, h, _) = raw_http(
         &s,
         "OPTIONS",
         "/api/v1/ws-tickets",
@@ -245,7 +198,7 @@ fn the_rest_api_answers_preflights_and_names_allowed_origins() {
     );
     assert_eq!(st, 403);
     assert!(!h.contains_key("access-control-allow-origin"));
-    let (st, h, body) = raw(
+    let (st, h, body) = raw_http(
         &s,
         "POST",
         "/api/v1/publish",
@@ -259,7 +212,7 @@ fn the_rest_api_answers_preflights_and_names_allowed_origins() {
     assert!(!h.contains_key("access-control-allow-origin"));
     // Every answer to an allowed origin names it, errors included.
     let tok = format!("Bearer {}", token("u", "user", &["*"]));
-    let (st, h, body) = raw(
+    let (st, h, body) = raw_http(
         &s,
         "POST",
         "/api/v1/ws-tickets",
@@ -280,7 +233,7 @@ fn the_rest_api_answers_preflights_and_names_allowed_origins() {
         if let Some(a) = &auth {
             hs.push(("Authorization", a));
         }
-        let (st, h, body) = raw(&s, method, path, &hs, "");
+        let (st, h, body) = raw_http(&s, method, path, &hs, "");
         assert!(st >= 400, "{path}: {st} {body}");
         assert_eq!(
             h.get("access-control-allow-origin").map(String::as_str),
@@ -290,7 +243,7 @@ fn the_rest_api_answers_preflights_and_names_allowed_origins() {
         assert_eq!(h.get("vary").map(String::as_str), Some("Origin"));
     }
     // Durable answers (they come through the mailbox) carry it too.
-    let (st, h, _) = raw(
+    let (st, h, _) = raw_http(
         &s,
         "PUT",
         "/api/v1/entities/orders/o1",
@@ -302,7 +255,7 @@ fn the_rest_api_answers_preflights_and_names_allowed_origins() {
         (200, Some(origin))
     );
     // Without an Origin header: no CORS headers at all.
-    let (st, h, _) = raw(
+    let (st, h, _) = raw_http(
         &s,
         "POST",
         "/api/v1/ws-tickets",
@@ -353,28 +306,10 @@ impl Drop for Page {
     }
 }
 
-/// Whether the browser test can run here; outside CI a missing piece skips it loudly,
-/// under `CI` it fails.
-fn browser_ready(root: &std::path::Path) -> bool {
-    let chromium = std::path::Path::new("/usr/bin/chromium").exists();
-    let driver = root
-        .join("tests/browser/node_modules/playwright-core")
-        .exists();
-    if chromium && driver {
-        return true;
-    }
-    let what = format!(
-        "browser test needs /usr/bin/chromium (Debian chromium: {chromium}) and tests/browser/node_modules (npm ci: {driver}); scripts/test installs both"
-    );
-    assert!(!in_ci(), "{what}");
-    eprintln!("SKIPPED (not under CI): {what}");
-    false
-}
-
 #[test]
 fn a_page_on_another_origin_fetches_a_ticket_and_opens_a_socket() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if !browser_ready(&root) {
+    if !browser_ready("browser test", &root) {
         return;
     }
     let s = Server::start("");

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::channels::{attach, claim, events, org_channel, user, BASE};
@@ -180,36 +181,13 @@ fn the_admin_views_show_a_seeded_node() {
     assert_eq!(subs["publicationsCounted"], 8);
 }
 
-/// One request with raw headers: status, headers (lower-case names), body.
-fn get(s: &Server, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    c.write_all(req.as_bytes()).unwrap();
-    let mut bytes = Vec::new();
-    let _ = c.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
+/// A `GET` with raw headers: status, headers (lower-case names), body.
+fn get(s: &Server, path: &str, headers: &[(&str, &str)]) -> (u16, HashMap<String, String>, String) {
+    raw_http(s, "GET", path, headers, "")
 }
 
-fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+fn header<'a>(h: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    h.get(name).map(String::as_str)
 }
 
 #[test]
@@ -281,24 +259,6 @@ fn a_bad_console_enabled_stops_start_up_naming_the_key() {
     );
 }
 
-/// Whether the browser test can run here; outside CI a missing piece skips it loudly,
-/// under `CI` it fails.
-fn browser_ready(root: &std::path::Path) -> bool {
-    let chromium = std::path::Path::new("/usr/bin/chromium").exists();
-    let driver = root
-        .join("tests/browser/node_modules/playwright-core")
-        .exists();
-    if chromium && driver {
-        return true;
-    }
-    let what = format!(
-        "console test needs /usr/bin/chromium (Debian chromium: {chromium}) and tests/browser/node_modules (npm ci: {driver}); scripts/test installs both"
-    );
-    assert!(!in_ci(), "{what}");
-    eprintln!("SKIPPED (not under CI): {what}");
-    false
-}
-
 /// Dead letters for `group`: an instance takes `n` tasks on `path` and fails each once
 /// (`max_attempts = 1`), then leaves.
 fn dead_letters(s: &Server, group: &str, path: &str, n: usize) {
@@ -318,7 +278,7 @@ fn dead_letters(s: &Server, group: &str, path: &str, n: usize) {
 #[test]
 fn the_console_in_chromium() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if !browser_ready(&root) {
+    if !browser_ready("console test", &root) {
         return;
     }
     let s = Server::start("[services]\nmax_attempts = 1\n");

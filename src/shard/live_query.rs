@@ -192,12 +192,7 @@ impl Shard {
         result: LoadedResult,
     ) {
         let now32 = self.now as u32;
-        let Some(ws) = self
-            .conns
-            .get_mut(key)
-            .filter(|c| c.gen == gen)
-            .and_then(|c| c.ws_mut())
-        else {
+        let Some(ws) = self.ws_of(key, gen) else {
             return;
         };
         if ws.close_sent {

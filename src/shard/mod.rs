@@ -735,6 +735,16 @@ impl Shard {
         }
     }
 
+    /// The WebSocket state of connection `key` if it is still the connection of
+    /// generation `gen`: an off-shard answer that comes back after its connection went
+    /// (and the slab slot was reused) finds nothing.
+    fn ws_of(&mut self, key: usize, gen: u32) -> Option<&mut conn::WsState> {
+        self.conns
+            .get_mut(key)
+            .filter(|c| c.gen == gen)
+            .and_then(|c| c.ws_mut())
+    }
+
     /// Forgets a connection: its subscriptions leave the index, its socket closes.
     fn drop_conn(&mut self, key: usize, reason: &'static str) {
         if !self.conns.contains(key) {

@@ -75,12 +75,7 @@ impl Shard {
     /// A replay's answer and frames are in (see the module docs): written, then what
     /// waited in the ring is flushed.
     pub(super) fn replay_ready(&mut self, key: usize, gen: u32, frames: Vec<u8>, replayed: u64) {
-        let Some(ws) = self
-            .conns
-            .get_mut(key)
-            .filter(|c| c.gen == gen)
-            .and_then(|c| c.ws_mut())
-        else {
+        let Some(ws) = self.ws_of(key, gen) else {
             return;
         };
         ws.replaying = ws.replaying.saturating_sub(1);

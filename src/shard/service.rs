@@ -85,12 +85,7 @@ impl Shard {
         upto: u64,
         messages: Vec<Vec<u8>>,
     ) {
-        if let Some(ws) = self
-            .conns
-            .get_mut(key)
-            .filter(|c| c.gen == gen)
-            .and_then(|c| c.ws_mut())
-        {
+        if let Some(ws) = self.ws_of(key, gen) {
             ws.channel_upto = ws.channel_upto.max(upto);
         }
         self.on_tasks(key, gen, messages);

@@ -135,13 +135,7 @@ impl Shard {
         gen: u32,
         redeemed: Result<Claims, crate::auth::tickets::TicketError>,
     ) {
-        let Some(pairs) = self
-            .conns
-            .get_mut(key)
-            .filter(|c| c.gen == gen)
-            .and_then(|c| c.ws_mut())
-            .and_then(|w| w.ticket_wait.take())
-        else {
+        let Some(pairs) = self.ws_of(key, gen).and_then(|w| w.ticket_wait.take()) else {
             return;
         };
         let claims = redeemed.map_err(|e| (e.reason(), e.to_string()));

@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod redis;
 pub mod services;
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -636,4 +637,69 @@ pub fn assert_error(m: &Value, code: &str) -> String {
         .unwrap_or_else(|| panic!("no message: {m}"));
     assert!(!msg.is_empty(), "{m}");
     msg.to_string()
+}
+
+/// One HTTP/1.1 request with `headers`; the status, the headers (lower-case names) and
+/// the body.
+pub fn raw_http(
+    s: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, HashMap<String, String>, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    c.write_all(req.as_bytes()).unwrap();
+    // Until the head is in; then the body to the end (`Connection: close`), except after
+    // a 101, whose connection stays open as a WebSocket.
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
+    if !bytes.starts_with(b"HTTP/1.1 101") {
+        let _ = c.read_to_end(&mut bytes);
+    }
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// Whether a browser test (`what`) can run here: Debian's chromium and playwright-core
+/// (tests/browser/node_modules). Outside CI a missing piece skips it loudly; under `CI`
+/// it fails.
+pub fn browser_ready(what: &str, root: &std::path::Path) -> bool {
+    let chromium = std::path::Path::new("/usr/bin/chromium").exists();
+    let driver = root
+        .join("tests/browser/node_modules/playwright-core")
+        .exists();
+    if chromium && driver {
+        return true;
+    }
+    let what = format!(
+        "{what} needs /usr/bin/chromium (Debian chromium: {chromium}) and tests/browser/node_modules (npm ci: {driver}); scripts/test installs both"
+    );
+    assert!(!in_ci(), "{what}");
+    eprintln!("SKIPPED (not under CI): {what}");
+    false
 }
