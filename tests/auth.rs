@@ -707,14 +707,7 @@ mod asymmetric {
             ("rsa-private.pem", "private key"),
             ("missing.pem", "cannot be read"),
         ] {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
-                .arg("serve")
-                .env("SHARDCAST_LISTEN", "127.0.0.1:1")
-                .env("SHARDCAST_AUTH__JWT_PUBLIC_KEY", key_path(file))
-                .output()
-                .unwrap();
-            assert_eq!(out.status.code(), Some(2), "{file}: {out:?}");
-            let err = String::from_utf8_lossy(&out.stderr);
+            let err = serve_refused(&[("SHARDCAST_AUTH__JWT_PUBLIC_KEY", &key_path(file))]);
             assert!(
                 err.contains("auth.jwt_public_key") && err.contains(file) && err.contains(says),
                 "{file}: {err}"

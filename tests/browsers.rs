@@ -108,14 +108,7 @@ fn a_configured_list_or_star_replaces_the_loopback_default() {
 
 #[test]
 fn bad_origin_lists_stop_start_up_naming_the_key() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
-        .args(["serve"])
-        .env("SHARDCAST_AUTH__ALLOWED_ORIGINS", "[\"app.example.com\"]")
-        .env("SHARDCAST_LISTEN", "127.0.0.1:1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&[("SHARDCAST_AUTH__ALLOWED_ORIGINS", "[\"app.example.com\"]")]);
     assert!(
         err.contains("auth.allowed_origins") && err.contains("app.example.com"),
         "{err}"

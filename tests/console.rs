@@ -245,14 +245,7 @@ fn the_page_is_embedded_locked_down_and_can_be_turned_off() {
 
 #[test]
 fn a_bad_console_enabled_stops_start_up_naming_the_key() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
-        .args(["serve"])
-        .env("SHARDCAST_CONSOLE__ENABLED", "maybe")
-        .env("SHARDCAST_LISTEN", "127.0.0.1:1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&[("SHARDCAST_CONSOLE__ENABLED", "maybe")]);
     assert!(
         err.contains("console.enabled") && err.contains("true or false"),
         "{err}"

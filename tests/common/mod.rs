@@ -703,3 +703,16 @@ pub fn browser_ready(what: &str, root: &std::path::Path) -> bool {
     eprintln!("SKIPPED (not under CI): {what}");
     false
 }
+
+/// `shardcast serve` with `env` (and a listen address it never gets to bind) must refuse
+/// to start: asserts it exits with the config error status (2) and returns its stderr.
+pub fn serve_refused(env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .arg("serve")
+        .env("SHARDCAST_LISTEN", "127.0.0.1:1")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{env:?}: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
