@@ -15,6 +15,21 @@ use super::conn::Frame;
 use super::fanout::BATCH_CLOSE;
 use super::feed::Feed;
 
+/// What a compressing connection's flush writes.
+pub(super) enum Deflated {
+    /// Each frame's shared compressed form ([`Frame::deflated_bytes`]): `framing=frames`
+    /// with the 32 KiB window.
+    PerFrame,
+    /// The whole flush, compressed into `head` for this connection alone (a window
+    /// smaller than the shared forms').
+    InHead,
+    /// The whole `batch`, compressed: shared by the members of a feed's cohort, which
+    /// write it as it is (no copy per member).
+    Whole(Rc<Vec<u8>>),
+    /// The compressor failed on the batch: the flush goes plain.
+    Plain,
+}
+
 /// One flush of a compressing connection.
 pub(super) struct DeflateFlush<'a> {
     pub agreed: Agreed,
@@ -29,25 +44,24 @@ pub(super) struct DeflateFlush<'a> {
 }
 
 impl DeflateFlush<'_> {
-    /// Puts the whole flush, compressed, in `head` and returns `true`; or returns
-    /// `false` when the caller's segments serve: `framing=frames` with the shared
-    /// 32 KiB-window forms ([`Frame::deflated_bytes`]), or a batch the compressor failed
-    /// on (it goes plain).
-    pub fn write_head<'f>(
+    /// What the flush writes (see [`Deflated`]). `head` holds the plain batch's header,
+    /// opening and warnings (`framing=array`), or the frames' warnings; it gains the
+    /// compressed frames for [`Deflated::InHead`].
+    pub fn write<'f>(
         &self,
         frames: impl Iterator<Item = &'f Rc<Frame>> + Clone,
         c: &mut Compressor,
         head: &mut Vec<u8>,
-    ) -> bool {
+    ) -> Deflated {
         let a = &self.agreed;
         match self.framing {
             Framing::Frames if a.server_window_bits < 15 => {
                 for f in frames {
                     f.deflate_into(a, c, head);
                 }
-                true
+                Deflated::InHead
             }
-            Framing::Frames => false,
+            Framing::Frames => Deflated::PerFrame,
             Framing::Array => {
                 // The feed's cache holds 32 KiB-window batches only.
                 let bits = if a.fits_window(self.batch_len) {
@@ -67,7 +81,7 @@ impl DeflateFlush<'_> {
                     _ => None,
                 });
                 let deflated = match cached {
-                    Some(d) => d.map(|d| d.to_vec()),
+                    Some(d) => d,
                     None => {
                         let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * n + 2);
                         parts.push(&head[self.batch_at..]);
@@ -80,20 +94,14 @@ impl DeflateFlush<'_> {
                         parts.push(BATCH_CLOSE);
                         let mut out = Vec::new();
                         let ok = c.frame(ws::OpCode::Text, &parts, bits, &mut out);
+                        let out = ok.then(|| Rc::new(out));
                         if let Some((start, cell)) = cache {
-                            let shared = ok.then(|| Rc::<[u8]>::from(&out[..]));
-                            *cell.borrow_mut() = Some((start, n, shared));
+                            *cell.borrow_mut() = Some((start, n, out.clone()));
                         }
-                        ok.then_some(out)
+                        out
                     }
                 };
-                match deflated {
-                    Some(d) => {
-                        *head = d;
-                        true
-                    }
-                    None => false,
-                }
+                deflated.map_or(Deflated::Plain, Deflated::Whole)
             }
         }
     }

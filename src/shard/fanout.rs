@@ -20,6 +20,7 @@ use crate::protocol::{self, ws};
 use crate::publication::Publication;
 
 use super::conn::{write_segments, Conn, Frame, Kind, HEADER_ROOM};
+use super::deflate::Deflated;
 use super::feed::{flatten, FEED_BIT};
 use super::flush::{flush_deadline, Flushed};
 use super::uring;
@@ -349,7 +350,8 @@ impl Shard {
         // many messages is written as one flat copy of it (one segment instead of one per
         // message: see `Feed::flat`): a feed member's from its feed, where the members of
         // its cohort share it; a ring's made for this flush. Not for a compressing
-        // connection: its bytes are the frames' compressed forms (`super::deflate`).
+        // connection: its bytes are compressed (`super::deflate`; a cohort's compressed
+        // batch takes the same slot below).
         let mut flat = None;
         let (frames, start) = match ws.feed.checked_sub(1) {
             None => {
@@ -417,9 +419,10 @@ impl Shard {
                 1
             }
         };
-        // permessage-deflate: the whole flush compressed into `head`, or (frames with
-        // the shared window) each frame's shared compressed form below.
-        let all_in_head = agreed.is_some_and(|agreed| {
+        // permessage-deflate: each frame's shared compressed form, the whole flush
+        // compressed into `head`, or a compressed batch written as it is (a cohort's,
+        // shared like a flat run, and kept alive the same way).
+        let deflated = agreed.map_or(Deflated::Plain, |agreed| {
             let flush = super::deflate::DeflateFlush {
                 agreed,
                 framing: ws.framing,
@@ -429,26 +432,32 @@ impl Shard {
                 batch_at,
                 batch_len,
             };
-            flush.write_head(frames.clone(), &mut self.compressor, &mut head)
+            flush.write(frames.clone(), &mut self.compressor, &mut head)
         });
+        if let Deflated::Whole(run) = &deflated {
+            head.clear();
+            flat = Some(run.clone());
+        }
         let mut segments: Vec<&[u8]> = Vec::with_capacity(2 * n + 2);
         if !head.is_empty() {
             segments.push(&head);
         }
-        match (ws.framing, flat.as_deref()) {
-            _ if all_in_head => {}
-            (Framing::Frames, _) if agreed.is_some() => {
+        match (&deflated, ws.framing, flat.as_deref()) {
+            (Deflated::InHead, ..) => {}
+            (Deflated::PerFrame, ..) => {
                 // Each frame compressed once, by the first connection to flush it.
                 let c = &mut self.compressor;
                 segments.extend(frames.clone().map(|f| f.deflated_bytes(c)));
             }
-            (Framing::Frames, Some(run)) => segments.push(run),
-            (Framing::Array, Some(run)) => {
+            (Deflated::Whole(_), _, Some(run)) | (_, Framing::Frames, Some(run)) => {
+                segments.push(run)
+            }
+            (_, Framing::Array, Some(run)) => {
                 segments.push(run);
                 segments.push(BATCH_CLOSE);
             }
-            (Framing::Frames, None) => segments.extend(frames.clone().map(|f| f.frame_bytes())),
-            (Framing::Array, None) => {
+            (_, Framing::Frames, None) => segments.extend(frames.clone().map(|f| f.frame_bytes())),
+            (_, Framing::Array, None) => {
                 for (i, f) in frames.clone().enumerate() {
                     if i > 0 {
                         segments.push(b",");

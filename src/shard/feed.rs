@@ -102,7 +102,7 @@ pub struct Feed {
 }
 
 /// See [`Feed::deflated_batch`].
-pub type DeflatedBatch = (u64, usize, Option<Rc<[u8]>>);
+pub type DeflatedBatch = (u64, usize, Option<Rc<Vec<u8>>>);
 
 impl Feed {
     pub fn new(key: FeedKey, capacity: usize) -> Feed {
