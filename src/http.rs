@@ -290,11 +290,16 @@ pub fn error_response(
     index: Option<usize>,
     close: bool,
 ) -> Vec<u8> {
+    json_response(status, &error_body(code, message, index), close)
+}
+
+/// The body of [`error_response`]: `{"error":{"code","message"[,"index"]}}`.
+pub fn error_body(code: &str, message: &str, index: Option<usize>) -> serde_json::Value {
     let mut e = json!({"code": code, "message": message});
     if let Some(i) = index {
         e["index"] = json!(i);
     }
-    json_response(status, &json!({ "error": e }), close)
+    json!({ "error": e })
 }
 
 /// The `101 Switching Protocols` answer to a WebSocket upgrade, with the accepted

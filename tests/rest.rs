@@ -249,6 +249,120 @@ fn batch_over_ten_thousand_is_400() {
     assert!(last2 >= first2 + 9_999, "{first2}..={last2}");
 }
 
+/// A body above 64 KiB is parsed, checked and sequenced off the shard (issue 21: a batch
+/// of `limits.max_publish_batch` must not hold the shard's loop). Its answers are those of
+/// the shard's own path, and one connection's publications keep their request order even
+/// when small publishes are pipelined behind large ones.
+#[test]
+fn large_batches_pipelined_with_small_ones_keep_request_order() {
+    use std::io::Write;
+    let s = Server::start("[delivery]\nbatch_ms = 0");
+    let mut c = Client::authed(&s, &token("u", "user", &["small"]), "");
+    c.subscribe(json!([{"id": "s", "path": "small"}]));
+    let pad = "x".repeat(100);
+    let big = |n: usize, bad: Option<(usize, Value)>| {
+        let mut events: Vec<Value> = (0..n)
+            .map(|i| json!({"path": "big", "eventType": "e", "data": {"i": i, "pad": pad}}))
+            .collect();
+        if let Some((at, item)) = bad {
+            events[at] = item;
+        }
+        serde_json::to_vec(&json!({ "events": events })).unwrap()
+    };
+    let small = |i: u64| {
+        serde_json::to_vec(&json!({"path": "small", "eventType": "e", "data": i})).unwrap()
+    };
+    let bodies = [
+        big(2_000, None),
+        small(1),
+        big(
+            2_000,
+            Some((1_500, json!({"path": "bad path", "eventType": "e"}))),
+        ),
+        big(
+            2_000,
+            Some((700, json!({"path": "$logs/g", "eventType": "e"}))),
+        ),
+        small(2),
+        big(3_000, None),
+    ];
+    assert!(bodies[0].len() > 64 * 1024 && bodies[1].len() < 1024);
+    let mut reqs = Vec::new();
+    for b in &bodies {
+        reqs.extend_from_slice(
+            format!(
+                "POST {PUBLISH} HTTP/1.1\r\nHost: t\r\nAuthorization: apikey {API_KEY}\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            )
+            .as_bytes(),
+        );
+        reqs.extend_from_slice(b);
+    }
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    sock.write_all(&reqs).unwrap();
+    let answers = read_answers(&mut sock, bodies.len());
+
+    let (n, a_first, a_last) = accepted(answers[0].0, &answers[0].1);
+    assert_eq!((n, a_last - a_first), (2_000, 1_999), "{:?}", answers[0]);
+    let (_, b_first, b_last) = accepted(answers[1].0, &answers[1].1);
+    assert_eq!(
+        b_first,
+        a_last + 1,
+        "the small publish follows the batch before it"
+    );
+    let e = rest_error(answers[2].0, &answers[2].1, 400, Some("INVALID_PATH"));
+    assert_eq!(e["index"], 1_500, "{e}");
+    let e = rest_error(answers[3].0, &answers[3].1, 403, Some("FORBIDDEN"));
+    assert_eq!(e["index"], 700, "{e}");
+    let (_, e_first, _) = accepted(answers[4].0, &answers[4].1);
+    assert_eq!(
+        e_first,
+        b_last + 1,
+        "refused batches use no seq, and order holds"
+    );
+    let (n, f_first, f_last) = accepted(answers[5].0, &answers[5].1);
+    assert_eq!((n, f_first, f_last - f_first), (3_000, e_first + 1, 2_999));
+    // The subscriber got the small ones, in order, with the answered seqs.
+    assert_eq!(c.recv_type("event")["seq"], b_first);
+    assert_eq!(c.recv_type("event")["seq"], e_first);
+}
+
+/// `n` pipelined answers read off `sock`: status and JSON body each (Content-Length).
+fn read_answers(sock: &mut std::net::TcpStream, n: usize) -> Vec<(u16, Value)> {
+    let mut bytes = Vec::new();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while out.len() < n {
+        let parsed = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .and_then(|end| {
+                let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())?;
+                let status = head.split(' ').nth(1)?.parse().ok()?;
+                (bytes.len() >= end + 4 + len).then(|| (status, end + 4, len))
+            });
+        match parsed {
+            Some((status, start, len)) => {
+                let body = serde_json::from_slice(&bytes[start..start + len]).unwrap();
+                out.push((status, body));
+                bytes.drain(..start + len);
+            }
+            None => {
+                let got = sock.read(&mut buf).expect("answers within 20 s");
+                assert!(got > 0, "closed after {} answers", out.len());
+                bytes.extend_from_slice(&buf[..got]);
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn body_over_max_http_body_bytes_is_413() {
     let s = Server::start("[limits]\nmax_http_body_bytes = 2048");

@@ -153,6 +153,10 @@ pub struct HttpState {
     pub closing: bool,
     /// The peer half-closed while answers were awaited: finish once they are written.
     pub eof: bool,
+    /// The request number of a publish being sequenced off the shard
+    /// ([`crate::api::Route::PublishOffShard`]): no further request of this connection is
+    /// read until it is answered, so that its publications keep their request order.
+    pub publishing: Option<u32>,
     /// The CORS origin of the request being routed, for its answer's slot.
     pub cors: Option<Box<str>>,
     /// `http_process` is running for this connection: a write that completes inside it

@@ -1,16 +1,14 @@
 //! HTTP connections on a shard: read requests, answer them through [`crate::api`],
-//! run publish requests through ingest (on this thread) and answer, upgrade to
-//! WebSocket.
+//! run publish requests through ingest (on this thread, or a large body on an offload
+//! thread) and answer, upgrade to WebSocket.
 //!
 //! Part of [`Shard`]; runs on the shard's thread only. Requests on one connection are
 //! answered in order.
 
 use std::io::{self, Read};
 
-use serde_json::json;
-
 use crate::api::{self, Route};
-use crate::backend::PublishReply;
+use crate::backend::{published, PublishReply};
 use crate::config::Compression;
 use crate::http::{self, Parsed};
 use crate::protocol::deflate;
@@ -98,6 +96,7 @@ impl Shard {
                 || conn.rbuf.is_empty()
                 || h.closing
                 || h.stashed.is_some()
+                || h.publishing.is_some()
                 || h.pending.len() >= MAX_PIPELINED
             {
                 return;
@@ -201,18 +200,25 @@ impl Shard {
                 let Some(reply) = self.await_answer(key, close) else {
                     return;
                 };
-                if let Some(outcome) = self
+                let published = self
                     .node
                     .backend()
                     .publish(&items, PublishReply::Rest(reply))
-                {
-                    let body = json!({
-                        "accepted": outcome.accepted,
-                        "firstSeq": outcome.first_seq,
-                        "lastSeq": outcome.last_seq,
-                    });
-                    self.fill_answer(key, reply.req, http::json_response(202, &body, close));
+                    .and_then(|outcome| published(PublishReply::Rest(reply), outcome));
+                if let Some((_, Answer::Http { status, body })) = published {
+                    self.fill_answer(key, reply.req, http::json_response(status, &body, close));
                 }
+            }
+            Route::PublishOffShard => {
+                let Some(reply) = self.await_answer(key, close) else {
+                    return;
+                };
+                if let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) {
+                    // A connection's publications are sequenced in request order: nothing
+                    // more of it is read until this one is answered.
+                    h.publishing = Some(reply.req);
+                }
+                self.publish_off_shard(std::mem::take(&mut req.body), reply);
             }
             Route::Ticket(claims) => {
                 if let Some(reply) = self.await_answer(key, close) {
@@ -327,9 +333,10 @@ impl Shard {
         }
     }
 
-    /// Fills the answer of request `req` and writes every answer that is now next in
-    /// order. (It reads no further request: its callers do, so that a long pipeline of
-    /// answers known at once never recurses.)
+    /// Fills the answer of request `req` and queues every answer that is now next in
+    /// order, to be written at the end of this part of the loop turn (corked, see
+    /// [`Shard::send_corked_raw`]). (It reads no further request: its callers do, so that a
+    /// long pipeline of answers known at once never recurses.)
     fn fill_answer(&mut self, key: usize, req: u32, bytes: Vec<u8>) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
@@ -369,7 +376,7 @@ impl Shard {
             h.since = self.now;
         }
         if !out.is_empty() {
-            self.send_raw(key, &out);
+            self.send_corked_raw(key, &out);
         }
     }
 
@@ -417,6 +424,33 @@ impl Shard {
 
     /// An answer worked out off the shard, for connection `key` if it is still the
     /// one that asked (`gen`).
+    /// Parses, checks and sequences a large publish body on an offload thread
+    /// ([`crate::offload`], see [`Route::PublishOffShard`]); its answer comes back through
+    /// this shard's mailbox into the request's slot (or, when the publications became
+    /// service tasks, once those are durable, as on the shard).
+    fn publish_off_shard(&mut self, body: Vec<u8>, reply: ReplyTo) {
+        let backend = self.node.backend_handle();
+        let mailbox = self.mailbox.clone();
+        let max_batch = self.node.config().limits.max_publish_batch;
+        self.node.offload().run(move || {
+            let answer = match api::publish_body(&body, max_batch) {
+                Err((status, body)) => Some(Answer::Http { status, body }),
+                Ok(items) => backend
+                    .publish(&items, PublishReply::Rest(reply))
+                    .and_then(|outcome| published(PublishReply::Rest(reply), outcome))
+                    .map(|(_, answer)| answer),
+            };
+            if let Some(answer) = answer {
+                mailbox.send_control(ShardMsg::Answer {
+                    conn: reply.conn,
+                    gen: reply.gen,
+                    req: reply.req,
+                    answer,
+                });
+            }
+        });
+    }
+
     /// Runs an entity read on an offload thread ([`crate::offload`]); its answer comes
     /// back through this shard's mailbox into the request's slot.
     fn read_off_shard(&mut self, read: crate::entities::EntityRead, conn: u32, gen: u32, req: u32) {
@@ -485,6 +519,9 @@ impl Shard {
         let Some(Kind::Http(h)) = self.conns.get_mut(key).map(|c| &mut c.kind) else {
             return;
         };
+        if h.publishing == Some(req) {
+            h.publishing = None;
+        }
         if !h.pending.is_empty() {
             // Room for requests that waited.
             self.http_process(key);

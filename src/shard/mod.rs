@@ -58,6 +58,12 @@ const WAKER: Token = Token(usize::MAX - 2);
 
 /// Mailbox messages handled per loop iteration before sockets get a turn again.
 const MAILBOX_BUDGET: usize = 8192;
+/// And the time a loop iteration spends on them (checked every [`MAILBOX_CHECK`]
+/// messages): a burst of answers that each let a pipelining connection's next requests in,
+/// or of publications to many subscribers, would otherwise hold the turn for tens of ms
+/// (issue 21: no shard stalls; a turn's budget is 5 ms, flushes and sockets included).
+const MAILBOX_TIME: Duration = Duration::from_millis(2);
+const MAILBOX_CHECK: usize = 32;
 /// How long a closed connection waits for the peer's close frame or FIN.
 const LINGER_MS: u64 = 2000;
 /// Period of the shard's housekeeping (gauges).
@@ -150,8 +156,9 @@ pub struct Shard {
     /// Connections to flush, in the order they became due (key, gen); each loop turn
     /// flushes up to `fanout::FLUSH_BUDGET` of them.
     dirty: VecDeque<(u32, u32)>,
-    /// Connections that got off-shard answers (`Answer::Ws`) during this mailbox drain:
-    /// written once each after it, so a burst of answers costs one send, not one each.
+    /// Connections that got answers (`Answer::Ws` from off the shard, HTTP answers)
+    /// during this part of the loop turn: written once each after it, so a burst of
+    /// answers costs one send, not one each.
     corked: Vec<(u32, u32)>,
     /// Per-publication scratch: matching (connection, subscription) pairs.
     matches: Vec<(u32, u32)>,
@@ -344,9 +351,11 @@ impl Shard {
                     self.on_readable(key as usize);
                 }
             }
+            self.write_corked();
             self.drain_mailbox();
             self.run_timers();
             self.flush_dirty();
+            self.write_corked();
             self.metrics.loop_turns.record(turn.elapsed());
             if let Some(d) = &self.draining {
                 if self.conns.is_empty() || self.now >= d.deadline {
@@ -554,6 +563,30 @@ impl Shard {
         ws::write_frame(&mut conn.out, ws::OpCode::Text, json);
     }
 
+    /// Queues `bytes` (HTTP answers) for the connection, written with whatever else is
+    /// corked at the end of this part of the loop turn ([`Shard::write_corked`]): a
+    /// pipeline's answers, filled one by one as group commits or offload jobs answer,
+    /// cost one send instead of one each (that send per answer was half of a shard's
+    /// time under pipelined entity writes, and held its turn for tens of ms).
+    fn send_corked_raw(&mut self, key: usize, bytes: &[u8]) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.out.is_empty() {
+            self.corked.push((key as u32, conn.gen));
+        }
+        conn.out.extend_from_slice(bytes);
+    }
+
+    /// Writes every connection corked since the last call (see [`Shard::send_corked`]).
+    fn write_corked(&mut self) {
+        for (key, gen) in std::mem::take(&mut self.corked) {
+            if self.conns.get(key as usize).is_some_and(|c| c.gen == gen) {
+                self.write_out(key as usize);
+            }
+        }
+    }
+
     /// Queues bytes for the connection and tries to write them now.
     fn send_raw(&mut self, key: usize, bytes: &[u8]) {
         let Some(conn) = self.conns.get_mut(key) else {
@@ -580,14 +613,20 @@ impl Shard {
 
     fn drain_mailbox(&mut self) {
         let mut handled = 0;
+        let started = Instant::now();
+        let mut backlog = false;
         while handled < MAILBOX_BUDGET {
             let Some(msg) = self.mailbox.try_recv() else {
                 break;
             };
             handled += 1;
             self.on_message(msg);
+            if handled % MAILBOX_CHECK == 0 && started.elapsed() >= MAILBOX_TIME {
+                backlog = true;
+                break;
+            }
         }
-        self.mailbox_backlog = handled >= MAILBOX_BUDGET;
+        self.mailbox_backlog = backlog || handled >= MAILBOX_BUDGET;
         if let Some(o) = self.mailbox.take_overflow() {
             for p in &o.dropped {
                 self.drop_publication(p);
@@ -599,11 +638,7 @@ impl Shard {
                 self.on_message(m);
             }
         }
-        for (key, gen) in std::mem::take(&mut self.corked) {
-            if self.conns.get(key as usize).is_some_and(|c| c.gen == gen) {
-                self.write_out(key as usize);
-            }
-        }
+        self.write_corked();
     }
 
     fn on_message(&mut self, msg: ShardMsg) {
