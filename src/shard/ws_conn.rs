@@ -360,7 +360,7 @@ impl Shard {
 
     /// Reading stopped early (budget or back-pressure) must resume without a new
     /// readiness edge: mark the connection to be read again.
-    fn resume_later(&mut self, key: usize) {
+    pub(super) fn resume_later(&mut self, key: usize) {
         if let Some(c) = self.conns.get(key) {
             self.deferred_reads.push((key as u32, c.gen));
         }
@@ -873,30 +873,30 @@ impl Shard {
                 return;
             };
             let claims = ws.claims.clone();
-            let refusal = if let Some(r) =
-                subscription_refusal(&req, role, claims.as_deref(), newest)
-            {
-                Some(r)
-            } else if let Some(s) = req.since.filter(|&s| s > last_seq) {
-                Some(Refusal::new(
+            let refusal =
+                if let Some(r) = subscription_refusal(&req, role, claims.as_deref(), newest) {
+                    Some(r)
+                } else if let Some(s) = req.since.filter(|&s| s > last_seq) {
+                    Some(Refusal::new(
                         ErrorCode::Unavailable,
                         format!(
-                            "since {s}: this node has applied publications up to seq                              {last_seq} and did not catch up within {} ms; retry",
+                            "since {s}: this node has applied publications up to seq {last_seq} \
+                         and did not catch up within {} ms; retry",
                             super::replay::CATCH_UP_WAIT.as_millis()
                         ),
                     ))
-            } else {
-                let replaces = self
-                    .interner
-                    .lookup(&req.id)
-                    .is_some_and(|id| ws.subscriptions.iter().any(|s| s.id == id));
-                (!replaces && ws.subscriptions.len() >= max).then(|| {
-                    Refusal::new(
-                        ErrorCode::LimitExceeded,
-                        format!("a connection may hold at most {max} subscriptions"),
-                    )
-                })
-            };
+                } else {
+                    let replaces = self
+                        .interner
+                        .lookup(&req.id)
+                        .is_some_and(|id| ws.subscriptions.iter().any(|s| s.id == id));
+                    (!replaces && ws.subscriptions.len() >= max).then(|| {
+                        Refusal::new(
+                            ErrorCode::LimitExceeded,
+                            format!("a connection may hold at most {max} subscriptions"),
+                        )
+                    })
+                };
             if let Some(r) = refusal {
                 metrics::command_error(r.code.as_str());
                 rejected.push(json!({"id": req.id, "code": r.code.as_str(), "message": r.message}));

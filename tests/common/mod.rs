@@ -59,8 +59,9 @@ impl Server {
 
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
         let dir = temp_dir();
-        // SHARDCAST_TEST_IO=uring runs the same tests over the io_uring write path.
-        let io = std::env::var("SHARDCAST_TEST_IO").unwrap_or_else(|_| "epoll".into());
+        // SHARDCAST_TEST_IO=epoll runs the same tests over the epoll write path (the
+        // default is io_uring).
+        let io = std::env::var("SHARDCAST_TEST_IO").unwrap_or_else(|_| "uring".into());
         // A free port can be handed to a test running beside this one before the server
         // binds it: the server then refuses it ("already listening") and another is tried.
         let mut attempt = 0;
