@@ -429,8 +429,6 @@ impl Shard {
         self.drop_conn(key, reason);
     }
 
-    /// An answer worked out off the shard, for connection `key` if it is still the
-    /// one that asked (`gen`).
     /// Parses, checks and sequences a large publish body on an offload thread
     /// ([`crate::offload`], see [`Route::PublishOffShard`]); its answer comes back through
     /// this shard's mailbox into the request's slot (or, when the publications became
@@ -474,6 +472,8 @@ impl Shard {
         });
     }
 
+    /// An answer worked out off the shard, for connection `key` if it is still the
+    /// one that asked (`gen`).
     pub(super) fn on_answer(&mut self, key: usize, gen: u32, req: u32, answer: Answer) {
         let answer = match answer {
             Answer::Ws(bytes) => {
