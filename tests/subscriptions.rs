@@ -157,6 +157,104 @@ fn equality_filters_are_indexed() {
     );
 }
 
+/// A `since` the shard has not reached yet (its queue holds what ingest already answered
+/// for): the subscribe waits off the loop until the shard has taken the queue in (issue
+/// 21: it used to hold the shard for up to 250 ms), then replays exactly what it missed,
+/// and what the connection sent after it is handled after it.
+#[test]
+fn since_ahead_of_a_busy_shard_is_answered_once_the_shard_catches_up() {
+    use std::io::Write;
+    let s = Server::start("shards = 1\n[delivery]\nbatch_ms = 0");
+    let tok = token("u", "user", &["*"]);
+    // Connections holding two filtered subscriptions each: every publication is two
+    // filter evaluations and a ring push per connection, so the shard's queue takes a
+    // while (tens of ms) to take in.
+    let _busy: Vec<Client> = (0..300)
+        .map(|_| {
+            let mut c = Client::authed(&s, &tok, "");
+            c.subscribe(json!([
+                {"id": "a", "path": "lag", "filter": "i >= 0"},
+                {"id": "b", "path": "lag/x", "filter": "i != -1"}
+            ]));
+            c
+        })
+        .collect();
+    let mut d = Client::authed(&s, &tok, "");
+    // Pipelined publishes, each answered as soon as it is sequenced (the shard's queue
+    // still holds them).
+    let mut reqs = Vec::new();
+    for b in 0..5 {
+        let body = serde_json::to_vec(&json!({"events": (0..200)
+            .map(|i| json!({"path": "lag/x", "eventType": "e", "data": {"i": b * 200 + i}}))
+            .collect::<Vec<_>>()}))
+        .unwrap();
+        reqs.extend_from_slice(
+            format!(
+                "POST /api/v1/publish HTTP/1.1\r\nHost: t\r\nAuthorization: apikey {API_KEY}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        reqs.extend_from_slice(&body);
+    }
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    sock.write_all(&reqs).unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 65536];
+    while got.matches("\"lastSeq\"").count() < 5 {
+        let n = std::io::Read::read(&mut sock, &mut buf).unwrap();
+        assert!(n > 0, "closed: {got}");
+        got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    let last: u64 = got
+        .rsplit("\"lastSeq\":")
+        .next()
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{got}"));
+    // The newest but one: beyond what the shard has taken in while its queue is full.
+    let since = last - 1;
+    d.send(
+        &json!({"type": "subscribeEvents", "requestId": "late", "subscriptions": [
+        {"id": "r", "path": "lag", "since": since}]}),
+    );
+    // Sent behind it: handled after it, so its subscription sees at least what the
+    // first one does (its answer may come first: a replay's answer waits for the replay,
+    // docs/PROTOCOL-NOTES.md).
+    d.send(
+        &json!({"type": "subscribeEvents", "requestId": "next", "subscriptions": [
+        {"id": "q", "path": "other"}]}),
+    );
+    let mut seqs = Vec::new();
+    let (mut late, mut next) = (None, None);
+    while seqs.is_empty() || late.is_none() || next.is_none() {
+        let m = d.recv();
+        match (m["type"].as_str(), m["requestId"].as_str()) {
+            (Some("event"), _) => seqs.push(m["seq"].as_u64().unwrap()),
+            (Some("subscribedEvents"), Some("late")) => late = Some(m),
+            (Some("subscribedEvents"), Some("next")) => next = Some(m),
+            _ => panic!("unexpected: {m}"),
+        }
+    }
+    let (late, next) = (late.unwrap(), next.unwrap());
+    let sub = &late["subscriptions"][0];
+    assert_eq!(sub["recovered"], true, "{late}");
+    let at = sub["seq"].as_u64().unwrap();
+    assert!(at >= since, "{late}");
+    assert!(
+        next["subscriptions"][0]["seq"].as_u64().unwrap() >= at,
+        "{next}"
+    );
+    // Exactly what came after `since`, once: the last of the batch, then a new one.
+    let after = s.publish("lag/x", "e", json!({"i": 9999}));
+    while seqs.last() != Some(&after) {
+        seqs.push(d.recv_type("event")["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, vec![last, after]);
+}
+
 /// `since` replays the retained publications after it, matching the subscription
 /// (path, events, filter), in order, before live ones; `recovered` says whether history
 /// reached back that far.

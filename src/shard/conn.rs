@@ -312,6 +312,10 @@ pub struct WsState {
     pub echo: bool,
     /// Reading is paused until the ring drains (echo back-pressure).
     pub read_paused: bool,
+    /// A `subscribeEvents` with a `since` this shard has not reached waits on the shard's
+    /// list (`shard::replay`): nothing more is read from the connection meanwhile, so its
+    /// later commands come after it.
+    pub parked: bool,
     pub framing: Framing,
     /// `since` replays being prepared off the shard for this connection: while non-zero
     /// nothing of its ring is flushed and it joins no feed, so a replay comes entirely
@@ -384,6 +388,7 @@ impl WsState {
             dirty: false,
             replaying: 0,
             read_paused: false,
+            parked: false,
         }
     }
 

@@ -64,6 +64,8 @@ const MAILBOX_BUDGET: usize = 8192;
 /// (issue 21: no shard stalls; a turn's budget is 5 ms, flushes and sockets included).
 const MAILBOX_TIME: Duration = Duration::from_millis(2);
 const MAILBOX_CHECK: usize = 32;
+/// How often a shard with parked subscribes looks at them again when nothing wakes it.
+const PARKED_POLL: Duration = Duration::from_millis(1);
 /// How long a closed connection waits for the peer's close frame or FIN.
 const LINGER_MS: u64 = 2000;
 /// Period of the shard's housekeeping (gauges).
@@ -160,6 +162,8 @@ pub struct Shard {
     /// during this part of the loop turn: written once each after it, so a burst of
     /// answers costs one send, not one each.
     corked: Vec<(u32, u32)>,
+    /// Subscribes waiting for this shard to reach their `since` (`replay`).
+    parked: Vec<replay::Parked>,
     /// Per-publication scratch: matching (connection, subscription) pairs.
     matches: Vec<(u32, u32)>,
     /// Per-publication scratch: (connection, subscription) pairs to refresh.
@@ -236,6 +240,7 @@ impl Shard {
             scratch: vec![0u8; 64 * 1024],
             dirty: VecDeque::new(),
             corked: Vec::new(),
+            parked: Vec::new(),
             matches: Vec::new(),
             refreshes: Vec::new(),
             frame_cache: HashMap::new(),
@@ -318,9 +323,17 @@ impl Shard {
             {
                 Some(Duration::ZERO)
             } else {
-                self.timers
+                let next = self
+                    .timers
                     .peek()
-                    .map(|Reverse(t)| Duration::from_millis(t.at.saturating_sub(self.now)))
+                    .map(|Reverse(t)| Duration::from_millis(t.at.saturating_sub(self.now)));
+                if self.parked.is_empty() {
+                    next
+                } else {
+                    // A parked subscribe waits for what may come without a wake-up (a
+                    // cluster node's applied mark): look again every millisecond.
+                    Some(next.map_or(PARKED_POLL, |n| n.min(PARKED_POLL)))
+                }
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -353,6 +366,7 @@ impl Shard {
             }
             self.write_corked();
             self.drain_mailbox();
+            self.retry_parked();
             self.run_timers();
             self.flush_dirty();
             self.write_corked();

@@ -7,8 +7,12 @@
 //! replay covers exactly `since < seq <= L` from the backend's history. Nothing is missed
 //! at the seam and nothing arrives twice. A `since` beyond `L` but not beyond the
 //! backend's head (this shard lags ingest by its queue, or this node lags the cluster) is
-//! first caught up by taking in what is queued, for a bounded time ([`Shard::catch_up`]);
-//! still ahead after that, the subscription is refused `UNAVAILABLE`.
+//! first caught up by taking in what is queued ([`Shard::caught_up`]); if that is not
+//! enough, the command waits on the shard's list of parked subscribes, looked at again
+//! every loop turn ([`Shard::retry_parked`]), while the shard goes on with its other
+//! connections and nothing more of this one is read; still ahead after
+//! [`CATCH_UP_WAIT`], the subscription is refused `UNAVAILABLE`. (It used to wait on the
+//! shard, holding every other connection of it for up to 250 ms: issue 21.)
 //!
 //! Replayed messages are written straight to the connection's output, after the
 //! `subscribedEvents` answer, so they never meet the ring's oldest-drop: the history
@@ -25,49 +29,113 @@
 //! waits in its ring (oldest-drop applies) and goes out after the replay.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use serde_json::Value;
+
+use crate::auth::jwt::Role;
 use crate::config::Framing;
-use crate::protocol::{self, path_prefixes, ws};
+use crate::protocol::{self, path_prefixes, ws, SubscriptionRequest};
 use crate::publication::Publication;
 
 use super::conn::Subscription;
 use super::Shard;
 
-/// How long a subscription with a `since` this shard has not reached may hold the shard
-/// while it catches up (see [`Shard::catch_up`]).
+/// How long a subscription with a `since` this shard has not reached waits for it to
+/// catch up (see [`Shard::retry_parked`]).
 pub(super) const CATCH_UP_WAIT: Duration = Duration::from_millis(250);
+
+/// A `subscribeEvents` waiting for this shard to reach its `since` (see the module docs).
+pub(super) struct Parked {
+    pub key: u32,
+    pub gen: u32,
+    pub role: Role,
+    pub requests: Vec<SubscriptionRequest>,
+    pub request_id: Option<Value>,
+    /// The highest `since` of the command.
+    pub since: u64,
+    /// Shard time (ms) after which it is answered, caught up or not.
+    pub until: u64,
+}
 
 /// A replayed publication and whether it is an event or a refresh for the subscription.
 pub type Replayed = Vec<(Arc<Publication>, bool)>;
 
 impl Shard {
-    /// Takes in queued publications until this shard has seen `seq`, for at most
-    /// [`CATCH_UP_WAIT`] (the shard's other connections wait meanwhile, so the bound is
-    /// short). The caller compares `last_seq` with `seq` to know whether it got there.
-    pub(super) fn catch_up(&mut self, seq: u64) {
-        let deadline = Instant::now() + CATCH_UP_WAIT;
-        while self.last_seq < seq {
-            // Every publication applied before this read was pushed to this shard first
-            // (the applier moves its mark after the pushes): once the queue is drained
-            // and idle, the shard holds everything up to it, including what a cluster
-            // node applied without delivering (its start-up window).
-            let applied = self.node.backend().applied_seq();
-            self.drain_mailbox();
-            if self.mailbox.is_idle() {
-                self.last_seq = self.last_seq.max(applied);
+    /// Takes in what is queued for this shard, once, without waiting; returns whether it
+    /// has now seen `seq`.
+    pub(super) fn caught_up(&mut self, seq: u64) -> bool {
+        if self.last_seq >= seq {
+            return true;
+        }
+        // Every publication applied before this read was pushed to this shard first
+        // (the applier moves its mark after the pushes): once the queue is drained and
+        // idle, the shard holds everything up to it, including what a cluster node
+        // applied without delivering (its start-up window).
+        let applied = self.node.backend().applied_seq();
+        self.drain_mailbox();
+        if self.mailbox.is_idle() {
+            self.last_seq = self.last_seq.max(applied);
+        }
+        self.last_seq >= seq
+    }
+
+    /// Parks a `subscribeEvents` whose `since` this shard has not reached (see the module
+    /// docs); the connection reads nothing more until it is answered.
+    pub(super) fn park_subscribe(
+        &mut self,
+        key: usize,
+        role: Role,
+        requests: Vec<SubscriptionRequest>,
+        request_id: Option<&Value>,
+        since: u64,
+    ) {
+        let until = self.now + CATCH_UP_WAIT.as_millis() as u64;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        let Some(ws) = conn.ws_mut() else {
+            return;
+        };
+        ws.parked = true;
+        self.parked.push(Parked {
+            key: key as u32,
+            gen,
+            role,
+            requests,
+            request_id: request_id.cloned(),
+            since,
+            until,
+        });
+    }
+
+    /// Answers the parked subscribes whose `since` this shard has now reached, or whose
+    /// wait is over, and goes on reading their connections (once per loop turn).
+    pub(super) fn retry_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        for p in std::mem::take(&mut self.parked) {
+            let (key, gen) = (p.key as usize, p.gen);
+            match self.ws_of(key, gen) {
+                Some(ws) if !ws.close_sent => {}
+                // Closed meanwhile: nobody to answer.
+                _ => continue,
             }
-            if self.last_seq >= seq {
-                break;
+            if self.now < p.until && !self.caught_up(p.since) {
+                self.parked.push(p);
+                continue;
             }
-            if Instant::now() >= deadline {
-                return;
+            if let Some(ws) = self.ws_of(key, gen) {
+                ws.parked = false;
             }
-            if self.mailbox.depth() == 0 {
-                // Applied but not yet pushed to this shard (microseconds: the applier
-                // moves the applied mark after the pushes), or not applied yet on this
-                // node (a cluster node behind the head).
-                std::thread::sleep(Duration::from_micros(50));
+            self.subscribe(key, p.role, p.requests, p.request_id.as_ref(), true);
+            // Frames that arrived meanwhile are in `rbuf` or the socket: handle the first
+            // now, and read the socket again without a new edge.
+            if self.ws_of(key, gen).is_some_and(|w| !w.parked) {
+                self.ws_input(key);
+                self.resume_later(key);
             }
         }
     }

@@ -298,7 +298,7 @@ impl Shard {
             };
             if conn
                 .ws()
-                .is_some_and(|w| w.read_paused || w.ticket_wait.is_some())
+                .is_some_and(|w| w.read_paused || w.parked || w.ticket_wait.is_some())
             {
                 return;
             }
@@ -379,15 +379,16 @@ impl Shard {
     }
 
     /// Handles the frames already read into `rbuf` (sent right behind the upgrade
-    /// request, or while a ticket was being redeemed); none while a ticket is still with
-    /// the backend or once a close was sent. What is left of an incomplete frame stays.
+    /// request, or while a ticket was being redeemed or a subscribe was parked); none
+    /// while a ticket is still with the backend, a subscribe is parked, or once a close
+    /// was sent. What is left of an incomplete frame stays.
     pub(super) fn ws_input(&mut self, key: usize) {
         let leftover = self
             .conns
             .get_mut(key)
             .filter(|c| {
                 c.ws()
-                    .is_some_and(|w| w.ticket_wait.is_none() && !w.close_sent)
+                    .is_some_and(|w| w.ticket_wait.is_none() && !w.parked && !w.close_sent)
             })
             .map(|c| std::mem::take(&mut c.rbuf));
         let Some(mut buf) = leftover.filter(|b| !b.is_empty()) else {
@@ -736,6 +737,15 @@ impl Shard {
             }
         };
         self.command(key, env.command, env.request_id.as_ref());
+        if self
+            .conns
+            .get(key)
+            .and_then(|c| c.ws())
+            .is_some_and(|w| w.parked)
+        {
+            // A parked subscribe: the frames after it wait (`shard::replay`).
+            return Flow::Stop;
+        }
         Flow::Continue
     }
 
@@ -793,7 +803,7 @@ impl Shard {
                 self.service_subscribe(key, subscriptions, request_id)
             }
             Command::SubscribeEvents { subscriptions } => {
-                self.subscribe(key, role, subscriptions, request_id)
+                self.subscribe(key, role, subscriptions, request_id, false)
             }
             Command::UnsubscribeEvents { ids } if role == Role::Service => {
                 self.service_unsubscribe(key, ids, request_id)
@@ -840,19 +850,22 @@ impl Shard {
         self.authenticate(key, claims, opts, request_id);
     }
 
-    fn subscribe(
+    /// `waited`: the command was parked and its wait is over (answer it now).
+    pub(super) fn subscribe(
         &mut self,
         key: usize,
         role: Role,
         requests: Vec<SubscriptionRequest>,
         request_id: Option<&Value>,
+        waited: bool,
     ) {
         let max = self.node.config().limits.max_subscriptions;
         let newest = self.node.backend().head_seq();
         // A `since` this shard has not reached yet (it lags ingest by its queue, or this
         // node lags the cluster's head): take in what comes first, so that nothing up to
-        // `since` arrives live afterwards. Bounded: a `since` still ahead after the wait
-        // is refused `UNAVAILABLE` (retry), not served with a gap or a duplicate.
+        // `since` arrives live afterwards; if that is not enough, the command waits off
+        // the loop (`shard::replay`). Bounded: a `since` still ahead after the wait is
+        // refused `UNAVAILABLE` (retry), not served with a gap or a duplicate.
         let since_max = requests
             .iter()
             .filter(|r| r.problem.is_none())
@@ -860,7 +873,10 @@ impl Shard {
             .filter(|&s| s <= newest)
             .max()
             .unwrap_or(0);
-        self.catch_up(since_max);
+        if !self.caught_up(since_max) && !waited {
+            self.park_subscribe(key, role, requests, request_id, since_max);
+            return;
+        }
         let last_seq = self.last_seq;
         // Subscribing changes what the connection holds: it goes on alone (and may join
         // a feed again below).

@@ -77,6 +77,8 @@ impl Server {
             } else {
                 format!("{cfg}\n[auth]\njwt_secret = \"{SECRET}\"\napi_keys = [\"{API_KEY}\"]\n")
             };
+            // A refused attempt's `Server` removed the directory when it was dropped.
+            std::fs::create_dir_all(&dir).expect("temp dir");
             std::fs::write(dir.join("shardcast.toml"), cfg).expect("write config");
             let _ = std::fs::remove_file(dir.join("server.log"));
             let mut s = Server {
