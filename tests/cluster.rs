@@ -67,7 +67,8 @@ fn publications_from_three_nodes_arrive_everywhere_in_one_order() {
     };
     let tok = token("u", "user", &["*"]);
     let mut subs = subscribed_everywhere(&nodes, &tok, "all", "c");
-    // 3 nodes × 34 requests: 7 single publications and 27 batches of 125 (10,146).
+    // 3 nodes × 34 requests: 7 single publications, 26 batches of 125 and one of 2,000
+    // (a body over 64 KiB: parsed and sequenced off the shard) (15,771).
     let answered: Vec<Vec<u64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = nodes
             .iter()
@@ -76,7 +77,11 @@ fn publications_from_three_nodes_arrive_everywhere_in_one_order() {
                 scope.spawn(move || {
                     let mut seqs = Vec::new();
                     for r in 0..34 {
-                        let size = if r % 5 == 0 { 1 } else { 125 };
+                        let size = match r {
+                            _ if r % 5 == 0 => 1,
+                            33 => 2_000,
+                            _ => 125,
+                        };
                         let (first, last) = n.publish_batch(
                             (0..size)
                                 .map(|i| json!({"path": format!("c/{k}"), "eventType": "e", "data": [k, r, i]}))
