@@ -255,7 +255,6 @@ fn batch_over_ten_thousand_is_400() {
 /// when small publishes are pipelined behind large ones.
 #[test]
 fn large_batches_pipelined_with_small_ones_keep_request_order() {
-    use std::io::Write;
     let s = Server::start("[delivery]\nbatch_ms = 0");
     let mut c = Client::authed(&s, &token("u", "user", &["small"]), "");
     c.subscribe(json!([{"id": "s", "path": "small"}]));
@@ -287,22 +286,7 @@ fn large_batches_pipelined_with_small_ones_keep_request_order() {
         big(3_000, None),
     ];
     assert!(bodies[0].len() > 64 * 1024 && bodies[1].len() < 1024);
-    let mut reqs = Vec::new();
-    for b in &bodies {
-        reqs.extend_from_slice(
-            format!(
-                "POST {PUBLISH} HTTP/1.1\r\nHost: t\r\nAuthorization: apikey {API_KEY}\r\nContent-Length: {}\r\n\r\n",
-                b.len()
-            )
-            .as_bytes(),
-        );
-        reqs.extend_from_slice(b);
-    }
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    sock.write_all(&reqs).unwrap();
-    let answers = read_answers(&mut sock, bodies.len());
+    let answers = pipelined_publishes(&s, &bodies);
 
     let (n, a_first, a_last) = accepted(answers[0].0, &answers[0].1);
     assert_eq!((n, a_last - a_first), (2_000, 1_999), "{:?}", answers[0]);
@@ -327,40 +311,6 @@ fn large_batches_pipelined_with_small_ones_keep_request_order() {
     // The subscriber got the small ones, in order, with the answered seqs.
     assert_eq!(c.recv_type("event")["seq"], b_first);
     assert_eq!(c.recv_type("event")["seq"], e_first);
-}
-
-/// `n` pipelined answers read off `sock`: status and JSON body each (Content-Length).
-fn read_answers(sock: &mut std::net::TcpStream, n: usize) -> Vec<(u16, Value)> {
-    let mut bytes = Vec::new();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    while out.len() < n {
-        let parsed = bytes
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .and_then(|end| {
-                let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())?;
-                let status = head.split(' ').nth(1)?.parse().ok()?;
-                (bytes.len() >= end + 4 + len).then(|| (status, end + 4, len))
-            });
-        match parsed {
-            Some((status, start, len)) => {
-                let body = serde_json::from_slice(&bytes[start..start + len]).unwrap();
-                out.push((status, body));
-                bytes.drain(..start + len);
-            }
-            None => {
-                let got = sock.read(&mut buf).expect("answers within 20 s");
-                assert!(got > 0, "closed after {} answers", out.len());
-                bytes.extend_from_slice(&buf[..got]);
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -163,7 +163,6 @@ fn equality_filters_are_indexed() {
 /// and what the connection sent after it is handled after it.
 #[test]
 fn since_ahead_of_a_busy_shard_is_answered_once_the_shard_catches_up() {
-    use std::io::Write;
     let s = Server::start("shards = 1\n[delivery]\nbatch_ms = 0");
     let tok = token("u", "user", &["*"]);
     // Connections holding two filtered subscriptions each: every publication is two
@@ -182,38 +181,18 @@ fn since_ahead_of_a_busy_shard_is_answered_once_the_shard_catches_up() {
     let mut d = Client::authed(&s, &tok, "");
     // Pipelined publishes, each answered as soon as it is sequenced (the shard's queue
     // still holds them).
-    let mut reqs = Vec::new();
-    for b in 0..5 {
-        let body = serde_json::to_vec(&json!({"events": (0..200)
-            .map(|i| json!({"path": "lag/x", "eventType": "e", "data": {"i": b * 200 + i}}))
-            .collect::<Vec<_>>()}))
-        .unwrap();
-        reqs.extend_from_slice(
-            format!(
-                "POST /api/v1/publish HTTP/1.1\r\nHost: t\r\nAuthorization: apikey {API_KEY}\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        reqs.extend_from_slice(&body);
-    }
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    sock.write_all(&reqs).unwrap();
-    let mut got = String::new();
-    let mut buf = [0u8; 65536];
-    while got.matches("\"lastSeq\"").count() < 5 {
-        let n = std::io::Read::read(&mut sock, &mut buf).unwrap();
-        assert!(n > 0, "closed: {got}");
-        got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
-    }
-    let last: u64 = got
-        .rsplit("\"lastSeq\":")
-        .next()
-        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{got}"));
+    let bodies: Vec<Vec<u8>> = (0..5)
+        .map(|b| {
+            serde_json::to_vec(&json!({"events": (0..200)
+                .map(|i| json!({"path": "lag/x", "eventType": "e", "data": {"i": b * 200 + i}}))
+                .collect::<Vec<_>>()}))
+            .unwrap()
+        })
+        .collect();
+    let answers = pipelined_publishes(&s, &bodies);
+    let last = answers[4].1["lastSeq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{answers:?}"));
     // The newest but one: beyond what the shard has taken in while its queue is full.
     let since = last - 1;
     d.send(

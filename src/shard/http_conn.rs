@@ -429,46 +429,51 @@ impl Shard {
         self.drop_conn(key, reason);
     }
 
-    /// Parses, checks and sequences a large publish body on an offload thread
-    /// ([`crate::offload`], see [`Route::PublishOffShard`]); its answer comes back through
-    /// this shard's mailbox into the request's slot (or, when the publications became
-    /// service tasks, once those are durable, as on the shard).
+    /// Parses, checks and sequences a large publish body on an offload thread (see
+    /// [`Route::PublishOffShard`]); when the publications became service tasks the answer
+    /// comes once those are durable, as on the shard.
     fn publish_off_shard(&mut self, body: Vec<u8>, reply: ReplyTo) {
-        let backend = self.node.backend_handle();
-        let mailbox = self.mailbox.clone();
         let max_batch = self.node.config().limits.max_publish_batch;
-        self.node.offload().run(move || {
-            let answer = match api::publish_body(&body, max_batch) {
+        self.answer_off_shard(reply.conn, reply.gen, reply.req, move |backend| {
+            match api::publish_body(&body, max_batch) {
                 Err((status, body)) => Some(Answer::Http { status, body }),
                 Ok(items) => backend
                     .publish(&items, PublishReply::Rest(reply))
                     .and_then(|outcome| published(PublishReply::Rest(reply), outcome))
                     .map(|(_, answer)| answer),
-            };
-            if let Some(answer) = answer {
-                mailbox.send_control(ShardMsg::Answer {
-                    conn: reply.conn,
-                    gen: reply.gen,
-                    req: reply.req,
-                    answer,
-                });
             }
         });
     }
 
-    /// Runs an entity read on an offload thread ([`crate::offload`]); its answer comes
-    /// back through this shard's mailbox into the request's slot.
+    /// Runs an entity read on an offload thread.
     fn read_off_shard(&mut self, read: crate::entities::EntityRead, conn: u32, gen: u32, req: u32) {
+        self.answer_off_shard(conn, gen, req, move |backend| {
+            let (status, body) = read.run(backend.replica());
+            Some(Answer::Json { status, body })
+        });
+    }
+
+    /// Runs `job` on an offload thread ([`crate::offload`]); its answer, if it has one
+    /// (`None`: someone else answers later), comes back through this shard's mailbox into
+    /// request `req`'s slot.
+    fn answer_off_shard(
+        &mut self,
+        conn: u32,
+        gen: u32,
+        req: u32,
+        job: impl FnOnce(&dyn crate::backend::Backend) -> Option<Answer> + Send + 'static,
+    ) {
         let backend = self.node.backend_handle();
         let mailbox = self.mailbox.clone();
         self.node.offload().run(move || {
-            let (status, body) = read.run(backend.replica());
-            mailbox.send_control(ShardMsg::Answer {
-                conn,
-                gen,
-                req,
-                answer: Answer::Json { status, body },
-            });
+            if let Some(answer) = job(&*backend) {
+                mailbox.send_control(ShardMsg::Answer {
+                    conn,
+                    gen,
+                    req,
+                    answer,
+                });
+            }
         });
     }
 

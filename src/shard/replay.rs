@@ -132,7 +132,8 @@ impl Shard {
                 // Closed meanwhile: nobody to answer.
                 _ => continue,
             }
-            if self.now < p.until && !self.reached(p.since, false) {
+            // (Looked at even when the wait is over: it settles `last_seq` for the answer.)
+            if !self.reached(p.since, false) && self.now < p.until {
                 self.parked.push(p);
                 continue;
             }

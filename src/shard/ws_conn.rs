@@ -873,7 +873,7 @@ impl Shard {
             .filter(|&s| s <= newest)
             .max()
             .unwrap_or(0);
-        if !self.caught_up(since_max) && !waited {
+        if !waited && !self.caught_up(since_max) {
             self.park_subscribe(key, role, requests, request_id, since_max);
             return;
         }

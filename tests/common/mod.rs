@@ -642,6 +642,57 @@ pub fn assert_error(m: &Value, code: &str) -> String {
     msg.to_string()
 }
 
+/// `POST /api/v1/publish` of each body, pipelined on one keep-alive connection (written
+/// at once, before any answer is read); the answers in order, status and JSON body each.
+pub fn pipelined_publishes(s: &Server, bodies: &[Vec<u8>]) -> Vec<(u16, Value)> {
+    let mut reqs = Vec::new();
+    for b in bodies {
+        reqs.extend_from_slice(
+            format!(
+                "POST /api/v1/publish HTTP/1.1\r\nHost: t\r\nAuthorization: apikey {API_KEY}\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            )
+            .as_bytes(),
+        );
+        reqs.extend_from_slice(b);
+    }
+    let mut sock = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    sock.write_all(&reqs).unwrap();
+    let mut bytes = Vec::new();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while out.len() < bodies.len() {
+        // A whole answer at the front: its status, where its body starts, its length.
+        let parsed = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .and_then(|end| {
+                let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())?;
+                let status = head.split(' ').nth(1)?.parse().ok()?;
+                (bytes.len() >= end + 4 + len).then_some((status, end + 4, len))
+            });
+        match parsed {
+            Some((status, start, len)) => {
+                let body = serde_json::from_slice(&bytes[start..start + len]).unwrap();
+                out.push((status, body));
+                bytes.drain(..start + len);
+            }
+            None => {
+                let got = sock.read(&mut buf).expect("answers within 20 s");
+                assert!(got > 0, "closed after {} answers", out.len());
+                bytes.extend_from_slice(&buf[..got]);
+            }
+        }
+    }
+    out
+}
+
 /// One HTTP/1.1 request with `headers`; the status, the headers (lower-case names) and
 /// the body.
 pub fn raw_http(
